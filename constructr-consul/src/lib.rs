@@ -1,0 +1,1 @@
+//! Consul backend for constructr: not implemented yet (see the Consul issue).

@@ -1,0 +1,310 @@
+//! The `Coordination` trait: what a backend (etcd, Consul, memory, ...) must provide.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::node::{ClusterId, Epoch, NodeId, Scope};
+
+/// The registered nodes of one cluster, as read in one consistent read.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Registry {
+    /// Registered nodes (undecodable entries already skipped by the backend).
+    pub nodes: Vec<NodeId>,
+    /// The cluster epoch marker, if any cluster ever registered under this scope.
+    pub epoch: Option<Epoch>,
+    /// The backend's revision of this read (etcd revision, Consul index), used as the
+    /// starting point of [`Coordination::wait_for_change`]. `None` if the backend has none.
+    pub revision: Option<u64>,
+}
+
+/// The opaque proof of holding the bootstrap lock (etcd: the lock key's create revision,
+/// Consul: the lock session id). Backends check it when writing a fenced registration.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct LockToken(pub String);
+
+/// Result of [`Coordination::lock`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LockOutcome {
+    /// This node holds the lock (newly, or again: locking is re-entrant for the holder).
+    Acquired(LockToken),
+    /// Another node holds the lock.
+    HeldByOther,
+}
+
+/// The condition under which [`Coordination::add_self`] may write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AddMode {
+    /// The seeding node's first registration (fenced). Written, together with the epoch
+    /// marker set to `cluster`, only if **both**:
+    /// - the lock is still held by this node with `lock`, and
+    /// - the epoch marker is unchanged since the read that found the registry empty
+    ///   (`expected_epoch_version`, `None` = no marker existed), **or** already names
+    ///   `cluster` (so a retry after a lost reply succeeds).
+    Seed {
+        /// Token returned by [`Coordination::lock`].
+        lock: LockToken,
+        /// The new cluster's id.
+        cluster: ClusterId,
+        /// [`Epoch::version`] of the read that found no nodes.
+        expected_epoch_version: Option<u64>,
+    },
+    /// A member's registration: written only if the epoch marker names `cluster`
+    /// (`None`: no marker exists). A successful write changes the marker's version.
+    Join {
+        /// The cluster this node is a member of.
+        cluster: Option<ClusterId>,
+    },
+}
+
+/// Result of [`Coordination::add_self`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AddOutcome {
+    /// The entry is written with the requested TTL.
+    Added,
+    /// The condition of the [`AddMode`] did not hold; nothing was written.
+    Refused,
+}
+
+/// Result of [`Coordination::refresh`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RefreshOutcome {
+    /// The TTL of this node's entry was extended.
+    Refreshed,
+    /// This node's entry (with this incarnation) is not there any more: it expired,
+    /// was removed, or was replaced by another incarnation.
+    Missing,
+}
+
+/// Result of [`Coordination::wait_for_change`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WaitOutcome {
+    /// Something under the scope changed after the given revision.
+    Changed,
+    /// The backend cannot watch; the caller falls back to polling after its delay.
+    Unsupported,
+}
+
+/// An error of a coordination backend.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CoordinationError {
+    /// The backend could not be reached or answered with a transient failure; retrying may help.
+    #[error("coordination service unavailable: {message}")]
+    Unavailable {
+        /// What went wrong, without secrets.
+        message: String,
+        /// The underlying error.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+    /// The request did not complete in time; retrying may help.
+    #[error("coordination request timed out")]
+    Timeout,
+    /// Authentication or authorization failed; retrying will not help.
+    #[error("coordination service refused access: {message}")]
+    Unauthorized {
+        /// What the backend said, without secrets.
+        message: String,
+    },
+    /// The request was invalid for this backend (e.g. a TTL it does not support); permanent.
+    #[error("invalid coordination request: {message}")]
+    Invalid {
+        /// Which rule was broken.
+        message: String,
+    },
+    /// Any other permanent failure.
+    #[error("coordination failed permanently: {message}")]
+    Permanent {
+        /// What went wrong.
+        message: String,
+        /// The underlying error.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+}
+
+impl CoordinationError {
+    /// A transient error with a message.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::Unavailable {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// A transient error with a message and its cause.
+    pub fn unavailable_from(
+        message: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self::Unavailable {
+            message: message.into(),
+            source: Some(Box::new(source)),
+        }
+    }
+
+    /// A permanent error with a message.
+    pub fn permanent(message: impl Into<String>) -> Self {
+        Self::Permanent {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// Whether retrying the same request may succeed (ConstructR issue #92).
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::Unavailable { .. } | Self::Timeout)
+    }
+
+    /// A cloneable summary (kind + message) for the state machine's plain-data outputs.
+    pub fn summary(&self) -> ErrorSummary {
+        ErrorSummary {
+            retryable: self.is_retryable(),
+            message: self.to_string(),
+        }
+    }
+}
+
+/// A plain-data copy of an error: whether it was retryable and its message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ErrorSummary {
+    /// Whether the error was worth retrying.
+    pub retryable: bool,
+    /// Its display message.
+    pub message: String,
+}
+
+impl std::fmt::Display for ErrorSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// A coordination service that keeps a cluster's registry: node entries with TTLs, a
+/// bootstrap lock and the cluster epoch marker.
+///
+/// One value may serve many nodes and many clusters at once: every method names the
+/// [`Scope`] and, where it matters, the [`NodeId`].
+///
+/// # Contract
+/// - **Linearizable.** Every method observes the effects of every call that completed
+///   before it started. `get_nodes` is a consistent read (no stale follower reads).
+/// - **Registry.** `get_nodes` returns every unexpired node entry of the scope and the
+///   epoch marker. Entries that cannot be decoded are skipped with a `tracing` warning,
+///   never an error. One entry per address: a new incarnation replaces an old one.
+/// - **TTL.** An entry written with TTL `t` by `add_self` or extended by `refresh`
+///   disappears at the latest `t` plus a backend-specific bound after that call returned
+///   (etcd: lease granularity of 1 s; Consul: up to `2 × t`). The implementation documents its bound.
+/// - **Lock.** `lock` is exclusive per scope and expires after its TTL. Calling it again
+///   while holding it returns `Acquired` with the **same** token and extends the TTL.
+///   A token is never reused for a later holder.
+/// - **Fencing.** `add_self` writes only under the condition of its [`AddMode`], checked
+///   atomically with the write. `Refused` means nothing was written.
+/// - **Epoch.** A successful `AddMode::Seed` sets the epoch marker to its cluster;
+///   every successful `add_self` changes [`Epoch::version`]. The marker never expires.
+/// - **Incarnations.** `refresh` and `remove_self` act only on the entry of exactly this
+///   `NodeId`; an entry of another incarnation at the same address is left alone.
+/// - `remove_self` of an absent entry succeeds.
+///
+/// # Errors
+/// Transient failures are [`CoordinationError::Unavailable`] or [`CoordinationError::Timeout`]
+/// (retryable, see [`CoordinationError::is_retryable`]); bad credentials are
+/// [`CoordinationError::Unauthorized`]; everything else that retrying cannot fix is
+/// permanent. An error says nothing about whether a write took effect: callers retry
+/// idempotently (all writes here are idempotent for the same arguments).
+///
+/// # Cancellation
+/// Every future may be dropped at any point (the driver drops requests that outlive the
+/// coordination timeout). A dropped write may or may not have taken effect; it never
+/// leaves a partial write behind (each write is one atomic backend operation).
+#[async_trait]
+pub trait Coordination: Send + Sync + 'static {
+    /// Reads the registered nodes and the epoch marker of `scope` in one consistent read.
+    async fn get_nodes(&self, scope: &Scope) -> Result<Registry, CoordinationError>;
+
+    /// Tries to take the bootstrap lock for `holder` with the given TTL. Re-entrant.
+    async fn lock(
+        &self,
+        scope: &Scope,
+        holder: &NodeId,
+        ttl: Duration,
+    ) -> Result<LockOutcome, CoordinationError>;
+
+    /// Registers `node` with a TTL under the condition of `mode` (see [`AddMode`]).
+    async fn add_self(
+        &self,
+        scope: &Scope,
+        node: &NodeId,
+        ttl: Duration,
+        mode: &AddMode,
+    ) -> Result<AddOutcome, CoordinationError>;
+
+    /// Extends the TTL of `node`'s own entry.
+    async fn refresh(
+        &self,
+        scope: &Scope,
+        node: &NodeId,
+        ttl: Duration,
+    ) -> Result<RefreshOutcome, CoordinationError>;
+
+    /// Removes `node`'s own entry at once (graceful shutdown).
+    async fn remove_self(&self, scope: &Scope, node: &NodeId) -> Result<(), CoordinationError>;
+
+    /// Resolves when anything under `scope` changed after `revision` (a [`Registry::revision`]).
+    ///
+    /// Backends that can watch (etcd watch, Consul blocking query) override this so nodes
+    /// waiting for a seed wake at once. The default returns [`WaitOutcome::Unsupported`]
+    /// immediately and the state machine polls after `retry_delay`. Callers bound the wait
+    /// themselves (they drop the future); implementations need no timeout of their own.
+    async fn wait_for_change(
+        &self,
+        scope: &Scope,
+        revision: Option<u64>,
+    ) -> Result<WaitOutcome, CoordinationError> {
+        let _ = (scope, revision);
+        Ok(WaitOutcome::Unsupported)
+    }
+}
+
+#[async_trait]
+impl<T: Coordination + ?Sized> Coordination for std::sync::Arc<T> {
+    async fn get_nodes(&self, scope: &Scope) -> Result<Registry, CoordinationError> {
+        (**self).get_nodes(scope).await
+    }
+    async fn lock(
+        &self,
+        scope: &Scope,
+        holder: &NodeId,
+        ttl: Duration,
+    ) -> Result<LockOutcome, CoordinationError> {
+        (**self).lock(scope, holder, ttl).await
+    }
+    async fn add_self(
+        &self,
+        scope: &Scope,
+        node: &NodeId,
+        ttl: Duration,
+        mode: &AddMode,
+    ) -> Result<AddOutcome, CoordinationError> {
+        (**self).add_self(scope, node, ttl, mode).await
+    }
+    async fn refresh(
+        &self,
+        scope: &Scope,
+        node: &NodeId,
+        ttl: Duration,
+    ) -> Result<RefreshOutcome, CoordinationError> {
+        (**self).refresh(scope, node, ttl).await
+    }
+    async fn remove_self(&self, scope: &Scope, node: &NodeId) -> Result<(), CoordinationError> {
+        (**self).remove_self(scope, node).await
+    }
+    async fn wait_for_change(
+        &self,
+        scope: &Scope,
+        revision: Option<u64>,
+    ) -> Result<WaitOutcome, CoordinationError> {
+        (**self).wait_for_change(scope, revision).await
+    }
+}

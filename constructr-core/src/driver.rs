@@ -1,0 +1,268 @@
+//! The tokio driver: runs a [`Machine`] against a real [`Coordination`] and [`Cluster`].
+//!
+//! It never exits the process: when the machine stops or fails, [`NodeHandle::stopped`]
+//! resolves and the application decides what to do (ConstructR issues #95/#171).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Notify, broadcast, mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tracing::Instrument as _;
+
+use crate::cluster::Cluster;
+use crate::coordination::Coordination;
+use crate::machine::{Action, AttemptId, Event, Failure, Machine, Reply, State};
+use crate::node::{NodeId, Scope};
+use crate::settings::{Settings, SettingsError};
+
+/// An [`Event`] with the time since the node started.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TimedEvent {
+    /// Time since [`spawn`].
+    pub elapsed: Duration,
+    /// The event.
+    pub event: Event,
+}
+
+/// The handle of a running node.
+#[derive(Debug)]
+pub struct NodeHandle {
+    node: NodeId,
+    state: watch::Receiver<State>,
+    events: broadcast::Sender<TimedEvent>,
+    shutdown: Arc<Notify>,
+    task: JoinHandle<Result<(), Failure>>,
+}
+
+impl NodeHandle {
+    /// This node.
+    pub fn node(&self) -> &NodeId {
+        &self.node
+    }
+
+    /// The current state.
+    pub fn state(&self) -> State {
+        *self.state.borrow()
+    }
+
+    /// A receiver of state changes.
+    pub fn watch_state(&self) -> watch::Receiver<State> {
+        self.state.clone()
+    }
+
+    /// Subscribes to events from now on (a slow subscriber misses old events, never blocks the node).
+    pub fn events(&self) -> broadcast::Receiver<TimedEvent> {
+        self.events.subscribe()
+    }
+
+    /// Resolves once this node is registered (or the machine ended).
+    pub async fn registered(&self) -> State {
+        let mut rx = self.state.clone();
+        let s = rx
+            .wait_for(|s| s.is_registered() || s.is_terminal())
+            .await
+            .map(|s| *s);
+        s.unwrap_or(State::Stopped)
+    }
+
+    /// Starts a graceful shutdown: leave the cluster, remove the entry, stop.
+    pub fn shutdown(&self) {
+        self.shutdown.notify_one();
+    }
+
+    /// Resolves when the machine has stopped (`Ok`) or failed (`Err` with the reason).
+    pub async fn stopped(self) -> Result<(), Failure> {
+        match self.task.await {
+            Ok(r) => r,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => Ok(()),
+        }
+    }
+
+    /// Stops the node at once without leaving (as if the process crashed). Its entry
+    /// expires with its TTL.
+    pub fn abort(&self) {
+        self.task.abort();
+    }
+}
+
+/// Validates the settings and starts a node on the current tokio runtime.
+///
+/// `seed` drives the machine's randomness; `node.incarnation` should be random per start.
+pub fn spawn(
+    settings: Settings,
+    node: NodeId,
+    coordination: Arc<dyn Coordination>,
+    cluster: Arc<dyn Cluster>,
+    seed: u64,
+) -> Result<NodeHandle, SettingsError> {
+    let scope = settings.scope()?;
+    let start = Instant::now();
+    let machine = Machine::new(settings, node.clone(), seed, start.into_std())?;
+    let (state_tx, state_rx) = watch::channel(machine.state());
+    let (events, _) = broadcast::channel(256);
+    let shutdown = Arc::new(Notify::new());
+    let run = Runner {
+        machine,
+        scope,
+        coordination,
+        cluster,
+        state_tx,
+        events: events.clone(),
+        shutdown: shutdown.clone(),
+        start,
+    };
+    let span = tracing::info_span!("constructr", node = %node);
+    let task = tokio::spawn(run.run().instrument(span));
+    Ok(NodeHandle {
+        node,
+        state: state_rx,
+        events,
+        shutdown,
+        task,
+    })
+}
+
+struct Runner {
+    machine: Machine,
+    scope: Scope,
+    coordination: Arc<dyn Coordination>,
+    cluster: Arc<dyn Cluster>,
+    state_tx: watch::Sender<State>,
+    events: broadcast::Sender<TimedEvent>,
+    shutdown: Arc<Notify>,
+    start: Instant,
+}
+
+impl Runner {
+    async fn run(mut self) -> Result<(), Failure> {
+        let (tx, mut rx) = mpsc::unbounded_channel::<(AttemptId, Reply)>();
+        let mut tasks = tokio::task::JoinSet::new();
+        loop {
+            while let Some(action) = self.machine.poll_action() {
+                tasks.spawn(self.execute(action, tx.clone()));
+            }
+            while let Some(event) = self.machine.poll_event() {
+                self.report(event);
+            }
+            let state = self.machine.state();
+            if state.is_terminal() {
+                tasks.abort_all();
+                return match self.machine.failure() {
+                    Some(f) => Err(f.clone()),
+                    None => Ok(()),
+                };
+            }
+            let deadline = self.machine.poll_timeout();
+            let sleep = async {
+                match deadline {
+                    Some(at) => tokio::time::sleep_until(Instant::from_std(at)).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                Some((attempt, reply)) = rx.recv() => {
+                    self.machine.handle_reply(Instant::now().into_std(), attempt, reply);
+                }
+                () = sleep => self.machine.handle_timeout(Instant::now().into_std()),
+                () = self.shutdown.notified() => self.machine.shutdown(Instant::now().into_std()),
+                Some(_) = tasks.join_next() => {}
+            }
+        }
+    }
+
+    fn report(&self, event: TimedEvent0) {
+        let elapsed = self.start.elapsed();
+        match &event {
+            Event::StateChanged { from, to } => {
+                let _ = self.state_tx.send(*to);
+                if *to == State::Failed {
+                    let reason = self.machine.failure().map(|f| f.to_string());
+                    tracing::error!(?from, reason = reason.as_deref(), "bootstrap failed");
+                } else {
+                    tracing::info!(
+                        ?from,
+                        ?to,
+                        elapsed_ms = elapsed.as_millis() as u64,
+                        "state changed"
+                    );
+                }
+            }
+            Event::Retrying { state, error } => {
+                tracing::warn!(?state, %error, "coordination request failed; retrying")
+            }
+            Event::SeedRefused => {
+                tracing::warn!("fenced seed registration refused (lost the lock); starting over")
+            }
+        }
+        let _ = self.events.send(TimedEvent { elapsed, event });
+    }
+
+    /// Runs one action to completion and sends its reply. Each call is bounded here too,
+    /// so superseded calls end by themselves.
+    fn execute(
+        &self,
+        action: Action,
+        tx: mpsc::UnboundedSender<(AttemptId, Reply)>,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let coordination = self.coordination.clone();
+        let cluster = self.cluster.clone();
+        let scope = self.scope.clone();
+        let node = self.machine.node().clone();
+        let s = self.machine.settings();
+        let bound = s.coordination_timeout * 2;
+        let join_bound = s.join_timeout * 2;
+        let wait_bound = s.retry_delay * 3;
+        let span = tracing::debug_span!("action", state = ?self.machine.state());
+        async move {
+            let attempt = action.attempt();
+            let c = &*coordination;
+            let reply = match action {
+                Action::GetNodes { .. } => {
+                    bounded(bound, c.get_nodes(&scope)).await.map(Reply::Nodes)
+                }
+                Action::Lock { ttl, .. } => bounded(bound, c.lock(&scope, &node, ttl))
+                    .await
+                    .map(Reply::Lock),
+                Action::AddSelf { ttl, mode, .. } => {
+                    bounded(bound, c.add_self(&scope, &node, ttl, &mode))
+                        .await
+                        .map(Reply::AddSelf)
+                }
+                Action::Refresh { ttl, .. } => bounded(bound, c.refresh(&scope, &node, ttl))
+                    .await
+                    .map(Reply::Refresh),
+                Action::RemoveSelf { .. } => bounded(bound, c.remove_self(&scope, &node))
+                    .await
+                    .map(Reply::RemoveSelf),
+                Action::WaitForChange { after, .. } => {
+                    bounded(wait_bound, c.wait_for_change(&scope, after))
+                        .await
+                        .map(Reply::Changed)
+                }
+                Action::JoinCluster { seeds, .. } => {
+                    tokio::time::timeout(join_bound, cluster.join(&seeds))
+                        .await
+                        .ok()
+                        .map(Reply::Joined)
+                }
+                Action::LeaveCluster { .. } => tokio::time::timeout(bound, cluster.leave())
+                    .await
+                    .ok()
+                    .map(Reply::Left),
+            };
+            if let Some(reply) = reply {
+                let _ = tx.send((attempt, reply));
+            }
+        }
+        .instrument(span)
+    }
+}
+
+type TimedEvent0 = Event;
+
+async fn bounded<T>(bound: Duration, f: impl std::future::Future<Output = T>) -> Option<T> {
+    tokio::time::timeout(bound, f).await.ok()
+}

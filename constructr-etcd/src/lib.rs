@@ -1,0 +1,1 @@
+//! etcd v3 backend for constructr: work in progress.

@@ -1,0 +1,1 @@
+//! Docker-based integration harness (work in progress).

@@ -1,0 +1,349 @@
+#!/usr/bin/env bash
+# Build the local Docker images used by the integration tests, without any
+# container registry: binaries come from Debian packages (apt-get download +
+# dpkg -x), images are `FROM scratch` + the binary + the glibc libs it needs.
+#
+#   constructr-test/etcd:<ver>    etcd-server + etcd-client from trixie (3.5.x),
+#                                 falling back to bookworm (3.4.23)
+#   constructr-test/consul:<ver>  consul from bullseye (1.8.7)
+#   constructr-test/serf:<ver>    serf from trixie (0.10.1)
+#
+# Idempotent: an image that already exists is not rebuilt unless FORCE=1.
+# The machine's apt configuration is never modified (temporary sources/lists).
+#
+# Output: `export CONSTRUCTR_{ETCD,CONSUL,SERF}_IMAGE=...` lines on stdout
+# (logs go to stderr), also written to target/test-images.env.
+#
+# Env knobs: FORCE=1, DEBIAN_MIRROR=<uri>, CONSTRUCTR_IMAGE_PREFIX (default
+# constructr-test), CONSTRUCTR_IMAGES_ENV (default <repo>/target/test-images.env).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+PREFIX=${CONSTRUCTR_IMAGE_PREFIX:-constructr-test}
+FORCE=${FORCE:-0}
+ENV_FILE=${CONSTRUCTR_IMAGES_ENV:-$ROOT/target/test-images.env}
+export DOCKER_BUILDKIT=0
+
+# Expected versions (used for the "already built?" check before touching apt).
+ETCD_EXPECTED=3.5.16
+CONSUL_EXPECTED=1.8.7
+SERF_EXPECTED=0.10.1
+
+log() { echo "[images] $*" >&2; }
+die() { echo "[images] ERROR: $*" >&2; exit 1; }
+
+command -v docker >/dev/null || die "docker CLI not found"
+command -v apt-get >/dev/null || die "apt-get not found"
+command -v dpkg-deb >/dev/null || die "dpkg-deb not found"
+command -v ldd >/dev/null || die "ldd not found"
+docker info >/dev/null 2>&1 || die "docker daemon not reachable"
+
+mkdir -p "$(dirname "$ENV_FILE")"
+# Serialize concurrent invocations (e.g. several test runners at once).
+exec 9>"$(dirname "$ENV_FILE")/.images.lock"
+flock 9
+
+WORK=""
+cleanup() { if [[ -n $WORK ]]; then rm -rf "$WORK"; fi; }
+trap cleanup EXIT
+
+# ---------------------------------------------------------------------------
+# Existing images
+# ---------------------------------------------------------------------------
+
+# existing_tag REPO PREFERRED_TAG -> prints a tag of REPO that exists locally.
+existing_tag() {
+    local repo=$1 pref=$2
+    if docker image inspect "$repo:$pref" >/dev/null 2>&1; then
+        echo "$pref"
+        return
+    fi
+    docker image ls "$repo" --format '{{.Tag}}' | grep -v '^<none>$' | head -n1 || true
+}
+
+# ---------------------------------------------------------------------------
+# Temporary apt setup (trixie + bullseye + bookworm, Packages index only)
+# ---------------------------------------------------------------------------
+
+APT_OPTS=()
+APT_READY=0
+
+detect_mirror() {
+    if [[ -n ${DEBIAN_MIRROR:-} ]]; then
+        echo "$DEBIAN_MIRROR"
+        return
+    fi
+    local uri="" f
+    # deb822 files: first stanza with a `bookworm` suite.
+    for f in /etc/apt/sources.list.d/debian.sources /etc/apt/sources.list.d/*.sources; do
+        [[ -r $f ]] || continue
+        uri=$(awk '
+            BEGIN { RS=""; FS="\n" }
+            {
+                u=""; s=0; d=0
+                for (i = 1; i <= NF; i++) {
+                    line = $i
+                    if (line ~ /^[ \t]*#/) continue
+                    if (line ~ /^Types:/ && line ~ /[ \t]deb([ \t]|$)/) d=1
+                    if (line ~ /^URIs:/) { split(line, a, /[ \t]+/); u=a[2] }
+                    if (line ~ /^Suites:/ && line ~ /[ \t]bookworm([ \t]|$)/) s=1
+                }
+                if (d && s && u != "") { print u; exit }
+            }' "$f" 2>/dev/null || true)
+        [[ -n $uri ]] && break
+    done
+    # one-line format
+    if [[ -z $uri ]]; then
+        for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
+            [[ -r $f ]] || continue
+            uri=$(sed -nE 's/^[[:space:]]*deb[[:space:]]+(\[[^]]*\][[:space:]]+)?([^[:space:]]+)[[:space:]]+bookworm[[:space:]].*/\2/p' "$f" | head -n1)
+            [[ -n $uri ]] && break
+        done
+    fi
+    case $uri in
+        http://* | https://*) echo "${uri%/}" ;;
+        *) echo "http://deb.debian.org/debian" ;;
+    esac
+}
+
+apt_setup() {
+    [[ $APT_READY == 1 ]] && return 0
+    WORK=$(mktemp -d /tmp/constructr-images.XXXXXX)
+    mkdir -p "$WORK/lists/partial" "$WORK/cache/archives/partial" "$WORK/deb"
+    local mirror opts="target=Packages"
+    mirror=$(detect_mirror)
+    if [[ -r /usr/share/keyrings/debian-archive-keyring.gpg ]]; then
+        opts="signed-by=/usr/share/keyrings/debian-archive-keyring.gpg $opts"
+    fi
+    {
+        echo "deb [$opts] $mirror trixie main"
+        echo "deb [$opts] $mirror bullseye main"
+        echo "deb [$opts] $mirror bookworm main"
+    } >"$WORK/sources.list"
+    APT_OPTS=(
+        -o "Dir::Etc::SourceList=$WORK/sources.list"
+        -o "Dir::Etc::SourceParts=/dev/null"
+        -o "Dir::State::Lists=$WORK/lists"
+        -o "Dir::Cache=$WORK/cache"
+        -o "Dir::Cache::pkgcache="
+        -o "Dir::Cache::srcpkgcache="
+        -o "APT::Sandbox::User=root"
+        -o "Acquire::Retries=3"
+        -o "Acquire::Languages=none"
+    )
+    log "apt update (temporary lists, mirror $mirror: trixie bullseye bookworm)"
+    apt-get "${APT_OPTS[@]}" -q update >"$WORK/apt-update.log" 2>&1 ||
+        { cat "$WORK/apt-update.log" >&2; die "apt-get update failed"; }
+    APT_READY=1
+}
+
+# fetch PKG SUITE DESTROOT -> downloads PKG from SUITE, extracts it into
+# DESTROOT, prints the Debian version.
+fetch() {
+    # NB: runs in a command substitution; apt_setup must have run already.
+    local pkg=$1 suite=$2 dest=$3 deb
+    [[ $APT_READY == 1 ]] || die "fetch before apt_setup"
+    rm -f "$WORK/deb/${pkg}_"*.deb
+    (cd "$WORK/deb" && apt-get "${APT_OPTS[@]}" -q download "$pkg/$suite" >&2) || return 1
+    deb=$(ls "$WORK/deb/${pkg}_"*.deb 2>/dev/null | head -n1)
+    [[ -n $deb ]] || return 1
+    mkdir -p "$dest"
+    dpkg-deb -x "$deb" "$dest"
+    dpkg-deb -f "$deb" Version
+}
+
+# 1:3.5.16+dfsg-4+b1 -> 3.5.16
+upstream_version() {
+    local v=$1
+    v=${v#*:}
+    v=${v%-*}
+    v=${v%%[+~]*}
+    echo "$v"
+}
+
+# ---------------------------------------------------------------------------
+# Image assembly
+# ---------------------------------------------------------------------------
+
+# copy_libs ROOTFS BIN... : copy the shared libs (per host ldd) into ROOTFS.
+copy_libs() {
+    local rootfs=$1 bin out lib
+    shift
+    for bin in "$@"; do
+        if ! out=$(ldd "$bin" 2>&1); then
+            if grep -q 'not a dynamic executable' <<<"$out"; then continue; fi
+            echo "$out" >&2
+            return 1
+        fi
+        if grep -qE 'not found' <<<"$out"; then
+            echo "$out" >&2
+            log "$(basename "$bin"): host libraries are not sufficient"
+            return 1
+        fi
+        while read -r lib; do
+            [[ -n $lib ]] || continue
+            mkdir -p "$rootfs$(dirname "$lib")"
+            cp -L "$lib" "$rootfs$lib"
+        done < <(awk '/=> \// { print $3; next } /^[ \t]*\// { print $1 }' <<<"$out")
+    done
+}
+
+# make_rootfs ROOTFS : skeleton files.
+make_rootfs() {
+    local rootfs=$1
+    mkdir -p "$rootfs"/{etc,tmp,root,usr/local/bin}
+    chmod 1777 "$rootfs/tmp"
+    chmod 0700 "$rootfs/root"
+    cat >"$rootfs/etc/passwd" <<'EOF'
+root:x:0:0:root:/root:/sbin/nologin
+nobody:x:65534:65534:nobody:/nonexistent:/sbin/nologin
+EOF
+    cat >"$rootfs/etc/group" <<'EOF'
+root:x:0:
+nogroup:x:65534:
+EOF
+    echo 'hosts: files dns' >"$rootfs/etc/nsswitch.conf"
+}
+
+# build_image TAG CTXDIR : CTXDIR holds rootfs/ and Dockerfile.
+build_image() {
+    local tag=$1 ctx=$2
+    log "docker build $tag"
+    if ! docker build --force-rm -t "$tag" "$ctx" >"$ctx.build.log" 2>&1; then
+        cat "$ctx.build.log" >&2
+        return 1
+    fi
+}
+
+# smoke TAG ARGS... : the binary must start inside the image.
+smoke() {
+    local tag=$1 out
+    shift
+    if ! out=$(docker run --rm "$tag" "$@" 2>&1); then
+        echo "$out" >&2
+        return 1
+    fi
+    log "$tag: $(head -n1 <<<"$out")"
+}
+
+build_etcd() {
+    apt_setup
+    local suite=$1 ctx="$WORK/etcd-$1" ver dver cver tag
+    rm -rf "$ctx"
+    make_rootfs "$ctx/rootfs" || return 1
+    dver=$(fetch etcd-server "$suite" "$ctx/pkg") || return 1
+    cver=$(fetch etcd-client "$suite" "$ctx/pkg") || return 1
+    ver=$(upstream_version "$dver")
+    # (set -e is off inside this function: it runs under `if !`)
+    cp "$ctx/pkg/usr/bin/etcd" "$ctx/pkg/usr/bin/etcdctl" "$ctx/rootfs/usr/local/bin/" || return 1
+    if [[ -x $ctx/pkg/usr/bin/etcdutl ]]; then cp "$ctx/pkg/usr/bin/etcdutl" "$ctx/rootfs/usr/local/bin/" || return 1; fi
+    mkdir -p "$ctx/rootfs/var/lib/etcd"
+    copy_libs "$ctx/rootfs" "$ctx"/rootfs/usr/local/bin/* || return 1
+    cat >"$ctx/Dockerfile" <<EOF
+FROM scratch
+COPY rootfs/ /
+ENV PATH=/usr/local/bin HOME=/root ETCDCTL_API=3
+WORKDIR /var/lib/etcd
+LABEL org.constructr.source="debian $suite etcd-server $dver, etcd-client $cver"
+EXPOSE 2379 2380
+ENTRYPOINT ["/usr/local/bin/etcd"]
+EOF
+    tag="$PREFIX/etcd:$ver"
+    build_image "$tag" "$ctx" || return 1
+    if ! smoke "$tag" --version || ! docker run --rm --entrypoint /usr/local/bin/etcdctl "$tag" version >/dev/null; then
+        docker image rm -f "$tag" >/dev/null 2>&1 || true
+        return 1
+    fi
+    ETCD_TAG=$ver
+}
+
+build_consul() {
+    apt_setup
+    local ctx="$WORK/consul" ver dver tag
+    rm -rf "$ctx"
+    make_rootfs "$ctx/rootfs"
+    dver=$(fetch consul bullseye "$ctx/pkg") || die "cannot download consul from bullseye"
+    ver=$(upstream_version "$dver")
+    cp "$ctx/pkg/usr/bin/consul" "$ctx/rootfs/usr/local/bin/"
+    mkdir -p "$ctx/rootfs/consul/data" "$ctx/rootfs/consul/config"
+    copy_libs "$ctx/rootfs" "$ctx/rootfs/usr/local/bin/consul" || die "consul: cannot collect libs"
+    cat >"$ctx/Dockerfile" <<EOF
+FROM scratch
+COPY rootfs/ /
+ENV PATH=/usr/local/bin HOME=/root
+WORKDIR /consul
+LABEL org.constructr.source="debian bullseye consul $dver"
+EXPOSE 8300 8301 8301/udp 8302 8302/udp 8500 8600 8600/udp
+ENTRYPOINT ["/usr/local/bin/consul"]
+CMD ["agent", "-dev", "-client", "0.0.0.0"]
+EOF
+    tag="$PREFIX/consul:$ver"
+    build_image "$tag" "$ctx"
+    smoke "$tag" version || { docker image rm -f "$tag" >/dev/null 2>&1 || true; die "consul image smoke test failed"; }
+    CONSUL_TAG=$ver
+}
+
+build_serf() {
+    apt_setup
+    local ctx="$WORK/serf" ver dver tag
+    rm -rf "$ctx"
+    make_rootfs "$ctx/rootfs"
+    dver=$(fetch serf trixie "$ctx/pkg") || die "cannot download serf from trixie"
+    ver=$(upstream_version "$dver")
+    cp "$ctx/pkg/usr/bin/serf" "$ctx/rootfs/usr/local/bin/"
+    copy_libs "$ctx/rootfs" "$ctx/rootfs/usr/local/bin/serf" || die "serf: cannot collect libs"
+    cat >"$ctx/Dockerfile" <<EOF
+FROM scratch
+COPY rootfs/ /
+ENV PATH=/usr/local/bin HOME=/root
+LABEL org.constructr.source="debian trixie serf $dver"
+EXPOSE 7373 7946 7946/udp
+ENTRYPOINT ["/usr/local/bin/serf"]
+CMD ["agent", "-bind", "0.0.0.0:7946", "-rpc-addr", "0.0.0.0:7373"]
+EOF
+    tag="$PREFIX/serf:$ver"
+    build_image "$tag" "$ctx"
+    smoke "$tag" version || { docker image rm -f "$tag" >/dev/null 2>&1 || true; die "serf image smoke test failed"; }
+    SERF_TAG=$ver
+}
+
+# ---------------------------------------------------------------------------
+# Main
+# ---------------------------------------------------------------------------
+
+ETCD_TAG="" CONSUL_TAG="" SERF_TAG=""
+if [[ $FORCE != 1 ]]; then
+    ETCD_TAG=$(existing_tag "$PREFIX/etcd" "$ETCD_EXPECTED")
+    CONSUL_TAG=$(existing_tag "$PREFIX/consul" "$CONSUL_EXPECTED")
+    SERF_TAG=$(existing_tag "$PREFIX/serf" "$SERF_EXPECTED")
+fi
+
+if [[ -n $ETCD_TAG ]]; then
+    log "$PREFIX/etcd:$ETCD_TAG exists, skipping (FORCE=1 to rebuild)"
+elif ! build_etcd trixie; then
+    log "etcd from trixie failed, falling back to bookworm"
+    build_etcd bookworm || die "cannot build etcd image"
+fi
+
+if [[ -n $CONSUL_TAG ]]; then
+    log "$PREFIX/consul:$CONSUL_TAG exists, skipping (FORCE=1 to rebuild)"
+else
+    build_consul
+fi
+
+if [[ -n $SERF_TAG ]]; then
+    log "$PREFIX/serf:$SERF_TAG exists, skipping (FORCE=1 to rebuild)"
+else
+    build_serf
+fi
+
+# Dangling images left behind by FORCE rebuilds.
+docker image prune -f --filter "label=org.constructr.source" >/dev/null 2>&1 || true
+
+out="export CONSTRUCTR_ETCD_IMAGE=$PREFIX/etcd:$ETCD_TAG
+export CONSTRUCTR_CONSUL_IMAGE=$PREFIX/consul:$CONSUL_TAG
+export CONSTRUCTR_SERF_IMAGE=$PREFIX/serf:$SERF_TAG"
+printf '%s\n' "$out" >"$ENV_FILE.tmp"
+mv "$ENV_FILE.tmp" "$ENV_FILE"
+log "wrote $ENV_FILE"
+printf '%s\n' "$out"
