@@ -1,1 +1,519 @@
-//! The conformance suite every backend runs (in progress).
+//! The conformance suite: the checks every [`Coordination`] backend must pass, ours and
+//! third-party ones alike (feature `conformance`).
+//!
+//! ```ignore
+//! #[tokio::test]
+//! async fn conformance() {
+//!     let backend = MyBackendForTests::start().await;
+//!     constructr_core::conformance::run_all(&backend).await;
+//! }
+//! ```
+//!
+//! Every check uses its own freshly named cluster, so checks (and test processes) can run
+//! in parallel against one service. A failing check panics with a message naming it.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rand::Rng as _;
+
+use crate::coordination::{
+    AddMode, AddOutcome, Coordination, LockOutcome, RefreshOutcome, WaitOutcome,
+};
+use crate::node::{ClusterId, ClusterName, NodeId, Scope};
+
+/// What the suite needs from a backend under test.
+#[async_trait]
+pub trait ConformanceBackend: Send + Sync {
+    /// The backend under test.
+    type Coordination: Coordination;
+
+    /// The backend.
+    fn coordination(&self) -> &Self::Coordination;
+
+    /// Writes `value` verbatim under `{prefix}/{cluster}/nodes/{key_suffix}` with a TTL of
+    /// about [`ConformanceBackend::ttl`] (as a third party writing garbage would).
+    async fn put_raw_entry(&self, scope: &Scope, key_suffix: &str, value: &[u8]);
+
+    /// The key prefix to test under. Default `/constructr-conformance`.
+    fn prefix(&self) -> &str {
+        "/constructr-conformance"
+    }
+
+    /// A short TTL the backend supports, used for the expiry checks.
+    fn ttl(&self) -> Duration {
+        Duration::from_secs(2)
+    }
+
+    /// How long after the TTL an entry may still be visible (the backend's documented bound).
+    fn expiry_bound(&self) -> Duration {
+        Duration::from_secs(2)
+    }
+
+    /// Whether `wait_for_change` is implemented with a watch (not the polling default).
+    fn watches(&self) -> bool {
+        true
+    }
+}
+
+/// A fresh scope with a random cluster name.
+pub fn fresh_scope(prefix: &str, what: &str) -> Scope {
+    let n: u64 = rand::rng().random();
+    let name = ClusterName::new(format!("{what}-{n:016x}")).expect("valid name");
+    Scope::new(prefix, name).expect("valid prefix")
+}
+
+fn node(n: u32) -> NodeId {
+    NodeId::new(format!("10.0.0.{n}:7000"), 1000 + u64::from(n))
+}
+
+const LONG: Duration = Duration::from_secs(60);
+
+/// Runs every check.
+pub async fn run_all<B: ConformanceBackend>(b: &B) {
+    empty_registry_reads_empty(b).await;
+    lock_is_exclusive(b).await;
+    relock_by_holder_returns_same_token(b).await;
+    seed_registration_is_fenced_by_the_lock(b).await;
+    seed_registration_refused_after_lock_loss(b).await;
+    seed_registration_refused_when_epoch_moved(b).await;
+    seed_registration_retry_is_idempotent(b).await;
+    join_registration_checks_the_epoch(b).await;
+    refresh_extends_and_detects_missing(b).await;
+    entries_expire_after_ttl(b).await;
+    remove_self_only_removes_own_incarnation(b).await;
+    garbage_entries_are_skipped(b).await;
+    wait_for_change_wakes_on_registration(b).await;
+}
+
+/// A scope nobody wrote to reads as empty, without an epoch.
+pub async fn empty_registry_reads_empty<B: ConformanceBackend>(b: &B) {
+    let scope = fresh_scope(b.prefix(), "empty");
+    let r = b.coordination().get_nodes(&scope).await.expect("get_nodes");
+    assert!(r.nodes.is_empty(), "empty_registry_reads_empty: {r:?}");
+    assert!(r.epoch.is_none(), "empty_registry_reads_empty: {r:?}");
+}
+
+async fn seed<B: ConformanceBackend>(b: &B, scope: &Scope, n: &NodeId) -> ClusterId {
+    let c = b.coordination();
+    let LockOutcome::Acquired(lock) = c.lock(scope, n, LONG).await.expect("lock") else {
+        panic!("seeding: lock not acquired on a fresh scope");
+    };
+    let r = c.get_nodes(scope).await.expect("get_nodes");
+    let cluster = ClusterId(rand::rng().random());
+    let mode = AddMode::Seed {
+        lock,
+        cluster,
+        expected_epoch_version: r.epoch.map(|e| e.version),
+    };
+    assert_eq!(
+        c.add_self(scope, n, LONG, &mode).await.expect("add_self"),
+        AddOutcome::Added,
+        "seeding: fenced registration with a held lock must be written"
+    );
+    cluster
+}
+
+/// Only one holder at a time.
+pub async fn lock_is_exclusive<B: ConformanceBackend>(b: &B) {
+    let scope = fresh_scope(b.prefix(), "lock-exclusive");
+    let c = b.coordination();
+    assert!(matches!(
+        c.lock(&scope, &node(1), LONG).await.expect("lock"),
+        LockOutcome::Acquired(_)
+    ));
+    assert_eq!(
+        c.lock(&scope, &node(2), LONG).await.expect("lock"),
+        LockOutcome::HeldByOther,
+        "lock_is_exclusive: a second node got the lock"
+    );
+    // Same address, other incarnation: another holder.
+    let restarted = NodeId::new(node(1).address, 1);
+    assert_eq!(
+        c.lock(&scope, &restarted, LONG).await.expect("lock"),
+        LockOutcome::HeldByOther,
+        "lock_is_exclusive: a new incarnation of the holder got the lock"
+    );
+}
+
+/// Locking again while holding returns the same token.
+pub async fn relock_by_holder_returns_same_token<B: ConformanceBackend>(b: &B) {
+    let scope = fresh_scope(b.prefix(), "relock");
+    let c = b.coordination();
+    let first = c.lock(&scope, &node(1), LONG).await.expect("lock");
+    let second = c.lock(&scope, &node(1), LONG).await.expect("lock");
+    assert!(matches!(first, LockOutcome::Acquired(_)));
+    assert_eq!(first, second, "relock_by_holder_returns_same_token");
+}
+
+/// A seed registration with a token the node does not hold is refused.
+pub async fn seed_registration_is_fenced_by_the_lock<B: ConformanceBackend>(b: &B) {
+    let scope = fresh_scope(b.prefix(), "fence");
+    let c = b.coordination();
+    let LockOutcome::Acquired(token) = c.lock(&scope, &node(1), LONG).await.expect("lock") else {
+        panic!("lock not acquired")
+    };
+    // Node 2 presents node 1's token: refused.
+    let mode = AddMode::Seed {
+        lock: token,
+        cluster: ClusterId(2),
+        expected_epoch_version: None,
+    };
+    assert_eq!(
+        c.add_self(&scope, &node(2), LONG, &mode)
+            .await
+            .expect("add_self"),
+        AddOutcome::Refused,
+        "seed_registration_is_fenced_by_the_lock: a non-holder's seed registration was written"
+    );
+    let r = c.get_nodes(&scope).await.expect("get_nodes");
+    assert!(
+        r.nodes.is_empty() && r.epoch.is_none(),
+        "refused write left data: {r:?}"
+    );
+}
+
+/// After the lock expired and another node took it, the old holder's seed registration is refused.
+pub async fn seed_registration_refused_after_lock_loss<B: ConformanceBackend>(b: &B) {
+    let scope = fresh_scope(b.prefix(), "lock-loss");
+    let c = b.coordination();
+    let ttl = b.ttl();
+    let LockOutcome::Acquired(old) = c.lock(&scope, &node(1), ttl).await.expect("lock") else {
+        panic!("lock not acquired")
+    };
+    let deadline = tokio::time::Instant::now() + ttl + b.expiry_bound() + Duration::from_secs(5);
+    let new = loop {
+        match c.lock(&scope, &node(2), LONG).await.expect("lock") {
+            LockOutcome::Acquired(t) => break t,
+            LockOutcome::HeldByOther => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "seed_registration_refused_after_lock_loss: lock did not expire within its TTL bound"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    assert_ne!(old, new, "a lock token was reused for a later holder");
+    let stale = AddMode::Seed {
+        lock: old,
+        cluster: ClusterId(1),
+        expected_epoch_version: None,
+    };
+    assert_eq!(
+        c.add_self(&scope, &node(1), LONG, &stale)
+            .await
+            .expect("add_self"),
+        AddOutcome::Refused,
+        "seed_registration_refused_after_lock_loss: fenced write with a lost lock was written"
+    );
+    assert!(
+        c.get_nodes(&scope)
+            .await
+            .expect("get_nodes")
+            .nodes
+            .is_empty()
+    );
+}
+
+/// A seed registration is refused if someone registered since the read that found no nodes.
+pub async fn seed_registration_refused_when_epoch_moved<B: ConformanceBackend>(b: &B) {
+    let scope = fresh_scope(b.prefix(), "epoch-moved");
+    let c = b.coordination();
+    let cluster = seed(b, &scope, &node(1)).await;
+    let read = c.get_nodes(&scope).await.expect("get_nodes");
+    let version = read.epoch.expect("epoch after seeding").version;
+    assert_eq!(read.epoch.map(|e| e.cluster), Some(cluster));
+    // A member registers: the epoch version moves.
+    assert_eq!(
+        c.add_self(
+            &scope,
+            &node(2),
+            LONG,
+            &AddMode::Join {
+                cluster: Some(cluster)
+            }
+        )
+        .await
+        .expect("add_self"),
+        AddOutcome::Added
+    );
+    let after = c.get_nodes(&scope).await.expect("get_nodes");
+    assert_ne!(
+        after.epoch.map(|e| e.version),
+        Some(version),
+        "join did not change the epoch version"
+    );
+    // Node 1 still holds the lock but read an older epoch version: a second seeding is refused.
+    let LockOutcome::Acquired(lock) = c.lock(&scope, &node(1), LONG).await.expect("lock") else {
+        panic!("holder lost its lock")
+    };
+    let reseed = AddMode::Seed {
+        lock,
+        cluster: ClusterId(cluster.0.wrapping_add(1)),
+        expected_epoch_version: Some(version),
+    };
+    assert_eq!(
+        c.add_self(&scope, &node(1), LONG, &reseed)
+            .await
+            .expect("add_self"),
+        AddOutcome::Refused,
+        "seed_registration_refused_when_epoch_moved"
+    );
+    assert_eq!(
+        c.get_nodes(&scope)
+            .await
+            .expect("get")
+            .epoch
+            .map(|e| e.cluster),
+        Some(cluster)
+    );
+}
+
+/// Repeating the same seed registration (a retry after a lost reply) succeeds.
+pub async fn seed_registration_retry_is_idempotent<B: ConformanceBackend>(b: &B) {
+    let scope = fresh_scope(b.prefix(), "seed-retry");
+    let c = b.coordination();
+    let LockOutcome::Acquired(lock) = c.lock(&scope, &node(1), LONG).await.expect("lock") else {
+        panic!("lock not acquired")
+    };
+    let mode = AddMode::Seed {
+        lock,
+        cluster: ClusterId(77),
+        expected_epoch_version: None,
+    };
+    for _ in 0..2 {
+        assert_eq!(
+            c.add_self(&scope, &node(1), LONG, &mode)
+                .await
+                .expect("add_self"),
+            AddOutcome::Added,
+            "seed_registration_retry_is_idempotent"
+        );
+    }
+    let r = c.get_nodes(&scope).await.expect("get_nodes");
+    assert_eq!(r.nodes, vec![node(1)]);
+    assert_eq!(r.epoch.map(|e| e.cluster), Some(ClusterId(77)));
+}
+
+/// A member's registration is written only while the epoch names its cluster.
+pub async fn join_registration_checks_the_epoch<B: ConformanceBackend>(b: &B) {
+    let scope = fresh_scope(b.prefix(), "join-epoch");
+    let c = b.coordination();
+    let cluster = seed(b, &scope, &node(1)).await;
+    let other = ClusterId(cluster.0 ^ 1);
+    assert_eq!(
+        c.add_self(
+            &scope,
+            &node(2),
+            LONG,
+            &AddMode::Join {
+                cluster: Some(other)
+            }
+        )
+        .await
+        .expect("add_self"),
+        AddOutcome::Refused,
+        "join_registration_checks_the_epoch: member of another cluster was registered"
+    );
+    assert_eq!(
+        c.add_self(&scope, &node(2), LONG, &AddMode::Join { cluster: None })
+            .await
+            .expect("add_self"),
+        AddOutcome::Refused,
+        "join_registration_checks_the_epoch: epoch-less join was registered over an epoch"
+    );
+    assert_eq!(
+        c.add_self(
+            &scope,
+            &node(3),
+            LONG,
+            &AddMode::Join {
+                cluster: Some(cluster)
+            }
+        )
+        .await
+        .expect("add_self"),
+        AddOutcome::Added
+    );
+    let mut nodes = c.get_nodes(&scope).await.expect("get_nodes").nodes;
+    nodes.sort();
+    assert_eq!(nodes, vec![node(1), node(3)]);
+}
+
+/// Refresh keeps an entry alive beyond its first TTL and reports a missing entry.
+pub async fn refresh_extends_and_detects_missing<B: ConformanceBackend>(b: &B) {
+    let scope = fresh_scope(b.prefix(), "refresh");
+    let c = b.coordination();
+    let ttl = b.ttl();
+    let cluster = seed(b, &scope, &node(1)).await;
+    assert_eq!(
+        c.add_self(
+            &scope,
+            &node(2),
+            ttl,
+            &AddMode::Join {
+                cluster: Some(cluster)
+            }
+        )
+        .await
+        .expect("add_self"),
+        AddOutcome::Added
+    );
+    // Refresh at half the TTL, three times: the entry outlives its first TTL by far.
+    for _ in 0..3 {
+        tokio::time::sleep(ttl / 2).await;
+        assert_eq!(
+            c.refresh(&scope, &node(2), ttl).await.expect("refresh"),
+            RefreshOutcome::Refreshed,
+            "refresh_extends_and_detects_missing: refresh of a live entry"
+        );
+    }
+    assert!(
+        c.get_nodes(&scope)
+            .await
+            .expect("get")
+            .nodes
+            .contains(&node(2))
+    );
+    // Another incarnation at the same address does not own that entry.
+    let other = NodeId::new(node(2).address, 9);
+    assert_eq!(
+        c.refresh(&scope, &other, ttl).await.expect("refresh"),
+        RefreshOutcome::Missing
+    );
+    assert_eq!(
+        c.refresh(&scope, &node(9), ttl).await.expect("refresh"),
+        RefreshOutcome::Missing
+    );
+}
+
+/// An entry that is not refreshed disappears within TTL plus the backend's bound.
+pub async fn entries_expire_after_ttl<B: ConformanceBackend>(b: &B) {
+    let scope = fresh_scope(b.prefix(), "expiry");
+    let c = b.coordination();
+    let ttl = b.ttl();
+    let LockOutcome::Acquired(lock) = c.lock(&scope, &node(1), LONG).await.expect("lock") else {
+        panic!("lock")
+    };
+    let mode = AddMode::Seed {
+        lock,
+        cluster: ClusterId(5),
+        expected_epoch_version: None,
+    };
+    assert_eq!(
+        c.add_self(&scope, &node(1), ttl, &mode).await.expect("add"),
+        AddOutcome::Added
+    );
+    let start = tokio::time::Instant::now();
+    assert!(
+        c.get_nodes(&scope)
+            .await
+            .expect("get")
+            .nodes
+            .contains(&node(1))
+    );
+    loop {
+        let r = c.get_nodes(&scope).await.expect("get_nodes");
+        if r.nodes.is_empty() {
+            assert!(
+                start.elapsed() + Duration::from_millis(100) >= ttl / 2,
+                "entries_expire_after_ttl: entry vanished long before its TTL"
+            );
+            // The epoch marker outlives the entries.
+            assert_eq!(r.epoch.map(|e| e.cluster), Some(ClusterId(5)));
+            break;
+        }
+        assert!(
+            start.elapsed() <= ttl + b.expiry_bound(),
+            "entries_expire_after_ttl: entry still there after TTL + bound"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        c.refresh(&scope, &node(1), ttl).await.expect("refresh"),
+        RefreshOutcome::Missing
+    );
+}
+
+/// `remove_self` removes this incarnation's entry, not another's, and is idempotent.
+pub async fn remove_self_only_removes_own_incarnation<B: ConformanceBackend>(b: &B) {
+    let scope = fresh_scope(b.prefix(), "remove");
+    let c = b.coordination();
+    seed(b, &scope, &node(1)).await;
+    let stale = NodeId::new(node(1).address, 1);
+    c.remove_self(&scope, &stale).await.expect("remove_self");
+    assert_eq!(
+        c.get_nodes(&scope).await.expect("get").nodes,
+        vec![node(1)],
+        "removed another incarnation's entry"
+    );
+    c.remove_self(&scope, &node(1)).await.expect("remove_self");
+    assert!(
+        c.get_nodes(&scope).await.expect("get").nodes.is_empty(),
+        "entry not removed"
+    );
+    c.remove_self(&scope, &node(1))
+        .await
+        .expect("remove_self of an absent entry");
+}
+
+/// Undecodable entries under the prefix are skipped, not errors.
+pub async fn garbage_entries_are_skipped<B: ConformanceBackend>(b: &B) {
+    let scope = fresh_scope(b.prefix(), "garbage");
+    let c = b.coordination();
+    seed(b, &scope, &node(1)).await;
+    b.put_raw_entry(&scope, "not-base64!", b"{\"address\":1}")
+        .await;
+    b.put_raw_entry(&scope, "MTAuMC4wLjI6NzAwMA", b"\xff\xfe garbage")
+        .await;
+    // Valid JSON, but the key does not match the address.
+    b.put_raw_entry(
+        &scope,
+        "eHl6",
+        br#"{"address":"10.9.9.9:1","incarnation":1}"#,
+    )
+    .await;
+    let r = c
+        .get_nodes(&scope)
+        .await
+        .expect("get_nodes must not fail on garbage");
+    assert_eq!(r.nodes, vec![node(1)], "garbage_entries_are_skipped");
+}
+
+/// `wait_for_change` from the revision of a read resolves when a node registers.
+pub async fn wait_for_change_wakes_on_registration<B: ConformanceBackend>(b: &B) {
+    if !b.watches() {
+        let scope = fresh_scope(b.prefix(), "nowatch");
+        let out = b
+            .coordination()
+            .wait_for_change(&scope, Some(0))
+            .await
+            .expect("wait");
+        assert_eq!(out, WaitOutcome::Unsupported);
+        return;
+    }
+    let scope = fresh_scope(b.prefix(), "watch");
+    let c = b.coordination();
+    let r = c.get_nodes(&scope).await.expect("get_nodes");
+    let wait = c.wait_for_change(&scope, r.revision);
+    tokio::pin!(wait);
+    // Nothing changed yet: still waiting after a while.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), &mut wait)
+            .await
+            .is_err(),
+        "wait_for_change resolved without a change"
+    );
+    let first = node(1);
+    let seeding = seed(b, &scope, &first);
+    let (out, _) = tokio::join!(
+        tokio::time::timeout(Duration::from_secs(10), &mut wait),
+        seeding
+    );
+    assert_eq!(
+        out.expect("wait_for_change_wakes_on_registration: no wake-up within 10 s")
+            .expect("wait"),
+        WaitOutcome::Changed
+    );
+}
