@@ -264,6 +264,7 @@ pub struct Machine {
     timer: Option<(Instant, Wake)>,
     retries_left: u32,
     last_revision: Option<u64>,
+    last_epoch_version: Option<u64>,
     lock: Option<LockToken>,
     /// The condition of this node's (next) registration.
     add_mode: Option<AddMode>,
@@ -302,6 +303,7 @@ impl Machine {
             timer: None,
             retries_left,
             last_revision: None,
+            last_epoch_version: None,
             lock: None,
             add_mode: None,
             cluster: None,
@@ -482,6 +484,7 @@ impl Machine {
             .filter(|n| n.address != self.node.address)
             .collect();
         let epoch = registry.epoch;
+        self.last_epoch_version = epoch.map(|e| e.version);
         if !others.is_empty() {
             self.cluster = epoch.map(|e| e.cluster);
             let mode = AddMode::Join {
@@ -507,7 +510,7 @@ impl Machine {
             LockOutcome::Acquired(token) => {
                 self.lock = Some(token);
                 if self.mutations.skip_reread_after_lock {
-                    self.seed(now, None);
+                    self.seed(now, self.last_epoch_version);
                 } else {
                     self.enter(State::VerifyingEmpty);
                     self.issue(now, Request::GetNodes);
