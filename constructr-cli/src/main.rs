@@ -1,1 +1,148 @@
-fn main() {}
+//! `constructr`: run a demo cluster, run the simulation, inspect a registry.
+
+mod counting;
+mod demo;
+mod settings;
+mod sim;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Bootstrap clusters of service nodes through a coordination service.
+#[derive(Debug, Parser)]
+#[command(name = "constructr", version, about)]
+struct Cli {
+    /// Settings file (TOML, same keys as the settings: `coordination-timeout = "3s"`, ...).
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Cluster name (overrides the settings file).
+    #[arg(long, global = true, value_name = "NAME")]
+    cluster: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Which coordination backend to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Backend {
+    /// In-process memory backend (the embedded default).
+    Memory,
+}
+
+/// Settings preset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Compat {
+    /// ConstructR's behaviour: its defaults, no watch, fixed `retry-delay` waits.
+    Constructr,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Start N nodes at once in this process and report how the cluster formed.
+    Demo {
+        /// Number of nodes.
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+        nodes: u32,
+        /// Coordination backend.
+        #[arg(long, value_enum, default_value_t = Backend::Memory)]
+        backend: Backend,
+        /// Start from a settings preset instead of constructr's defaults.
+        #[arg(long, value_enum)]
+        compat: Option<Compat>,
+        /// Print one JSON object instead of a timeline.
+        #[arg(long)]
+        json: bool,
+        /// Seed of the nodes' randomness (default: random).
+        #[arg(long)]
+        seed: Option<u64>,
+    },
+    /// Run the deterministic simulation (virtual time, optional faults).
+    Sim {
+        /// Number of trials.
+        #[arg(long, default_value_t = 1000)]
+        trials: u64,
+        /// Nodes per trial.
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+        nodes: u32,
+        /// Base seed; trial i uses a seed derived from it (printed for failing trials).
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Inject faults (errors, lost/slow replies, crashes, pauses, lock/TTL expiry).
+        #[arg(long)]
+        faults: bool,
+        /// Replay exactly one trial with this trial seed.
+        #[arg(long, conflicts_with = "trials")]
+        replay: Option<u64>,
+        /// Worker threads (default: available cores).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CONSTRUCTR_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+    let base = match settings::load(cli.config.as_deref(), cli.cluster.as_deref(), None) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match cli.command {
+        Command::Demo {
+            nodes,
+            backend: Backend::Memory,
+            compat,
+            json,
+            seed,
+        } => {
+            let settings = match compat {
+                Some(Compat::Constructr) => {
+                    match settings::load(
+                        cli.config.as_deref(),
+                        cli.cluster.as_deref(),
+                        Some(constructr::Settings::constructr_compat()),
+                    ) {
+                        Ok(s) => s,
+                        Err(e) => {
+                            eprintln!("error: {e}");
+                            return ExitCode::from(2);
+                        }
+                    }
+                }
+                None => base,
+            };
+            demo::run_memory(settings, nodes as usize, json, seed)
+        }
+        Command::Sim {
+            trials,
+            nodes,
+            seed,
+            faults,
+            replay,
+            threads,
+            json,
+        } => sim::run(sim::SimArgs {
+            settings: cli.config.as_ref().map(|_| base),
+            trials,
+            nodes: nodes as usize,
+            seed,
+            faults,
+            replay,
+            threads,
+            json,
+        }),
+    }
+}

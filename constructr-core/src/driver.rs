@@ -34,9 +34,16 @@ pub struct NodeHandle {
     events: broadcast::Sender<TimedEvent>,
     shutdown: Arc<Notify>,
     task: JoinHandle<Result<(), Failure>>,
+    first_events: Option<broadcast::Receiver<TimedEvent>>,
 }
 
 impl NodeHandle {
+    /// The receiver of **all** events since the start (only once; later calls get `None`).
+    /// Use [`NodeHandle::events`] for later subscriptions.
+    pub fn take_events(&mut self) -> Option<broadcast::Receiver<TimedEvent>> {
+        self.first_events.take()
+    }
+
     /// This node.
     pub fn node(&self) -> &NodeId {
         &self.node
@@ -102,7 +109,7 @@ pub fn spawn(
     let start = Instant::now();
     let machine = Machine::new(settings, node.clone(), seed, start.into_std())?;
     let (state_tx, state_rx) = watch::channel(machine.state());
-    let (events, _) = broadcast::channel(256);
+    let (events, first_events) = broadcast::channel(256);
     let shutdown = Arc::new(Notify::new());
     let run = Runner {
         machine,
@@ -122,6 +129,7 @@ pub fn spawn(
         events,
         shutdown,
         task,
+        first_events: Some(first_events),
     })
 }
 
@@ -173,7 +181,7 @@ impl Runner {
         }
     }
 
-    fn report(&self, event: TimedEvent0) {
+    fn report(&self, event: Event) {
         let elapsed = self.start.elapsed();
         match &event {
             Event::StateChanged { from, to } => {
@@ -260,8 +268,6 @@ impl Runner {
         .instrument(span)
     }
 }
-
-type TimedEvent0 = Event;
 
 async fn bounded<T>(bound: Duration, f: impl std::future::Future<Output = T>) -> Option<T> {
     tokio::time::timeout(bound, f).await.ok()

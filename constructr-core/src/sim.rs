@@ -485,7 +485,9 @@ impl World<'_> {
     fn drain(&mut self, i: usize) {
         let inc = self.nodes[i].inc;
         loop {
-            let Some(m) = self.nodes[i].machine.as_mut() else { return };
+            let Some(m) = self.nodes[i].machine.as_mut() else {
+                return;
+            };
             let action = m.poll_action();
             let event = m.poll_event();
             if action.is_none() && event.is_none() {
@@ -518,7 +520,8 @@ impl World<'_> {
             action,
             Action::JoinCluster { .. } | Action::LeaveCluster { .. } | Action::WaitForChange { .. }
         );
-        let faulty_now = self.now < self.clock_start + self.cfg.start_spread + self.cfg.fault_window;
+        let faulty_now =
+            self.now < self.clock_start + self.cfg.start_spread + self.cfg.fault_window;
         if self.cfg.faults && is_coordination && faulty_now {
             let roll: f64 = self.rng.random();
             if roll < 0.03 {
@@ -570,12 +573,19 @@ impl World<'_> {
         if self.nodes[i].inc != inc || self.nodes[i].machine.is_none() {
             return; // the sender crashed; the request died with its connection
         }
-        let node = self.nodes[i].machine.as_ref().expect("checked").node().clone();
+        let node = self.nodes[i]
+            .machine
+            .as_ref()
+            .expect("checked")
+            .node()
+            .clone();
         let now = self.now;
         let scope = self.scope.clone();
         let reply = match action {
             Action::GetNodes { .. } => Reply::Nodes(Ok(self.memory.get_nodes_at(now, &scope))),
-            Action::Lock { ttl, .. } => Reply::Lock(Ok(self.memory.lock_at(now, &scope, &node, ttl))),
+            Action::Lock { ttl, .. } => {
+                Reply::Lock(Ok(self.memory.lock_at(now, &scope, &node, ttl)))
+            }
             Action::AddSelf { ttl, mode, .. } => {
                 let out = self.memory.add_self_at(now, &scope, &node, ttl, &mode);
                 if out == AddOutcome::Added {
@@ -701,9 +711,9 @@ impl World<'_> {
     /// all registered live nodes are in one cluster.
     fn check_registration(&mut self, node: &NodeId) {
         if self.cluster.cluster_of(node).is_none() {
-            self.out
-                .violations
-                .push(format!("{node} registered while not a member of any cluster"));
+            self.out.violations.push(format!(
+                "{node} registered while not a member of any cluster"
+            ));
         }
         let live: HashSet<NodeId> = self.live_nodes().into_iter().collect();
         let registry: Registry = self.memory.get_nodes_at(self.now, &self.scope);
@@ -724,20 +734,27 @@ impl World<'_> {
     fn check_quiescence(&mut self) {
         let live = self.live_nodes();
         self.out.live = live.len();
-        let clusters: BTreeSet<_> = live.iter().filter_map(|n| self.cluster.cluster_of(n)).collect();
+        let clusters: BTreeSet<_> = live
+            .iter()
+            .filter_map(|n| self.cluster.cluster_of(n))
+            .collect();
         self.out.islands = clusters.len().saturating_sub(1);
         for n in &self.nodes {
             if let Some(m) = &n.machine
                 && !m.state().is_registered()
             {
-                self.out
-                    .violations
-                    .push(format!("{} not registered at quiescence: {:?}", m.node(), m.state()));
+                self.out.violations.push(format!(
+                    "{} not registered at quiescence: {:?}",
+                    m.node(),
+                    m.state()
+                ));
             }
         }
         for n in &live {
             if self.cluster.cluster_of(n).is_none() {
-                self.out.violations.push(format!("{n} not a member at quiescence"));
+                self.out
+                    .violations
+                    .push(format!("{n} not a member at quiescence"));
             }
         }
         let mut registered: Vec<NodeId> = self.memory.get_nodes_at(self.now, &self.scope).nodes;

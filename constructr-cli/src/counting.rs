@@ -1,0 +1,83 @@
+//! A `Coordination` wrapper that counts requests (for the demo's report).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use constructr::{
+    AddMode, AddOutcome, Coordination, CoordinationError, LockOutcome, NodeId, RefreshOutcome,
+    Registry, Scope, WaitOutcome,
+};
+
+/// Counts every call that reaches the wrapped backend (watches included).
+#[derive(Debug)]
+pub struct Counting<C> {
+    inner: C,
+    calls: Arc<AtomicU64>,
+}
+
+impl<C> Counting<C> {
+    pub fn new(inner: C) -> Self {
+        Self {
+            inner,
+            calls: Arc::default(),
+        }
+    }
+
+    pub fn calls(&self) -> u64 {
+        self.calls.load(Ordering::Relaxed)
+    }
+
+    fn count(&self) {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[async_trait]
+impl<C: Coordination> Coordination for Counting<C> {
+    async fn get_nodes(&self, scope: &Scope) -> Result<Registry, CoordinationError> {
+        self.count();
+        self.inner.get_nodes(scope).await
+    }
+    async fn lock(
+        &self,
+        scope: &Scope,
+        holder: &NodeId,
+        ttl: Duration,
+    ) -> Result<LockOutcome, CoordinationError> {
+        self.count();
+        self.inner.lock(scope, holder, ttl).await
+    }
+    async fn add_self(
+        &self,
+        scope: &Scope,
+        node: &NodeId,
+        ttl: Duration,
+        mode: &AddMode,
+    ) -> Result<AddOutcome, CoordinationError> {
+        self.count();
+        self.inner.add_self(scope, node, ttl, mode).await
+    }
+    async fn refresh(
+        &self,
+        scope: &Scope,
+        node: &NodeId,
+        ttl: Duration,
+    ) -> Result<RefreshOutcome, CoordinationError> {
+        self.count();
+        self.inner.refresh(scope, node, ttl).await
+    }
+    async fn remove_self(&self, scope: &Scope, node: &NodeId) -> Result<(), CoordinationError> {
+        self.count();
+        self.inner.remove_self(scope, node).await
+    }
+    async fn wait_for_change(
+        &self,
+        scope: &Scope,
+        revision: Option<u64>,
+    ) -> Result<WaitOutcome, CoordinationError> {
+        self.count();
+        self.inner.wait_for_change(scope, revision).await
+    }
+}

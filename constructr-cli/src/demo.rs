@@ -1,0 +1,216 @@
+//! `constructr demo`: N nodes started at once in one process, with a timeline and a summary.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use constructr::driver::{self, TimedEvent};
+use constructr::local::LocalCluster;
+use constructr::memory::MemoryCoordination;
+use constructr::{Coordination, Event, NodeId, Settings, State};
+use rand::{Rng, SeedableRng};
+use tokio::sync::mpsc;
+
+use crate::counting::Counting;
+
+/// Runs the demo on the in-memory backend.
+pub fn run_memory(settings: Settings, nodes: usize, json: bool, seed: Option<u64>) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(run(
+        Counting::new(MemoryCoordination::default()),
+        "memory",
+        settings,
+        nodes,
+        json,
+        seed,
+    ))
+}
+
+struct Record {
+    at: Duration,
+    node: usize,
+    event: Event,
+}
+
+/// Runs the demo against any backend.
+pub async fn run<C: Coordination>(
+    coordination: Counting<C>,
+    backend: &str,
+    settings: Settings,
+    n: usize,
+    json: bool,
+    seed: Option<u64>,
+) -> ExitCode {
+    let seed = seed.unwrap_or_else(|| rand::rng().random());
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
+    let coordination = Arc::new(coordination);
+    let cluster = LocalCluster::new();
+    let (tx, mut rx) = mpsc::unbounded_channel::<Record>();
+    let start = Instant::now();
+    let mut handles = Vec::with_capacity(n);
+    for i in 0..n {
+        let node = NodeId::new(format!("127.0.0.1:{}", 20_000 + i), rng.random());
+        let offset = start.elapsed();
+        let mut handle = match driver::spawn(
+            settings.clone(),
+            node.clone(),
+            coordination.clone(),
+            Arc::new(cluster.node(node)),
+            rng.random(),
+        ) {
+            Ok(h) => h,
+            Err(e) => {
+                eprintln!("error: invalid settings: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        let mut events = handle.take_events().expect("first call");
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            while let Ok(TimedEvent { elapsed, event }) = events.recv().await {
+                let _ = tx.send(Record {
+                    at: offset + elapsed,
+                    node: i,
+                    event,
+                });
+            }
+        });
+        handles.push(handle);
+    }
+    drop(tx);
+    // Generous bound: everyone registered, or ended.
+    let bound = settings.lock_ttl() * 3 + settings.retry_delay * 10 + Duration::from_secs(10);
+    let all = futures_all(handles.iter().map(|h| h.registered()).collect());
+    let finished = tokio::time::timeout(bound, all).await;
+    let formation = start.elapsed();
+    let registered = handles.iter().filter(|h| h.state().is_registered()).count();
+    let requests_to_form = coordination.calls();
+    let clusters = cluster.clusters();
+    let sizes: Vec<usize> = clusters.values().map(|m| m.len()).collect();
+    let failures: Vec<String> = handles
+        .iter()
+        .filter(|h| h.state() == State::Failed)
+        .map(|h| h.node().to_string())
+        .collect();
+
+    // Graceful shutdown of every node: entries are removed at once.
+    for h in &handles {
+        h.shutdown();
+    }
+    let mut stop_errors = Vec::new();
+    for h in handles {
+        let node = h.node().clone();
+        if let Err(e) = h.stopped().await {
+            stop_errors.push(format!("{node}: {e}"));
+        }
+    }
+    let left_over = match coordination
+        .get_nodes(&settings.scope().expect("validated"))
+        .await
+    {
+        Ok(r) => Some(r.nodes.len()),
+        Err(_) => None,
+    };
+    let mut records = Vec::new();
+    while let Ok(r) = rx.try_recv() {
+        records.push(r);
+    }
+    records.sort_by_key(|r| (r.at, r.node));
+    let formation_ms = records
+        .iter()
+        .filter(|r| {
+            matches!(
+                r.event,
+                Event::StateChanged {
+                    to: State::RefreshScheduled,
+                    from: State::AddingSelf
+                }
+            )
+        })
+        .map(|r| r.at)
+        .max()
+        .unwrap_or(formation)
+        .as_secs_f64()
+        * 1000.0;
+    let peak_rss_kib = peak_rss_kib();
+    let ok = finished.is_ok() && sizes.len() == 1 && registered == n;
+    if json {
+        let out = serde_json::json!({
+            "backend": backend,
+            "nodes": n,
+            "seed": seed,
+            "clusters": sizes.len(),
+            "clusters_formed": cluster.clusters_formed(),
+            "members": sizes.iter().sum::<usize>(),
+            "cluster_sizes": sizes,
+            "registered": registered,
+            "formation_ms": (formation_ms * 1000.0).round() / 1000.0,
+            "coordination_requests": requests_to_form,
+            "failed_nodes": failures,
+            "stop_errors": stop_errors,
+            "entries_after_shutdown": left_over,
+            "peak_rss_kib": peak_rss_kib,
+        });
+        println!("{out}");
+    } else {
+        println!("timeline ({n} nodes, backend {backend}, seed {seed}):");
+        for r in &records {
+            let what = match &r.event {
+                Event::StateChanged { from, to } => format!("{from:?} -> {to:?}"),
+                Event::Retrying { state, error } => format!("retrying in {state:?}: {error}"),
+                Event::SeedRefused => "seed registration refused: starting over".into(),
+            };
+            println!(
+                "  {:>9.3} ms  127.0.0.1:{:<6} {what}",
+                r.at.as_secs_f64() * 1000.0,
+                20_000 + r.node
+            );
+        }
+        println!();
+        println!(
+            "{} cluster(s) {:?}, {registered}/{n} registered, formed in {formation_ms:.1} ms with {requests_to_form} coordination requests",
+            sizes.len(),
+            sizes
+        );
+        if !failures.is_empty() {
+            println!("failed nodes: {failures:?}");
+        }
+        match left_over {
+            Some(k) => println!("after graceful shutdown: {k} entries left in the registry"),
+            None => println!("after graceful shutdown: registry not readable"),
+        }
+        if let Some(kib) = peak_rss_kib {
+            println!("peak memory (RSS): {:.1} MiB", kib as f64 / 1024.0);
+        }
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+async fn futures_all<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
+    let mut out = Vec::with_capacity(futures.len());
+    for f in futures {
+        out.push(f.await);
+    }
+    out
+}
+
+fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+}
