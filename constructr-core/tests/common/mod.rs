@@ -1,0 +1,226 @@
+//! Helpers shared by the state-machine tests: a fixed time base, fixed settings, node ids,
+//! and small drivers that script a machine into a given state.
+//!
+//! Every test calls one handler and then asserts the exact list of actions (and events)
+//! it produced, openraft-engine style.
+#![allow(dead_code)]
+
+use std::sync::LazyLock;
+use std::time::{Duration, Instant};
+
+use constructr_core::{
+    Action, AddOutcome, AttemptId, ClusterId, CoordinationError, Epoch, ErrorSummary, Event,
+    LockOutcome, LockToken, Machine, NodeId, RefreshOutcome, Registry, Reply, Settings, State,
+};
+
+static BASE: LazyLock<Instant> = LazyLock::new(Instant::now);
+
+/// The fixed time base of every test.
+pub fn t0() -> Instant {
+    *BASE
+}
+
+/// `t0 + ms`.
+pub fn at(ms: u64) -> Instant {
+    t0() + Duration::from_millis(ms)
+}
+
+pub const COORDINATION_TIMEOUT: Duration = Duration::from_secs(1);
+pub const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
+pub const RETRY_DELAY: Duration = Duration::from_secs(2);
+pub const REFRESH_INTERVAL: Duration = Duration::from_secs(30);
+/// The rng seed of [`machine`].
+pub const SEED: u64 = 7;
+/// The cluster named by the registry's epoch in the member scripts.
+pub const THEIR_CLUSTER: ClusterId = ClusterId(0xC1);
+
+/// Defaults with distinct, explicit durations and no jitter (so every wait is exact).
+pub fn settings() -> Settings {
+    let mut s = Settings::default();
+    s.coordination_timeout = COORDINATION_TIMEOUT;
+    s.join_timeout = JOIN_TIMEOUT;
+    s.retry_delay = RETRY_DELAY;
+    s.refresh_interval = REFRESH_INTERVAL;
+    s.retry_jitter = 0.0;
+    s
+}
+
+/// Entry TTL of [`settings`]: `refresh_interval × ttl_factor`.
+pub fn ttl() -> Duration {
+    settings().ttl()
+}
+
+/// This node.
+pub fn me() -> NodeId {
+    NodeId::new("10.0.0.1:2552", 0xA1)
+}
+
+/// Another node.
+pub fn node(n: u8) -> NodeId {
+    NodeId::new(format!("10.0.0.{n}:2552"), 0x100 + u64::from(n))
+}
+
+/// This node's stale entry: same address, another incarnation.
+pub fn my_stale_entry() -> NodeId {
+    NodeId::new(me().address, 0xDEAD)
+}
+
+/// A machine for [`me`] with [`SEED`], created at `t0`.
+pub fn machine(settings: Settings) -> Machine {
+    Machine::new(settings, me(), SEED, t0()).expect("valid settings")
+}
+
+/// A machine created at `t0` with its first action (`GetNodes { 1 }`) and events drained.
+pub fn started(settings: Settings) -> Machine {
+    let mut m = machine(settings);
+    assert_eq!(actions(&mut m), vec![get_nodes(1)]);
+    assert_eq!(events(&mut m), vec![]);
+    m
+}
+
+/// Drains every queued action.
+pub fn actions(m: &mut Machine) -> Vec<Action> {
+    std::iter::from_fn(|| m.poll_action()).collect()
+}
+
+/// Drains every queued event.
+pub fn events(m: &mut Machine) -> Vec<Event> {
+    std::iter::from_fn(|| m.poll_event()).collect()
+}
+
+/// `Event::StateChanged`.
+pub fn changed(from: State, to: State) -> Event {
+    Event::StateChanged { from, to }
+}
+
+pub fn get_nodes(attempt: u64) -> Action {
+    Action::GetNodes {
+        attempt: AttemptId(attempt),
+    }
+}
+
+pub fn lock(attempt: u64) -> Action {
+    Action::Lock {
+        attempt: AttemptId(attempt),
+        ttl: settings().lock_ttl(),
+    }
+}
+
+pub fn join(attempt: u64, seeds: Vec<NodeId>) -> Action {
+    Action::JoinCluster {
+        attempt: AttemptId(attempt),
+        seeds,
+    }
+}
+
+pub fn leave(attempt: u64) -> Action {
+    Action::LeaveCluster {
+        attempt: AttemptId(attempt),
+    }
+}
+
+pub fn refresh(attempt: u64) -> Action {
+    Action::Refresh {
+        attempt: AttemptId(attempt),
+        ttl: ttl(),
+    }
+}
+
+pub fn remove_self(attempt: u64) -> Action {
+    Action::RemoveSelf {
+        attempt: AttemptId(attempt),
+    }
+}
+
+/// A registry read.
+pub fn registry(nodes: &[NodeId], epoch: Option<Epoch>, revision: u64) -> Registry {
+    Registry {
+        nodes: nodes.to_vec(),
+        epoch,
+        revision: Some(revision),
+    }
+}
+
+/// An empty registry without epoch marker.
+pub fn empty(revision: u64) -> Registry {
+    registry(&[], None, revision)
+}
+
+pub fn epoch(cluster: ClusterId, version: u64) -> Option<Epoch> {
+    Some(Epoch { cluster, version })
+}
+
+/// The lock token of the scripts.
+pub fn token() -> LockToken {
+    LockToken("lock-1".into())
+}
+
+pub fn unavailable() -> CoordinationError {
+    CoordinationError::unavailable("connection refused")
+}
+
+pub fn unavailable_summary() -> ErrorSummary {
+    unavailable().summary()
+}
+
+pub fn timeout_summary() -> ErrorSummary {
+    CoordinationError::Timeout.summary()
+}
+
+/// Drains the actions and returns the only one.
+pub fn single(m: &mut Machine) -> Action {
+    let mut a = actions(m);
+    assert_eq!(a.len(), 1, "expected exactly one action, got {a:?}");
+    a.remove(0)
+}
+
+/// Which registry the scripted coordination service shows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Script {
+    /// Empty registry, lock free: this node seeds.
+    Seed,
+    /// `node(2)` and `node(3)` registered in [`THEIR_CLUSTER`]: this node joins.
+    Member,
+}
+
+/// Answers the machine's actions (all at `now`) as `script` dictates until it is in
+/// `target`; returns the action issued on entering `target` (`None` if there is none, e.g.
+/// `RefreshScheduled`). Events are drained. To reach `Refreshing` the refresh timer is fired
+/// at its deadline.
+pub fn drive(m: &mut Machine, now: Instant, script: Script, target: State) -> Option<Action> {
+    let mut last = actions(m).pop();
+    let mut now = now;
+    for _ in 0..20 {
+        if m.state() == target {
+            events(m);
+            return last;
+        }
+        if m.state() == State::RefreshScheduled {
+            now = m.poll_timeout().expect("refresh timer");
+            m.handle_timeout(now);
+            last = actions(m).pop();
+            continue;
+        }
+        let action = last.take().expect("an action to answer");
+        let reply = match (&action, script) {
+            (Action::GetNodes { .. }, Script::Seed) => Reply::Nodes(Ok(empty(1))),
+            (Action::GetNodes { .. }, Script::Member) => Reply::Nodes(Ok(registry(
+                &[node(2), node(3)],
+                epoch(THEIR_CLUSTER, 5),
+                5,
+            ))),
+            (Action::Lock { .. }, _) => Reply::Lock(Ok(LockOutcome::Acquired(token()))),
+            (Action::JoinCluster { .. }, _) => Reply::Joined(Ok(())),
+            (Action::AddSelf { .. }, _) => Reply::AddSelf(Ok(AddOutcome::Added)),
+            (Action::Refresh { .. }, _) => Reply::Refresh(Ok(RefreshOutcome::Refreshed)),
+            (Action::LeaveCluster { .. }, _) => Reply::Left(Ok(())),
+            (Action::RemoveSelf { .. }, _) => Reply::RemoveSelf(Ok(())),
+            (a, _) => panic!("unexpected action {a:?}"),
+        };
+        m.handle_reply(now, action.attempt(), reply);
+        let mut a = actions(m);
+        assert!(a.len() <= 1, "expected at most one action, got {a:?}");
+        last = a.pop();
+    }
+    panic!("did not reach {target:?}; in {:?}", m.state());
+}
