@@ -1,1 +1,35 @@
-//! etcd v3 backend for constructr: work in progress.
+//! # constructr-etcd
+//!
+//! The etcd v3 backend of constructr: [`EtcdCoordination`] implements
+//! [`constructr_core::Coordination`] with etcd leases (node entries and the bootstrap lock
+//! expire with their TTL), transactions (the lock, the fenced seed registration, the epoch
+//! checks) and watches (nodes waiting for a seed wake as soon as it registers).
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::sync::Arc;
+//! use constructr_etcd::{EtcdConfig, EtcdCoordination};
+//!
+//! let config = EtcdConfig::new(["http://10.0.0.1:2379", "http://10.0.0.2:2379"]);
+//! let etcd = Arc::new(EtcdCoordination::new(&config)?);
+//! etcd.check().await?; // optional: fail early on bad credentials or TLS
+//! // hand `etcd` to `constructr_core::driver::spawn` ...
+//! # Ok(()) }
+//! ```
+//!
+//! With `etcdctl get --prefix /constructr/` an operator sees
+//! `/constructr/{cluster}/nodes/{base64url(address)}` entries with JSON values, the
+//! `/constructr/{cluster}/lock` key while a node seeds, and `/constructr/{cluster}/epoch`.
+//!
+//! See [`coordination`] for the semantics (TTL rounding, the expiry bound), [`client`](EtcdConfig)
+//! for endpoint failover, and [`EtcdError`] for the error mapping.
+#![deny(missing_docs)]
+
+mod client;
+pub mod config;
+pub mod coordination;
+pub mod error;
+
+pub use config::{EtcdConfig, EtcdTlsConfig, PemSource};
+pub use coordination::{EtcdCoordination, lease_ttl_secs};
+pub use error::EtcdError;

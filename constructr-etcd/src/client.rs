@@ -1,0 +1,349 @@
+//! `EtcdClient`: the wire calls, with per-request timeouts and endpoint failover.
+//!
+//! etcd-client balances over all endpoints of one client, but its balancer keeps sending
+//! requests to an endpoint that is down. So this client keeps **one `etcd_client::Client`
+//! per endpoint** and sends each request to the *current* endpoint; when that fails with a
+//! transient error (unreachable, no leader, timed out) the request is retried once on each
+//! following endpoint, the first that answers becomes current, and the failed endpoint's
+//! connection is dropped so its next use reconnects from scratch (this also covers an etcd
+//! that restarted under an open connection).
+//!
+//! Streams are never kept across calls: every refresh opens a fresh lease keep-alive stream
+//! (a long-lived one dies with the etcd process it was opened on), and watches are re-opened
+//! by the caller when they end.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use etcd_client::{
+    Certificate, Client, ConnectOptions, GetOptions, GetResponse, Identity, KeyValue, TlsOptions,
+    Txn, TxnResponse, WatchOptions, WatchStream,
+};
+use tokio::sync::Mutex;
+
+use crate::config::EtcdConfig;
+use crate::error::EtcdError;
+
+/// Interval of HTTP/2 pings on open connections, so a connection to a vanished member is
+/// noticed. etcd answers pings more frequent than `--grpc-keepalive-min-time` (5 s by
+/// default) with GOAWAY.
+const HTTP2_KEEP_ALIVE: Duration = Duration::from_secs(10);
+
+/// An endpoint URL without user info (`https://user:pw@host` → `https://host`).
+pub(crate) fn display_endpoint(url: &str) -> String {
+    let (scheme, rest) = match url.find("://") {
+        Some(i) => (&url[..i + 3], &url[i + 3..]),
+        None => ("", url),
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}{}", &rest[at + 1..]),
+        None => url.to_owned(),
+    }
+}
+
+struct Endpoint {
+    url: String,
+    shown: String,
+    /// The connected client and its generation (to drop only the connection that failed).
+    slot: Mutex<Option<(u64, Client)>>,
+}
+
+/// Which connection served a request, to report its failure later (watch streams).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Ticket {
+    index: usize,
+    generation: u64,
+}
+
+/// The etcd connections of one backend value. Never `Debug`: its options hold the password.
+pub(crate) struct EtcdClient {
+    endpoints: Vec<Endpoint>,
+    options: ConnectOptions,
+    connect_timeout: Duration,
+    request_timeout: Duration,
+    current: AtomicUsize,
+    generations: AtomicU64,
+}
+
+impl EtcdClient {
+    /// Validates the configuration and reads the TLS files. No I/O on the network: each
+    /// endpoint connects on first use.
+    pub(crate) fn new(config: &EtcdConfig) -> Result<Self, EtcdError> {
+        config.validate()?;
+        let mut options = ConnectOptions::new()
+            .with_connect_timeout(config.connect_timeout)
+            .with_keep_alive(HTTP2_KEEP_ALIVE, config.request_timeout)
+            // Fail fast on a member that lost its leader instead of waiting for an election.
+            .with_require_leader(true)
+            // etcd's simple tokens expire (5 min by default): re-authenticate when they do.
+            .with_auto_token_refresh(true);
+        if let (Some(user), Some(password)) = (&config.user, &config.password) {
+            options = options.with_user(user.clone(), password.clone());
+        }
+        if let Some(tls) = &config.tls {
+            let mut t = TlsOptions::new();
+            if let Some(ca) = &tls.ca {
+                t = t.ca_certificate(Certificate::from_pem(ca.load("CA certificate")?));
+            }
+            if let (Some(cert), Some(key)) = (&tls.cert, &tls.key) {
+                t = t.identity(Identity::from_pem(
+                    cert.load("client certificate")?,
+                    key.load("client key")?,
+                ));
+            }
+            if let Some(name) = &tls.domain_name {
+                t = t.domain_name(name.clone());
+            }
+            options = options.with_tls(t);
+        }
+        let endpoints = config
+            .endpoints
+            .iter()
+            .map(|url| Endpoint {
+                url: url.trim().to_owned(),
+                shown: display_endpoint(url.trim()),
+                slot: Mutex::new(None),
+            })
+            .collect();
+        Ok(Self {
+            endpoints,
+            options,
+            connect_timeout: config.connect_timeout,
+            request_timeout: config.request_timeout,
+            current: AtomicUsize::new(0),
+            generations: AtomicU64::new(0),
+        })
+    }
+
+    /// The connected client of endpoint `index`, connecting (and authenticating) if needed.
+    async fn connected(&self, index: usize) -> Result<(Ticket, Client), EtcdError> {
+        let ep = &self.endpoints[index];
+        let mut slot = ep.slot.lock().await;
+        if let Some((generation, client)) = &*slot {
+            return Ok((
+                Ticket {
+                    index,
+                    generation: *generation,
+                },
+                client.clone(),
+            ));
+        }
+        // Connecting is lazy unless credentials are set: then it authenticates (one request).
+        let connect = Client::connect([ep.url.as_str()], Some(self.options.clone()));
+        let client = match tokio::time::timeout(
+            self.connect_timeout + self.request_timeout,
+            connect,
+        )
+        .await
+        {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => return Err(EtcdError::classify(&ep.shown, e)),
+            Err(_) => {
+                return Err(EtcdError::Timeout {
+                    endpoint: ep.shown.clone(),
+                });
+            }
+        };
+        let generation = self.generations.fetch_add(1, Ordering::Relaxed);
+        *slot = Some((generation, client.clone()));
+        Ok((Ticket { index, generation }, client))
+    }
+
+    /// Drops the connection that served `ticket` (if it is still the current one of its
+    /// endpoint) and moves on to the next endpoint.
+    pub(crate) async fn report_failure(&self, ticket: Ticket, error: &EtcdError) {
+        let ep = &self.endpoints[ticket.index];
+        tracing::debug!(endpoint = %ep.shown, %error, "etcd endpoint failed");
+        {
+            let mut slot = ep.slot.lock().await;
+            if matches!(&*slot, Some((g, _)) if *g == ticket.generation) {
+                *slot = None;
+            }
+        }
+        self.advance_from(ticket.index);
+    }
+
+    fn advance_from(&self, index: usize) {
+        let next = (index + 1) % self.endpoints.len();
+        let _ = self
+            .current
+            .compare_exchange(index, next, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    /// Runs `request` against the current endpoint, then each following one while the
+    /// failure is transient. Each try is bounded by the request timeout.
+    async fn call<T, F, Fut>(&self, mut request: F) -> Result<(Ticket, T), EtcdError>
+    where
+        F: FnMut(Client) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let n = self.endpoints.len();
+        let start = self.current.load(Ordering::Relaxed) % n;
+        let mut last = None;
+        for i in 0..n {
+            let index = (start + i) % n;
+            let shown = &self.endpoints[index].shown;
+            let (ticket, client) = match self.connected(index).await {
+                Ok(c) => c,
+                Err(e) if e.is_endpoint_failure() => {
+                    tracing::debug!(endpoint = %shown, error = %e, "cannot connect to etcd endpoint");
+                    self.advance_from(index);
+                    last = Some(e);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let result = match tokio::time::timeout(self.request_timeout, request(client)).await {
+                Ok(Ok(v)) => return Ok((ticket, v)),
+                Ok(Err(e)) => EtcdError::classify(shown, e),
+                Err(_) => EtcdError::Timeout {
+                    endpoint: shown.clone(),
+                },
+            };
+            if !result.is_endpoint_failure() {
+                return Err(result);
+            }
+            self.report_failure(ticket, &result).await;
+            last = Some(result);
+        }
+        Err(last.expect("at least one endpoint"))
+    }
+
+    /// A linearizable range read of every key under `prefix`.
+    pub(crate) async fn get_prefix(&self, prefix: &str) -> Result<GetResponse, EtcdError> {
+        let (_, r) = self
+            .call(|mut c| {
+                let prefix = prefix.to_owned();
+                async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await }
+            })
+            .await?;
+        Ok(r)
+    }
+
+    /// A linearizable read of one key.
+    pub(crate) async fn get(&self, key: &str) -> Result<Option<KeyValue>, EtcdError> {
+        let (_, mut r) = self
+            .call(|mut c| {
+                let key = key.to_owned();
+                async move { c.get(key, None).await }
+            })
+            .await?;
+        Ok(r.take_kvs().into_iter().next())
+    }
+
+    /// One transaction.
+    pub(crate) async fn txn(&self, txn: Txn) -> Result<TxnResponse, EtcdError> {
+        let (_, r) = self
+            .call(|mut c| {
+                let txn = txn.clone();
+                async move { c.txn(txn).await }
+            })
+            .await?;
+        Ok(r)
+    }
+
+    /// Grants a lease of `ttl` seconds; returns its id.
+    pub(crate) async fn grant(&self, ttl: i64) -> Result<i64, EtcdError> {
+        let (_, r) = self
+            .call(|mut c| async move { c.lease_grant(ttl, None).await })
+            .await?;
+        Ok(r.id())
+    }
+
+    /// Revokes a lease; `false` if etcd no longer knows it.
+    pub(crate) async fn revoke(&self, id: i64) -> Result<bool, EtcdError> {
+        let r = self
+            .call(|mut c| async move {
+                match c.lease_revoke(id).await {
+                    Ok(_) => Ok(true),
+                    Err(etcd_client::Error::GRpcStatus(s)) if is_lease_not_found(&s) => Ok(false),
+                    Err(e) => Err(e),
+                }
+            })
+            .await?;
+        Ok(r.1)
+    }
+
+    /// Revokes a lease without waiting (cleanup of a lease granted for a refused write); if
+    /// this fails the lease expires with its TTL anyway.
+    pub(crate) fn revoke_in_background(self: &Arc<Self>, id: i64) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = this.revoke(id).await {
+                tracing::debug!(lease = id, error = %e, "could not revoke an unused lease; it expires by itself");
+            }
+        });
+    }
+
+    /// One keep-alive of lease `id` on a fresh stream; `false` if the lease is gone.
+    pub(crate) async fn keep_alive(&self, id: i64) -> Result<bool, EtcdError> {
+        let r = self
+            .call(|mut c| async move {
+                // `keep_alive` opens the stream, sends one request and waits for its answer;
+                // dropping keeper and stream closes the stream again.
+                match c.lease_keep_alive(id).await {
+                    Ok(_) => Ok(true),
+                    // The answer carried TTL 0: the lease expired or was revoked.
+                    Err(etcd_client::Error::LeaseKeepAliveError(m)) if m == "lease not found" => {
+                        Ok(false)
+                    }
+                    Err(etcd_client::Error::GRpcStatus(s)) if is_lease_not_found(&s) => Ok(false),
+                    Err(e) => Err(e),
+                }
+            })
+            .await?;
+        Ok(r.1)
+    }
+
+    /// Opens a watch; the ticket identifies the connection for [`Self::report_failure`].
+    pub(crate) async fn watch(
+        &self,
+        key: &str,
+        options: WatchOptions,
+    ) -> Result<(Ticket, WatchStream), EtcdError> {
+        self.call(|mut c| {
+            let key = key.to_owned();
+            let options = options.clone();
+            async move { c.watch(key, Some(options)).await }
+        })
+        .await
+    }
+
+    /// The endpoint a ticket refers to, for messages.
+    pub(crate) fn endpoint_of(&self, ticket: Ticket) -> &str {
+        &self.endpoints[ticket.index].shown
+    }
+}
+
+fn is_lease_not_found(s: &tonic::Status) -> bool {
+    s.code() == tonic::Code::NotFound || s.message().contains("requested lease not found")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_are_shown_without_user_info() {
+        assert_eq!(display_endpoint("https://u:p@h:2379"), "https://h:2379");
+        assert_eq!(display_endpoint("u:p@h:2379"), "h:2379");
+        assert_eq!(display_endpoint("http://h:2379/x@y"), "http://h:2379/x@y");
+        assert_eq!(display_endpoint("h:2379"), "h:2379");
+    }
+
+    /// Connection refused on every endpoint: the error names the last one and is retryable.
+    #[tokio::test]
+    async fn all_endpoints_down_is_unavailable() {
+        let config = EtcdConfig::new(["http://127.0.0.1:1", "http://127.0.0.1:2"])
+            .with_request_timeout(Duration::from_millis(500))
+            .with_connect_timeout(Duration::from_millis(500));
+        let c = EtcdClient::new(&config).unwrap();
+        let e = c.get("/x").await.unwrap_err();
+        assert!(e.is_retryable(), "{e:?}");
+        // Both endpoints were tried: the current one moved past both.
+        assert_eq!(c.current.load(Ordering::Relaxed), 0);
+    }
+}

@@ -1,0 +1,482 @@
+//! `EtcdCoordination`: the [`Coordination`] contract on etcd v3 (leases, transactions, watches).
+//!
+//! # Layout
+//! Everything of one cluster lives under `{prefix}/{cluster}/` (see [`constructr_core::entry`]):
+//! - `nodes/{base64url(address)}` = `{"address":..,"incarnation":..}`, each on its own lease;
+//! - `lock` = the encoded holder, on a lease with the lock TTL; the lock token is the key's
+//!   create revision;
+//! - `epoch` = the cluster id (16 hex digits), without lease; [`Epoch::version`] is its mod
+//!   revision, and every registration rewrites it.
+//!
+//! # TTLs and the expiry bound
+//! etcd leases have whole-second TTLs: a TTL is rounded **up** to whole seconds (at least
+//! 1 s; etcd itself raises TTLs below its minimum, 2 s with default election settings).
+//! etcd's leader checks for expired leases every 500 ms and deletes their keys through
+//! raft, so an entry disappears at the latest `ceil(ttl) + 1 s` after the `add_self` or
+//! `refresh` call returned ([`EtcdCoordination::EXPIRY_BOUND`]). **Exception:** when the
+//! etcd leader changes, the new leader renews every lease to its full TTL, which can delay
+//! an expiry by up to one more TTL.
+//!
+//! Refreshing keeps alive the lease *attached to the node's key* (read in the same call,
+//! together with the check that the key still holds this incarnation), on a fresh
+//! keep-alive stream, so refresh works across etcd restarts and needs no state in this
+//! process.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use constructr_core::coordination::{
+    AddMode, AddOutcome, Coordination, CoordinationError, LockOutcome, LockToken, RefreshOutcome,
+    Registry, WaitOutcome,
+};
+use constructr_core::entry;
+use constructr_core::{Epoch, NodeId, Scope};
+use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp, TxnOpResponse, WatchOptions};
+
+use crate::client::EtcdClient;
+use crate::config::EtcdConfig;
+use crate::error::EtcdError;
+
+/// The etcd backend. One value serves any number of nodes and clusters; clone-free sharing
+/// through `Arc`.
+pub struct EtcdCoordination {
+    client: Arc<EtcdClient>,
+}
+
+impl std::fmt::Debug for EtcdCoordination {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdCoordination").finish_non_exhaustive()
+    }
+}
+
+/// etcd's largest lease TTL (`MaxLeaseTTL`), in seconds.
+const MAX_LEASE_TTL_SECS: u64 = 9_000_000_000;
+
+/// The lease TTL in whole seconds for a requested TTL: rounded up, at least 1, at most
+/// etcd's maximum (9,000,000,000 s).
+pub fn lease_ttl_secs(ttl: Duration) -> i64 {
+    let secs = ttl
+        .as_secs()
+        .saturating_add(u64::from(ttl.subsec_nanos() > 0))
+        .clamp(1, MAX_LEASE_TTL_SECS);
+    i64::try_from(secs).expect("clamped below i64::MAX")
+}
+
+impl EtcdCoordination {
+    /// How long after its TTL (rounded up to whole seconds) an unrefreshed entry may still be
+    /// visible, barring an etcd leader change (see the module docs).
+    pub const EXPIRY_BOUND: Duration = Duration::from_secs(1);
+
+    /// Creates the backend: validates `config` and reads the TLS files. Connections are
+    /// opened on first use (so a node may start before etcd is up; requests fail as
+    /// retryable until it is).
+    pub fn new(config: &EtcdConfig) -> Result<Self, EtcdError> {
+        Ok(Self {
+            client: Arc::new(EtcdClient::new(config)?),
+        })
+    }
+
+    /// Checks that etcd answers a consistent read with these settings (reachability,
+    /// credentials, TLS); useful before starting nodes.
+    pub async fn check(&self) -> Result<(), EtcdError> {
+        self.client.get("/").await.map(|_| ())
+    }
+
+    async fn lock_inner(
+        &self,
+        scope: &Scope,
+        holder: &NodeId,
+        ttl: Duration,
+    ) -> Result<LockOutcome, EtcdError> {
+        let key = entry::lock_key(scope);
+        let value = entry::encode_node(holder);
+        // The lock key can expire between the transaction and the keep-alive; a few rounds
+        // settle it.
+        for _ in 0..3 {
+            let lease = self.client.grant(lease_ttl_secs(ttl)).await?;
+            let txn = Txn::new()
+                .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
+                .and_then([TxnOp::put(
+                    key.as_str(),
+                    value.clone(),
+                    Some(PutOptions::new().with_lease(lease)),
+                )])
+                .or_else([TxnOp::get(key.as_str(), None)]);
+            let resp = match self.client.txn(txn).await {
+                Ok(r) => r,
+                Err(e) => {
+                    self.client.revoke_in_background(lease);
+                    return Err(e);
+                }
+            };
+            if resp.succeeded() {
+                // A write transaction bumps the revision once: the new key's create revision.
+                let revision = header_revision(resp.header())?;
+                return Ok(LockOutcome::Acquired(LockToken(revision.to_string())));
+            }
+            self.client.revoke_in_background(lease);
+            let Some(kv) = resp.op_responses().into_iter().find_map(|r| match r {
+                TxnOpResponse::Get(mut g) => g.take_kvs().into_iter().next(),
+                _ => None,
+            }) else {
+                continue; // expired in between
+            };
+            if kv.value() != value.as_slice() {
+                return Ok(LockOutcome::HeldByOther);
+            }
+            // Re-entrant: extend our own lock.
+            if self.client.keep_alive(kv.lease()).await? {
+                return Ok(LockOutcome::Acquired(LockToken(
+                    kv.create_revision().to_string(),
+                )));
+            }
+        }
+        Err(EtcdError::Unavailable {
+            endpoint: "-".into(),
+            detail: "the lock key kept expiring while being locked".into(),
+        })
+    }
+
+    async fn add_self_inner(
+        &self,
+        scope: &Scope,
+        node: &NodeId,
+        ttl: Duration,
+        mode: &AddMode,
+    ) -> Result<AddOutcome, EtcdError> {
+        let node_key = entry::node_key(scope, &node.address);
+        let epoch_key = entry::epoch_key(scope);
+        let lock_key = entry::lock_key(scope);
+        let lease = self.client.grant(lease_ttl_secs(ttl)).await?;
+        let put_node = TxnOp::put(
+            node_key.as_str(),
+            entry::encode_node(node),
+            Some(PutOptions::new().with_lease(lease).with_prev_key()),
+        );
+        let attempts: Vec<Txn> = match mode {
+            AddMode::Seed {
+                lock,
+                cluster,
+                expected_epoch_version,
+            } => {
+                let Ok(token) = lock.0.parse::<i64>() else {
+                    // Not a token of this backend: it cannot be the lock's.
+                    self.client.revoke_in_background(lease);
+                    return Ok(AddOutcome::Refused);
+                };
+                let epoch_value = entry::encode_epoch(*cluster);
+                let holds_lock =
+                    Compare::create_revision(lock_key.as_str(), CompareOp::Equal, token);
+                let epoch_unchanged = match expected_epoch_version {
+                    Some(v) => Compare::mod_revision(
+                        epoch_key.as_str(),
+                        CompareOp::Equal,
+                        i64::try_from(*v).unwrap_or(i64::MAX),
+                    ),
+                    None => Compare::create_revision(epoch_key.as_str(), CompareOp::Equal, 0),
+                };
+                let writes = [
+                    TxnOp::put(epoch_key.as_str(), epoch_value.clone(), None),
+                    put_node.clone(),
+                ];
+                vec![
+                    // The first try: nobody registered since the read that found no nodes.
+                    Txn::new()
+                        .when([holds_lock.clone(), epoch_unchanged])
+                        .and_then(writes.clone()),
+                    // A retry after a lost reply: the marker already names our cluster.
+                    Txn::new()
+                        .when([
+                            holds_lock,
+                            Compare::value(epoch_key.as_str(), CompareOp::Equal, epoch_value),
+                        ])
+                        .and_then(writes),
+                ]
+            }
+            AddMode::Join {
+                cluster: Some(cluster),
+            } => {
+                let epoch_value = entry::encode_epoch(*cluster);
+                vec![
+                    Txn::new()
+                        .when([Compare::value(
+                            epoch_key.as_str(),
+                            CompareOp::Equal,
+                            epoch_value.clone(),
+                        )])
+                        // Rewriting the marker with the same value moves its mod revision,
+                        // which refuses any seeding that read the registry before this.
+                        .and_then([put_node, TxnOp::put(epoch_key.as_str(), epoch_value, None)]),
+                ]
+            }
+            AddMode::Join { cluster: None } => vec![
+                Txn::new()
+                    .when([Compare::create_revision(
+                        epoch_key.as_str(),
+                        CompareOp::Equal,
+                        0,
+                    )])
+                    .and_then([put_node]),
+            ],
+        };
+        for txn in attempts {
+            let resp = match self.client.txn(txn).await {
+                Ok(r) => r,
+                Err(e) => {
+                    self.client.revoke_in_background(lease);
+                    return Err(e);
+                }
+            };
+            if resp.succeeded() {
+                // Our own earlier registration (same incarnation) was replaced: its lease
+                // now holds no key.
+                for r in resp.op_responses() {
+                    if let TxnOpResponse::Put(p) = r
+                        && let Some(prev) = p.prev_key()
+                        && prev.key() == node_key.as_bytes()
+                        && prev.lease() != 0
+                        && prev.lease() != lease
+                        && prev.value() == entry::encode_node(node).as_slice()
+                    {
+                        self.client.revoke_in_background(prev.lease());
+                    }
+                }
+                return Ok(AddOutcome::Added);
+            }
+        }
+        self.client.revoke_in_background(lease);
+        Ok(AddOutcome::Refused)
+    }
+
+    async fn refresh_inner(
+        &self,
+        scope: &Scope,
+        node: &NodeId,
+    ) -> Result<RefreshOutcome, EtcdError> {
+        let key = entry::node_key(scope, &node.address);
+        let Some(kv) = self.client.get(&key).await? else {
+            return Ok(RefreshOutcome::Missing);
+        };
+        let suffix = &key[entry::nodes_prefix(scope).len()..];
+        match entry::decode_node(suffix, kv.value()) {
+            Ok(n) if n == *node => {}
+            _ => return Ok(RefreshOutcome::Missing),
+        }
+        if kv.lease() == 0 {
+            // Written without a lease by someone else: it would never expire, not ours.
+            return Ok(RefreshOutcome::Missing);
+        }
+        Ok(if self.client.keep_alive(kv.lease()).await? {
+            RefreshOutcome::Refreshed
+        } else {
+            RefreshOutcome::Missing
+        })
+    }
+
+    async fn remove_self_inner(&self, scope: &Scope, node: &NodeId) -> Result<(), EtcdError> {
+        let key = entry::node_key(scope, &node.address);
+        let txn = Txn::new()
+            .when([Compare::value(
+                key.as_str(),
+                CompareOp::Equal,
+                entry::encode_node(node),
+            )])
+            .and_then([TxnOp::delete(
+                key.as_str(),
+                Some(etcd_client::DeleteOptions::new().with_prev_key()),
+            )]);
+        let resp = self.client.txn(txn).await?;
+        if !resp.succeeded() {
+            return Ok(()); // absent, or another incarnation's
+        }
+        for r in resp.op_responses() {
+            if let TxnOpResponse::Delete(d) = r {
+                for prev in d.prev_kvs() {
+                    if prev.lease() != 0 {
+                        // The entry is gone already; the lease held nothing else.
+                        if let Err(e) = self.client.revoke(prev.lease()).await {
+                            tracing::debug!(error = %e, "could not revoke the removed entry's lease");
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn get_nodes_inner(&self, scope: &Scope) -> Result<Registry, EtcdError> {
+        let base = format!("{}/", scope.base());
+        let nodes_prefix = entry::nodes_prefix(scope);
+        let epoch_key = entry::epoch_key(scope);
+        let mut resp = self.client.get_prefix(&base).await?;
+        let revision = header_revision(resp.header())?;
+        let mut registry = Registry {
+            nodes: Vec::new(),
+            epoch: None,
+            revision: Some(u64::try_from(revision).unwrap_or(0)),
+        };
+        for kv in resp.take_kvs() {
+            let Ok(key) = kv.key_str() else {
+                tracing::warn!(scope = %scope, "skipping a registry key that is not UTF-8");
+                continue;
+            };
+            if let Some(suffix) = key.strip_prefix(nodes_prefix.as_str()) {
+                match entry::decode_node(suffix, kv.value()) {
+                    Ok(n) => registry.nodes.push(n),
+                    Err(e) => {
+                        tracing::warn!(key, error = %e, "skipping an undecodable registry entry")
+                    }
+                }
+            } else if key == epoch_key {
+                match entry::decode_epoch(kv.value()) {
+                    Ok(cluster) => {
+                        registry.epoch = Some(Epoch {
+                            cluster,
+                            version: u64::try_from(kv.mod_revision()).unwrap_or(0),
+                        })
+                    }
+                    Err(e) => {
+                        tracing::warn!(key, error = %e, "ignoring an undecodable epoch marker")
+                    }
+                }
+            }
+        }
+        Ok(registry)
+    }
+
+    async fn wait_inner(
+        &self,
+        scope: &Scope,
+        revision: Option<u64>,
+    ) -> Result<WaitOutcome, EtcdError> {
+        let key = format!("{}/", scope.base());
+        let mut options = WatchOptions::new().with_prefix();
+        if let Some(r) = revision {
+            // Everything after the read, so nothing between the read and the watch is missed.
+            options = options.with_start_revision(i64::try_from(r).unwrap_or(i64::MAX - 1) + 1);
+        }
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            // We resolve on the first event, so no event was seen yet: every (re)open starts
+            // from the same revision.
+            let (ticket, mut stream) = match self.client.watch(&key, options.clone()).await {
+                Ok(s) => s,
+                Err(e) if e.is_retryable() => {
+                    tracing::debug!(error = %e, "cannot open an etcd watch; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            loop {
+                match stream.message().await {
+                    Ok(Some(resp)) => {
+                        // Compacted past our start: something changed, the caller re-reads.
+                        if resp.compact_revision() > 0 || !resp.events().is_empty() {
+                            return Ok(WaitOutcome::Changed);
+                        }
+                        if resp.canceled() {
+                            let reason = resp.cancel_reason().to_owned();
+                            if reason.contains("permission denied") {
+                                return Err(EtcdError::Unauthorized {
+                                    endpoint: self.client.endpoint_of(ticket).to_owned(),
+                                    detail: reason,
+                                });
+                            }
+                            tracing::debug!(%reason, "etcd canceled the watch; re-opening");
+                            break;
+                        }
+                    }
+                    Ok(None) => {
+                        tracing::debug!("etcd watch stream ended; re-opening");
+                        break;
+                    }
+                    Err(e) => {
+                        let e = EtcdError::classify(self.client.endpoint_of(ticket), e);
+                        if !e.is_retryable() {
+                            return Err(e);
+                        }
+                        tracing::debug!(error = %e, "etcd watch stream failed; re-opening");
+                        self.client.report_failure(ticket, &e).await;
+                        break;
+                    }
+                }
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(1));
+        }
+    }
+}
+
+fn header_revision(header: Option<&etcd_client::ResponseHeader>) -> Result<i64, EtcdError> {
+    header
+        .map(|h| h.revision())
+        .ok_or_else(|| EtcdError::protocol("response without header"))
+}
+
+#[async_trait]
+impl Coordination for EtcdCoordination {
+    async fn get_nodes(&self, scope: &Scope) -> Result<Registry, CoordinationError> {
+        Ok(self.get_nodes_inner(scope).await?)
+    }
+
+    async fn lock(
+        &self,
+        scope: &Scope,
+        holder: &NodeId,
+        ttl: Duration,
+    ) -> Result<LockOutcome, CoordinationError> {
+        Ok(self.lock_inner(scope, holder, ttl).await?)
+    }
+
+    async fn add_self(
+        &self,
+        scope: &Scope,
+        node: &NodeId,
+        ttl: Duration,
+        mode: &AddMode,
+    ) -> Result<AddOutcome, CoordinationError> {
+        Ok(self.add_self_inner(scope, node, ttl, mode).await?)
+    }
+
+    /// Keeps alive the lease of `node`'s entry. The lease was granted with the TTL of
+    /// `add_self`; a different `ttl` here does not change it.
+    async fn refresh(
+        &self,
+        scope: &Scope,
+        node: &NodeId,
+        _ttl: Duration,
+    ) -> Result<RefreshOutcome, CoordinationError> {
+        Ok(self.refresh_inner(scope, node).await?)
+    }
+
+    async fn remove_self(&self, scope: &Scope, node: &NodeId) -> Result<(), CoordinationError> {
+        Ok(self.remove_self_inner(scope, node).await?)
+    }
+
+    async fn wait_for_change(
+        &self,
+        scope: &Scope,
+        revision: Option<u64>,
+    ) -> Result<WaitOutcome, CoordinationError> {
+        Ok(self.wait_inner(scope, revision).await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lease_ttl_rounds_up_to_whole_seconds() {
+        assert_eq!(lease_ttl_secs(Duration::ZERO), 1);
+        assert_eq!(lease_ttl_secs(Duration::from_millis(1)), 1);
+        assert_eq!(lease_ttl_secs(Duration::from_secs(1)), 1);
+        assert_eq!(lease_ttl_secs(Duration::from_millis(1001)), 2);
+        assert_eq!(lease_ttl_secs(Duration::from_millis(2500)), 3);
+        assert_eq!(lease_ttl_secs(Duration::from_secs(60)), 60);
+        assert_eq!(lease_ttl_secs(Duration::MAX), 9_000_000_000);
+    }
+}

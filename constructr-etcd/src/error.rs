@@ -1,0 +1,271 @@
+//! `EtcdError`: what can go wrong talking to etcd, and how it maps to [`CoordinationError`].
+
+use std::path::PathBuf;
+
+use constructr_core::CoordinationError;
+
+/// An error of the etcd backend.
+///
+/// Messages never contain secrets: not the password, not the auth token, not key material.
+/// `detail` fields carry etcd's own short message (e.g. `etcdserver: no leader`) or the
+/// transport's cause (e.g. `tcp connect error: Connection refused`), rendered once when the
+/// error is classified.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EtcdError {
+    /// The configuration is unusable (no endpoint, a TLS option without an `https` endpoint, ...).
+    #[error("invalid etcd configuration: {message}")]
+    Config {
+        /// Which rule was broken.
+        message: String,
+    },
+    /// A TLS file could not be read.
+    #[error("cannot read the TLS {what} file {path}")]
+    TlsFile {
+        /// `CA certificate`, `client certificate` or `client key`.
+        what: &'static str,
+        /// The configured path.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The endpoint could not be reached, or answered with a transient failure (no leader,
+    /// request timed out inside etcd, a stream that broke off). Retrying may help.
+    #[error("etcd endpoint {endpoint} unavailable: {detail}")]
+    Unavailable {
+        /// The endpoint (without any user info).
+        endpoint: String,
+        /// etcd's or the transport's message.
+        detail: String,
+    },
+    /// The request did not complete within the configured request timeout. Retrying may help.
+    #[error("etcd request to {endpoint} timed out")]
+    Timeout {
+        /// The endpoint (without any user info).
+        endpoint: String,
+    },
+    /// Authentication or authorization failed (wrong user or password, missing permission,
+    /// auth not enabled while credentials are configured). Retrying will not help.
+    #[error("etcd at {endpoint} refused access: {detail}")]
+    Unauthorized {
+        /// The endpoint (without any user info).
+        endpoint: String,
+        /// etcd's message, e.g. `etcdserver: authentication failed, invalid user ID or password`.
+        detail: String,
+    },
+    /// etcd rejected the request for a reason retrying cannot fix.
+    #[error("etcd at {endpoint} rejected the request: {detail}")]
+    Rejected {
+        /// The endpoint (without any user info).
+        endpoint: String,
+        /// etcd's or the client's message.
+        detail: String,
+    },
+    /// etcd answered something this backend does not expect (e.g. a response without header).
+    #[error("unexpected etcd response: {message}")]
+    Protocol {
+        /// What was unexpected.
+        message: String,
+    },
+}
+
+impl EtcdError {
+    /// Whether retrying the same request (possibly on another endpoint) may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::Unavailable { .. } | Self::Timeout { .. })
+    }
+
+    /// Whether the error says the endpoint itself is unusable right now, so the request should
+    /// be retried on the next endpoint.
+    pub(crate) fn is_endpoint_failure(&self) -> bool {
+        self.is_retryable()
+    }
+
+    pub(crate) fn protocol(message: impl Into<String>) -> Self {
+        Self::Protocol {
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn config(message: impl Into<String>) -> Self {
+        Self::Config {
+            message: message.into(),
+        }
+    }
+
+    /// Classifies an `etcd-client` error of a request sent to `endpoint`.
+    pub(crate) fn classify(endpoint: &str, err: etcd_client::Error) -> Self {
+        use etcd_client::Error as E;
+        let endpoint = endpoint.to_owned();
+        match err {
+            E::GRpcStatus(status) => classify_status(endpoint, &status),
+            E::TransportError(e) => Self::Unavailable {
+                endpoint,
+                detail: chain(&e),
+            },
+            E::IoError(e) => Self::Unavailable {
+                endpoint,
+                detail: chain(&e),
+            },
+            // Stream set-up/teardown failures of watches and keep-alives: the stream broke off.
+            E::WatchError(d) | E::LeaseKeepAliveError(d) => Self::Unavailable {
+                endpoint,
+                detail: d,
+            },
+            E::InvalidArgs(d) | E::EndpointError(d) => Self::Config { message: d },
+            E::InvalidUri(e) => Self::Config {
+                message: format!("endpoint {endpoint} is not a valid URI: {e}"),
+            },
+            other => Self::Rejected {
+                endpoint,
+                detail: chain(&other),
+            },
+        }
+    }
+}
+
+fn classify_status(endpoint: String, status: &tonic::Status) -> EtcdError {
+    use tonic::Code;
+    let message = status.message();
+    let mut detail = format!("{:?}: {}", status.code(), message);
+    if let Some(source) = std::error::Error::source(status) {
+        detail.push_str(": ");
+        detail.push_str(&chain(source));
+    }
+    // etcd reports bad credentials as InvalidArgument and "auth not enabled" as
+    // FailedPrecondition (etcdserver/api/v3rpc/rpctypes), so the message decides.
+    let auth_message = [
+        "authentication failed",
+        "user name is empty",
+        "authentication is not enabled",
+        "invalid auth token",
+        "permission denied",
+        "user name not found",
+    ]
+    .iter()
+    .any(|m| message.contains(m));
+    match status.code() {
+        Code::Unauthenticated | Code::PermissionDenied => {
+            EtcdError::Unauthorized { endpoint, detail }
+        }
+        _ if auth_message => EtcdError::Unauthorized { endpoint, detail },
+        Code::Unavailable
+        | Code::DeadlineExceeded
+        | Code::Cancelled
+        | Code::Unknown
+        | Code::Aborted
+        | Code::ResourceExhausted
+        | Code::Internal => EtcdError::Unavailable { endpoint, detail },
+        _ => EtcdError::Rejected { endpoint, detail },
+    }
+}
+
+/// `err: cause: cause ...`, skipping a cause whose text its parent already printed.
+fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut cur = err.source();
+    while let Some(e) = cur {
+        let s = e.to_string();
+        if !out.ends_with(&s) {
+            out.push_str(": ");
+            out.push_str(&s);
+        }
+        cur = e.source();
+    }
+    out
+}
+
+impl From<EtcdError> for CoordinationError {
+    /// The message is the whole chain (the state machine keeps only messages); the
+    /// `EtcdError` stays available as the source.
+    fn from(e: EtcdError) -> Self {
+        let message = chain(&e);
+        match e {
+            EtcdError::Timeout { .. } => CoordinationError::Timeout,
+            EtcdError::Unavailable { .. } => CoordinationError::Unavailable {
+                message,
+                source: Some(Box::new(e)),
+            },
+            EtcdError::Unauthorized { .. } => CoordinationError::Unauthorized { message },
+            EtcdError::Config { .. } => CoordinationError::Invalid { message },
+            _ => CoordinationError::Permanent {
+                message,
+                source: Some(Box::new(e)),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(code: tonic::Code, msg: &str) -> etcd_client::Error {
+        etcd_client::Error::GRpcStatus(tonic::Status::new(code, msg))
+    }
+
+    #[test]
+    fn bad_password_is_unauthorized_not_retryable() {
+        let e = EtcdError::classify(
+            "http://e:2379",
+            status(
+                tonic::Code::InvalidArgument,
+                "etcdserver: authentication failed, invalid user ID or password",
+            ),
+        );
+        assert!(matches!(e, EtcdError::Unauthorized { .. }), "{e:?}");
+        assert!(!e.is_retryable());
+        let c = CoordinationError::from(e);
+        assert!(matches!(c, CoordinationError::Unauthorized { .. }));
+        assert!(c.to_string().contains("authentication failed"), "{c}");
+    }
+
+    #[test]
+    fn no_leader_is_unavailable_and_retryable() {
+        let e = EtcdError::classify(
+            "http://e:2379",
+            status(tonic::Code::Unavailable, "etcdserver: no leader"),
+        );
+        assert!(e.is_retryable());
+        assert!(e.is_endpoint_failure());
+        let c = CoordinationError::from(e);
+        assert!(c.is_retryable());
+        assert!(c.to_string().contains("no leader"), "{c}");
+    }
+
+    #[test]
+    fn permission_denied_is_unauthorized() {
+        let e = EtcdError::classify(
+            "x",
+            status(
+                tonic::Code::PermissionDenied,
+                "etcdserver: permission denied",
+            ),
+        );
+        assert!(matches!(e, EtcdError::Unauthorized { .. }));
+    }
+
+    #[test]
+    fn other_invalid_argument_is_permanent() {
+        let e = EtcdError::classify(
+            "x",
+            status(
+                tonic::Code::InvalidArgument,
+                "etcdserver: key is not provided",
+            ),
+        );
+        assert!(matches!(e, EtcdError::Rejected { .. }));
+        let c = CoordinationError::from(e);
+        assert!(matches!(c, CoordinationError::Permanent { .. }));
+        assert!(!c.is_retryable());
+    }
+
+    #[test]
+    fn timeout_maps_to_timeout() {
+        let c = CoordinationError::from(EtcdError::Timeout {
+            endpoint: "x".into(),
+        });
+        assert!(matches!(c, CoordinationError::Timeout));
+    }
+}
