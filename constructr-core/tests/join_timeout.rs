@@ -1,0 +1,186 @@
+//! Join timeout: a join not answered within `join_timeout` makes the node leave and start
+//! over (or fail with `abort_on_join_timeout`); unrelated cluster events never push the
+//! deadline back; `SelfUp` counts as joined.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use constructr_core::{
+    Action, AddMode, AttemptId, ClusterError, ClusterEvent, Failure, Machine, Reply, State,
+};
+
+/// A member-script machine in `Joining` with `JoinCluster { 2, [node2, node3] }` sent at t0.
+fn joining(settings: constructr_core::Settings) -> Machine {
+    let mut m = machine(settings);
+    let join_action = drive(&mut m, t0(), Script::Member, State::Joining);
+    assert_eq!(join_action, Some(join(2, vec![node(2), node(3)])));
+    assert_eq!(m.poll_timeout(), Some(t0() + JOIN_TIMEOUT));
+    m
+}
+
+fn add_self_as_member(attempt: u64) -> Action {
+    Action::AddSelf {
+        attempt: AttemptId(attempt),
+        ttl: ttl(),
+        mode: AddMode::Join {
+            cluster: Some(THEIR_CLUSTER),
+        },
+    }
+}
+
+#[test]
+fn join_timeout_leaves_and_starts_over() {
+    let mut m = joining(settings());
+    let deadline = t0() + JOIN_TIMEOUT;
+
+    m.handle_timeout(deadline - Duration::from_millis(1));
+    assert_eq!(events(&mut m), vec![]);
+    assert_eq!(actions(&mut m), vec![]);
+
+    m.handle_timeout(deadline);
+    assert_eq!(
+        events(&mut m),
+        vec![changed(State::Joining, State::Resetting)]
+    );
+    assert_eq!(actions(&mut m), vec![leave(3)]);
+    assert_eq!(m.cluster(), None);
+    assert_eq!(m.poll_timeout(), Some(deadline + COORDINATION_TIMEOUT));
+
+    // The join answers late: ignored.
+    m.handle_reply(deadline, AttemptId(2), Reply::Joined(Ok(())));
+    assert_eq!(events(&mut m), vec![]);
+    assert_eq!(actions(&mut m), vec![]);
+
+    m.handle_reply(
+        deadline + Duration::from_millis(5),
+        AttemptId(3),
+        Reply::Left(Ok(())),
+    );
+    assert_eq!(
+        events(&mut m),
+        vec![changed(State::Resetting, State::GettingNodes)]
+    );
+    assert_eq!(actions(&mut m), vec![get_nodes(4)]);
+}
+
+#[test]
+fn seed_join_timeout_also_starts_over_without_the_lock() {
+    let mut m = machine(settings());
+    assert_eq!(
+        drive(&mut m, t0(), Script::Seed, State::Joining),
+        Some(join(4, vec![me()]))
+    );
+    m.handle_timeout(t0() + JOIN_TIMEOUT);
+    assert_eq!(
+        events(&mut m),
+        vec![changed(State::Joining, State::Resetting)]
+    );
+    assert_eq!(actions(&mut m), vec![leave(5)]);
+    assert_eq!(m.cluster(), None);
+}
+
+#[test]
+fn abort_on_join_timeout_fails() {
+    let mut s = settings();
+    s.abort_on_join_timeout = true;
+    let mut m = joining(s);
+    m.handle_timeout(t0() + JOIN_TIMEOUT);
+    assert_eq!(
+        events(&mut m),
+        vec![changed(State::Joining, State::Failed)]
+    );
+    assert_eq!(actions(&mut m), vec![]);
+    assert_eq!(m.poll_timeout(), None);
+    assert_eq!(m.failure(), Some(&Failure::JoinTimeout));
+}
+
+#[test]
+fn unrelated_cluster_events_do_not_move_the_join_deadline() {
+    let mut m = joining(settings());
+    let deadline = t0() + JOIN_TIMEOUT;
+    for (i, event) in [
+        ClusterEvent::MemberUp(node(4)),
+        ClusterEvent::MemberRemoved(node(3)),
+        ClusterEvent::MemberUp(node(5)),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        m.handle_cluster_event(at(1000 * (i as u64 + 1)), event);
+        assert_eq!(events(&mut m), vec![]);
+        assert_eq!(actions(&mut m), vec![]);
+        assert_eq!(m.state(), State::Joining);
+        assert_eq!(m.poll_timeout(), Some(deadline));
+    }
+    m.handle_timeout(deadline);
+    assert_eq!(actions(&mut m), vec![leave(3)]);
+}
+
+#[test]
+fn self_up_while_joining_counts_as_joined() {
+    let mut m = joining(settings());
+    m.handle_cluster_event(at(500), ClusterEvent::SelfUp);
+    assert_eq!(
+        events(&mut m),
+        vec![changed(State::Joining, State::AddingSelf)]
+    );
+    assert_eq!(actions(&mut m), vec![add_self_as_member(3)]);
+    assert_eq!(m.poll_timeout(), Some(at(500) + COORDINATION_TIMEOUT));
+
+    // The join's own reply arriving afterwards is stale.
+    m.handle_reply(at(600), AttemptId(2), Reply::Joined(Ok(())));
+    assert_eq!(events(&mut m), vec![]);
+    assert_eq!(actions(&mut m), vec![]);
+}
+
+#[test]
+fn self_up_outside_joining_is_ignored() {
+    let mut m = started(settings());
+    m.handle_cluster_event(at(1), ClusterEvent::SelfUp);
+    assert_eq!(events(&mut m), vec![]);
+    assert_eq!(actions(&mut m), vec![]);
+    assert_eq!(m.state(), State::GettingNodes);
+
+    let mut m = machine(settings());
+    drive(&mut m, t0(), Script::Member, State::RefreshScheduled);
+    m.handle_cluster_event(at(1), ClusterEvent::SelfUp);
+    assert_eq!(events(&mut m), vec![]);
+    assert_eq!(actions(&mut m), vec![]);
+    assert_eq!(m.poll_timeout(), Some(t0() + REFRESH_INTERVAL));
+}
+
+#[test]
+fn joined_ok_adds_self() {
+    let mut m = joining(settings());
+    m.handle_reply(at(500), AttemptId(2), Reply::Joined(Ok(())));
+    assert_eq!(
+        events(&mut m),
+        vec![changed(State::Joining, State::AddingSelf)]
+    );
+    assert_eq!(actions(&mut m), vec![add_self_as_member(3)]);
+}
+
+#[test]
+fn joined_err_resets() {
+    let mut m = joining(settings());
+    m.handle_reply(
+        at(500),
+        AttemptId(2),
+        Reply::Joined(Err(ClusterError::Join {
+            message: "no seed answered".into(),
+        })),
+    );
+    assert_eq!(
+        events(&mut m),
+        vec![changed(State::Joining, State::Resetting)]
+    );
+    assert_eq!(actions(&mut m), vec![leave(3)]);
+    m.handle_reply(at(600), AttemptId(3), Reply::Left(Ok(())));
+    assert_eq!(
+        events(&mut m),
+        vec![changed(State::Resetting, State::GettingNodes)]
+    );
+    assert_eq!(actions(&mut m), vec![get_nodes(4)]);
+}

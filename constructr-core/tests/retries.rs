@@ -1,0 +1,342 @@
+//! Retries: retryable failures are retried after `retry_delay` up to `nr_of_retries` times,
+//! the count resets after each success, permanent errors fail at once, and
+//! `ignore_refresh_failures` keeps refreshing forever.
+
+mod common;
+
+use common::*;
+use constructr_core::{
+    Action, AttemptId, CoordinationError, ErrorSummary, Event, Failure, LockOutcome, Machine,
+    Reply, State,
+};
+
+/// The error reply matching `action`'s kind.
+fn error_reply(action: &Action, error: CoordinationError) -> Reply {
+    match action {
+        Action::GetNodes { .. } => Reply::Nodes(Err(error)),
+        Action::Lock { .. } => Reply::Lock(Err(error)),
+        Action::AddSelf { .. } => Reply::AddSelf(Err(error)),
+        Action::Refresh { .. } => Reply::Refresh(Err(error)),
+        Action::RemoveSelf { .. } => Reply::RemoveSelf(Err(error)),
+        a => panic!("no coordination error reply for {a:?}"),
+    }
+}
+
+/// The same action with another attempt id.
+fn with_attempt(action: &Action, n: u64) -> Action {
+    let attempt = AttemptId(n);
+    match action.clone() {
+        Action::GetNodes { .. } => Action::GetNodes { attempt },
+        Action::Lock { ttl, .. } => Action::Lock { attempt, ttl },
+        Action::AddSelf { ttl, mode, .. } => Action::AddSelf { attempt, ttl, mode },
+        Action::Refresh { ttl, .. } => Action::Refresh { attempt, ttl },
+        Action::RemoveSelf { .. } => Action::RemoveSelf { attempt },
+        a => panic!("not retried: {a:?}"),
+    }
+}
+
+/// Fails `action` with a retryable error at `now`, asserts the Retrying event and the retry
+/// timer, fires it and returns the repeated action and the new `now`.
+fn fail_and_retry(
+    m: &mut Machine,
+    now: std::time::Instant,
+    action: &Action,
+    state: State,
+) -> (Action, std::time::Instant) {
+    m.handle_reply(now, action.attempt(), error_reply(action, unavailable()));
+    assert_eq!(
+        events(m),
+        vec![Event::Retrying {
+            state,
+            error: unavailable_summary(),
+        }]
+    );
+    assert_eq!(actions(m), vec![]);
+    assert_eq!(m.state(), state);
+    assert_eq!(m.poll_timeout(), Some(now + RETRY_DELAY));
+    let now = now + RETRY_DELAY;
+    m.handle_timeout(now);
+    assert_eq!(events(m), vec![]);
+    let again = with_attempt(action, action.attempt().0 + 1);
+    assert_eq!(actions(m), vec![again.clone()]);
+    assert_eq!(m.poll_timeout(), Some(now + COORDINATION_TIMEOUT));
+    (again, now)
+}
+
+#[test]
+fn retryable_errors_are_retried_then_retries_exhausted_fails() {
+    let mut m = started(settings());
+    let (a, now) = fail_and_retry(&mut m, at(100), &get_nodes(1), State::GettingNodes);
+    assert_eq!(a, get_nodes(2));
+    let (a, now) = fail_and_retry(&mut m, now, &a, State::GettingNodes);
+    assert_eq!(a, get_nodes(3));
+
+    m.handle_reply(now, AttemptId(3), Reply::Nodes(Err(unavailable())));
+    assert_eq!(
+        events(&mut m),
+        vec![changed(State::GettingNodes, State::Failed)]
+    );
+    assert_eq!(actions(&mut m), vec![]);
+    assert_eq!(m.poll_timeout(), None);
+    assert!(m.state().is_terminal());
+    assert_eq!(
+        m.failure(),
+        Some(&Failure::RetriesExhausted {
+            state: State::GettingNodes,
+            error: unavailable_summary(),
+        })
+    );
+
+    // A failed machine ignores everything.
+    m.handle_timeout(now + RETRY_DELAY);
+    m.handle_reply(now, AttemptId(3), Reply::Nodes(Ok(empty(1))));
+    m.shutdown(now);
+    assert_eq!(events(&mut m), vec![]);
+    assert_eq!(actions(&mut m), vec![]);
+    assert_eq!(m.state(), State::Failed);
+}
+
+#[test]
+fn request_timeouts_count_as_retryable_failures() {
+    let mut m = started(settings());
+    let mut now = t0();
+    for attempt in 1..=3 {
+        now += COORDINATION_TIMEOUT;
+        m.handle_timeout(now);
+        if attempt < 3 {
+            assert_eq!(
+                events(&mut m),
+                vec![Event::Retrying {
+                    state: State::GettingNodes,
+                    error: timeout_summary(),
+                }]
+            );
+            now += RETRY_DELAY;
+            m.handle_timeout(now);
+            assert_eq!(actions(&mut m), vec![get_nodes(attempt + 1)]);
+        }
+    }
+    assert_eq!(
+        events(&mut m),
+        vec![changed(State::GettingNodes, State::Failed)]
+    );
+    assert_eq!(
+        m.failure(),
+        Some(&Failure::RetriesExhausted {
+            state: State::GettingNodes,
+            error: timeout_summary(),
+        })
+    );
+}
+
+#[test]
+fn retry_count_resets_after_each_success() {
+    let mut m = started(settings());
+    let (a, now) = fail_and_retry(&mut m, at(0), &get_nodes(1), State::GettingNodes);
+    let (a, now) = fail_and_retry(&mut m, now, &a, State::GettingNodes);
+    m.handle_reply(now, a.attempt(), Reply::Nodes(Ok(empty(1))));
+    assert_eq!(actions(&mut m), vec![lock(4)]);
+    events(&mut m);
+
+    // Two more failures in the next state are still fine.
+    let (a, now) = fail_and_retry(&mut m, now, &lock(4), State::Locking);
+    let (a, now) = fail_and_retry(&mut m, now, &a, State::Locking);
+    assert_eq!(a, lock(6));
+    m.handle_reply(
+        now,
+        AttemptId(6),
+        Reply::Lock(Ok(LockOutcome::Acquired(token()))),
+    );
+    assert_eq!(
+        events(&mut m),
+        vec![changed(State::Locking, State::VerifyingEmpty)]
+    );
+    assert_eq!(actions(&mut m), vec![get_nodes(7)]);
+
+    // And two more again.
+    let (a, now) = fail_and_retry(&mut m, now, &get_nodes(7), State::VerifyingEmpty);
+    let (a, _) = fail_and_retry(&mut m, now, &a, State::VerifyingEmpty);
+    assert_eq!(a, get_nodes(9));
+    assert_eq!(m.failure(), None);
+}
+
+fn assert_fails_permanently_at_once(error: CoordinationError, summary: ErrorSummary) {
+    let mut m = started(settings());
+    m.handle_reply(at(100), AttemptId(1), Reply::Nodes(Err(error)));
+    assert_eq!(
+        events(&mut m),
+        vec![changed(State::GettingNodes, State::Failed)]
+    );
+    assert_eq!(actions(&mut m), vec![]);
+    assert_eq!(m.poll_timeout(), None);
+    assert_eq!(
+        m.failure(),
+        Some(&Failure::Permanent {
+            state: State::GettingNodes,
+            error: summary,
+        })
+    );
+}
+
+#[test]
+fn permanent_error_fails_at_once() {
+    assert_fails_permanently_at_once(
+        CoordinationError::permanent("no such cluster"),
+        CoordinationError::permanent("no such cluster").summary(),
+    );
+}
+
+#[test]
+fn unauthorized_fails_at_once() {
+    let e = || CoordinationError::Unauthorized {
+        message: "bad token".into(),
+    };
+    assert!(!e().summary().retryable);
+    assert_fails_permanently_at_once(e(), e().summary());
+}
+
+#[test]
+fn invalid_request_fails_at_once() {
+    let e = || CoordinationError::Invalid {
+        message: "ttl too long".into(),
+    };
+    assert_fails_permanently_at_once(e(), e().summary());
+}
+
+#[test]
+fn permanent_error_after_retries_is_still_permanent() {
+    let mut m = started(settings());
+    let (a, now) = fail_and_retry(&mut m, at(0), &get_nodes(1), State::GettingNodes);
+    m.handle_reply(
+        now,
+        a.attempt(),
+        Reply::Nodes(Err(CoordinationError::permanent("gone"))),
+    );
+    assert_eq!(
+        m.failure(),
+        Some(&Failure::Permanent {
+            state: State::GettingNodes,
+            error: CoordinationError::permanent("gone").summary(),
+        })
+    );
+}
+
+/// Drives a machine into `state`, then fails its request `nr_of_retries + 1` times.
+fn exhaust_retries_in(script: Script, state: State) {
+    let mut m = machine(settings());
+    let mut action = drive(&mut m, t0(), script, state).expect("an action in this state");
+    let mut now = at(1);
+    for _ in 0..settings().nr_of_retries {
+        (action, now) = fail_and_retry(&mut m, now, &action, state);
+    }
+    m.handle_reply(now, action.attempt(), error_reply(&action, unavailable()));
+    assert_eq!(events(&mut m), vec![changed(state, State::Failed)], "in {state:?}");
+    assert_eq!(actions(&mut m), vec![], "in {state:?}");
+    assert_eq!(m.poll_timeout(), None, "in {state:?}");
+    assert_eq!(
+        m.failure(),
+        Some(&Failure::RetriesExhausted {
+            state,
+            error: unavailable_summary(),
+        })
+    );
+}
+
+#[test]
+fn retries_exhausted_while_getting_nodes() {
+    exhaust_retries_in(Script::Seed, State::GettingNodes);
+}
+
+#[test]
+fn retries_exhausted_while_locking() {
+    exhaust_retries_in(Script::Seed, State::Locking);
+}
+
+#[test]
+fn retries_exhausted_while_verifying_empty() {
+    exhaust_retries_in(Script::Seed, State::VerifyingEmpty);
+}
+
+#[test]
+fn retries_exhausted_while_adding_self_as_seed() {
+    exhaust_retries_in(Script::Seed, State::AddingSelf);
+}
+
+#[test]
+fn retries_exhausted_while_adding_self_as_member() {
+    exhaust_retries_in(Script::Member, State::AddingSelf);
+}
+
+#[test]
+fn refresh_failures_exhaust_retries_and_fail() {
+    exhaust_retries_in(Script::Member, State::Refreshing);
+}
+
+#[test]
+fn ignore_refresh_failures_keeps_refreshing_forever() {
+    let mut s = settings();
+    s.ignore_refresh_failures = true;
+    let mut m = machine(s);
+    let mut action = drive(&mut m, t0(), Script::Seed, State::Refreshing).expect("Refresh");
+    assert_eq!(action, refresh(6));
+    let mut now = t0() + REFRESH_INTERVAL;
+    for i in 0..10u64 {
+        if i % 2 == 0 {
+            (action, now) = fail_and_retry(&mut m, now, &action, State::Refreshing);
+        } else {
+            // A timeout this time.
+            now += COORDINATION_TIMEOUT;
+            m.handle_timeout(now);
+            assert_eq!(
+                events(&mut m),
+                vec![Event::Retrying {
+                    state: State::Refreshing,
+                    error: timeout_summary(),
+                }]
+            );
+            now += RETRY_DELAY;
+            m.handle_timeout(now);
+            action = with_attempt(&action, action.attempt().0 + 1);
+            assert_eq!(actions(&mut m), vec![action.clone()]);
+        }
+    }
+    assert_eq!(action, refresh(16));
+    assert_eq!(m.failure(), None);
+    m.handle_reply(
+        now,
+        AttemptId(16),
+        Reply::Refresh(Ok(constructr_core::RefreshOutcome::Refreshed)),
+    );
+    assert_eq!(
+        events(&mut m),
+        vec![changed(State::Refreshing, State::RefreshScheduled)]
+    );
+    assert_eq!(m.poll_timeout(), Some(now + REFRESH_INTERVAL));
+}
+
+#[test]
+fn ignore_refresh_failures_does_not_apply_to_other_states() {
+    let mut s = settings();
+    s.ignore_refresh_failures = true;
+    let mut m = machine(s);
+    let mut action = drive(&mut m, t0(), Script::Member, State::AddingSelf).expect("AddSelf");
+    let mut now = at(1);
+    for _ in 0..2 {
+        (action, now) = fail_and_retry(&mut m, now, &action, State::AddingSelf);
+    }
+    m.handle_reply(now, action.attempt(), error_reply(&action, unavailable()));
+    assert_eq!(m.state(), State::Failed);
+}
+
+#[test]
+fn zero_retries_fail_on_the_first_error() {
+    let mut s = settings();
+    s.nr_of_retries = 0;
+    let mut m = started(s);
+    m.handle_reply(at(1), AttemptId(1), Reply::Nodes(Err(unavailable())));
+    assert_eq!(
+        events(&mut m),
+        vec![changed(State::GettingNodes, State::Failed)]
+    );
+    assert_eq!(actions(&mut m), vec![]);
+}
