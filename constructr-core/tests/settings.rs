@@ -1,0 +1,271 @@
+//! Settings: ConstructR's defaults, TOML with kebab-case keys and human durations, and
+//! validation naming the violated rule.
+
+use std::time::Duration;
+
+use constructr_core::{ClusterName, Scope, Settings, SettingsError};
+
+fn parse(toml_text: &str) -> Result<Settings, toml::de::Error> {
+    toml::from_str(toml_text)
+}
+
+#[test]
+fn defaults_are_constructrs() {
+    let s = Settings::default();
+    assert_eq!(s.coordination_timeout, Duration::from_secs(3));
+    assert_eq!(s.join_timeout, Duration::from_secs(15));
+    assert!(!s.abort_on_join_timeout);
+    assert_eq!(s.max_nr_of_seed_nodes, 0);
+    assert_eq!(s.nr_of_retries, 2);
+    assert_eq!(s.refresh_interval, Duration::from_secs(30));
+    assert_eq!(s.retry_delay, Duration::from_secs(3));
+    assert_eq!(s.ttl_factor, 2.0);
+    assert!(!s.ignore_refresh_failures);
+    assert_eq!(s.key_prefix, "/constructr");
+    assert_eq!(s.cluster_name.as_str(), "default");
+    assert_eq!(s.ttl(), Duration::from_secs(60));
+    assert_eq!(s.validate(), Ok(()));
+}
+
+#[test]
+fn constructr_compat_has_fixed_waits_and_no_watch() {
+    let s = Settings::constructr_compat();
+    assert_eq!(s.retry_jitter, 0.0);
+    assert!(!s.watch);
+    assert_eq!(s.coordination_timeout, Settings::default().coordination_timeout);
+    assert_eq!(s.validate(), Ok(()));
+}
+
+#[test]
+fn empty_toml_gives_the_defaults() {
+    assert_eq!(parse("").expect("empty"), Settings::default());
+}
+
+#[test]
+fn toml_with_kebab_case_keys_and_human_durations() {
+    let s = parse(
+        r#"
+        cluster-name = "orders-1"
+        key-prefix = "/services"
+        coordination-timeout = "500ms"
+        join-timeout = "1m 30s"
+        abort-on-join-timeout = true
+        max-nr-of-seed-nodes = 3
+        nr-of-retries = 5
+        refresh-interval = "1m"
+        retry-delay = "2s"
+        ttl-factor = 3.5
+        ignore-refresh-failures = true
+        retry-jitter = 0.0
+        watch = false
+        "#,
+    )
+    .expect("valid toml");
+    assert_eq!(s.cluster_name.as_str(), "orders-1");
+    assert_eq!(s.key_prefix, "/services");
+    assert_eq!(s.coordination_timeout, Duration::from_millis(500));
+    assert_eq!(s.join_timeout, Duration::from_secs(90));
+    assert!(s.abort_on_join_timeout);
+    assert_eq!(s.max_nr_of_seed_nodes, 3);
+    assert_eq!(s.nr_of_retries, 5);
+    assert_eq!(s.refresh_interval, Duration::from_secs(60));
+    assert_eq!(s.retry_delay, Duration::from_secs(2));
+    assert_eq!(s.ttl_factor, 3.5);
+    assert!(s.ignore_refresh_failures);
+    assert_eq!(s.retry_jitter, 0.0);
+    assert!(!s.watch);
+    assert_eq!(s.validate(), Ok(()));
+}
+
+#[test]
+fn partial_toml_keeps_the_other_defaults() {
+    let s = parse(r#"coordination-timeout = "500ms""#).expect("valid");
+    let mut expected = Settings::default();
+    expected.coordination_timeout = Duration::from_millis(500);
+    assert_eq!(s, expected);
+}
+
+#[test]
+fn unknown_key_is_rejected() {
+    let e = parse(r#"coordination-timeot = "1s""#).expect_err("unknown key");
+    assert!(e.to_string().contains("coordination-timeot"), "{e}");
+    // snake_case is not the format either.
+    parse(r#"coordination_timeout = "1s""#).expect_err("snake_case key");
+}
+
+#[test]
+fn bad_duration_is_rejected() {
+    parse(r#"retry-delay = "soon""#).expect_err("not a duration");
+    parse("retry-delay = 3").expect_err("a bare number is not a duration");
+}
+
+#[test]
+fn invalid_cluster_name_in_toml_is_rejected() {
+    let e = parse(r#"cluster-name = "a/b""#).expect_err("slash");
+    assert!(e.to_string().contains("invalid cluster name"), "{e}");
+}
+
+#[test]
+fn ttl_factor_too_small_names_the_computed_minimum() {
+    let mut s = Settings::default();
+    s.retry_jitter = 0.0;
+    s.ttl_factor = 1.2;
+    // 1 + (3s × (1 + 2) + 3s × 2) / 30s = 1.5
+    match s.validate() {
+        Err(SettingsError::TtlFactorTooSmall {
+            ttl_factor,
+            minimum,
+        }) => {
+            assert_eq!(ttl_factor, 1.2);
+            assert!((minimum - 1.5).abs() < 1e-9, "minimum {minimum}");
+        }
+        other => panic!("expected TtlFactorTooSmall, got {other:?}"),
+    }
+    let msg = s.validate().unwrap_err().to_string();
+    assert!(msg.contains("ttl-factor 1.2 is too small"), "{msg}");
+    assert!(msg.contains("1.500"), "{msg}");
+
+    s.ttl_factor = 1.5;
+    assert_eq!(s.validate(), Ok(()));
+}
+
+#[test]
+fn ttl_factor_minimum_includes_the_jitter() {
+    let mut s = Settings::default();
+    s.retry_jitter = 0.2;
+    s.ttl_factor = 1.5;
+    // 1 + (9s + 3s × 1.2 × 2) / 30s = 1.54
+    match s.validate() {
+        Err(SettingsError::TtlFactorTooSmall { minimum, .. }) => {
+            assert!((minimum - 1.54).abs() < 1e-9, "minimum {minimum}");
+        }
+        other => panic!("expected TtlFactorTooSmall, got {other:?}"),
+    }
+}
+
+#[test]
+fn nan_ttl_factor_is_rejected() {
+    let mut s = Settings::default();
+    s.ttl_factor = f64::NAN;
+    assert!(matches!(
+        s.validate(),
+        Err(SettingsError::TtlFactorTooSmall { .. })
+    ));
+}
+
+#[test]
+fn zero_durations_are_rejected() {
+    type Set = fn(&mut Settings);
+    let cases: [(&str, Set); 4] = [
+        ("coordination-timeout", |s| s.coordination_timeout = Duration::ZERO),
+        ("join-timeout", |s| s.join_timeout = Duration::ZERO),
+        ("refresh-interval", |s| s.refresh_interval = Duration::ZERO),
+        ("retry-delay", |s| s.retry_delay = Duration::ZERO),
+    ];
+    for (name, set) in cases {
+        let mut s = Settings::default();
+        set(&mut s);
+        assert_eq!(s.validate(), Err(SettingsError::Zero { name }), "{name}");
+        assert_eq!(
+            s.validate().unwrap_err().to_string(),
+            format!("{name} must be greater than zero")
+        );
+    }
+}
+
+#[test]
+fn jitter_outside_zero_to_one_is_rejected() {
+    for j in [-0.1, 1.5, f64::NAN] {
+        let mut s = Settings::default();
+        s.retry_jitter = j;
+        assert!(
+            matches!(s.validate(), Err(SettingsError::Jitter(_))),
+            "jitter {j}"
+        );
+    }
+}
+
+#[test]
+fn cluster_names_that_could_escape_the_prefix_are_rejected() {
+    for bad in ["", "a/b", "..", "x\ny", "a b", ".", "a\\b", "a..b", "tab\there"] {
+        match ClusterName::new(bad) {
+            Err(SettingsError::InvalidClusterName { .. }) => {}
+            other => panic!("{bad:?} accepted: {other:?}"),
+        }
+    }
+    assert!(ClusterName::new("x".repeat(129)).is_err());
+}
+
+#[test]
+fn ordinary_cluster_names_are_accepted() {
+    for good in ["orders-1", "default", "a.b", "Orders_2", &"x".repeat(128)] {
+        assert_eq!(ClusterName::new(good).expect(good).as_str(), good);
+    }
+}
+
+#[test]
+fn invalid_cluster_name_error_names_the_rule() {
+    let e = ClusterName::new("a/b").unwrap_err();
+    assert_eq!(
+        e,
+        SettingsError::InvalidClusterName {
+            name: "a/b".into(),
+            rule: "must not contain `/` or `\\`",
+        }
+    );
+    // Control characters are escaped in the message.
+    let e = ClusterName::new("x\ny").unwrap_err().to_string();
+    assert!(e.contains(r"x\ny"), "{e}");
+}
+
+#[test]
+fn key_prefix_with_dot_dot_is_rejected() {
+    for bad in ["/constructr/../etc", "..", "/a//b", "/a/./b", "/a\u{7}"] {
+        let mut s = Settings::default();
+        s.key_prefix = bad.into();
+        assert!(
+            matches!(s.validate(), Err(SettingsError::InvalidKeyPrefix { .. })),
+            "{bad:?} accepted"
+        );
+    }
+}
+
+#[test]
+fn scope_base_formats() {
+    let orders = || ClusterName::new("orders").expect("valid");
+    let base = |prefix: &str| Scope::new(prefix, orders()).expect(prefix).base();
+    assert_eq!(base("/constructr"), "/constructr/orders");
+    assert_eq!(base("constructr"), "/constructr/orders");
+    assert_eq!(base("/constructr/"), "/constructr/orders");
+    assert_eq!(base("/a/b"), "/a/b/orders");
+    assert_eq!(base(""), "/orders");
+    assert_eq!(base("/"), "/orders");
+    let scope = Scope::new("/constructr", orders()).expect("valid");
+    assert_eq!(scope.prefix(), "/constructr");
+    assert_eq!(scope.cluster().as_str(), "orders");
+    assert_eq!(scope.to_string(), "/constructr/orders");
+
+    let mut s = Settings::default();
+    s.cluster_name = orders();
+    assert_eq!(s.scope().expect("valid").base(), "/constructr/orders");
+}
+
+#[test]
+fn machine_rejects_invalid_settings() {
+    let mut s = Settings::default();
+    s.ttl_factor = 1.0;
+    let err = constructr_core::Machine::new(
+        s,
+        constructr_core::NodeId::new("a:1", 1),
+        0,
+        std::time::Instant::now(),
+    )
+    .unwrap_err();
+    assert!(matches!(err, SettingsError::TtlFactorTooSmall { .. }));
+}
+
+#[test]
+fn lock_ttl_covers_reread_join_and_registration() {
+    let s = Settings::default();
+    assert_eq!(s.lock_ttl(), Duration::from_secs(15 + 2 * 3));
+}
