@@ -1,0 +1,143 @@
+//! The `constructr` command as a user runs it.
+
+use assert_cmd::Command;
+
+fn constructr() -> Command {
+    Command::cargo_bin("constructr").expect("binary built")
+}
+
+fn json(out: &[u8]) -> serde_json::Value {
+    serde_json::from_slice(out).expect("stdout is one JSON object")
+}
+
+#[test]
+fn demo_json_reports_one_cluster_of_all_nodes() {
+    let out = constructr()
+        .args(["demo", "--nodes", "12", "--json"])
+        .output()
+        .expect("runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v = json(&out.stdout);
+    assert_eq!(v["clusters"], 1);
+    assert_eq!(v["members"], 12);
+    assert_eq!(v["registered"], 12);
+    assert_eq!(v["entries_after_shutdown"], 0);
+    assert!(v["formation_ms"].as_f64().is_some());
+    // At least a read and a registration per node.
+    assert!(v["coordination_requests"].as_u64().unwrap() >= 12 * 2);
+}
+
+#[test]
+fn demo_prints_a_timeline_and_summary() {
+    let out = constructr()
+        .args(["demo", "--nodes", "3"])
+        .output()
+        .expect("runs");
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("GettingNodes -> Locking"), "{text}");
+    assert!(text.contains("AddingSelf -> RefreshScheduled"), "{text}");
+    assert!(text.contains("1 cluster(s) [3], 3/3 registered"), "{text}");
+}
+
+#[test]
+fn sim_json_reports_trials_and_islands() {
+    let out = constructr()
+        .args([
+            "sim", "--trials", "50", "--nodes", "5", "--faults", "--seed", "9", "--json",
+        ])
+        .output()
+        .expect("runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let v = json(&out.stdout);
+    assert_eq!(v["trials"], 50);
+    assert_eq!(v["islands"], 0);
+    assert_eq!(v["failed_seeds"], serde_json::json!([]));
+    assert!(v["elapsed_ms"].as_u64().is_some());
+}
+
+#[test]
+fn invalid_settings_file_exits_2_naming_the_rule() {
+    let dir = std::env::temp_dir().join(format!("constructr-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("bad.toml");
+    std::fs::write(&file, "ttl-factor = 1.1\nrefresh-interval = \"30s\"\n").unwrap();
+    let out = constructr()
+        .args(["--config", file.to_str().unwrap(), "demo"])
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ttl-factor 1.1 is too small"));
+
+    std::fs::write(&file, "no-such-key = 1\n").unwrap();
+    let out = constructr()
+        .args(["--config", file.to_str().unwrap(), "demo"])
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown field"));
+
+    std::fs::write(&file, "retry-delay = \"soon\"\n").unwrap();
+    let out = constructr()
+        .args(["--config", file.to_str().unwrap(), "demo"])
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn settings_file_and_cluster_flag_are_applied() {
+    let dir = std::env::temp_dir().join(format!("constructr-cli-ok-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("ok.toml");
+    std::fs::write(
+        &file,
+        "coordination-timeout = \"1s\"\nretry-delay = \"200ms\"\n",
+    )
+    .unwrap();
+    let out = constructr()
+        .args([
+            "--config",
+            file.to_str().unwrap(),
+            "--cluster",
+            "orders",
+            "demo",
+            "--nodes",
+            "4",
+            "--json",
+        ])
+        .output()
+        .expect("runs");
+    assert!(out.status.success());
+    assert_eq!(json(&out.stdout)["members"], 4);
+}
+
+#[test]
+fn cluster_names_that_escape_the_prefix_exit_2() {
+    for bad in ["a/b", "..", ""] {
+        let out = constructr()
+            .args(["--cluster", bad, "demo"])
+            .output()
+            .expect("runs");
+        assert_eq!(out.status.code(), Some(2), "{bad:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("invalid cluster name"));
+    }
+}
+
+#[test]
+fn bad_arguments_get_clap_errors() {
+    let out = constructr()
+        .args(["demo", "--nodes", "zero"])
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid value"));
+}
