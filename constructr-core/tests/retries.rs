@@ -340,3 +340,20 @@ fn zero_retries_fail_on_the_first_error() {
     );
     assert_eq!(actions(&mut m), vec![]);
 }
+
+#[test]
+fn retry_wait_jitter_stays_within_its_fraction_and_is_replayable() {
+    let wait = |seed: u64| {
+        let mut s = settings();
+        s.retry_jitter = 0.5;
+        let mut m = Machine::new(s, me(), seed, t0()).expect("valid");
+        m.handle_reply(at(0), AttemptId(1), Reply::Nodes(Err(unavailable())));
+        m.poll_timeout().expect("retry timer") - at(0)
+    };
+    let waits: Vec<_> = (0..20).map(wait).collect();
+    for w in &waits {
+        assert!(*w >= RETRY_DELAY && *w < RETRY_DELAY.mul_f64(1.5), "{w:?}");
+    }
+    assert!(waits.iter().any(|w| *w != waits[0]), "no jitter: {waits:?}");
+    assert_eq!(wait(3), wait(3));
+}
