@@ -209,11 +209,7 @@ fn registry_with_only_own_stale_entry_counts_as_empty() {
     m.handle_reply(
         at(100),
         AttemptId(1),
-        Reply::Nodes(Ok(registry(
-            &[my_stale_entry()],
-            epoch(OLD_CLUSTER, 3),
-            3,
-        ))),
+        Reply::Nodes(Ok(registry(&[my_stale_entry()], epoch(OLD_CLUSTER, 3), 3))),
     );
     assert_eq!(
         events(&mut m),

@@ -25,7 +25,10 @@ fn settings() -> Settings {
 }
 
 fn node(i: u16) -> NodeId {
-    NodeId::new(format!("127.0.0.1:{}", 2550 + i), 0x5EED_0000 + u64::from(i))
+    NodeId::new(
+        format!("127.0.0.1:{}", 2550 + i),
+        0x5EED_0000 + u64::from(i),
+    )
 }
 
 struct World {

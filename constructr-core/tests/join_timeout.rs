@@ -87,10 +87,7 @@ fn abort_on_join_timeout_fails() {
     s.abort_on_join_timeout = true;
     let mut m = joining(s);
     m.handle_timeout(t0() + JOIN_TIMEOUT);
-    assert_eq!(
-        events(&mut m),
-        vec![changed(State::Joining, State::Failed)]
-    );
+    assert_eq!(events(&mut m), vec![changed(State::Joining, State::Failed)]);
     assert_eq!(actions(&mut m), vec![]);
     assert_eq!(m.poll_timeout(), None);
     assert_eq!(m.failure(), Some(&Failure::JoinTimeout));

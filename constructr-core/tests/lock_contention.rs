@@ -13,7 +13,11 @@ fn lose_lock_race(settings: constructr_core::Settings) -> Machine {
     m.handle_reply(at(100), AttemptId(1), Reply::Nodes(Ok(empty(4))));
     assert_eq!(actions(&mut m), vec![lock(2)]);
     events(&mut m);
-    m.handle_reply(at(200), AttemptId(2), Reply::Lock(Ok(LockOutcome::HeldByOther)));
+    m.handle_reply(
+        at(200),
+        AttemptId(2),
+        Reply::Lock(Ok(LockOutcome::HeldByOther)),
+    );
     m
 }
 
@@ -125,11 +129,7 @@ fn change_reply_after_the_timer_fired_is_ignored() {
     assert_eq!(actions(&mut m), vec![get_nodes(4)]);
     events(&mut m);
 
-    m.handle_reply(
-        due,
-        AttemptId(3),
-        Reply::Changed(Ok(WaitOutcome::Changed)),
-    );
+    m.handle_reply(due, AttemptId(3), Reply::Changed(Ok(WaitOutcome::Changed)));
     assert_eq!(events(&mut m), vec![]);
     assert_eq!(actions(&mut m), vec![]);
     assert_eq!(m.state(), State::GettingNodes);
@@ -159,22 +159,14 @@ fn change_reply_with_a_stale_attempt_is_ignored_in_a_later_wait() {
     events(&mut m);
 
     // The first round's watch answers late.
-    m.handle_reply(
-        due,
-        AttemptId(3),
-        Reply::Changed(Ok(WaitOutcome::Changed)),
-    );
+    m.handle_reply(due, AttemptId(3), Reply::Changed(Ok(WaitOutcome::Changed)));
     assert_eq!(events(&mut m), vec![]);
     assert_eq!(actions(&mut m), vec![]);
     assert_eq!(m.state(), State::WaitingForNodes);
     assert_eq!(m.poll_timeout(), Some(due + RETRY_DELAY));
 
     // The current one is accepted.
-    m.handle_reply(
-        due,
-        AttemptId(6),
-        Reply::Changed(Ok(WaitOutcome::Changed)),
-    );
+    m.handle_reply(due, AttemptId(6), Reply::Changed(Ok(WaitOutcome::Changed)));
     assert_eq!(
         events(&mut m),
         vec![changed(State::WaitingForNodes, State::GettingNodes)]

@@ -3,9 +3,9 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
+use constructr_core::Scope;
 use constructr_core::conformance::{ConformanceBackend, run_all};
 use constructr_core::memory::MemoryCoordination;
-use constructr_core::Scope;
 
 /// `MemoryCoordination` on the system clock.
 struct Memory(MemoryCoordination);

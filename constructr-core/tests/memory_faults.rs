@@ -57,7 +57,10 @@ async fn permanent_fail_gives_a_permanent_error() {
     let c = MemoryCoordination::default();
     c.inject(Fault::Fail { retryable: false }, 1);
     let err = c.get_nodes(&scope()).await.expect_err("fault");
-    assert!(matches!(err, CoordinationError::Permanent { .. }), "{err:?}");
+    assert!(
+        matches!(err, CoordinationError::Permanent { .. }),
+        "{err:?}"
+    );
     assert!(!err.is_retryable());
 }
 
@@ -92,11 +95,8 @@ async fn failed_registration_is_not_written() {
 async fn drop_reply_applies_but_never_answers() {
     let c = MemoryCoordination::default();
     c.inject(Fault::DropReply, 1);
-    let out = tokio::time::timeout(
-        Duration::from_millis(200),
-        c.lock(&scope(), &node(1), TTL),
-    )
-    .await;
+    let out =
+        tokio::time::timeout(Duration::from_millis(200), c.lock(&scope(), &node(1), TTL)).await;
     assert!(out.is_err(), "the reply was not dropped: {out:?}");
     // Applied: node 1 holds the lock.
     assert_eq!(
@@ -141,7 +141,9 @@ async fn expire_lock_lets_another_node_lock_and_fences_the_old_holder() {
         expected_epoch_version: None,
     };
     assert_eq!(
-        c.add_self(&scope(), &node(1), TTL, &mode).await.expect("add"),
+        c.add_self(&scope(), &node(1), TTL, &mode)
+            .await
+            .expect("add"),
         AddOutcome::Refused
     );
 }
@@ -180,7 +182,10 @@ fn ttls_run_on_the_injected_clock() {
         cluster: ClusterId(7),
         expected_epoch_version: None,
     };
-    assert_eq!(c.add_self_at(t0, &s, &node(1), ttl, &mode), AddOutcome::Added);
+    assert_eq!(
+        c.add_self_at(t0, &s, &node(1), ttl, &mode),
+        AddOutcome::Added
+    );
     let almost = t0 + ttl - Duration::from_millis(1);
     assert_eq!(c.get_nodes_at(almost, &s).nodes, vec![node(1)]);
     assert_eq!(
@@ -200,7 +205,10 @@ async fn async_api_reads_the_injected_clock() {
     let clock = ManualClock::new(t0);
     let c = MemoryCoordination::new(Arc::new(clock.clone()));
     seed(&c, &node(1)).await;
-    assert_eq!(c.get_nodes(&scope()).await.expect("get").nodes, vec![node(1)]);
+    assert_eq!(
+        c.get_nodes(&scope()).await.expect("get").nodes,
+        vec![node(1)]
+    );
     clock.advance(TTL);
     assert!(c.get_nodes(&scope()).await.expect("get").nodes.is_empty());
     assert_eq!(

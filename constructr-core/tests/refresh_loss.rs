@@ -21,7 +21,11 @@ fn missing_entry_of_a_seed_is_added_again_as_member_of_its_cluster() {
     let own = m.cluster().expect("own cluster");
     let now = t0() + REFRESH_INTERVAL;
 
-    m.handle_reply(now, AttemptId(6), Reply::Refresh(Ok(RefreshOutcome::Missing)));
+    m.handle_reply(
+        now,
+        AttemptId(6),
+        Reply::Refresh(Ok(RefreshOutcome::Missing)),
+    );
     assert_eq!(
         events(&mut m),
         vec![changed(State::Refreshing, State::AddingSelf)]
@@ -51,7 +55,11 @@ fn missing_entry_of_a_member_is_added_again_with_the_epochs_cluster() {
     let (mut m, refresh_action) = refreshing(Script::Member);
     assert_eq!(refresh_action, refresh(4));
     let now = t0() + REFRESH_INTERVAL;
-    m.handle_reply(now, AttemptId(4), Reply::Refresh(Ok(RefreshOutcome::Missing)));
+    m.handle_reply(
+        now,
+        AttemptId(4),
+        Reply::Refresh(Ok(RefreshOutcome::Missing)),
+    );
     assert_eq!(
         events(&mut m),
         vec![changed(State::Refreshing, State::AddingSelf)]
@@ -72,7 +80,11 @@ fn missing_entry_of_a_member_is_added_again_with_the_epochs_cluster() {
 fn missing_entry_refused_because_another_cluster_took_over_resets() {
     let (mut m, _) = refreshing(Script::Member);
     let now = t0() + REFRESH_INTERVAL;
-    m.handle_reply(now, AttemptId(4), Reply::Refresh(Ok(RefreshOutcome::Missing)));
+    m.handle_reply(
+        now,
+        AttemptId(4),
+        Reply::Refresh(Ok(RefreshOutcome::Missing)),
+    );
     events(&mut m);
     actions(&mut m);
     m.handle_reply(now, AttemptId(5), Reply::AddSelf(Ok(AddOutcome::Refused)));
@@ -87,7 +99,11 @@ fn missing_entry_refused_because_another_cluster_took_over_resets() {
 fn refreshed_entry_schedules_the_next_refresh() {
     let (mut m, _) = refreshing(Script::Member);
     let now = t0() + REFRESH_INTERVAL + COORDINATION_TIMEOUT / 2;
-    m.handle_reply(now, AttemptId(4), Reply::Refresh(Ok(RefreshOutcome::Refreshed)));
+    m.handle_reply(
+        now,
+        AttemptId(4),
+        Reply::Refresh(Ok(RefreshOutcome::Refreshed)),
+    );
     assert_eq!(
         events(&mut m),
         vec![changed(State::Refreshing, State::RefreshScheduled)]

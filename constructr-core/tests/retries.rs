@@ -230,7 +230,11 @@ fn exhaust_retries_in(script: Script, state: State) {
         (action, now) = fail_and_retry(&mut m, now, &action, state);
     }
     m.handle_reply(now, action.attempt(), error_reply(&action, unavailable()));
-    assert_eq!(events(&mut m), vec![changed(state, State::Failed)], "in {state:?}");
+    assert_eq!(
+        events(&mut m),
+        vec![changed(state, State::Failed)],
+        "in {state:?}"
+    );
     assert_eq!(actions(&mut m), vec![], "in {state:?}");
     assert_eq!(m.poll_timeout(), None, "in {state:?}");
     assert_eq!(

@@ -32,7 +32,10 @@ fn constructr_compat_has_fixed_waits_and_no_watch() {
     let s = Settings::constructr_compat();
     assert_eq!(s.retry_jitter, 0.0);
     assert!(!s.watch);
-    assert_eq!(s.coordination_timeout, Settings::default().coordination_timeout);
+    assert_eq!(
+        s.coordination_timeout,
+        Settings::default().coordination_timeout
+    );
     assert_eq!(s.validate(), Ok(()));
 }
 
@@ -157,7 +160,9 @@ fn nan_ttl_factor_is_rejected() {
 fn zero_durations_are_rejected() {
     type Set = fn(&mut Settings);
     let cases: [(&str, Set); 4] = [
-        ("coordination-timeout", |s| s.coordination_timeout = Duration::ZERO),
+        ("coordination-timeout", |s| {
+            s.coordination_timeout = Duration::ZERO
+        }),
         ("join-timeout", |s| s.join_timeout = Duration::ZERO),
         ("refresh-interval", |s| s.refresh_interval = Duration::ZERO),
         ("retry-delay", |s| s.retry_delay = Duration::ZERO),
@@ -187,7 +192,17 @@ fn jitter_outside_zero_to_one_is_rejected() {
 
 #[test]
 fn cluster_names_that_could_escape_the_prefix_are_rejected() {
-    for bad in ["", "a/b", "..", "x\ny", "a b", ".", "a\\b", "a..b", "tab\there"] {
+    for bad in [
+        "",
+        "a/b",
+        "..",
+        "x\ny",
+        "a b",
+        ".",
+        "a\\b",
+        "a..b",
+        "tab\there",
+    ] {
         match ClusterName::new(bad) {
             Err(SettingsError::InvalidClusterName { .. }) => {}
             other => panic!("{bad:?} accepted: {other:?}"),

@@ -120,7 +120,11 @@ fn shutdown_while_locking_stops_at_once() {
 fn shutdown_while_waiting_for_nodes_stops_at_once() {
     let mut m = started(settings());
     m.handle_reply(at(1), AttemptId(1), Reply::Nodes(Ok(empty(1))));
-    m.handle_reply(at(2), AttemptId(2), Reply::Lock(Ok(LockOutcome::HeldByOther)));
+    m.handle_reply(
+        at(2),
+        AttemptId(2),
+        Reply::Lock(Ok(LockOutcome::HeldByOther)),
+    );
     events(&mut m);
     actions(&mut m);
     m.shutdown(at(3));
@@ -130,7 +134,11 @@ fn shutdown_while_waiting_for_nodes_stops_at_once() {
     );
     assert_eq!(actions(&mut m), vec![]);
     assert_eq!(m.poll_timeout(), None);
-    m.handle_reply(at(4), AttemptId(3), Reply::Changed(Ok(WaitOutcome::Changed)));
+    m.handle_reply(
+        at(4),
+        AttemptId(3),
+        Reply::Changed(Ok(WaitOutcome::Changed)),
+    );
     assert_eq!(events(&mut m), vec![]);
     assert_eq!(actions(&mut m), vec![]);
 }
@@ -207,7 +215,11 @@ fn remove_self_failing_all_retries_still_stops() {
     events(&mut m);
     let mut now = at(0);
     for attempt in 5..7 {
-        m.handle_reply(now, AttemptId(attempt), Reply::RemoveSelf(Err(unavailable())));
+        m.handle_reply(
+            now,
+            AttemptId(attempt),
+            Reply::RemoveSelf(Err(unavailable())),
+        );
         assert_eq!(
             events(&mut m),
             vec![Event::Retrying {

@@ -137,7 +137,11 @@ fn stale_reply_in_a_later_state_is_ignored() {
     drive(&mut m, t0(), Script::Seed, State::RefreshScheduled);
     let due = m.poll_timeout();
     // A duplicate of the (already accepted) registration reply, and an old read.
-    m.handle_reply(at(1), AttemptId(5), Reply::AddSelf(Ok(constructr_core::AddOutcome::Refused)));
+    m.handle_reply(
+        at(1),
+        AttemptId(5),
+        Reply::AddSelf(Ok(constructr_core::AddOutcome::Refused)),
+    );
     m.handle_reply(at(1), AttemptId(1), Reply::Nodes(Ok(empty(1))));
     assert_eq!(events(&mut m), vec![]);
     assert_eq!(actions(&mut m), vec![]);
