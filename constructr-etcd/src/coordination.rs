@@ -166,8 +166,15 @@ impl EtcdCoordination {
                     return Ok(AddOutcome::Refused);
                 };
                 let epoch_value = entry::encode_epoch(*cluster);
-                let holds_lock =
-                    Compare::create_revision(lock_key.as_str(), CompareOp::Equal, token);
+                // The lock is this node's (value) and the same acquisition (create revision).
+                let holds_lock = [
+                    Compare::create_revision(lock_key.as_str(), CompareOp::Equal, token),
+                    Compare::value(
+                        lock_key.as_str(),
+                        CompareOp::Equal,
+                        entry::encode_node(node),
+                    ),
+                ];
                 let epoch_unchanged = match expected_epoch_version {
                     Some(v) => Compare::mod_revision(
                         epoch_key.as_str(),
@@ -183,12 +190,17 @@ impl EtcdCoordination {
                 vec![
                     // The first try: nobody registered since the read that found no nodes.
                     Txn::new()
-                        .when([holds_lock.clone(), epoch_unchanged])
+                        .when([
+                            holds_lock[0].clone(),
+                            holds_lock[1].clone(),
+                            epoch_unchanged,
+                        ])
                         .and_then(writes.clone()),
                     // A retry after a lost reply: the marker already names our cluster.
                     Txn::new()
                         .when([
-                            holds_lock,
+                            holds_lock[0].clone(),
+                            holds_lock[1].clone(),
                             Compare::value(epoch_key.as_str(), CompareOp::Equal, epoch_value),
                         ])
                         .and_then(writes),
