@@ -1,0 +1,339 @@
+//! Real etcd in Docker: a single member ([`EtcdNode`]) and a three-member cluster on its own
+//! network ([`EtcdCluster3`]), with fault injection.
+
+use std::time::Duration;
+
+use constructr_etcd::{EtcdConfig, EtcdTlsConfig, PemSource};
+use testcontainers::core::{ContainerPort, IntoContainerPort as _, WaitFor};
+use testcontainers::runners::AsyncRunner as _;
+use testcontainers::{ContainerAsync, GenericImage, ImageExt as _};
+
+use crate::tls::TestPki;
+
+/// Environment variable naming the etcd image (`name:tag`).
+pub const ETCD_IMAGE_ENV: &str = "CONSTRUCTR_ETCD_IMAGE";
+/// The official image, used when nothing else is configured.
+pub const ETCD_DEFAULT_IMAGE: &str = "quay.io/coreos/etcd:v3.5.16";
+
+const CLIENT_PORT: u16 = 2379;
+const PEER_PORT: u16 = 2380;
+const READY: &str = "ready to serve client requests";
+const STARTUP: Duration = Duration::from_secs(60);
+
+fn image() -> GenericImage {
+    let (name, tag) = crate::image_from_env(ETCD_IMAGE_ENV, ETCD_DEFAULT_IMAGE);
+    // The official image has no ENTRYPOINT (its CMD is the binary), the locally built one
+    // has: name the binary explicitly so both work.
+    GenericImage::new(name, tag)
+        .with_entrypoint("/usr/local/bin/etcd")
+        .with_wait_for(WaitFor::message_on_stderr(READY))
+}
+
+fn image_hint() -> String {
+    let (name, tag) = crate::image_from_env(ETCD_IMAGE_ENV, ETCD_DEFAULT_IMAGE);
+    format!(
+        "could not start etcd image {name}:{tag}. Without registry access build it with \
+         `bash scripts/images.sh` and export {ETCD_IMAGE_ENV} (see target/test-images.env)"
+    )
+}
+
+fn random_suffix() -> String {
+    format!("{:08x}", rand::random::<u32>())
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free local port")
+        .port()
+}
+
+/// One etcd member, reachable from the test at a fixed `127.0.0.1` port that survives
+/// restarts.
+pub struct EtcdNode {
+    container: ContainerAsync<GenericImage>,
+    host_port: u16,
+    pki: Option<TestPki>,
+}
+
+impl EtcdNode {
+    /// Starts a plain-HTTP member and waits until it serves requests.
+    pub async fn start() -> Self {
+        Self::start_inner(None).await
+    }
+
+    /// Starts a member serving clients over TLS with `pki`'s server certificate and
+    /// requiring client certificates signed by its CA.
+    pub async fn start_tls(pki: TestPki) -> Self {
+        Self::start_inner(Some(pki)).await
+    }
+
+    async fn start_inner(pki: Option<TestPki>) -> Self {
+        let mut last_error = String::new();
+        // A fixed host port can be taken by someone else between picking and binding it.
+        for _ in 0..3 {
+            let name = format!("constructr-etcd-{}", random_suffix());
+            let host_port = free_port();
+            let scheme = if pki.is_some() { "https" } else { "http" };
+            let mut args = vec![
+                "--name".to_owned(),
+                name.clone(),
+                "--data-dir".into(),
+                "/tmp/etcd-data".into(),
+                "--listen-client-urls".into(),
+                format!("{scheme}://0.0.0.0:{CLIENT_PORT}"),
+                "--advertise-client-urls".into(),
+                format!("{scheme}://127.0.0.1:{CLIENT_PORT}"),
+                "--listen-peer-urls".into(),
+                format!("http://127.0.0.1:{PEER_PORT}"),
+                "--initial-advertise-peer-urls".into(),
+                format!("http://127.0.0.1:{PEER_PORT}"),
+                "--initial-cluster".into(),
+                format!("{name}=http://127.0.0.1:{PEER_PORT}"),
+            ];
+            let mut request = image().with_container_name(name.clone());
+            if let Some(pki) = &pki {
+                args.extend([
+                    "--cert-file=/certs/server.pem".into(),
+                    "--key-file=/certs/server-key.pem".into(),
+                    "--trusted-ca-file=/certs/ca.pem".into(),
+                    "--client-cert-auth".into(),
+                ]);
+                request = request
+                    .with_copy_to("/certs/ca.pem", pki.ca_pem.clone().into_bytes())
+                    .with_copy_to(
+                        "/certs/server.pem",
+                        pki.server_cert_pem.clone().into_bytes(),
+                    )
+                    .with_copy_to(
+                        "/certs/server-key.pem",
+                        pki.server_key_pem.clone().into_bytes(),
+                    );
+            }
+            let request = request
+                .with_cmd(args)
+                .with_mapped_port(host_port, CLIENT_PORT.tcp())
+                .with_startup_timeout(STARTUP);
+            match request.start().await {
+                Ok(container) => {
+                    let node = Self {
+                        container,
+                        host_port,
+                        pki,
+                    };
+                    node.wait_ready().await;
+                    return node;
+                }
+                Err(e) => last_error = e.to_string(),
+            }
+        }
+        panic!("{}: {last_error}", image_hint());
+    }
+
+    /// `http(s)://127.0.0.1:{port}`.
+    pub fn endpoint(&self) -> String {
+        let scheme = if self.pki.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.host_port)
+    }
+
+    /// A backend configuration for this member (with the client certificate when TLS is on).
+    pub fn config(&self) -> EtcdConfig {
+        let config = EtcdConfig::new([self.endpoint()])
+            .with_connect_timeout(Duration::from_secs(1))
+            .with_request_timeout(Duration::from_millis(500));
+        match &self.pki {
+            Some(pki) => config.with_tls(
+                EtcdTlsConfig::new(PemSource::Pem(pki.ca_pem.clone())).with_client_identity(
+                    PemSource::Pem(pki.client_cert_pem.clone()),
+                    PemSource::Pem(pki.client_key_pem.clone()),
+                ),
+            ),
+            None => config,
+        }
+    }
+
+    /// A raw etcd client (plain HTTP members only) for set-up and inspection.
+    pub async fn client(&self) -> etcd_client::Client {
+        assert!(self.pki.is_none(), "raw clients are for plain members");
+        etcd_client::Client::connect([self.endpoint()], None)
+            .await
+            .expect("raw etcd client")
+    }
+
+    async fn wait_ready(&self) {
+        let config = self.config();
+        let etcd = constructr_etcd::EtcdCoordination::new(&config).expect("valid config");
+        crate::eventually(STARTUP, "etcd answers requests", || async {
+            etcd.check().await.ok()
+        })
+        .await;
+    }
+
+    /// Stops etcd abruptly (SIGKILL) and starts it again on the same data and port; returns
+    /// once it serves requests again.
+    pub async fn restart(&self) {
+        self.container
+            .stop_with_timeout(Some(0))
+            .await
+            .expect("stop etcd");
+        self.container.start().await.expect("start etcd again");
+        self.wait_ready().await;
+    }
+
+    /// Enables authentication with a `root` user of password `root_password`.
+    pub async fn enable_auth(&self, root_password: &str) {
+        let mut c = self.client().await;
+        c.user_add("root", root_password, None)
+            .await
+            .expect("add root user");
+        // The root role exists in etcd >= 3.4 only after it is added; ignore "already exists".
+        let _ = c.role_add("root").await;
+        c.user_grant_role("root", "root")
+            .await
+            .expect("grant root role");
+        c.auth_enable().await.expect("enable auth");
+    }
+}
+
+/// Three etcd members on their own Docker network.
+pub struct EtcdCluster3 {
+    members: Vec<Option<ContainerAsync<GenericImage>>>,
+    names: Vec<String>,
+    endpoints: Vec<String>,
+}
+
+impl EtcdCluster3 {
+    /// Starts three members at once and waits until all serve requests.
+    pub async fn start() -> Self {
+        let suffix = random_suffix();
+        let network = format!("constructr-etcd-net-{suffix}");
+        let names: Vec<String> = (0..3)
+            .map(|i| format!("constructr-etcd-{suffix}-m{i}"))
+            .collect();
+        let initial_cluster = names
+            .iter()
+            .map(|n| format!("{n}=http://{n}:{PEER_PORT}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let start = |name: String| {
+            let args = vec![
+                "--name".to_owned(),
+                name.clone(),
+                "--data-dir".into(),
+                "/tmp/etcd-data".into(),
+                "--listen-client-urls".into(),
+                format!("http://0.0.0.0:{CLIENT_PORT}"),
+                "--advertise-client-urls".into(),
+                format!("http://{name}:{CLIENT_PORT}"),
+                "--listen-peer-urls".into(),
+                format!("http://0.0.0.0:{PEER_PORT}"),
+                "--initial-advertise-peer-urls".into(),
+                format!("http://{name}:{PEER_PORT}"),
+                "--initial-cluster".into(),
+                initial_cluster.clone(),
+                "--initial-cluster-token".into(),
+                format!("constructr-{suffix}"),
+                "--initial-cluster-state".into(),
+                "new".into(),
+            ];
+            image()
+                .with_exposed_port(ContainerPort::Tcp(CLIENT_PORT))
+                .with_container_name(name.clone())
+                .with_hostname(name)
+                .with_network(network.clone())
+                .with_cmd(args)
+                .with_startup_timeout(STARTUP)
+                .start()
+        };
+        // Each member reports ready only once a quorum is up: start them together.
+        let (a, b, c) = tokio::join!(
+            start(names[0].clone()),
+            start(names[1].clone()),
+            start(names[2].clone())
+        );
+        let mut members = Vec::new();
+        let mut endpoints = Vec::new();
+        for r in [a, b, c] {
+            let container = r.unwrap_or_else(|e| panic!("{}: {e}", image_hint()));
+            let port = container
+                .get_host_port_ipv4(CLIENT_PORT)
+                .await
+                .expect("mapped client port");
+            endpoints.push(format!("http://127.0.0.1:{port}"));
+            members.push(Some(container));
+        }
+        let cluster = Self {
+            members,
+            names,
+            endpoints,
+        };
+        for i in 0..3 {
+            let config = EtcdConfig::new([cluster.endpoints[i].clone()]);
+            let etcd = constructr_etcd::EtcdCoordination::new(&config).expect("valid config");
+            crate::eventually(STARTUP, "etcd member answers requests", || async {
+                etcd.check().await.ok()
+            })
+            .await;
+        }
+        cluster
+    }
+
+    /// The client URLs of all three members (also of killed ones).
+    pub fn endpoints(&self) -> Vec<String> {
+        self.endpoints.clone()
+    }
+
+    /// A backend configuration listing all three members, with short timeouts so a dead
+    /// member is skipped quickly.
+    pub fn config(&self) -> EtcdConfig {
+        EtcdConfig::new(self.endpoints())
+            .with_connect_timeout(Duration::from_millis(300))
+            .with_request_timeout(Duration::from_millis(500))
+    }
+
+    /// The member names (container names).
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    /// The index of the current leader, asked from the live members.
+    pub async fn leader(&self) -> usize {
+        crate::eventually(Duration::from_secs(30), "an etcd leader", || async {
+            for (i, m) in self.members.iter().enumerate() {
+                if m.is_none() {
+                    continue;
+                }
+                let Ok(mut c) =
+                    etcd_client::Client::connect([self.endpoints[i].clone()], None).await
+                else {
+                    continue;
+                };
+                let Ok(status) = c.status().await else {
+                    continue;
+                };
+                let leader = status.leader();
+                for (j, e) in self.endpoints.iter().enumerate() {
+                    if self.members[j].is_none() {
+                        continue;
+                    }
+                    if let Ok(mut cj) = etcd_client::Client::connect([e.clone()], None).await
+                        && let Ok(sj) = cj.status().await
+                        && sj.header().map(|h| h.member_id()) == Some(leader)
+                    {
+                        return Some(j);
+                    }
+                }
+            }
+            None
+        })
+        .await
+    }
+
+    /// Kills member `i` (SIGKILL) and removes its container.
+    pub async fn kill(&mut self, i: usize) {
+        if let Some(c) = self.members[i].take() {
+            c.stop_with_timeout(Some(0)).await.expect("kill member");
+            c.rm().await.expect("remove member");
+        }
+    }
+}

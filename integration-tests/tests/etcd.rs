@@ -1,0 +1,661 @@
+//! The etcd backend against real etcd in Docker: the conformance suite, bootstrapping many
+//! nodes, lock expiry, entry expiry, etcd faults (leader kill, restart, dead endpoints),
+//! garbage, authentication and TLS.
+//!
+//! Every test starts its own etcd and uses its own cluster name; they run in parallel.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use constructr_core::conformance::{self, ConformanceBackend};
+use constructr_core::driver::{self, NodeHandle};
+use constructr_core::entry;
+use constructr_core::local::LocalCluster;
+use constructr_core::{
+    AddMode, AddOutcome, Coordination, CoordinationError, Event, Failure, LockOutcome, NodeId,
+    Scope, Settings, State, WaitOutcome,
+};
+use constructr_etcd::{EtcdConfig, EtcdCoordination, EtcdError, lease_ttl_secs};
+use etcd_client::{GetOptions, PutOptions};
+use integration_tests::etcd::{EtcdCluster3, EtcdNode};
+use integration_tests::tls::TestPki;
+use integration_tests::{
+    eventually, fast_settings, init_tracing, require_docker, unique_cluster_name,
+};
+use tokio::time::Instant;
+
+fn coordination(config: &EtcdConfig) -> Arc<EtcdCoordination> {
+    Arc::new(EtcdCoordination::new(config).expect("valid etcd config"))
+}
+
+fn node_id(i: usize) -> NodeId {
+    NodeId::new(format!("node-{i}.test:2552"), rand::random())
+}
+
+fn spawn_nodes(
+    n: usize,
+    settings: &Settings,
+    etcd: &Arc<EtcdCoordination>,
+    local: &LocalCluster,
+) -> Vec<NodeHandle> {
+    (0..n)
+        .map(|i| {
+            let node = node_id(i);
+            driver::spawn(
+                settings.clone(),
+                node.clone(),
+                etcd.clone(),
+                Arc::new(local.node(node)),
+                rand::random(),
+            )
+            .expect("valid settings")
+        })
+        .collect()
+}
+
+/// Waits until every node is registered; panics naming the stragglers and their states.
+async fn all_registered(handles: &[NodeHandle], timeout: Duration) {
+    let all = futures_join_all(handles.iter().map(|h| h.registered()));
+    match tokio::time::timeout(timeout, all).await {
+        Ok(states) => {
+            for (h, s) in handles.iter().zip(states) {
+                assert!(s.is_registered(), "{} ended in {s:?}", h.node());
+            }
+        }
+        Err(_) => {
+            let states: Vec<_> = handles
+                .iter()
+                .map(|h| (h.node().clone(), h.state()))
+                .collect();
+            panic!("not all nodes registered within {timeout:?}: {states:?}");
+        }
+    }
+}
+
+async fn futures_join_all<F: std::future::Future>(futs: impl Iterator<Item = F>) -> Vec<F::Output> {
+    let mut set = Vec::new();
+    for f in futs {
+        set.push(f);
+    }
+    let mut out = Vec::with_capacity(set.len());
+    for f in set {
+        out.push(f.await);
+    }
+    out
+}
+
+/// Exactly one cluster formed, and it has exactly `members` members.
+fn assert_one_cluster(local: &LocalCluster, members: usize) {
+    let clusters = local.clusters();
+    assert_eq!(
+        local.clusters_formed(),
+        1,
+        "more than one cluster was formed: {clusters:?}"
+    );
+    assert_eq!(clusters.len(), 1, "islands: {clusters:?}");
+    assert_eq!(clusters.values().next().map(|m| m.len()), Some(members));
+}
+
+async fn registered_nodes(etcd: &EtcdCoordination, scope: &Scope) -> Vec<NodeId> {
+    let mut nodes = etcd.get_nodes(scope).await.expect("get_nodes").nodes;
+    nodes.sort();
+    nodes
+}
+
+fn sorted_ids(handles: &[NodeHandle]) -> Vec<NodeId> {
+    let mut ids: Vec<_> = handles.iter().map(|h| h.node().clone()).collect();
+    ids.sort();
+    ids
+}
+
+// ---------------------------------------------------------------------------------------
+
+struct EtcdConformance {
+    etcd: EtcdCoordination,
+    raw: etcd_client::Client,
+}
+
+#[async_trait]
+impl ConformanceBackend for EtcdConformance {
+    type Coordination = EtcdCoordination;
+
+    fn coordination(&self) -> &EtcdCoordination {
+        &self.etcd
+    }
+
+    async fn put_raw_entry(&self, scope: &Scope, key_suffix: &str, value: &[u8]) {
+        let mut c = self.raw.clone();
+        let ttl = lease_ttl_secs(self.ttl());
+        let lease = c.lease_grant(ttl, None).await.expect("grant").id();
+        c.put(
+            format!("{}{key_suffix}", entry::nodes_prefix(scope)),
+            value,
+            Some(PutOptions::new().with_lease(lease)),
+        )
+        .await
+        .expect("put raw entry");
+    }
+
+    fn expiry_bound(&self) -> Duration {
+        EtcdCoordination::EXPIRY_BOUND
+    }
+}
+
+#[tokio::test]
+async fn conformance_suite_passes_against_real_etcd() {
+    require_docker!();
+    init_tracing();
+    let node = EtcdNode::start().await;
+    let backend = EtcdConformance {
+        etcd: EtcdCoordination::new(&node.config()).unwrap(),
+        raw: node.client().await,
+    };
+    conformance::run_all(&backend).await;
+}
+
+#[tokio::test]
+async fn twenty_nodes_started_at_once_form_exactly_one_cluster() {
+    require_docker!();
+    init_tracing();
+    let node = EtcdNode::start().await;
+    let etcd = coordination(&node.config());
+    let settings = fast_settings(unique_cluster_name("twenty"));
+    let scope = settings.scope().unwrap();
+    let local = LocalCluster::new();
+
+    let start = Instant::now();
+    let handles = spawn_nodes(20, &settings, &etcd, &local);
+    all_registered(&handles, Duration::from_secs(30)).await;
+    println!(
+        "20 nodes against real etcd: all registered after {} ms",
+        start.elapsed().as_millis()
+    );
+
+    assert_one_cluster(&local, 20);
+    assert_eq!(registered_nodes(&etcd, &scope).await, sorted_ids(&handles));
+    // The layout an operator sees with `etcdctl get --prefix`.
+    let mut raw = node.client().await;
+    let keys = raw
+        .get(
+            entry::nodes_prefix(&scope),
+            Some(GetOptions::new().with_prefix().with_keys_only()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(keys.kvs().len(), 20);
+    assert!(
+        keys.kvs()
+            .iter()
+            .all(|kv| kv.key_str().unwrap().starts_with("/constructr-it/twenty-"))
+    );
+    let epoch = raw.get(entry::epoch_key(&scope), None).await.unwrap();
+    assert_eq!(epoch.kvs().len(), 1, "the epoch marker is set");
+}
+
+#[tokio::test]
+async fn lock_holder_stopped_before_registering_lets_exactly_one_other_node_seed() {
+    require_docker!();
+    init_tracing();
+    let node = EtcdNode::start().await;
+    let etcd = coordination(&node.config());
+    let settings = fast_settings(unique_cluster_name("lock-holder"));
+    let scope = settings.scope().unwrap();
+    let local = LocalCluster::new();
+
+    // A node takes the lock and is never heard of again.
+    let ghost = NodeId::new("ghost.test:2552", 1);
+    let LockOutcome::Acquired(ghost_token) = etcd
+        .lock(&scope, &ghost, settings.lock_ttl())
+        .await
+        .unwrap()
+    else {
+        panic!("lock on a fresh scope");
+    };
+    let lock_lease = Duration::from_secs(lease_ttl_secs(settings.lock_ttl()) as u64);
+
+    let start = Instant::now();
+    let handles = spawn_nodes(5, &settings, &etcd, &local);
+    all_registered(&handles, lock_lease + Duration::from_secs(20)).await;
+    let elapsed = start.elapsed();
+    println!(
+        "lock TTL {:?} (lease {lock_lease:?}): 5 nodes registered after {} ms",
+        settings.lock_ttl(),
+        elapsed.as_millis()
+    );
+    assert!(
+        elapsed + Duration::from_millis(500) >= lock_lease,
+        "a node seeded while the ghost still held the lock ({elapsed:?})"
+    );
+    assert_one_cluster(&local, 5);
+    assert_eq!(registered_nodes(&etcd, &scope).await, sorted_ids(&handles));
+
+    // The ghost's late seeding is fenced off.
+    let r = etcd.get_nodes(&scope).await.unwrap();
+    let late = AddMode::Seed {
+        lock: ghost_token,
+        cluster: constructr_core::ClusterId(42),
+        expected_epoch_version: r.epoch.map(|e| e.version),
+    };
+    assert_eq!(
+        etcd.add_self(&scope, &ghost, Duration::from_secs(5), &late)
+            .await
+            .unwrap(),
+        AddOutcome::Refused
+    );
+}
+
+#[tokio::test]
+async fn aborted_node_entry_expires_within_ttl_plus_bound() {
+    require_docker!();
+    init_tracing();
+    let node = EtcdNode::start().await;
+    let etcd = coordination(&node.config());
+    let settings = fast_settings(unique_cluster_name("abort"));
+    let scope = settings.scope().unwrap();
+    let local = LocalCluster::new();
+    let handles = spawn_nodes(3, &settings, &etcd, &local);
+    all_registered(&handles, Duration::from_secs(20)).await;
+
+    let victim = handles[2].node().clone();
+    handles[2].abort();
+    let aborted = Instant::now();
+    let bound =
+        Duration::from_secs(lease_ttl_secs(settings.ttl()) as u64) + EtcdCoordination::EXPIRY_BOUND;
+    eventually(
+        bound + Duration::from_secs(5),
+        "the aborted node's entry expires",
+        || async { (!registered_nodes(&etcd, &scope).await.contains(&victim)).then_some(()) },
+    )
+    .await;
+    let gone_after = aborted.elapsed();
+    println!(
+        "aborted node's entry gone {} ms after the abort (TTL {:?}, stated bound TTL + {:?})",
+        gone_after.as_millis(),
+        settings.ttl(),
+        EtcdCoordination::EXPIRY_BOUND
+    );
+    assert!(
+        gone_after <= bound,
+        "entry outlived TTL + bound: {gone_after:?} > {bound:?}"
+    );
+    // The others keep refreshing.
+    assert_eq!(
+        registered_nodes(&etcd, &scope).await,
+        sorted_ids(&handles[..2])
+    );
+}
+
+#[tokio::test]
+async fn gracefully_shut_down_node_is_removed_at_once() {
+    require_docker!();
+    init_tracing();
+    let node = EtcdNode::start().await;
+    let etcd = coordination(&node.config());
+    let settings = fast_settings(unique_cluster_name("graceful"));
+    let scope = settings.scope().unwrap();
+    let local = LocalCluster::new();
+    let mut handles = spawn_nodes(3, &settings, &etcd, &local);
+    all_registered(&handles, Duration::from_secs(20)).await;
+
+    let leaving = handles.remove(0);
+    let id = leaving.node().clone();
+    leaving.shutdown();
+    let started = Instant::now();
+    tokio::time::timeout(Duration::from_secs(5), leaving.stopped())
+        .await
+        .expect("shutdown completes")
+        .expect("clean shutdown");
+    let took = started.elapsed();
+    // One read right after the shutdown returned: no waiting for a TTL.
+    let nodes = registered_nodes(&etcd, &scope).await;
+    assert!(!nodes.contains(&id), "entry still there after shutdown");
+    assert_eq!(nodes, sorted_ids(&handles));
+    assert_eq!(local.cluster_of(&id), None);
+    println!("graceful shutdown took {} ms", took.as_millis());
+}
+
+/// Settings that ride out an etcd election or restart of a few seconds.
+fn patient_settings(what: &str) -> Settings {
+    let mut s = fast_settings(unique_cluster_name(what));
+    s.coordination_timeout = Duration::from_secs(1);
+    s.nr_of_retries = 5;
+    s.retry_delay = Duration::from_millis(500);
+    // >= 1 + (1 s * 6 + 0.6 s * 5) / 1 s = 10
+    s.ttl_factor = 10.0;
+    s.validate().expect("valid");
+    s
+}
+
+#[tokio::test]
+async fn leader_killed_during_bootstrap_still_forms_one_cluster() {
+    require_docker!();
+    init_tracing();
+    let mut cluster = EtcdCluster3::start().await;
+    let etcd = coordination(&cluster.config());
+    let settings = patient_settings("leader-kill");
+    let scope = settings.scope().unwrap();
+    let local = LocalCluster::new();
+    let leader = cluster.leader().await;
+
+    // Bootstrapping 10 nodes takes ~150 ms, too short to aim a kill at. A node that took the
+    // lock and vanished holds everybody in the middle of the bootstrap (locking, waiting on
+    // watches) until its lock expires, which must then happen on the new leader.
+    let ghost = NodeId::new("ghost.test:2552", 1);
+    assert!(matches!(
+        etcd.lock(&scope, &ghost, Duration::from_secs(2))
+            .await
+            .unwrap(),
+        LockOutcome::Acquired(_)
+    ));
+    let start = Instant::now();
+    let handles = spawn_nodes(10, &settings, &etcd, &local);
+    eventually(
+        Duration::from_secs(10),
+        "all nodes waiting for the lock holder",
+        || async {
+            handles
+                .iter()
+                .all(|h| h.state() == State::WaitingForNodes)
+                .then_some(())
+        },
+    )
+    .await;
+    cluster.kill(leader).await;
+    let killed_at = start.elapsed();
+    assert!(
+        handles.iter().all(|h| !h.state().is_registered()),
+        "the bootstrap finished before the leader was killed"
+    );
+    println!(
+        "killed leader {} at {} ms, during the bootstrap",
+        cluster.names()[leader],
+        killed_at.as_millis()
+    );
+
+    all_registered(&handles, Duration::from_secs(60)).await;
+    println!(
+        "10 nodes registered {} ms after start despite the leader kill",
+        start.elapsed().as_millis()
+    );
+    assert_one_cluster(&local, 10);
+    assert_eq!(registered_nodes(&etcd, &scope).await, sorted_ids(&handles));
+}
+
+#[tokio::test]
+async fn etcd_restart_while_refreshing_recovers_without_rebootstrap() {
+    require_docker!();
+    init_tracing();
+    let node = EtcdNode::start().await;
+    let etcd = coordination(&node.config());
+    let settings = patient_settings("restart");
+    let scope = settings.scope().unwrap();
+    let local = LocalCluster::new();
+    let handles = spawn_nodes(3, &settings, &etcd, &local);
+    all_registered(&handles, Duration::from_secs(20)).await;
+    let mut events: Vec<_> = handles.iter().map(|h| h.events()).collect();
+
+    let down = Instant::now();
+    node.restart().await;
+    let downtime = down.elapsed();
+    // Events up to now happened while etcd was down (or before).
+    let mut seen = Vec::new();
+    for rx in &mut events {
+        while let Ok(e) = rx.try_recv() {
+            seen.push(e.event);
+        }
+    }
+
+    // Every node completes a refresh after etcd is back.
+    let mut refreshed = vec![false; handles.len()];
+    eventually(
+        Duration::from_secs(15),
+        "a refresh of every node after the restart",
+        || {
+            for (i, rx) in events.iter_mut().enumerate() {
+                while let Ok(e) = rx.try_recv() {
+                    if let Event::StateChanged {
+                        from: State::Refreshing,
+                        to: State::RefreshScheduled,
+                    } = e.event
+                    {
+                        refreshed[i] = true;
+                    }
+                    seen.push(e.event);
+                }
+            }
+            let done = refreshed.iter().all(|r| *r);
+            async move { done.then_some(()) }
+        },
+    )
+    .await;
+    println!(
+        "etcd down for {} ms; all nodes refreshed again; events: {} retries",
+        downtime.as_millis(),
+        seen.iter()
+            .filter(|e| matches!(e, Event::Retrying { .. }))
+            .count()
+    );
+    for e in &seen {
+        if let Event::StateChanged { to, .. } = e {
+            assert!(
+                !matches!(
+                    to,
+                    State::Resetting | State::GettingNodes | State::Locking | State::Failed
+                ),
+                "a node re-bootstrapped or failed: {seen:?}"
+            );
+        }
+    }
+    assert!(handles.iter().all(|h| h.state().is_registered()));
+    assert_one_cluster(&local, 3);
+    assert_eq!(registered_nodes(&etcd, &scope).await, sorted_ids(&handles));
+}
+
+#[tokio::test]
+async fn wait_for_change_resumes_after_etcd_restart() {
+    require_docker!();
+    init_tracing();
+    let node = EtcdNode::start().await;
+    let etcd = coordination(&node.config());
+    let scope = fast_settings(unique_cluster_name("watch-restart"))
+        .scope()
+        .unwrap();
+    let read = etcd.get_nodes(&scope).await.unwrap();
+    let waiter = {
+        let etcd = etcd.clone();
+        let scope = scope.clone();
+        tokio::spawn(async move { etcd.wait_for_change(&scope, read.revision).await })
+    };
+    node.restart().await;
+    assert!(!waiter.is_finished(), "woke without a change");
+    let n = node_id(1);
+    assert_eq!(
+        etcd.add_self(
+            &scope,
+            &n,
+            Duration::from_secs(10),
+            &AddMode::Join { cluster: None }
+        )
+        .await
+        .unwrap(),
+        AddOutcome::Added
+    );
+    let out = tokio::time::timeout(Duration::from_secs(10), waiter)
+        .await
+        .expect("watch woke after the restart")
+        .unwrap()
+        .unwrap();
+    assert_eq!(out, WaitOutcome::Changed);
+}
+
+#[tokio::test]
+async fn garbage_keys_under_the_prefix_do_not_disturb_bootstrap() {
+    require_docker!();
+    init_tracing();
+    let node = EtcdNode::start().await;
+    let etcd = coordination(&node.config());
+    let settings = fast_settings(unique_cluster_name("garbage"));
+    let scope = settings.scope().unwrap();
+    let nodes = entry::nodes_prefix(&scope);
+    let mut raw = node.client().await;
+    for (k, v) in [
+        (format!("{nodes}not-base64!"), b"{\"address\":1}".to_vec()),
+        (
+            format!("{nodes}bm9kZS0wLnRlc3Q6MjU1Mg"),
+            b"\xff\xfe garbage".to_vec(),
+        ),
+        (
+            format!("{nodes}eHl6"),
+            br#"{"address":"10.9.9.9:1","incarnation":1}"#.to_vec(),
+        ),
+        (format!("{}/unrelated", scope.base()), b"hello".to_vec()),
+        (format!("{}/nodes", scope.base()), b"no slash".to_vec()),
+    ] {
+        raw.put(k, v, None).await.unwrap();
+    }
+    let r = etcd
+        .get_nodes(&scope)
+        .await
+        .expect("garbage is not an error");
+    assert!(r.nodes.is_empty() && r.epoch.is_none(), "{r:?}");
+
+    let local = LocalCluster::new();
+    let handles = spawn_nodes(5, &settings, &etcd, &local);
+    all_registered(&handles, Duration::from_secs(20)).await;
+    assert_one_cluster(&local, 5);
+    assert_eq!(registered_nodes(&etcd, &scope).await, sorted_ids(&handles));
+}
+
+#[tokio::test]
+async fn wrong_password_is_a_permanent_unauthorized_error() {
+    require_docker!();
+    init_tracing();
+    let node = EtcdNode::start().await;
+    node.enable_auth("root-pw-3e1f").await;
+    let settings = fast_settings(unique_cluster_name("auth"));
+    let scope = settings.scope().unwrap();
+
+    let wrong = coordination(&node.config().with_user("root", "WRONG-pw-77aa"));
+    let err = wrong.get_nodes(&scope).await.unwrap_err();
+    let msg = err.to_string();
+    println!("wrong password: {msg}");
+    assert!(
+        matches!(err, CoordinationError::Unauthorized { .. }),
+        "{err:?}"
+    );
+    assert!(!err.is_retryable());
+    assert!(msg.contains("authentication failed"), "{msg}");
+    assert!(!msg.contains("WRONG-pw-77aa") && !format!("{err:?}").contains("WRONG-pw-77aa"));
+    assert!(matches!(
+        wrong.check().await,
+        Err(EtcdError::Unauthorized { .. })
+    ));
+
+    // A node with the wrong password fails at once instead of retrying forever.
+    let local = LocalCluster::new();
+    let handle = spawn_nodes(1, &settings, &wrong, &local).remove(0);
+    let failure = tokio::time::timeout(Duration::from_secs(5), handle.stopped())
+        .await
+        .expect("the node stops")
+        .unwrap_err();
+    assert!(matches!(failure, Failure::Permanent { .. }), "{failure:?}");
+
+    // Without credentials: refused as well (auth is on).
+    let anonymous = coordination(&node.config());
+    assert!(matches!(
+        anonymous.get_nodes(&scope).await,
+        Err(CoordinationError::Unauthorized { .. })
+    ));
+
+    // The right password works.
+    let right = coordination(&node.config().with_user("root", "root-pw-3e1f"));
+    let handles = spawn_nodes(2, &settings, &right, &local);
+    all_registered(&handles, Duration::from_secs(20)).await;
+    assert_eq!(registered_nodes(&right, &scope).await, sorted_ids(&handles));
+}
+
+#[tokio::test]
+async fn tls_with_client_certificates_from_a_test_ca() {
+    require_docker!();
+    init_tracing();
+    let node = EtcdNode::start_tls(TestPki::generate()).await;
+    let etcd = coordination(&node.config());
+    let settings = fast_settings(unique_cluster_name("tls"));
+    let scope = settings.scope().unwrap();
+    let local = LocalCluster::new();
+    let handles = spawn_nodes(3, &settings, &etcd, &local);
+    all_registered(&handles, Duration::from_secs(20)).await;
+    assert_one_cluster(&local, 3);
+    assert_eq!(registered_nodes(&etcd, &scope).await, sorted_ids(&handles));
+
+    // Another CA: the server certificate is not trusted.
+    let other = TestPki::generate();
+    let mut untrusted = node.config();
+    untrusted.tls = Some(
+        constructr_etcd::EtcdTlsConfig::new(constructr_etcd::PemSource::Pem(other.ca_pem.clone()))
+            .with_client_identity(
+                constructr_etcd::PemSource::Pem(other.client_cert_pem.clone()),
+                constructr_etcd::PemSource::Pem(other.client_key_pem.clone()),
+            ),
+    );
+    let err = coordination(&untrusted)
+        .get_nodes(&scope)
+        .await
+        .unwrap_err();
+    println!("untrusted server certificate: {err}");
+    // Without a client certificate etcd (--client-cert-auth) refuses the handshake.
+    let mut anonymous = node.config();
+    if let Some(tls) = &mut anonymous.tls {
+        tls.cert = None;
+        tls.key = None;
+    }
+    let err = coordination(&anonymous)
+        .get_nodes(&scope)
+        .await
+        .unwrap_err();
+    println!("no client certificate: {err}");
+}
+
+#[tokio::test]
+async fn dead_and_hung_endpoints_in_the_list_are_skipped() {
+    require_docker!();
+    init_tracing();
+    let node = EtcdNode::start().await;
+    // Accepts TCP connections (kernel backlog) but never speaks HTTP/2.
+    let hung = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hung_url = format!("http://{}", hung.local_addr().unwrap());
+    let refused = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", l.local_addr().unwrap())
+    }; // dropped: connection refused from now on
+    let config = EtcdConfig::new([refused, hung_url, node.endpoint()])
+        .with_connect_timeout(Duration::from_millis(300))
+        .with_request_timeout(Duration::from_millis(300));
+    let etcd = coordination(&config);
+    let settings = fast_settings(unique_cluster_name("failover"));
+    let scope = settings.scope().unwrap();
+
+    let first = Instant::now();
+    etcd.get_nodes(&scope)
+        .await
+        .expect("failover to the live endpoint");
+    println!(
+        "first request with a refused and a hung endpoint first: {} ms",
+        first.elapsed().as_millis()
+    );
+    // Later requests go straight to the live endpoint.
+    let again = Instant::now();
+    etcd.get_nodes(&scope).await.unwrap();
+    assert!(
+        again.elapsed() < Duration::from_millis(250),
+        "{:?}",
+        again.elapsed()
+    );
+
+    let local = LocalCluster::new();
+    let handles = spawn_nodes(3, &settings, &etcd, &local);
+    all_registered(&handles, Duration::from_secs(20)).await;
+    assert_one_cluster(&local, 3);
+    drop(hung);
+}
