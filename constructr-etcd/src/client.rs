@@ -223,6 +223,23 @@ impl EtcdClient {
         Ok(r)
     }
 
+    /// How many keys are under `prefix` (a linearizable read that transfers no values).
+    pub(crate) async fn count_prefix(&self, prefix: &str) -> Result<i64, EtcdError> {
+        let (_, r) = self
+            .call(|mut c| {
+                let prefix = prefix.to_owned();
+                async move {
+                    c.get(
+                        prefix,
+                        Some(GetOptions::new().with_prefix().with_count_only()),
+                    )
+                    .await
+                }
+            })
+            .await?;
+        Ok(r.count())
+    }
+
     /// A linearizable read of one key.
     pub(crate) async fn get(&self, key: &str) -> Result<Option<KeyValue>, EtcdError> {
         let (_, mut r) = self

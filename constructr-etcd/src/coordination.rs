@@ -77,10 +77,13 @@ impl EtcdCoordination {
         })
     }
 
-    /// Checks that etcd answers a consistent read with these settings (reachability,
-    /// credentials, TLS); useful before starting nodes.
-    pub async fn check(&self) -> Result<(), EtcdError> {
-        self.client.get("/").await.map(|_| ())
+    /// Checks that etcd answers a consistent read of `scope`'s keys with these settings
+    /// (reachability, TLS, credentials and read permission); useful before starting nodes.
+    pub async fn check(&self, scope: &Scope) -> Result<(), EtcdError> {
+        self.client
+            .count_prefix(&format!("{}/", scope.base()))
+            .await
+            .map(|_| ())
     }
 
     async fn lock_inner(

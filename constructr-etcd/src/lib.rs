@@ -12,7 +12,8 @@
 //!
 //! let config = EtcdConfig::new(["http://10.0.0.1:2379", "http://10.0.0.2:2379"]);
 //! let etcd = Arc::new(EtcdCoordination::new(&config)?);
-//! etcd.check().await?; // optional: fail early on bad credentials or TLS
+//! let scope = constructr_core::Settings::default().scope()?;
+//! etcd.check(&scope).await?; // optional: fail early on bad credentials, TLS, permissions
 //! // hand `etcd` to `constructr_core::driver::spawn` ...
 //! # Ok(()) }
 //! ```
@@ -21,8 +22,8 @@
 //! `/constructr/{cluster}/nodes/{base64url(address)}` entries with JSON values, the
 //! `/constructr/{cluster}/lock` key while a node seeds, and `/constructr/{cluster}/epoch`.
 //!
-//! See [`coordination`] for the semantics (TTL rounding, the expiry bound), [`client`](EtcdConfig)
-//! for endpoint failover, and [`EtcdError`] for the error mapping.
+//! See [`coordination`] for the semantics (TTL rounding, the expiry bound),
+//! [`EtcdConfig::endpoints`] for endpoint failover, and [`EtcdError`] for the error mapping.
 #![deny(missing_docs)]
 
 mod client;

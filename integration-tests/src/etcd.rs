@@ -37,6 +37,12 @@ fn image_hint() -> String {
     )
 }
 
+/// A scope nobody writes to, for readiness probes.
+fn probe_scope() -> constructr_core::Scope {
+    constructr_core::Scope::new("/constructr-probe", crate::unique_cluster_name("ready"))
+        .expect("valid scope")
+}
+
 fn random_suffix() -> String {
     format!("{:08x}", rand::random::<u32>())
 }
@@ -164,7 +170,7 @@ impl EtcdNode {
         let config = self.config();
         let etcd = constructr_etcd::EtcdCoordination::new(&config).expect("valid config");
         crate::eventually(STARTUP, "etcd answers requests", || async {
-            etcd.check().await.ok()
+            etcd.check(&probe_scope()).await.ok()
         })
         .await;
     }
@@ -271,7 +277,7 @@ impl EtcdCluster3 {
             let config = EtcdConfig::new([cluster.endpoints[i].clone()]);
             let etcd = constructr_etcd::EtcdCoordination::new(&config).expect("valid config");
             crate::eventually(STARTUP, "etcd member answers requests", || async {
-                etcd.check().await.ok()
+                etcd.check(&probe_scope()).await.ok()
             })
             .await;
         }

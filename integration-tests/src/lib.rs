@@ -43,7 +43,10 @@ pub fn docker_or_skip(test: &str) -> bool {
 #[macro_export]
 macro_rules! require_docker {
     () => {
-        if !$crate::docker_or_skip(module_path!()) {
+        fn here() {}
+        let name = std::any::type_name_of_val(&here);
+        let name = name.strip_suffix("::here").unwrap_or(name);
+        if !$crate::docker_or_skip(name.trim_end_matches("::{{closure}}")) {
             return;
         }
     };

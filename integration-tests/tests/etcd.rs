@@ -490,6 +490,40 @@ async fn wait_for_change_resumes_after_etcd_restart() {
 }
 
 #[tokio::test]
+async fn wait_for_change_from_a_compacted_revision_reports_changed() {
+    require_docker!();
+    init_tracing();
+    let node = EtcdNode::start().await;
+    let etcd = coordination(&node.config());
+    let scope = fast_settings(unique_cluster_name("compacted"))
+        .scope()
+        .unwrap();
+    let read = etcd.get_nodes(&scope).await.unwrap();
+    // Writes elsewhere, then a compaction past the revision of the read: the watch cannot
+    // start there any more, and nothing under the scope changed.
+    let mut raw = node.client().await;
+    for i in 0..3 {
+        raw.put(format!("/elsewhere/{i}"), "x", None).await.unwrap();
+    }
+    let head = raw
+        .get("/elsewhere/2", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+    raw.compact(head, None).await.unwrap();
+    let out = tokio::time::timeout(
+        Duration::from_secs(5),
+        etcd.wait_for_change(&scope, read.revision),
+    )
+    .await
+    .expect("a compacted start revision resolves at once")
+    .unwrap();
+    assert_eq!(out, WaitOutcome::Changed);
+}
+
+#[tokio::test]
 async fn garbage_keys_under_the_prefix_do_not_disturb_bootstrap() {
     require_docker!();
     init_tracing();
@@ -548,7 +582,7 @@ async fn wrong_password_is_a_permanent_unauthorized_error() {
     assert!(msg.contains("authentication failed"), "{msg}");
     assert!(!msg.contains("WRONG-pw-77aa") && !format!("{err:?}").contains("WRONG-pw-77aa"));
     assert!(matches!(
-        wrong.check().await,
+        wrong.check(&scope).await,
         Err(EtcdError::Unauthorized { .. })
     ));
 
@@ -566,6 +600,10 @@ async fn wrong_password_is_a_permanent_unauthorized_error() {
     assert!(matches!(
         anonymous.get_nodes(&scope).await,
         Err(CoordinationError::Unauthorized { .. })
+    ));
+    assert!(matches!(
+        anonymous.check(&scope).await,
+        Err(EtcdError::Unauthorized { .. })
     ));
 
     // The right password works.
