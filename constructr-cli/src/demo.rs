@@ -11,10 +11,17 @@ use constructr::{Coordination, Event, NodeId, Settings, State};
 use rand::{Rng, SeedableRng};
 use tokio::sync::mpsc;
 
+use crate::backend::{self, Backend, BackendArgs};
 use crate::counting::Counting;
 
-/// Runs the demo on the in-memory backend.
-pub fn run_memory(settings: Settings, nodes: usize, json: bool, seed: Option<u64>) -> ExitCode {
+/// Runs the demo on the selected backend.
+pub fn run(
+    backend: &BackendArgs,
+    settings: Settings,
+    nodes: usize,
+    json: bool,
+    seed: Option<u64>,
+) -> ExitCode {
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -25,14 +32,18 @@ pub fn run_memory(settings: Settings, nodes: usize, json: bool, seed: Option<u64
             return ExitCode::FAILURE;
         }
     };
-    rt.block_on(run(
-        Counting::new(MemoryCoordination::default()),
-        "memory",
-        settings,
-        nodes,
-        json,
-        seed,
-    ))
+    rt.block_on(async {
+        match backend.backend {
+            Backend::Memory => {
+                let memory = Counting::new(MemoryCoordination::default());
+                run_with(memory, "memory", settings, nodes, json, seed).await
+            }
+            Backend::Etcd => match backend.etcd().await {
+                Ok(c) => run_with(Counting::new(c), "etcd", settings, nodes, json, seed).await,
+                Err(e) => backend::fail(&e),
+            },
+        }
+    })
 }
 
 struct Record {
@@ -42,7 +53,7 @@ struct Record {
 }
 
 /// Runs the demo against any backend.
-pub async fn run<C: Coordination>(
+pub async fn run_with<C: Coordination>(
     coordination: Counting<C>,
     backend: &str,
     settings: Settings,

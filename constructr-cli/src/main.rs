@@ -1,7 +1,9 @@
 //! `constructr`: run a demo cluster, run the simulation, inspect a registry.
 
+mod backend;
 mod counting;
 mod demo;
+mod nodes;
 mod settings;
 mod sim;
 
@@ -24,13 +26,6 @@ struct Cli {
     command: Command,
 }
 
-/// Which coordination backend to use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Backend {
-    /// In-process memory backend (the embedded default).
-    Memory,
-}
-
 /// Settings preset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Compat {
@@ -45,9 +40,8 @@ enum Command {
         /// Number of nodes.
         #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100_000))]
         nodes: u32,
-        /// Coordination backend.
-        #[arg(long, value_enum, default_value_t = Backend::Memory)]
-        backend: Backend,
+        #[command(flatten)]
+        backend: backend::BackendArgs,
         /// Start from a settings preset instead of constructr's defaults.
         #[arg(long, value_enum)]
         compat: Option<Compat>,
@@ -57,6 +51,14 @@ enum Command {
         /// Seed of the nodes' randomness (default: random).
         #[arg(long)]
         seed: Option<u64>,
+    },
+    /// List the registered nodes of a cluster (what an operator needs to inspect it).
+    Nodes {
+        #[command(flatten)]
+        backend: backend::BackendArgs,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
     },
     /// Run the deterministic simulation (virtual time, optional faults).
     Sim {
@@ -101,9 +103,10 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
+        Command::Nodes { backend, json } => nodes::run(&backend, base, json),
         Command::Demo {
             nodes,
-            backend: Backend::Memory,
+            backend,
             compat,
             json,
             seed,
@@ -124,7 +127,15 @@ fn main() -> ExitCode {
                 }
                 None => base,
             };
-            demo::run_memory(settings, nodes as usize, json, seed)
+            // A fresh cluster name per run, unless the user named one: a demo must not meet
+            // the lock or entries of an earlier run in a shared coordination service.
+            let mut settings = settings;
+            if cli.cluster.is_none() && cli.config.is_none() {
+                settings.cluster_name =
+                    constructr::ClusterName::new(format!("demo-{:08x}", rand::random::<u32>()))
+                        .expect("valid name");
+            }
+            demo::run(&backend, settings, nodes as usize, json, seed)
         }
         Command::Sim {
             trials,

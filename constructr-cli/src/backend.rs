@@ -1,0 +1,89 @@
+//! Backend selection and options shared by the commands.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use constructr::etcd::{EtcdConfig, EtcdCoordination, EtcdTlsConfig, PemSource};
+
+/// Which coordination backend to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Backend {
+    /// In-process memory backend (the embedded default; `demo` only).
+    Memory,
+    /// etcd v3.
+    Etcd,
+}
+
+/// Backend options.
+#[derive(Debug, Clone, Args)]
+pub struct BackendArgs {
+    /// Coordination backend.
+    #[arg(long, value_enum, default_value_t = Backend::Memory)]
+    pub backend: Backend,
+    /// etcd endpoints, comma-separated.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:2379",
+        env = "CONSTRUCTR_ETCD_ENDPOINTS"
+    )]
+    pub endpoints: Vec<String>,
+    /// etcd user (with --etcd-password or CONSTRUCTR_ETCD_PASSWORD).
+    #[arg(long, env = "CONSTRUCTR_ETCD_USER")]
+    pub etcd_user: Option<String>,
+    /// etcd password (prefer the environment variable: arguments are visible in `ps`).
+    #[arg(long, env = "CONSTRUCTR_ETCD_PASSWORD", hide_env_values = true)]
+    pub etcd_password: Option<String>,
+    /// CA certificate (PEM) for TLS to etcd.
+    #[arg(long)]
+    pub etcd_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for TLS to etcd (with --etcd-key).
+    #[arg(long, requires = "etcd_key")]
+    pub etcd_cert: Option<PathBuf>,
+    /// Client key (PEM) for TLS to etcd.
+    #[arg(long, requires = "etcd_cert")]
+    pub etcd_key: Option<PathBuf>,
+    /// Timeout of one request to the coordination service.
+    #[arg(long, default_value = "3s", value_parser = humantime_duration)]
+    pub request_timeout: Duration,
+}
+
+fn humantime_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| e.to_string())
+}
+
+impl BackendArgs {
+    /// The etcd backend from these options; connects lazily.
+    pub async fn etcd(&self) -> Result<EtcdCoordination, String> {
+        let mut config = EtcdConfig::new(self.endpoints.iter().cloned())
+            .with_request_timeout(self.request_timeout)
+            .with_connect_timeout(self.request_timeout);
+        match (&self.etcd_user, &self.etcd_password) {
+            (Some(u), Some(p)) => config = config.with_user(u.clone(), p.clone()),
+            (Some(_), None) => {
+                return Err("--etcd-user needs a password (CONSTRUCTR_ETCD_PASSWORD)".into());
+            }
+            (None, Some(_)) => return Err("a password needs --etcd-user".into()),
+            (None, None) => {}
+        }
+        if let Some(ca) = &self.etcd_ca {
+            let mut tls = EtcdTlsConfig::new(PemSource::File(ca.clone()));
+            if let (Some(cert), Some(key)) = (&self.etcd_cert, &self.etcd_key) {
+                tls = tls.with_client_identity(
+                    PemSource::File(cert.clone()),
+                    PemSource::File(key.clone()),
+                );
+            }
+            config = config.with_tls(tls);
+        }
+        EtcdCoordination::new(&config).map_err(|e| e.to_string())
+    }
+}
+
+/// Prints a backend set-up error and returns the exit code for it.
+pub fn fail(message: &str) -> ExitCode {
+    eprintln!("error: {message}");
+    ExitCode::from(2)
+}

@@ -1,0 +1,70 @@
+//! `constructr nodes`: the registered nodes of a cluster.
+
+use std::process::ExitCode;
+
+use constructr::{Coordination, Settings};
+
+use crate::backend::{self, Backend, BackendArgs};
+
+pub fn run(args: &BackendArgs, settings: Settings, json: bool) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async {
+        let scope = settings.scope().expect("validated");
+        let registry = match args.backend {
+            Backend::Memory => {
+                return backend::fail(
+                    "the memory backend lives inside one process: choose --backend etcd",
+                );
+            }
+            Backend::Etcd => match args.etcd().await {
+                Ok(c) => c.get_nodes(&scope).await,
+                Err(e) => return backend::fail(&e),
+            },
+        };
+        match registry {
+            Ok(r) => {
+                if json {
+                    let nodes: Vec<_> = r
+                        .nodes
+                        .iter()
+                        .map(|n| serde_json::json!({"address": n.address, "incarnation": n.incarnation}))
+                        .collect();
+                    let out = serde_json::json!({
+                        "scope": scope.base(),
+                        "cluster": r.epoch.map(|e| e.cluster.to_string()),
+                        "epoch_version": r.epoch.map(|e| e.version),
+                        "revision": r.revision,
+                        "nodes": nodes,
+                    });
+                    println!("{out}");
+                } else {
+                    println!(
+                        "{}: {} node(s){}",
+                        scope.base(),
+                        r.nodes.len(),
+                        r.epoch
+                            .map(|e| format!(", cluster {} (epoch version {})", e.cluster, e.version))
+                            .unwrap_or_default()
+                    );
+                    for n in &r.nodes {
+                        println!("  {}  incarnation {:016x}", n.address, n.incarnation);
+                    }
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
