@@ -1,0 +1,494 @@
+//! `ConsulConfig`: addresses, ACL token, TLS, datacenter, lock delay and timeouts of the
+//! Consul backend, and the check of node settings against Consul's session TTL range.
+//!
+//! The key prefix is not configured here: it comes from the core
+//! [`Scope`](constructr_core::Scope) (`key-prefix` + `cluster-name` in the node settings;
+//! Consul keys have no leading `/`, so the default prefix `/constructr` becomes `constructr/`).
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use constructr_core::Settings;
+use serde::{Deserialize, Serialize};
+
+use crate::error::ConsulError;
+
+/// The smallest session TTL Consul accepts.
+pub const MIN_SESSION_TTL: Duration = Duration::from_secs(10);
+/// The largest session TTL Consul accepts (24 h).
+pub const MAX_SESSION_TTL: Duration = Duration::from_secs(86_400);
+
+/// How to reach Consul.
+///
+/// Deserializes from kebab-case fields (`request-timeout = "2s"`). The ACL token and an
+/// inline client key are never serialized and never shown by `Debug`.
+///
+/// ```
+/// use std::time::Duration;
+/// use constructr_consul::ConsulConfig;
+///
+/// let config = ConsulConfig::new("http://10.0.0.1:8500")
+///     .with_token("b3a4c5d6-secret")
+///     .with_datacenter("dc1")
+///     .with_request_timeout(Duration::from_secs(2));
+/// assert!(!format!("{config:?}").contains("secret"));
+/// ```
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct ConsulConfig {
+    /// Consul HTTP API addresses (`http://host:8500`, `https://host:8501`, or `host:8500`,
+    /// which means https when `tls` is set). Usually the local agent. Requests go to one
+    /// address at a time; when it is unreachable or answers with a transient failure the
+    /// request moves on to the next one. Default `http://127.0.0.1:8500`.
+    pub addresses: Vec<String>,
+    /// ACL token, sent as `X-Consul-Token`. Never serialized, never shown by `Debug`, never
+    /// logged. Its policy needs `key_prefix "<prefix>" { policy = "write" }` and
+    /// `session_prefix "" { policy = "write" }`.
+    #[serde(skip_serializing)]
+    pub token: Option<String>,
+    /// Datacenter to use (`?dc=`); default: the agent's own.
+    pub datacenter: Option<String>,
+    /// TLS (rustls): CA certificate and an optional client certificate and key.
+    pub tls: Option<ConsulTlsConfig>,
+    /// Consul's lock delay of the **bootstrap lock's** session: after the lock holder's session
+    /// expires, nobody can take the lock for this long. Default 0 s: safety does not depend on
+    /// it (the seed registration checks the lock session in the same transaction, so a holder
+    /// that lost its session cannot write), and Consul's own default of 15 s would only delay
+    /// the next seeding. Node entries always use 0 s, so a node restarting on the same address
+    /// can register at once.
+    #[serde(with = "humantime_serde")]
+    pub lock_delay: Duration,
+    /// Maximum time to establish a connection to one address. Default 3 s.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Maximum time for one request to one address (blocking queries get their wait time on
+    /// top). Default 3 s.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+}
+
+impl Default for ConsulConfig {
+    fn default() -> Self {
+        Self {
+            addresses: vec!["http://127.0.0.1:8500".into()],
+            token: None,
+            datacenter: None,
+            tls: None,
+            lock_delay: Duration::ZERO,
+            connect_timeout: Duration::from_secs(3),
+            request_timeout: Duration::from_secs(3),
+        }
+    }
+}
+
+impl ConsulConfig {
+    /// A configuration for one address with default timeouts, no token and no TLS.
+    pub fn new(address: impl Into<String>) -> Self {
+        Self {
+            addresses: vec![address.into()],
+            ..Self::default()
+        }
+    }
+
+    /// Replaces the addresses: the first is used until it fails, then the next, and so on.
+    pub fn with_addresses<I, S>(mut self, addresses: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.addresses = addresses.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Sends this ACL token with every request.
+    pub fn with_token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
+    /// Uses this datacenter.
+    pub fn with_datacenter(mut self, datacenter: impl Into<String>) -> Self {
+        self.datacenter = Some(datacenter.into());
+        self
+    }
+
+    /// Uses TLS.
+    pub fn with_tls(mut self, tls: ConsulTlsConfig) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// Sets the lock delay of the bootstrap lock.
+    pub fn with_lock_delay(mut self, delay: Duration) -> Self {
+        self.lock_delay = delay;
+        self
+    }
+
+    /// Sets the connect timeout.
+    pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Sets the per-request timeout.
+    pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// Checks the rules that can be checked without I/O.
+    pub fn validate(&self) -> Result<(), ConsulError> {
+        if self.addresses.is_empty() {
+            return Err(ConsulError::config("at least one address is required"));
+        }
+        if self.addresses.iter().any(|a| a.trim().is_empty()) {
+            return Err(ConsulError::config("an address is empty"));
+        }
+        if self.connect_timeout.is_zero() || self.request_timeout.is_zero() {
+            return Err(ConsulError::config(
+                "connect-timeout and request-timeout must be greater than zero",
+            ));
+        }
+        if self.lock_delay > Duration::from_secs(60) {
+            return Err(ConsulError::config(
+                "lock-delay must be at most 60s (Consul's maximum)",
+            ));
+        }
+        if let Some(t) = &self.token
+            && (t.is_empty() || t.chars().any(|c| c.is_control() || c.is_whitespace()))
+        {
+            return Err(ConsulError::config(
+                "the ACL token must not be empty or contain whitespace",
+            ));
+        }
+        if let Some(dc) = &self.datacenter
+            && (dc.is_empty()
+                || !dc
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)))
+        {
+            return Err(ConsulError::config(
+                "datacenter must be a non-empty name of letters, digits, `-`, `_` and `.`",
+            ));
+        }
+        match &self.tls {
+            Some(tls) => {
+                if let Some(a) = self
+                    .addresses
+                    .iter()
+                    .find(|a| a.trim().starts_with("http://"))
+                {
+                    return Err(ConsulError::config(format!(
+                        "TLS is configured but address {} uses http://",
+                        crate::client::display_address(a)
+                    )));
+                }
+                if tls.cert.is_some() != tls.key.is_some() {
+                    return Err(ConsulError::config(
+                        "TLS client cert and key must be given together",
+                    ));
+                }
+            }
+            None => {
+                if let Some(a) = self
+                    .addresses
+                    .iter()
+                    .find(|a| a.trim().starts_with("https://"))
+                {
+                    return Err(ConsulError::config(format!(
+                        "address {} uses https:// but no TLS settings are given (an empty `[tls]` \
+                         trusts the built-in web roots)",
+                        crate::client::display_address(a)
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Checks node settings against Consul's session TTL range (10 s to 24 h): the entry TTL
+/// (`refresh-interval × ttl-factor`) and the lock TTL (`join-timeout + 2 × coordination-timeout`).
+///
+/// Consul expires a session between its TTL and twice its TTL after the last renewal, so
+/// with Consul an entry of a dead node stays visible up to `2 × ttl` (see
+/// [`crate::coordination`]).
+///
+/// ```
+/// use std::time::Duration;
+/// let mut s = constructr_core::Settings::default(); // refresh 30 s × ttl-factor 2 = 60 s
+/// assert!(constructr_consul::validate_settings(&s).is_ok());
+/// s.refresh_interval = Duration::from_secs(2);        // 4 s: below Consul's 10 s
+/// assert!(constructr_consul::validate_settings(&s).is_err());
+/// ```
+pub fn validate_settings(settings: &Settings) -> Result<(), ConsulError> {
+    check_session_ttl("entry TTL (refresh-interval × ttl-factor)", settings.ttl())?;
+    check_session_ttl(
+        "lock TTL (join-timeout + 2 × coordination-timeout)",
+        settings.lock_ttl(),
+    )
+}
+
+/// Rejects a TTL Consul sessions cannot have.
+pub(crate) fn check_session_ttl(what: &'static str, ttl: Duration) -> Result<(), ConsulError> {
+    if (MIN_SESSION_TTL..=MAX_SESSION_TTL).contains(&ttl) {
+        Ok(())
+    } else {
+        Err(ConsulError::UnsupportedTtl { what, ttl })
+    }
+}
+
+impl fmt::Debug for ConsulConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConsulConfig")
+            .field(
+                "addresses",
+                &self
+                    .addresses
+                    .iter()
+                    .map(|a| crate::client::display_address(a))
+                    .collect::<Vec<_>>(),
+            )
+            .field("token", &self.token.as_ref().map(|_| Hidden))
+            .field("datacenter", &self.datacenter)
+            .field("tls", &self.tls)
+            .field("lock_delay", &self.lock_delay)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .finish()
+    }
+}
+
+struct Hidden;
+
+impl fmt::Debug for Hidden {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<hidden>")
+    }
+}
+
+/// TLS settings (rustls). The CA verifies Consul's server certificate (without `ca`, the
+/// built-in web roots do); `cert` + `key` are the client's identity for Consul's
+/// `verify_incoming`.
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct ConsulTlsConfig {
+    /// CA certificate(s) in PEM. When set, only these are trusted.
+    pub ca: Option<PemSource>,
+    /// Client certificate in PEM.
+    pub cert: Option<PemSource>,
+    /// Client private key in PEM. An inline key is never serialized nor shown by `Debug`.
+    #[serde(skip_serializing_if = "PemSource::is_inline_or_none")]
+    pub key: Option<PemSource>,
+}
+
+impl ConsulTlsConfig {
+    /// TLS verifying the server with this CA.
+    pub fn new(ca: PemSource) -> Self {
+        Self {
+            ca: Some(ca),
+            ..Self::default()
+        }
+    }
+
+    /// Presents a client certificate.
+    pub fn with_client_identity(mut self, cert: PemSource, key: PemSource) -> Self {
+        self.cert = Some(cert);
+        self.key = Some(key);
+        self
+    }
+}
+
+impl fmt::Debug for ConsulTlsConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConsulTlsConfig")
+            .field("ca", &self.ca)
+            .field("cert", &self.cert)
+            .field(
+                "key",
+                &self.key.as_ref().map(|k| match k {
+                    PemSource::File(p) => format!("file {}", p.display()),
+                    PemSource::Pem(_) => "<hidden>".to_owned(),
+                }),
+            )
+            .finish()
+    }
+}
+
+/// Where PEM data comes from: `{ file = "/etc/consul/ca.pem" }` or `{ pem = "-----BEGIN ..." }`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PemSource {
+    /// A file read when the backend is created.
+    File(PathBuf),
+    /// The PEM text itself.
+    Pem(String),
+}
+
+impl PemSource {
+    fn is_inline_or_none(k: &Option<PemSource>) -> bool {
+        !matches!(k, Some(PemSource::File(_)))
+    }
+
+    /// Reads the PEM bytes.
+    pub(crate) fn load(&self, what: &'static str) -> Result<Vec<u8>, ConsulError> {
+        match self {
+            PemSource::File(path) => std::fs::read(path).map_err(|source| ConsulError::TlsFile {
+                what,
+                path: path.clone(),
+                source,
+            }),
+            PemSource::Pem(pem) => Ok(pem.clone().into_bytes()),
+        }
+    }
+}
+
+impl fmt::Debug for PemSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PemSource::File(p) => write!(f, "file {}", p.display()),
+            PemSource::Pem(_) => f.write_str("<inline PEM>"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_hides_token_and_inline_key() {
+        let c = ConsulConfig::new("https://user:pw@consul:8501")
+            .with_token("hunter2-token")
+            .with_tls(
+                ConsulTlsConfig::new(PemSource::File("/ca.pem".into())).with_client_identity(
+                    PemSource::File("/c.pem".into()),
+                    PemSource::Pem("-----BEGIN PRIVATE KEY----- SECRETKEY".into()),
+                ),
+            );
+        let d = format!("{c:?}");
+        assert!(!d.contains("hunter2"), "{d}");
+        assert!(!d.contains("SECRETKEY"), "{d}");
+        assert!(!d.contains("user:pw"), "{d}");
+        assert!(d.contains("<hidden>") && d.contains("/ca.pem"), "{d}");
+    }
+
+    #[test]
+    fn serialization_skips_secrets() {
+        let c = ConsulConfig::new("https://consul:8501")
+            .with_token("hunter2-token")
+            .with_tls(
+                ConsulTlsConfig::new(PemSource::File("/ca.pem".into())).with_client_identity(
+                    PemSource::File("/c.pem".into()),
+                    PemSource::Pem("SECRETKEY".into()),
+                ),
+            );
+        let s = toml::to_string(&c).unwrap();
+        assert!(!s.contains("hunter2") && !s.contains("SECRETKEY"), "{s}");
+        assert!(s.contains("/c.pem"), "{s}");
+    }
+
+    #[test]
+    fn deserializes_from_toml() {
+        let c: ConsulConfig = toml::from_str(
+            r#"
+            addresses = ["https://a:8501", "https://b:8501"]
+            token = "t0k3n"
+            datacenter = "eu-west"
+            lock-delay = "1s"
+            request-timeout = "1500ms"
+            [tls]
+            ca = { file = "/etc/consul/ca.pem" }
+            cert = { file = "/etc/consul/client.pem" }
+            key = { file = "/etc/consul/client-key.pem" }
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.addresses.len(), 2);
+        assert_eq!(c.token.as_deref(), Some("t0k3n"));
+        assert_eq!(c.lock_delay, Duration::from_secs(1));
+        assert_eq!(c.request_timeout, Duration::from_millis(1500));
+        assert_eq!(c.connect_timeout, Duration::from_secs(3));
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn validation_rules() {
+        assert!(ConsulConfig::default().validate().is_ok());
+        assert!(ConsulConfig::new("").validate().is_err());
+        assert!(
+            ConsulConfig::new("a:8500")
+                .with_addresses(Vec::<String>::new())
+                .validate()
+                .is_err()
+        );
+        assert!(
+            ConsulConfig::new("http://a:8500")
+                .with_tls(ConsulTlsConfig::default())
+                .validate()
+                .is_err(),
+            "tls with http address"
+        );
+        assert!(ConsulConfig::new("https://a:8501").validate().is_err());
+        assert!(
+            ConsulConfig::new("https://a:8501")
+                .with_tls(ConsulTlsConfig::default())
+                .validate()
+                .is_ok()
+        );
+        let tls = ConsulTlsConfig {
+            cert: Some(PemSource::Pem("x".into())),
+            ..ConsulTlsConfig::default()
+        };
+        assert!(
+            ConsulConfig::new("a:8501")
+                .with_tls(tls)
+                .validate()
+                .is_err(),
+            "cert without key"
+        );
+        assert!(ConsulConfig::new("a").with_token("").validate().is_err());
+        assert!(ConsulConfig::new("a").with_token("a b").validate().is_err());
+        assert!(
+            ConsulConfig::new("a")
+                .with_datacenter("dc1&x=y")
+                .validate()
+                .is_err()
+        );
+        assert!(
+            ConsulConfig::new("a")
+                .with_request_timeout(Duration::ZERO)
+                .validate()
+                .is_err()
+        );
+        assert!(
+            ConsulConfig::new("a")
+                .with_lock_delay(Duration::from_secs(61))
+                .validate()
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn settings_must_fit_consul_session_ttls() {
+        let mut s = Settings::default();
+        validate_settings(&s).unwrap();
+        s.refresh_interval = Duration::from_secs(4); // ttl 8 s
+        let e = validate_settings(&s).unwrap_err();
+        assert!(e.to_string().contains("entry TTL"), "{e}");
+        assert!(e.to_string().contains("between 10s and 24h"), "{e}");
+        s.refresh_interval = Duration::from_secs(5); // ttl 10 s
+        validate_settings(&s).unwrap();
+        s.join_timeout = Duration::from_secs(2); // lock ttl 8 s
+        let e = validate_settings(&s).unwrap_err();
+        assert!(e.to_string().contains("lock TTL"), "{e}");
+        s.join_timeout = Duration::from_secs(8);
+        s.coordination_timeout = Duration::from_secs(1);
+        validate_settings(&s).unwrap();
+        s.refresh_interval = Duration::from_secs(50_000); // ttl 100,000 s > 24 h
+        assert!(validate_settings(&s).is_err());
+    }
+}

@@ -1,0 +1,690 @@
+//! `ConsulCoordination`: the [`Coordination`] contract on Consul (sessions, KV locks,
+//! transactions, blocking queries).
+//!
+//! # Layout
+//! Everything of one cluster lives under `{prefix}/{cluster}/` (see [`constructr_core::entry`];
+//! Consul keys have no leading `/`, so the default prefix is `constructr/`):
+//! - `nodes/{base64url(address)}` = `{"address":..,"incarnation":..}`, locked (`?acquire=`)
+//!   by the node's own session;
+//! - `lock` = the encoded holder, locked by a session with the lock TTL; the lock token is
+//!   that session's id (UUIDs are never reused);
+//! - `epoch` = the cluster id (16 hex digits), without session; [`Epoch::version`] is its
+//!   `ModifyIndex`, and every registration rewrites it with a check-and-set.
+//!
+//! Every session is TTL-only (`NodeChecks: []`, so it does not die with the agent's
+//! `serfHealth` check) with `Behavior: delete` (its keys vanish with it). Node sessions have
+//! a lock delay of 0 s; the lock session's is [`ConsulConfig::lock_delay`].
+//!
+//! # TTLs and the expiry bound
+//! Consul session TTLs are 10 s to 24 h; other TTLs are refused with
+//! [`CoordinationError::Invalid`] (check node settings up front with
+//! [`validate_settings`](crate::validate_settings)). A TTL is rounded up to whole seconds.
+//! **Consul invalidates a session between its TTL and twice its TTL** after the last renewal
+//! (the leader's timer runs for 2 × TTL; a leader change restarts every timer). So the entry of
+//! a node that died stays visible for up to `2 × ttl` (here `EXPIRY_BOUND = ttl`): with
+//! ttl-factor 2 that is up to four refresh intervals. The same holds for the bootstrap lock,
+//! plus the lock delay. A *lower* ttl-factor does not help against this: settings validation
+//! only guarantees that a live node refreshes within `ttl`.
+//!
+//! # Fencing
+//! The seed registration is one `/v1/txn`: `check-session` and `check-index` on the lock key
+//! (still locked by the token's session, unchanged since the read that confirmed the holder),
+//! `cas` on the epoch (unchanged since the read that found no nodes), then the epoch and the
+//! node key. Consul transactions cannot compare values, so "the epoch names my cluster" is
+//! checked by reading the epoch and then `cas`-ing it with the index read (a race retries).
+//!
+//! # Watching
+//! `wait_for_change` is a blocking query on the prefix. For a prefix without any key (and no
+//! tombstones) Consul reports the index of the whole KV store, which moves with writes
+//! elsewhere; so a listing whose index moved but whose content (keys, modify indexes,
+//! sessions) equals the content at the caller's read does not count as a change.
+//!
+//! All state lives in Consul (refresh finds the node's session through its key), so nodes
+//! survive a restart of this process' connections and of a persistent Consul server.
+
+use std::collections::VecDeque;
+use std::hash::{Hash as _, Hasher as _};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use constructr_core::coordination::{
+    AddMode, AddOutcome, Coordination, CoordinationError, LockOutcome, LockToken, RefreshOutcome,
+    Registry, WaitOutcome,
+};
+use constructr_core::entry;
+use constructr_core::{Epoch, NodeId, Scope};
+use rand::Rng as _;
+
+use crate::client::{ConsulClient, KvEntry, Listing, SessionSpec, TxnOp, TxnOutcome};
+use crate::config::{ConsulConfig, check_session_ttl};
+use crate::error::ConsulError;
+
+/// How long one blocking query waits at most before it is re-issued.
+const BLOCKING_WAIT: Duration = Duration::from_secs(30);
+/// Attempts of a member registration racing other registrations on the epoch's index.
+const JOIN_ATTEMPTS: u32 = 30;
+/// Content fingerprints of recent reads kept for `wait_for_change`.
+const FINGERPRINTS: usize = 256;
+
+/// The Consul backend. One value serves any number of nodes and clusters; share it through
+/// `Arc`.
+pub struct ConsulCoordination {
+    client: Arc<ConsulClient>,
+    lock_delay: Duration,
+    /// (scope base, index) → content fingerprint of recent `get_nodes` reads.
+    fingerprints: Mutex<VecDeque<(String, u64, u64)>>,
+}
+
+impl std::fmt::Debug for ConsulCoordination {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsulCoordination")
+            .field("lock_delay", &self.lock_delay)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The session TTL in whole seconds for a requested TTL: rounded up.
+pub fn session_ttl_secs(ttl: Duration) -> u64 {
+    ttl.as_secs()
+        .saturating_add(u64::from(ttl.subsec_nanos() > 0))
+}
+
+/// A core key (`/prefix/cluster/...`) as a Consul key (no leading `/`).
+fn consul_key(key: String) -> String {
+    match key.strip_prefix('/') {
+        Some(k) => k.to_owned(),
+        None => key,
+    }
+}
+
+struct Keys {
+    scope: Scope,
+    base: String,
+    nodes: String,
+    lock: String,
+    epoch: String,
+}
+
+impl Keys {
+    fn of(scope: &Scope) -> Self {
+        Self {
+            scope: scope.clone(),
+            base: consul_key(format!("{}/", scope.base())),
+            nodes: consul_key(entry::nodes_prefix(scope)),
+            lock: consul_key(entry::lock_key(scope)),
+            epoch: consul_key(entry::epoch_key(scope)),
+        }
+    }
+
+    fn node(&self, address: &str) -> String {
+        consul_key(entry::node_key(&self.scope, address))
+    }
+}
+
+fn fingerprint(entries: &[KvEntry]) -> u64 {
+    let mut items: Vec<(&str, u64, Option<&str>)> = entries
+        .iter()
+        .map(|e| (e.key.as_str(), e.modify_index, e.session.as_deref()))
+        .collect();
+    items.sort();
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    items.hash(&mut h);
+    h.finish()
+}
+
+impl ConsulCoordination {
+    /// How long after its TTL (rounded up to whole seconds) an unrefreshed entry may still be
+    /// visible: one more TTL (Consul's timer runs for 2 × TTL; see the module docs).
+    pub fn expiry_bound(ttl: Duration) -> Duration {
+        Duration::from_secs(session_ttl_secs(ttl))
+    }
+
+    /// Creates the backend: validates `config` and reads the TLS files. Connections are
+    /// opened on first use (so a node may start before Consul is up; requests fail as
+    /// retryable until it is).
+    pub fn new(config: &ConsulConfig) -> Result<Self, ConsulError> {
+        Ok(Self {
+            client: Arc::new(ConsulClient::new(config)?),
+            lock_delay: config.lock_delay,
+            fingerprints: Mutex::new(VecDeque::with_capacity(FINGERPRINTS)),
+        })
+    }
+
+    /// Checks that Consul answers, has a leader, and knows the ACL token (if one is set);
+    /// useful before starting nodes. Missing *permissions* show up on the first write.
+    pub async fn check(&self) -> Result<(), ConsulError> {
+        if self.client.leader().await?.is_empty() {
+            return Err(ConsulError::Unavailable {
+                address: "-".into(),
+                detail: "Consul has no cluster leader".into(),
+            });
+        }
+        self.client.token_self().await
+    }
+
+    fn destroy_in_background(&self, session: String) {
+        let client = self.client.clone();
+        // Without a runtime (a future dropped outside one) the session simply expires.
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                if let Err(e) = client.session_destroy(&session).await {
+                    tracing::debug!(error = %e, "could not destroy an unused Consul session");
+                }
+            });
+        }
+    }
+
+    async fn create_session(
+        &self,
+        name: &str,
+        ttl: Duration,
+        lock_delay: Duration,
+    ) -> Result<String, ConsulError> {
+        self.client
+            .session_create(&SessionSpec {
+                name,
+                ttl_secs: session_ttl_secs(ttl),
+                lock_delay,
+            })
+            .await
+    }
+
+    async fn lock_inner(
+        &self,
+        scope: &Scope,
+        holder: &NodeId,
+        ttl: Duration,
+    ) -> Result<LockOutcome, ConsulError> {
+        check_session_ttl("lock TTL", ttl)?;
+        let keys = Keys::of(scope);
+        let value = entry::encode_node(holder);
+        // The lock can expire or be taken between the read and the acquire; a few rounds
+        // settle it.
+        for _ in 0..3 {
+            if let Some(current) = self.client.kv_get(&keys.lock).await?
+                && let Some(session) = current.session
+            {
+                if current.value != value {
+                    return Ok(LockOutcome::HeldByOther);
+                }
+                // Re-entrant: extend our own lock.
+                if self.client.session_renew(&session).await? {
+                    return Ok(LockOutcome::Acquired(LockToken(session)));
+                }
+                continue; // expired in between
+            }
+            let session = self
+                .create_session(
+                    &format!("constructr lock {scope} by {holder}"),
+                    ttl,
+                    self.lock_delay,
+                )
+                .await?;
+            match self
+                .client
+                .kv_acquire(&keys.lock, value.clone(), &session)
+                .await
+            {
+                Ok(true) => return Ok(LockOutcome::Acquired(LockToken(session))),
+                Ok(false) => {
+                    self.destroy_in_background(session);
+                    // Taken by someone else in between, or Consul's lock delay after the last
+                    // holder's session ended: not ours either way.
+                    match self.client.kv_get(&keys.lock).await? {
+                        Some(KvEntry {
+                            session: Some(_),
+                            value: v,
+                            ..
+                        }) if v == value => continue,
+                        _ => return Ok(LockOutcome::HeldByOther),
+                    }
+                }
+                Err(e) => {
+                    self.destroy_in_background(session);
+                    return Err(e);
+                }
+            }
+        }
+        Err(ConsulError::Unavailable {
+            address: "-".into(),
+            detail: "the lock key kept changing while being locked".into(),
+        })
+    }
+
+    async fn add_self_inner(
+        &self,
+        scope: &Scope,
+        node: &NodeId,
+        ttl: Duration,
+        mode: &AddMode,
+    ) -> Result<AddOutcome, ConsulError> {
+        check_session_ttl("entry TTL", ttl)?;
+        let keys = Keys::of(scope);
+        // Node sessions never have a lock delay: it would keep a restarted node (same
+        // address) from registering.
+        let session = self
+            .create_session(
+                &format!("constructr node {node} in {scope}"),
+                ttl,
+                Duration::ZERO,
+            )
+            .await?;
+        let outcome = self.register(&keys, node, mode, &session).await;
+        if !matches!(outcome, Ok(AddOutcome::Added)) {
+            // Refused: the session holds nothing. Failed: whether the write took effect is
+            // unknown; ending the session removes it, and the caller retries.
+            self.destroy_in_background(session);
+        }
+        outcome
+    }
+
+    async fn register(
+        &self,
+        keys: &Keys,
+        node: &NodeId,
+        mode: &AddMode,
+        session: &str,
+    ) -> Result<AddOutcome, ConsulError> {
+        let node_key = keys.node(&node.address);
+        let node_value = entry::encode_node(node);
+        // Replaces another incarnation's entry (one entry per address): deleting first also
+        // removes its lock, so `lock` succeeds.
+        let write_node = [
+            TxnOp::delete(&node_key),
+            TxnOp::lock(&node_key, &node_value, session),
+        ];
+        match mode {
+            AddMode::Seed {
+                lock,
+                cluster,
+                expected_epoch_version,
+            } => {
+                let Some(lock_entry) = self.client.kv_get(&keys.lock).await? else {
+                    return Ok(AddOutcome::Refused);
+                };
+                // The lock is this node's (value) and held by the token's session.
+                if lock_entry.session.as_deref() != Some(lock.0.as_str())
+                    || lock_entry.value != node_value
+                {
+                    return Ok(AddOutcome::Refused);
+                }
+                let holds_lock = [
+                    TxnOp::check_session(&keys.lock, &lock.0),
+                    TxnOp::check_index(&keys.lock, lock_entry.modify_index),
+                ];
+                let epoch_value = entry::encode_epoch(*cluster);
+                // The first try: nobody registered since the read that found no nodes.
+                let mut ops = holds_lock.to_vec();
+                ops.push(TxnOp::cas(
+                    &keys.epoch,
+                    &epoch_value,
+                    expected_epoch_version.unwrap_or(0),
+                ));
+                ops.extend(write_node.iter().cloned());
+                if self.client.txn(&ops).await? == TxnOutcome::Committed {
+                    return Ok(AddOutcome::Added);
+                }
+                // A retry after a lost reply: the marker already names our cluster.
+                let Some(epoch) = self.client.kv_get(&keys.epoch).await? else {
+                    return Ok(AddOutcome::Refused);
+                };
+                if epoch.value != epoch_value {
+                    return Ok(AddOutcome::Refused);
+                }
+                let mut ops = holds_lock.to_vec();
+                ops.push(TxnOp::cas(&keys.epoch, &epoch_value, epoch.modify_index));
+                ops.extend(write_node.iter().cloned());
+                Ok(match self.client.txn(&ops).await? {
+                    TxnOutcome::Committed => AddOutcome::Added,
+                    TxnOutcome::Failed { .. } => AddOutcome::Refused,
+                })
+            }
+            AddMode::Join {
+                cluster: Some(cluster),
+            } => {
+                let epoch_value = entry::encode_epoch(*cluster);
+                for attempt in 0..JOIN_ATTEMPTS {
+                    let Some(epoch) = self.client.kv_get(&keys.epoch).await? else {
+                        return Ok(AddOutcome::Refused);
+                    };
+                    if epoch.value != epoch_value {
+                        return Ok(AddOutcome::Refused);
+                    }
+                    // Rewriting the marker with the same value moves its modify index,
+                    // which refuses any seeding that read the registry before this.
+                    let mut ops = vec![TxnOp::cas(&keys.epoch, &epoch_value, epoch.modify_index)];
+                    ops.extend(write_node.iter().cloned());
+                    match self.client.txn(&ops).await? {
+                        TxnOutcome::Committed => return Ok(AddOutcome::Added),
+                        TxnOutcome::Failed { op_index: 0, .. } => {
+                            // Another registration moved the index: read again, after a short
+                            // random pause so that racing joiners spread out.
+                            let pause = rand::rng().random_range(5..=20 * u64::from(attempt + 1));
+                            tokio::time::sleep(Duration::from_millis(pause)).await;
+                        }
+                        TxnOutcome::Failed { what, .. } => {
+                            return Err(ConsulError::Unavailable {
+                                address: "-".into(),
+                                detail: format!("registration transaction failed: {what}"),
+                            });
+                        }
+                    }
+                }
+                Err(ConsulError::Unavailable {
+                    address: "-".into(),
+                    detail: "the epoch marker kept changing during the registration".into(),
+                })
+            }
+            AddMode::Join { cluster: None } => {
+                let mut ops = vec![TxnOp::check_not_exists(&keys.epoch)];
+                ops.extend(write_node.iter().cloned());
+                match self.client.txn(&ops).await? {
+                    TxnOutcome::Committed => Ok(AddOutcome::Added),
+                    TxnOutcome::Failed { op_index: 0, .. } => Ok(AddOutcome::Refused),
+                    TxnOutcome::Failed { what, .. } => Err(ConsulError::Unavailable {
+                        address: "-".into(),
+                        detail: format!("registration transaction failed: {what}"),
+                    }),
+                }
+            }
+        }
+    }
+
+    /// This node's entry and its session, if the entry is this incarnation's.
+    async fn own_entry(&self, keys: &Keys, node: &NodeId) -> Result<Option<KvEntry>, ConsulError> {
+        let key = keys.node(&node.address);
+        let Some(e) = self.client.kv_get(&key).await? else {
+            return Ok(None);
+        };
+        let suffix = &key[keys.nodes.len()..];
+        Ok(match entry::decode_node(suffix, &e.value) {
+            Ok(n) if n == *node => Some(e),
+            _ => None,
+        })
+    }
+
+    async fn refresh_inner(
+        &self,
+        scope: &Scope,
+        node: &NodeId,
+        ttl: Duration,
+    ) -> Result<RefreshOutcome, ConsulError> {
+        check_session_ttl("entry TTL", ttl)?;
+        let keys = Keys::of(scope);
+        let Some(KvEntry {
+            session: Some(session),
+            ..
+        }) = self.own_entry(&keys, node).await?
+        else {
+            // Absent, another incarnation's, or written without a session (never expires:
+            // not ours).
+            return Ok(RefreshOutcome::Missing);
+        };
+        Ok(if self.client.session_renew(&session).await? {
+            RefreshOutcome::Refreshed
+        } else {
+            RefreshOutcome::Missing
+        })
+    }
+
+    async fn remove_self_inner(&self, scope: &Scope, node: &NodeId) -> Result<(), ConsulError> {
+        let keys = Keys::of(scope);
+        let Some(own) = self.own_entry(&keys, node).await? else {
+            return Ok(()); // absent, or another incarnation's
+        };
+        // Delete first (so ending the session sets no lock delay on the key), then end the
+        // session, which held nothing else.
+        if !self
+            .client
+            .kv_delete_cas(&own.key, own.modify_index)
+            .await?
+        {
+            return Ok(()); // changed in between: not ours any more
+        }
+        if let Some(session) = own.session
+            && let Err(e) = self.client.session_destroy(&session).await
+        {
+            tracing::debug!(error = %e, "could not destroy the removed entry's session");
+        }
+        Ok(())
+    }
+
+    fn decode(&self, scope: &Scope, keys: &Keys, listing: &Listing) -> Registry {
+        let mut registry = Registry {
+            nodes: Vec::new(),
+            epoch: None,
+            revision: Some(listing.index),
+        };
+        for kv in &listing.entries {
+            if let Some(suffix) = kv.key.strip_prefix(keys.nodes.as_str()) {
+                match entry::decode_node(suffix, &kv.value) {
+                    Ok(n) => registry.nodes.push(n),
+                    Err(e) => {
+                        tracing::warn!(scope = %scope, key = %kv.key, error = %e, "skipping an undecodable registry entry")
+                    }
+                }
+            } else if kv.key == keys.epoch {
+                match entry::decode_epoch(&kv.value) {
+                    Ok(cluster) => {
+                        registry.epoch = Some(Epoch {
+                            cluster,
+                            version: kv.modify_index,
+                        })
+                    }
+                    Err(e) => {
+                        tracing::warn!(scope = %scope, key = %kv.key, error = %e, "ignoring an undecodable epoch marker")
+                    }
+                }
+            }
+        }
+        registry
+    }
+
+    async fn get_nodes_inner(&self, scope: &Scope) -> Result<Registry, ConsulError> {
+        let keys = Keys::of(scope);
+        let listing = self.client.kv_list(&keys.base, None).await?;
+        self.remember(&keys.base, listing.index, fingerprint(&listing.entries));
+        Ok(self.decode(scope, &keys, &listing))
+    }
+
+    fn remember(&self, base: &str, index: u64, fp: u64) {
+        let mut f = self.fingerprints.lock().unwrap_or_else(|p| p.into_inner());
+        if f.iter().any(|(b, i, _)| b == base && *i == index) {
+            return;
+        }
+        if f.len() >= FINGERPRINTS {
+            f.pop_front();
+        }
+        f.push_back((base.to_owned(), index, fp));
+    }
+
+    fn remembered(&self, base: &str, index: u64) -> Option<u64> {
+        let f = self.fingerprints.lock().unwrap_or_else(|p| p.into_inner());
+        f.iter()
+            .rev()
+            .find(|(b, i, _)| b == base && *i == index)
+            .map(|(_, _, fp)| *fp)
+    }
+
+    async fn wait_inner(
+        &self,
+        scope: &Scope,
+        revision: Option<u64>,
+    ) -> Result<WaitOutcome, ConsulError> {
+        let keys = Keys::of(scope);
+        let (mut index, known) = match revision {
+            Some(r) => (r, self.remembered(&keys.base, r)),
+            None => {
+                let l = self.client.kv_list(&keys.base, None).await?;
+                (l.index, Some(fingerprint(&l.entries)))
+            }
+        };
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            // Consul treats index 0 as "do not block".
+            let listing = match self
+                .client
+                .kv_list(&keys.base, Some((index.max(1), BLOCKING_WAIT)))
+                .await
+            {
+                Ok(l) => l,
+                Err(e) if e.is_retryable() => {
+                    tracing::debug!(error = %e, "Consul blocking query failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            backoff = Duration::from_millis(50);
+            if listing.index < index {
+                // The index went backwards: Consul's state was reset (e.g. restored). The
+                // caller re-reads.
+                return Ok(WaitOutcome::Changed);
+            }
+            if listing.index > index {
+                match known {
+                    Some(fp) if fp == fingerprint(&listing.entries) => {
+                        // Only the index of the whole KV store moved (writes elsewhere).
+                        index = listing.index;
+                    }
+                    _ => return Ok(WaitOutcome::Changed),
+                }
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Coordination for ConsulCoordination {
+    async fn get_nodes(&self, scope: &Scope) -> Result<Registry, CoordinationError> {
+        Ok(self.get_nodes_inner(scope).await?)
+    }
+
+    async fn lock(
+        &self,
+        scope: &Scope,
+        holder: &NodeId,
+        ttl: Duration,
+    ) -> Result<LockOutcome, CoordinationError> {
+        Ok(self.lock_inner(scope, holder, ttl).await?)
+    }
+
+    async fn add_self(
+        &self,
+        scope: &Scope,
+        node: &NodeId,
+        ttl: Duration,
+        mode: &AddMode,
+    ) -> Result<AddOutcome, CoordinationError> {
+        Ok(self.add_self_inner(scope, node, ttl, mode).await?)
+    }
+
+    /// Renews the session holding `node`'s entry. The session keeps the TTL it was created
+    /// with in `add_self`; `ttl` is only checked to be one Consul supports.
+    async fn refresh(
+        &self,
+        scope: &Scope,
+        node: &NodeId,
+        ttl: Duration,
+    ) -> Result<RefreshOutcome, CoordinationError> {
+        Ok(self.refresh_inner(scope, node, ttl).await?)
+    }
+
+    async fn remove_self(&self, scope: &Scope, node: &NodeId) -> Result<(), CoordinationError> {
+        Ok(self.remove_self_inner(scope, node).await?)
+    }
+
+    async fn wait_for_change(
+        &self,
+        scope: &Scope,
+        revision: Option<u64>,
+    ) -> Result<WaitOutcome, CoordinationError> {
+        Ok(self.wait_inner(scope, revision).await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use constructr_core::ClusterName;
+
+    #[test]
+    fn session_ttl_rounds_up_to_whole_seconds() {
+        assert_eq!(session_ttl_secs(Duration::from_secs(10)), 10);
+        assert_eq!(session_ttl_secs(Duration::from_millis(10_001)), 11);
+        assert_eq!(session_ttl_secs(Duration::from_millis(12_500)), 13);
+    }
+
+    #[test]
+    fn keys_have_no_leading_slash() {
+        let scope = Scope::new("/constructr", ClusterName::new("orders").unwrap()).unwrap();
+        let k = Keys::of(&scope);
+        assert_eq!(k.base, "constructr/orders/");
+        assert_eq!(k.nodes, "constructr/orders/nodes/");
+        assert_eq!(k.lock, "constructr/orders/lock");
+        assert_eq!(k.epoch, "constructr/orders/epoch");
+        assert_eq!(
+            format!("/{}", k.node("10.0.0.1:2552")),
+            entry::node_key(&scope, "10.0.0.1:2552")
+        );
+        let root = Scope::new("", ClusterName::new("c").unwrap()).unwrap();
+        assert_eq!(Keys::of(&root).base, "c/");
+    }
+
+    #[test]
+    fn fingerprints_ignore_order_but_see_index_and_session_changes() {
+        let e = |k: &str, i: u64, s: Option<&str>| KvEntry {
+            key: k.into(),
+            value: vec![],
+            session: s.map(Into::into),
+            modify_index: i,
+        };
+        let a = [e("a", 1, None), e("b", 2, Some("s"))];
+        let b = [e("b", 2, Some("s")), e("a", 1, None)];
+        assert_eq!(fingerprint(&a), fingerprint(&b));
+        assert_ne!(fingerprint(&a), fingerprint(&[e("a", 1, None)]));
+        assert_ne!(
+            fingerprint(&a),
+            fingerprint(&[e("a", 1, None), e("b", 3, Some("s"))])
+        );
+        assert_ne!(
+            fingerprint(&a),
+            fingerprint(&[e("a", 1, None), e("b", 2, None)])
+        );
+    }
+
+    #[test]
+    fn ttls_outside_consuls_range_are_invalid() {
+        let c = ConsulCoordination::new(&ConsulConfig::default()).unwrap();
+        let scope = Scope::new("/x", ClusterName::new("c").unwrap()).unwrap();
+        let node = NodeId::new("n:1", 1);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            for r in [
+                c.lock(&scope, &node, Duration::from_secs(9))
+                    .await
+                    .map(|_| ()),
+                c.add_self(
+                    &scope,
+                    &node,
+                    Duration::from_secs(3),
+                    &AddMode::Join { cluster: None },
+                )
+                .await
+                .map(|_| ()),
+                c.refresh(&scope, &node, Duration::from_secs(100_000))
+                    .await
+                    .map(|_| ()),
+            ] {
+                let e = r.unwrap_err();
+                assert!(matches!(e, CoordinationError::Invalid { .. }), "{e:?}");
+                assert!(e.to_string().contains("between 10s and 24h"), "{e}");
+            }
+        });
+    }
+}

@@ -1,0 +1,263 @@
+//! `ConsulError`: what can go wrong talking to Consul, and how it maps to [`CoordinationError`].
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use constructr_core::CoordinationError;
+
+/// An error of the Consul backend.
+///
+/// Messages never contain secrets: not the ACL token, not key material. `detail` fields carry
+/// Consul's own short answer (e.g. `Permission denied`, `No cluster leader`) or the
+/// transport's cause (e.g. `tcp connect error: Connection refused`).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConsulError {
+    /// The configuration is unusable (no address, a client key without a certificate, ...).
+    #[error("invalid Consul configuration: {message}")]
+    Config {
+        /// Which rule was broken.
+        message: String,
+    },
+    /// A TLS file could not be read.
+    #[error("cannot read the TLS {what} file {path}")]
+    TlsFile {
+        /// `CA certificate`, `client certificate` or `client key`.
+        what: &'static str,
+        /// The configured path.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// TLS material could not be parsed, or the HTTP client could not be built with it.
+    #[error("unusable TLS {what}")]
+    Tls {
+        /// What was unusable.
+        what: &'static str,
+        /// reqwest's error.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// A TTL outside what Consul sessions support (10 s to 24 h).
+    #[error(
+        "{what} {ttl:?} is not supported by Consul: session TTLs must be between 10s and 24h \
+         (with ttl = refresh-interval × ttl-factor, use e.g. refresh-interval = 5s and ttl-factor >= 2)"
+    )]
+    UnsupportedTtl {
+        /// Which TTL (`entry TTL`, `lock TTL`).
+        what: &'static str,
+        /// The requested TTL.
+        ttl: Duration,
+    },
+    /// The address could not be reached, or Consul answered with a transient failure (5xx,
+    /// 429: no leader, an RPC that timed out inside Consul). Retrying may help.
+    #[error("Consul at {address} unavailable: {detail}")]
+    Unavailable {
+        /// The address (without any user info).
+        address: String,
+        /// Consul's or the transport's message.
+        detail: String,
+    },
+    /// The request did not complete within the configured request timeout. Retrying may help.
+    #[error("Consul request to {address} timed out")]
+    Timeout {
+        /// The address (without any user info).
+        address: String,
+    },
+    /// The ACL token is missing, unknown or lacks a permission. Retrying will not help.
+    #[error("Consul at {address} refused access: {detail} (check the ACL token and its policy)")]
+    Unauthorized {
+        /// The address (without any user info).
+        address: String,
+        /// Consul's message, e.g. `ACL not found` or `Permission denied`.
+        detail: String,
+    },
+    /// Consul rejected the request for a reason retrying cannot fix.
+    #[error("Consul at {address} rejected the request ({status}): {detail}")]
+    Rejected {
+        /// The address (without any user info).
+        address: String,
+        /// The HTTP status.
+        status: u16,
+        /// Consul's message.
+        detail: String,
+    },
+    /// Consul answered something this backend does not expect.
+    #[error("unexpected Consul response: {message}")]
+    Protocol {
+        /// What was unexpected.
+        message: String,
+    },
+}
+
+impl ConsulError {
+    /// Whether retrying the same request (possibly on another address) may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::Unavailable { .. } | Self::Timeout { .. })
+    }
+
+    pub(crate) fn config(message: impl Into<String>) -> Self {
+        Self::Config {
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn protocol(message: impl Into<String>) -> Self {
+        Self::Protocol {
+            message: message.into(),
+        }
+    }
+
+    /// Classifies a transport error of a request sent to `address`.
+    pub(crate) fn transport(address: &str, err: &reqwest::Error) -> Self {
+        let address = address.to_owned();
+        if err.is_timeout() {
+            return Self::Timeout { address };
+        }
+        // reqwest's messages name the URL; ours carries no secrets (the token is a header).
+        Self::Unavailable {
+            address,
+            detail: chain(err),
+        }
+    }
+
+    /// Classifies a non-success HTTP answer. Consul's ACL denials come as 403 (and, from
+    /// some RPC paths, as a 500 whose body says so): the body decides first.
+    pub(crate) fn from_status(address: &str, status: u16, body: &str) -> Self {
+        let address = address.to_owned();
+        let detail = short(body);
+        if is_acl_denial(body) || status == 401 || status == 403 {
+            return Self::Unauthorized { address, detail };
+        }
+        match status {
+            429 | 500..=599 => Self::Unavailable { address, detail },
+            _ => Self::Rejected {
+                address,
+                status,
+                detail,
+            },
+        }
+    }
+}
+
+/// Whether a Consul message is an ACL denial.
+pub(crate) fn is_acl_denial(message: &str) -> bool {
+    ["Permission denied", "ACL not found"]
+        .iter()
+        .any(|m| message.contains(m))
+}
+
+/// Consul's answers are short plain text; keep a bounded, single-line version.
+fn short(body: &str) -> String {
+    let line = body.trim().replace(['\n', '\r'], " ");
+    if line.is_empty() {
+        return "(empty answer)".to_owned();
+    }
+    match line.char_indices().nth(300) {
+        Some((i, _)) => format!("{}…", &line[..i]),
+        None => line,
+    }
+}
+
+/// `err: cause: cause ...`, skipping a cause whose text its parent already printed.
+pub(crate) fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut cur = err.source();
+    while let Some(e) = cur {
+        let s = e.to_string();
+        if !out.ends_with(&s) {
+            out.push_str(": ");
+            out.push_str(&s);
+        }
+        cur = e.source();
+    }
+    out
+}
+
+impl From<ConsulError> for CoordinationError {
+    /// The message is the whole chain (the state machine keeps only messages); the
+    /// `ConsulError` stays available as the source.
+    fn from(e: ConsulError) -> Self {
+        let message = chain(&e);
+        match e {
+            ConsulError::Timeout { .. } => CoordinationError::Timeout,
+            ConsulError::Unavailable { .. } => CoordinationError::Unavailable {
+                message,
+                source: Some(Box::new(e)),
+            },
+            ConsulError::Unauthorized { .. } => CoordinationError::Unauthorized { message },
+            ConsulError::Config { .. } | ConsulError::UnsupportedTtl { .. } => {
+                CoordinationError::Invalid { message }
+            }
+            ConsulError::Rejected { status: 400, .. } => CoordinationError::Invalid { message },
+            _ => CoordinationError::Permanent {
+                message,
+                source: Some(Box::new(e)),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn acl_answers_are_unauthorized_and_permanent() {
+        for (status, body) in [
+            (403, "ACL not found"),
+            (403, "Permission denied"),
+            (500, "rpc error making call: Permission denied"),
+        ] {
+            let e = ConsulError::from_status("http://c:8500", status, body);
+            assert!(matches!(e, ConsulError::Unauthorized { .. }), "{e:?}");
+            assert!(!e.is_retryable());
+            let c = CoordinationError::from(e);
+            assert!(matches!(c, CoordinationError::Unauthorized { .. }), "{c:?}");
+            assert!(c.to_string().contains(body), "{c}");
+        }
+    }
+
+    #[test]
+    fn server_errors_are_retryable() {
+        let e = ConsulError::from_status("x", 500, "No cluster leader");
+        assert!(e.is_retryable(), "{e:?}");
+        let c = CoordinationError::from(e);
+        assert!(c.is_retryable());
+        assert!(c.to_string().contains("No cluster leader"), "{c}");
+        assert!(ConsulError::from_status("x", 429, "").is_retryable());
+    }
+
+    #[test]
+    fn bad_request_is_invalid() {
+        let c = CoordinationError::from(ConsulError::from_status("x", 400, "Bad request"));
+        assert!(matches!(c, CoordinationError::Invalid { .. }), "{c:?}");
+        let c = CoordinationError::from(ConsulError::from_status("x", 405, "Method"));
+        assert!(matches!(c, CoordinationError::Permanent { .. }), "{c:?}");
+    }
+
+    #[test]
+    fn unsupported_ttl_is_invalid_with_a_clear_message() {
+        let c = CoordinationError::from(ConsulError::UnsupportedTtl {
+            what: "entry TTL",
+            ttl: Duration::from_secs(3),
+        });
+        assert!(matches!(c, CoordinationError::Invalid { .. }), "{c:?}");
+        assert!(c.to_string().contains("between 10s and 24h"), "{c}");
+    }
+
+    #[test]
+    fn timeout_maps_to_timeout() {
+        let c = CoordinationError::from(ConsulError::Timeout {
+            address: "x".into(),
+        });
+        assert!(matches!(c, CoordinationError::Timeout));
+    }
+
+    #[test]
+    fn long_answers_are_shortened() {
+        let e = ConsulError::from_status("x", 500, &"y".repeat(1000));
+        assert!(e.to_string().len() < 400);
+    }
+}
