@@ -300,7 +300,15 @@ impl EtcdCluster3 {
     /// A backend configuration listing all three members, with short timeouts so a dead
     /// member is skipped quickly.
     pub fn config(&self) -> EtcdConfig {
-        EtcdConfig::new(self.endpoints())
+        self.config_starting_at(0)
+    }
+
+    /// Like [`Self::config`], with member `first` listed first (the one requests go to until
+    /// it fails).
+    pub fn config_starting_at(&self, first: usize) -> EtcdConfig {
+        let mut endpoints = self.endpoints();
+        endpoints.rotate_left(first);
+        EtcdConfig::new(endpoints)
             .with_connect_timeout(Duration::from_millis(300))
             .with_request_timeout(Duration::from_millis(500))
     }

@@ -332,11 +332,12 @@ async fn leader_killed_during_bootstrap_still_forms_one_cluster() {
     require_docker!();
     init_tracing();
     let mut cluster = EtcdCluster3::start().await;
-    let etcd = coordination(&cluster.config());
+    let leader = cluster.leader().await;
+    // Requests go to the leader until it dies: the failover to the next endpoint is exercised.
+    let etcd = coordination(&cluster.config_starting_at(leader));
     let settings = patient_settings("leader-kill");
     let scope = settings.scope().unwrap();
     let local = LocalCluster::new();
-    let leader = cluster.leader().await;
 
     // Bootstrapping 10 nodes takes ~150 ms, too short to aim a kill at. A node that took the
     // lock and vanished holds everybody in the middle of the bootstrap (locking, waiting on
