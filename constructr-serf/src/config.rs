@@ -1,0 +1,173 @@
+//! `SerfConfig`: how to reach the local Serf agent's RPC, and the bootstrap-guard settings
+//! of the Serf backend.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::SerfError;
+
+/// How to reach a Serf agent's RPC endpoint, and how the Serf backend guards bootstrap.
+///
+/// Deserializes from kebab-case fields (`rpc-addr = "127.0.0.1:7373"`,
+/// `stability-margin = "5s"`). The auth key is never serialized and never shown by `Debug`.
+///
+/// ```
+/// use constructr_serf::SerfConfig;
+///
+/// let config = SerfConfig::new("127.0.0.1:7373")
+///     .with_auth_key("s3cret")
+///     .with_required_members(3);
+/// assert!(!format!("{config:?}").contains("s3cret"));
+/// ```
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct SerfConfig {
+    /// The agent's RPC address (`serf agent -rpc-addr`). Default `127.0.0.1:7373`.
+    pub rpc_addr: String,
+    /// The agent's RPC auth key (`serf agent -rpc-auth`). Never serialized nor shown.
+    #[serde(skip_serializing)]
+    pub auth_key: Option<String>,
+    /// Maximum time to connect, handshake and authenticate. Default 3 s.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Maximum time for one RPC command, including reconnecting. Default 5 s.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// First delay between reconnection attempts; doubles up to `reconnect-max`. Default 100 ms.
+    #[serde(with = "humantime_serde")]
+    pub reconnect_min: Duration,
+    /// Longest delay between reconnection attempts. Default 5 s.
+    #[serde(with = "humantime_serde")]
+    pub reconnect_max: Duration,
+    /// Bootstrap guard: how many alive candidates must be tagged before the lowest-named
+    /// one may seed. Set it to the initial cluster size. Default 1.
+    pub required_members: usize,
+    /// Bootstrap guard: how long the set of alive candidates must stay unchanged before the
+    /// lowest-named one may seed. Default 5 s.
+    #[serde(with = "humantime_serde")]
+    pub stability_margin: Duration,
+}
+
+impl Default for SerfConfig {
+    fn default() -> Self {
+        Self {
+            rpc_addr: "127.0.0.1:7373".into(),
+            auth_key: None,
+            connect_timeout: Duration::from_secs(3),
+            request_timeout: Duration::from_secs(5),
+            reconnect_min: Duration::from_millis(100),
+            reconnect_max: Duration::from_secs(5),
+            required_members: 1,
+            stability_margin: Duration::from_secs(5),
+        }
+    }
+}
+
+impl SerfConfig {
+    /// A configuration for this RPC address with the defaults.
+    pub fn new(rpc_addr: impl Into<String>) -> Self {
+        Self {
+            rpc_addr: rpc_addr.into(),
+            ..Self::default()
+        }
+    }
+
+    /// Authenticates with this RPC auth key.
+    pub fn with_auth_key(mut self, key: impl Into<String>) -> Self {
+        self.auth_key = Some(key.into());
+        self
+    }
+
+    /// Sets the per-command timeout.
+    pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// Sets the connect timeout.
+    pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Sets how many candidates must be present before seeding.
+    pub fn with_required_members(mut self, n: usize) -> Self {
+        self.required_members = n;
+        self
+    }
+
+    /// Sets how long the candidate set must be stable before seeding.
+    pub fn with_stability_margin(mut self, margin: Duration) -> Self {
+        self.stability_margin = margin;
+        self
+    }
+
+    /// Checks the rules that can be checked without I/O.
+    pub fn validate(&self) -> Result<(), SerfError> {
+        if self.rpc_addr.trim().is_empty() {
+            return Err(SerfError::config("rpc-addr must not be empty"));
+        }
+        if self.connect_timeout.is_zero() || self.request_timeout.is_zero() {
+            return Err(SerfError::config(
+                "connect-timeout and request-timeout must be greater than zero",
+            ));
+        }
+        if self.reconnect_min.is_zero() || self.reconnect_max < self.reconnect_min {
+            return Err(SerfError::config(
+                "reconnect-min must be greater than zero and at most reconnect-max",
+            ));
+        }
+        if self.required_members == 0 {
+            return Err(SerfError::config("required-members must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for SerfConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SerfConfig")
+            .field("rpc_addr", &self.rpc_addr)
+            .field("auth_key", &self.auth_key.as_ref().map(|_| "<hidden>"))
+            .field("connect_timeout", &self.connect_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .field("reconnect_min", &self.reconnect_min)
+            .field("reconnect_max", &self.reconnect_max)
+            .field("required_members", &self.required_members)
+            .field("stability_margin", &self.stability_margin)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deserializes_kebab_case_and_hides_the_key() {
+        let c: SerfConfig = serde_json::from_str(
+            r#"{"rpc-addr":"10.0.0.1:7373","auth-key":"k3y","stability-margin":"2s","required-members":3}"#,
+        )
+        .unwrap();
+        assert_eq!(c.rpc_addr, "10.0.0.1:7373");
+        assert_eq!(c.stability_margin, Duration::from_secs(2));
+        assert_eq!(c.required_members, 3);
+        assert!(!format!("{c:?}").contains("k3y"));
+        assert!(!serde_json::to_string(&c).unwrap().contains("k3y"));
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn rejects_zero_required_members() {
+        let c = SerfConfig::default().with_required_members(0);
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("required-members")
+        );
+    }
+}
