@@ -1,11 +1,20 @@
 //! # constructr-serf
 //!
-//! Serf for constructr.
+//! Serf for constructr:
+//! - [`handler`]: the Serf event handler (`constructr serf-handler`), which parses
+//!   Serf's handler protocol ([`protocol`]) strictly and forwards each event to the bridge.
+//! - [`bridge`]: the HTTP bridge (`constructr serf-bridge`), serf-scala-bridge's REST API
+//!   turned into typed events on tokio channels plus a datacenter-aware membership view.
+//! - [`SerfClient`]: the agent's msgpack RPC (members, tags, join, leave, events, queries,
+//!   streams), reconnecting when the agent restarts.
 #![deny(missing_docs)]
 
+pub mod bridge;
 pub mod client;
 pub mod config;
 pub mod error;
+pub mod handler;
+pub mod protocol;
 mod wire;
 
 pub use client::{

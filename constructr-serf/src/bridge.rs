@@ -1,0 +1,769 @@
+//! The bridge: an HTTP service (axum) that turns the handler's calls into typed events for
+//! the application, and keeps a datacenter-aware membership view.
+//!
+//! # Endpoints (serf-scala-bridge's, unchanged, plus events, queries and reads)
+//! | request                                   | effect                         | answer |
+//! |-------------------------------------------|--------------------------------|--------|
+//! | `POST /dc/{dc}/members` + member JSON     | [`BridgeEvent::MemberJoined`]  | 201, `Location: /dc/{dc}/members/{name}`, the member |
+//! | `PUT /dc/{dc}/members/{name}` + JSON      | [`BridgeEvent::MemberUpdated`] (suppressed if nothing changed) | 200, the member |
+//! | `DELETE /dc/{dc}/members/{name}` [+ JSON] | [`BridgeEvent::MemberLeft`]    | 204    |
+//! | `DELETE /dc/{dc}/members/{name}?reap=true`| [`BridgeEvent::MemberReaped`]  | 204    |
+//! | `POST /dc/{dc}/failures` + member JSON    | [`BridgeEvent::MemberFailed`]  | 204    |
+//! | `POST /dc/{dc}/events/{name}?ltime=N`     | [`BridgeEvent::UserEvent`] (body = payload) | 204 |
+//! | `POST /dc/{dc}/queries/{name}?ltime=N`    | [`BridgeEvent::Query`]; the first answer is the response body | 200; 503 without subscribers; 504 if nobody answers in time |
+//! | `GET /dc/{dc}/members`                    | —                              | 200, `[member + "status"]` |
+//! | `GET /members`                            | —                              | 200, `{dc: [member + "status"]}` |
+//!
+//! Member JSON is `{"name","address","role","tags":{...}}`. A member whose body carries the
+//! dc tag (configurable, default `dc`) must be posted under that dc. Malformed JSON, a name
+//! that does not match the path, unknown paths and methods get a 4xx with
+//! `{"error": "..."}`; bodies over the limit (default 64 KiB) get 413.
+//!
+//! # Delivery
+//! Every [`Bridge::subscribe`]r gets every event, in order, through a bounded tokio channel
+//! (the Rust counterpart of serf-scala-bridge's actor references). A subscriber that stays
+//! full for [`BridgeConfig::delivery_timeout`] makes the request fail with 503, so the
+//! handler retries and Serf logs the failure: events are not dropped silently. A dropped
+//! receiver unsubscribes.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
+use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::handler::encode_segment;
+use crate::protocol::MemberInfo;
+
+/// Settings of the bridge.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct BridgeConfig {
+    /// The tag that holds a member's datacenter. Default `dc`.
+    pub dc_tag: String,
+    /// How long a query waits for a subscriber's answer. Default 2 s (keep it below the
+    /// handler's `--timeout` and Serf's query timeout).
+    #[serde(with = "humantime_serde")]
+    pub query_timeout: Duration,
+    /// How long a full subscriber may hold up a request before it fails with 503. Default 2 s.
+    #[serde(with = "humantime_serde")]
+    pub delivery_timeout: Duration,
+    /// Queue length per subscriber. Default 1024.
+    pub subscriber_capacity: usize,
+    /// Largest accepted request body in bytes. Default 64 KiB.
+    pub body_limit: usize,
+}
+
+impl Default for BridgeConfig {
+    fn default() -> Self {
+        Self {
+            dc_tag: "dc".into(),
+            query_timeout: Duration::from_secs(2),
+            delivery_timeout: Duration::from_secs(2),
+            subscriber_capacity: 1024,
+            body_limit: 64 * 1024,
+        }
+    }
+}
+
+impl BridgeConfig {
+    /// Sets the dc tag name.
+    pub fn with_dc_tag(mut self, tag: impl Into<String>) -> Self {
+        self.dc_tag = tag.into();
+        self
+    }
+
+    /// Sets how long a query waits for an answer.
+    pub fn with_query_timeout(mut self, timeout: Duration) -> Self {
+        self.query_timeout = timeout;
+        self
+    }
+
+    /// Sets how long a full subscriber may hold up a request.
+    pub fn with_delivery_timeout(mut self, timeout: Duration) -> Self {
+        self.delivery_timeout = timeout;
+        self
+    }
+
+    /// Sets the queue length per subscriber.
+    pub fn with_subscriber_capacity(mut self, capacity: usize) -> Self {
+        self.subscriber_capacity = capacity;
+        self
+    }
+
+    /// Sets the largest accepted body.
+    pub fn with_body_limit(mut self, bytes: usize) -> Self {
+        self.body_limit = bytes;
+        self
+    }
+}
+
+/// Whether a member is alive or failed, in the membership view.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MemberState {
+    /// Joined (or updated) and not failed since.
+    Alive,
+    /// Reported failed; removed when it leaves or is reaped, alive again if it rejoins.
+    Failed,
+}
+
+/// A member in the membership view.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberView {
+    /// The member.
+    #[serde(flatten)]
+    pub member: MemberInfo,
+    /// Alive or failed.
+    pub status: MemberState,
+}
+
+/// An event for the application.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum BridgeEvent {
+    /// `member-join`.
+    MemberJoined {
+        /// Datacenter.
+        dc: String,
+        /// The member.
+        member: MemberInfo,
+    },
+    /// `member-update` that changed the member's address, role or tags.
+    MemberUpdated {
+        /// Datacenter.
+        dc: String,
+        /// The member, as it is now.
+        member: MemberInfo,
+    },
+    /// `member-leave`.
+    MemberLeft {
+        /// Datacenter.
+        dc: String,
+        /// The member.
+        member: MemberInfo,
+    },
+    /// `member-failed`.
+    MemberFailed {
+        /// Datacenter.
+        dc: String,
+        /// The member.
+        member: MemberInfo,
+    },
+    /// `member-reap`.
+    MemberReaped {
+        /// Datacenter.
+        dc: String,
+        /// The member.
+        member: MemberInfo,
+    },
+    /// A user event.
+    UserEvent {
+        /// Datacenter of the receiving agent.
+        dc: String,
+        /// Event name.
+        name: String,
+        /// Lamport time.
+        ltime: u64,
+        /// Payload.
+        payload: Bytes,
+    },
+    /// A query: answer with [`Query::respond`].
+    Query(Query),
+}
+
+/// A query waiting for an answer. Clones share the responder: the first answer wins.
+#[derive(Clone, Debug)]
+pub struct Query {
+    /// Datacenter of the receiving agent.
+    pub dc: String,
+    /// Query name.
+    pub name: String,
+    /// Lamport time.
+    pub ltime: u64,
+    /// Payload.
+    pub payload: Bytes,
+    responder: Arc<Mutex<Option<oneshot::Sender<Bytes>>>>,
+}
+
+impl Query {
+    /// Answers the query (the bytes become this node's Serf response, truncated by the
+    /// handler to fit Serf's 1 KiB limit). Returns false if it was answered already or has
+    /// timed out.
+    pub fn respond(&self, answer: impl Into<Bytes>) -> bool {
+        let tx = self
+            .responder
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        tx.is_some_and(|tx| tx.send(answer.into()).is_ok())
+    }
+}
+
+struct Inner {
+    config: BridgeConfig,
+    subscribers: Mutex<Vec<mpsc::Sender<BridgeEvent>>>,
+    view: RwLock<BTreeMap<String, BTreeMap<String, MemberView>>>,
+}
+
+/// The bridge: membership view, subscribers, and the HTTP routes. Cheap to clone.
+///
+/// ```no_run
+/// # async fn demo() -> std::io::Result<()> {
+/// use constructr_serf::bridge::{Bridge, BridgeConfig, BridgeEvent};
+///
+/// let bridge = Bridge::new(BridgeConfig::default());
+/// let mut events = bridge.subscribe();
+/// tokio::spawn(async move {
+///     while let Some(event) = events.recv().await {
+///         match event {
+///             BridgeEvent::MemberJoined { dc, member } => println!("{} joined {dc}", member.name),
+///             BridgeEvent::Query(q) => { q.respond("ok"); }
+///             _ => {}
+///         }
+///     }
+/// });
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:8888").await?;
+/// bridge.serve(listener, std::future::pending()).await
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Bridge {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Bridge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bridge")
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Bridge {
+    /// A bridge with no subscribers and an empty view.
+    pub fn new(config: BridgeConfig) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                config,
+                subscribers: Mutex::new(Vec::new()),
+                view: RwLock::new(BTreeMap::new()),
+            }),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &BridgeConfig {
+        &self.inner.config
+    }
+
+    /// A new subscriber: receives every event from now on.
+    pub fn subscribe(&self) -> mpsc::Receiver<BridgeEvent> {
+        let (tx, rx) = mpsc::channel(self.inner.config.subscriber_capacity.max(1));
+        self.subscribers().push(tx);
+        rx
+    }
+
+    fn subscribers(&self) -> std::sync::MutexGuard<'_, Vec<mpsc::Sender<BridgeEvent>>> {
+        self.inner
+            .subscribers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The membership view: dc → members (alive and failed), by name.
+    pub fn members(&self) -> BTreeMap<String, Vec<MemberView>> {
+        self.inner
+            .view
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(dc, ms)| (dc.clone(), ms.values().cloned().collect()))
+            .collect()
+    }
+
+    /// The members of one datacenter (empty for an unknown one).
+    pub fn members_in(&self, dc: &str) -> Vec<MemberView> {
+        self.inner
+            .view
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(dc)
+            .map(|ms| ms.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    fn with_view<T>(
+        &self,
+        f: impl FnOnce(&mut BTreeMap<String, BTreeMap<String, MemberView>>) -> T,
+    ) -> T {
+        f(&mut self.inner.view.write().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Delivers to every subscriber; fails if one stays full beyond the delivery timeout.
+    async fn deliver(&self, event: BridgeEvent) -> Result<(), ApiError> {
+        let subs: Vec<_> = self.subscribers().clone();
+        let mut closed = false;
+        for s in subs {
+            match tokio::time::timeout(self.inner.config.delivery_timeout, s.send(event.clone()))
+                .await
+            {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => closed = true,
+                Err(_) => {
+                    return Err(ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "a subscriber's queue is full; retry later",
+                    ));
+                }
+            }
+        }
+        if closed {
+            self.subscribers().retain(|s| !s.is_closed());
+        }
+        Ok(())
+    }
+
+    /// The HTTP routes (mount them into your own server, or use [`Bridge::serve`]).
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/members", get(all_members))
+            .route("/dc/{dc}/members", post(member_joined).get(dc_members))
+            .route(
+                "/dc/{dc}/members/{name}",
+                put(member_updated).delete(member_removed),
+            )
+            .route("/dc/{dc}/failures", post(member_failed))
+            .route("/dc/{dc}/events/{name}", post(user_event))
+            .route("/dc/{dc}/queries/{name}", post(query))
+            .fallback(not_found)
+            .method_not_allowed_fallback(method_not_allowed)
+            .layer(DefaultBodyLimit::max(self.inner.config.body_limit))
+            .with_state(self.clone())
+    }
+
+    /// Serves the routes on `listener` until `shutdown` resolves.
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        axum::serve(listener, self.router())
+            .with_graceful_shutdown(shutdown)
+            .await
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Handlers.
+
+struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+        }
+    }
+    fn bad(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            axum::Json(serde_json::json!({ "error": self.message })),
+        )
+            .into_response()
+    }
+}
+
+async fn not_found(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        format!("no such endpoint: {method} {}", uri.path()),
+    )
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("{method} is not allowed on {}", uri.path()),
+    )
+}
+
+fn parse_member(body: &[u8]) -> Result<MemberInfo, ApiError> {
+    let m: MemberInfo = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad(format!("body is not a member JSON object: {e}")))?;
+    if m.name.is_empty() {
+        return Err(ApiError::bad("member name must not be empty"));
+    }
+    Ok(m)
+}
+
+fn check_dc(bridge: &Bridge, dc: &str, m: &MemberInfo) -> Result<(), ApiError> {
+    match m.tags.get(&bridge.inner.config.dc_tag) {
+        Some(tag) if !tag.is_empty() && tag != dc => Err(ApiError::bad(format!(
+            "member {} has {}={tag} but was posted under /dc/{dc}",
+            m.name, bridge.inner.config.dc_tag
+        ))),
+        _ => Ok(()),
+    }
+}
+
+fn query_param<'a>(raw: &'a Option<String>, key: &str) -> Option<&'a str> {
+    raw.as_deref()?
+        .split('&')
+        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+}
+
+fn ltime(raw: &Option<String>) -> Result<u64, ApiError> {
+    match query_param(raw, "ltime") {
+        None => Ok(0),
+        Some(v) => v
+            .parse()
+            .map_err(|_| ApiError::bad(format!("ltime must be a number, got {v:?}"))),
+    }
+}
+
+async fn member_joined(
+    State(b): State<Bridge>,
+    Path(dc): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let m = parse_member(&body)?;
+    check_dc(&b, &dc, &m)?;
+    b.with_view(|v| {
+        v.entry(dc.clone()).or_default().insert(
+            m.name.clone(),
+            MemberView {
+                member: m.clone(),
+                status: MemberState::Alive,
+            },
+        );
+    });
+    b.deliver(BridgeEvent::MemberJoined {
+        dc: dc.clone(),
+        member: m.clone(),
+    })
+    .await?;
+    let location = format!(
+        "/dc/{}/members/{}",
+        encode_segment(&dc),
+        encode_segment(&m.name)
+    );
+    let mut resp = (StatusCode::CREATED, axum::Json(m)).into_response();
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    Ok(resp)
+}
+
+async fn member_updated(
+    State(b): State<Bridge>,
+    Path((dc, name)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let m = parse_member(&body)?;
+    if m.name != name {
+        return Err(ApiError::bad(format!(
+            "path names member {name:?} but the body names {:?}",
+            m.name
+        )));
+    }
+    check_dc(&b, &dc, &m)?;
+    let changed = b.with_view(|v| {
+        let slot = v.entry(dc.clone()).or_default();
+        let unchanged = slot
+            .get(&name)
+            .is_some_and(|old| old.member == m && old.status == MemberState::Alive);
+        slot.insert(
+            name.clone(),
+            MemberView {
+                member: m.clone(),
+                status: MemberState::Alive,
+            },
+        );
+        !unchanged
+    });
+    if changed {
+        b.deliver(BridgeEvent::MemberUpdated {
+            dc,
+            member: m.clone(),
+        })
+        .await?;
+    }
+    Ok((StatusCode::OK, axum::Json(m)).into_response())
+}
+
+async fn member_removed(
+    State(b): State<Bridge>,
+    Path((dc, name)): Path<(String, String)>,
+    RawQuery(raw): RawQuery,
+    body: Bytes,
+) -> Result<StatusCode, ApiError> {
+    let reap = match query_param(&raw, "reap") {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => {
+            return Err(ApiError::bad(format!(
+                "reap must be true or false, got {other:?}"
+            )));
+        }
+    };
+    let from_body = if body.is_empty() {
+        None
+    } else {
+        let m = parse_member(&body)?;
+        if m.name != name {
+            return Err(ApiError::bad(format!(
+                "path names member {name:?} but the body names {:?}",
+                m.name
+            )));
+        }
+        Some(m)
+    };
+    let known = b.with_view(|v| {
+        let old = v.get_mut(&dc).and_then(|ms| ms.remove(&name));
+        if v.get(&dc).is_some_and(BTreeMap::is_empty) {
+            v.remove(&dc);
+        }
+        old
+    });
+    let member = from_body
+        .or(known.map(|k| k.member))
+        .unwrap_or_else(|| MemberInfo {
+            name: name.clone(),
+            address: String::new(),
+            role: String::new(),
+            tags: BTreeMap::new(),
+        });
+    let event = if reap {
+        BridgeEvent::MemberReaped { dc, member }
+    } else {
+        BridgeEvent::MemberLeft { dc, member }
+    };
+    b.deliver(event).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn member_failed(
+    State(b): State<Bridge>,
+    Path(dc): Path<String>,
+    body: Bytes,
+) -> Result<StatusCode, ApiError> {
+    let m = parse_member(&body)?;
+    check_dc(&b, &dc, &m)?;
+    b.with_view(|v| {
+        v.entry(dc.clone()).or_default().insert(
+            m.name.clone(),
+            MemberView {
+                member: m.clone(),
+                status: MemberState::Failed,
+            },
+        );
+    });
+    b.deliver(BridgeEvent::MemberFailed { dc, member: m })
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn user_event(
+    State(b): State<Bridge>,
+    Path((dc, name)): Path<(String, String)>,
+    RawQuery(raw): RawQuery,
+    body: Bytes,
+) -> Result<StatusCode, ApiError> {
+    let ltime = ltime(&raw)?;
+    b.deliver(BridgeEvent::UserEvent {
+        dc,
+        name,
+        ltime,
+        payload: body,
+    })
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn query(
+    State(b): State<Bridge>,
+    Path((dc, name)): Path<(String, String)>,
+    RawQuery(raw): RawQuery,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let ltime = ltime(&raw)?;
+    if b.subscribers().iter().all(|s| s.is_closed()) {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no subscriber to answer queries",
+        ));
+    }
+    let (tx, rx) = oneshot::channel();
+    let q = Query {
+        dc,
+        name: name.clone(),
+        ltime,
+        payload: body,
+        responder: Arc::new(Mutex::new(Some(tx))),
+    };
+    b.deliver(BridgeEvent::Query(q)).await?;
+    match tokio::time::timeout(b.inner.config.query_timeout, rx).await {
+        Ok(Ok(answer)) => Ok((
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/octet-stream")],
+            answer,
+        )
+            .into_response()),
+        // Every clone of the responder was dropped unanswered, or time ran out.
+        _ => Err(ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            format!(
+                "no subscriber answered query {name:?} within {:?}",
+                b.inner.config.query_timeout
+            ),
+        )),
+    }
+}
+
+async fn all_members(State(b): State<Bridge>) -> axum::Json<BTreeMap<String, Vec<MemberView>>> {
+    axum::Json(b.members())
+}
+
+async fn dc_members(
+    State(b): State<Bridge>,
+    Path(dc): Path<String>,
+) -> axum::Json<Vec<MemberView>> {
+    axum::Json(b.members_in(&dc))
+}
+
+// ---------------------------------------------------------------------------------------
+// The stand-alone server of `constructr serf-bridge`.
+
+/// Options of `constructr serf-bridge`.
+#[derive(Clone, Debug, PartialEq, Eq, clap::Args)]
+#[non_exhaustive]
+pub struct BridgeArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8888", value_name = "ADDR")]
+    pub listen: SocketAddr,
+    /// Name of the tag that holds a member's datacenter.
+    #[arg(long, default_value = "dc", value_name = "TAG")]
+    pub dc_tag: String,
+    /// How long a query waits for an answer.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub query_timeout: Duration,
+    /// Largest accepted request body.
+    #[arg(long, default_value_t = 64 * 1024, value_name = "BYTES")]
+    pub body_limit: usize,
+    /// Do not print events to stdout.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// Runs a stand-alone bridge until SIGINT/SIGTERM: serves the endpoints and the membership
+/// view, and prints every event as one JSON line to stdout (unless `--quiet`). With no
+/// application attached, queries are not answered (504 after `--query-timeout`, so the
+/// node sends no response). Builds its own tokio runtime: call it from `main`, not from
+/// inside a runtime.
+pub fn run(args: &BridgeArgs) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("constructr serf-bridge: cannot start a runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async {
+        let config = BridgeConfig {
+            dc_tag: args.dc_tag.clone(),
+            query_timeout: args.query_timeout,
+            body_limit: args.body_limit,
+            ..BridgeConfig::default()
+        };
+        let bridge = Bridge::new(config);
+        if !args.quiet {
+            let mut events = bridge.subscribe();
+            tokio::spawn(async move {
+                while let Some(e) = events.recv().await {
+                    println!("{}", event_json(&e));
+                }
+            });
+        }
+        let listener = match tokio::net::TcpListener::bind(args.listen).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!(
+                    "constructr serf-bridge: cannot listen on {}: {e}",
+                    args.listen
+                );
+                return ExitCode::FAILURE;
+            }
+        };
+        eprintln!("constructr serf-bridge: listening on {}", args.listen);
+        match bridge.serve(listener, shutdown_signal()).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("constructr serf-bridge: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// An event as one JSON object (what `constructr serf-bridge` prints).
+pub fn event_json(e: &BridgeEvent) -> serde_json::Value {
+    use serde_json::json;
+    let member =
+        |kind: &str, dc: &str, m: &MemberInfo| json!({"event": kind, "dc": dc, "member": m});
+    match e {
+        BridgeEvent::MemberJoined { dc, member: m } => member("member-joined", dc, m),
+        BridgeEvent::MemberUpdated { dc, member: m } => member("member-updated", dc, m),
+        BridgeEvent::MemberLeft { dc, member: m } => member("member-left", dc, m),
+        BridgeEvent::MemberFailed { dc, member: m } => member("member-failed", dc, m),
+        BridgeEvent::MemberReaped { dc, member: m } => member("member-reaped", dc, m),
+        BridgeEvent::UserEvent {
+            dc,
+            name,
+            ltime,
+            payload,
+        } => json!({"event": "user", "dc": dc, "name": name, "ltime": ltime,
+                    "payload": String::from_utf8_lossy(payload)}),
+        BridgeEvent::Query(q) => json!({"event": "query", "dc": q.dc, "name": q.name,
+                    "ltime": q.ltime, "payload": String::from_utf8_lossy(&q.payload)}),
+    }
+}

@@ -1,0 +1,516 @@
+//! The Serf event handler (`constructr serf-handler`): parses one invocation and forwards it
+//! to the bridge.
+//!
+//! ```text
+//! serf agent -event-handler "constructr serf-handler --bridge http://127.0.0.1:8888" ...
+//! ```
+//!
+//! | `SERF_EVENT`    | request to the bridge (one per member)                  | expected |
+//! |-----------------|----------------------------------------------------------|----------|
+//! | `member-join`   | `POST /dc/{dc}/members` with the member JSON             | 201      |
+//! | `member-update` | `PUT /dc/{dc}/members/{name}` with the member JSON       | 200      |
+//! | `member-leave`  | `DELETE /dc/{dc}/members/{name}` with the member JSON    | 204      |
+//! | `member-failed` | `POST /dc/{dc}/failures` with the member JSON            | 204      |
+//! | `member-reap`   | `DELETE /dc/{dc}/members/{name}?reap=true` with the JSON | 204      |
+//! | `user`          | `POST /dc/{dc}/events/{name}?ltime=N`, body = payload    | 204      |
+//! | `query`         | `POST /dc/{dc}/queries/{name}?ltime=N`, body = payload   | 200      |
+//!
+//! `{dc}` of a member event is the member's dc tag (`--dc-tag`, default `dc`); of a user
+//! event or query, the agent's own (`SERF_TAG_DC`); without the tag, `--default-dc`.
+//!
+//! # Failure behaviour
+//! - Malformed input (a member line without its four tab-separated fields, an unknown
+//!   `SERF_EVENT`, ...) is refused as a whole: nothing is forwarded, one line goes to stderr,
+//!   the exit code is 2. The handler never panics on input.
+//! - Each request has a timeout (`--timeout`, default 5 s) and is retried (`--retries`,
+//!   default 2, after `--retry-delay`) on connection errors, timeouts and 5xx answers. When
+//!   it still fails, or the bridge answers 4xx, the handler says so on stderr and exits 1
+//!   (Serf logs it). Serf runs handlers one at a time with no timeout, so these bounds are
+//!   what keeps a dead bridge from stalling every later event.
+//! - For a query, the bridge's answer is printed to stdout and becomes this node's
+//!   response. Serf limits a response message to 1024 bytes (`query_response_size_limit`)
+//!   **including** about 45 bytes of framing and the responding node's name, and drops a
+//!   larger response entirely; the handler therefore truncates the answer to
+//!   `--query-response-limit` (1024) − 64 − len(node name) bytes. A failed query writes
+//!   nothing to stdout (stderr would become the response too) and exits 1: Serf then sends
+//!   no response for this node. 503/504 (no subscriber, no answer in time) are not retried.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use crate::client::MemberEventKind;
+use crate::protocol::{self, HandlerEvent, HandlerInput, MemberInfo};
+
+/// Framing and node name Serf adds to a query response, kept free of the payload budget.
+const QUERY_RESPONSE_OVERHEAD: usize = 64;
+
+/// Options of `constructr serf-handler`.
+#[derive(Clone, Debug, PartialEq, Eq, clap::Args)]
+#[non_exhaustive]
+pub struct HandlerArgs {
+    /// Base URL of the bridge.
+    #[arg(
+        long,
+        env = "CONSTRUCTR_SERF_BRIDGE",
+        default_value = "http://127.0.0.1:8888",
+        value_name = "URL"
+    )]
+    pub bridge: String,
+    /// Name of the tag that holds a member's datacenter.
+    #[arg(long, default_value = "dc", value_name = "TAG")]
+    pub dc_tag: String,
+    /// Datacenter of members without the dc tag.
+    #[arg(long, default_value = "default", value_name = "DC")]
+    pub default_dc: String,
+    /// Timeout of one request to the bridge.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub timeout: Duration,
+    /// Retries of a request that failed with a connection error, timeout or 5xx.
+    #[arg(long, default_value_t = 2, value_name = "N")]
+    pub retries: u32,
+    /// Delay before a retry.
+    #[arg(long, default_value = "200ms", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub retry_delay: Duration,
+    /// The agent's `query_response_size_limit` (bytes of the whole response message).
+    #[arg(long, default_value_t = 1024, value_name = "BYTES")]
+    pub query_response_limit: usize,
+}
+
+impl Default for HandlerArgs {
+    fn default() -> Self {
+        Self {
+            bridge: "http://127.0.0.1:8888".into(),
+            dc_tag: "dc".into(),
+            default_dc: "default".into(),
+            timeout: Duration::from_secs(5),
+            retries: 2,
+            retry_delay: Duration::from_millis(200),
+            query_response_limit: 1024,
+        }
+    }
+}
+
+impl HandlerArgs {
+    /// Options for a bridge at this base URL, with the defaults otherwise.
+    pub fn new(bridge: impl Into<String>) -> Self {
+        Self {
+            bridge: bridge.into(),
+            ..Self::default()
+        }
+    }
+}
+
+/// Exit code: everything was forwarded.
+pub const EXIT_OK: u8 = 0;
+/// Exit code: the bridge could not be reached or refused a request.
+pub const EXIT_FORWARD_FAILED: u8 = 1;
+/// Exit code: the invocation was malformed (nothing was forwarded) or the options are invalid.
+pub const EXIT_MALFORMED: u8 = 2;
+
+/// One request to the bridge.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BridgeRequest {
+    /// HTTP method.
+    pub method: reqwest::Method,
+    /// Path and query, percent-encoded (`/dc/dc1/members/a%20b`).
+    pub path: String,
+    /// JSON body (member events) or the payload (user events, queries).
+    pub body: Vec<u8>,
+    /// `application/json` or `application/octet-stream`.
+    pub content_type: &'static str,
+    /// Whether this is a query (its answer is printed; 503/504 are not retried).
+    pub is_query: bool,
+}
+
+/// Percent-encodes one path segment (everything but RFC 3986 unreserved characters).
+pub fn encode_segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn dc_of<'a>(tags: &'a BTreeMap<String, String>, args: &'a HandlerArgs) -> &'a str {
+    tags.get(&args.dc_tag)
+        .map(String::as_str)
+        .filter(|dc| !dc.is_empty())
+        .unwrap_or(&args.default_dc)
+}
+
+fn member_request(kind: MemberEventKind, m: &MemberInfo, args: &HandlerArgs) -> BridgeRequest {
+    use reqwest::Method;
+    let dc = encode_segment(dc_of(&m.tags, args));
+    let name = encode_segment(&m.name);
+    let (method, path) = match kind {
+        MemberEventKind::Join => (Method::POST, format!("/dc/{dc}/members")),
+        MemberEventKind::Update => (Method::PUT, format!("/dc/{dc}/members/{name}")),
+        MemberEventKind::Leave => (Method::DELETE, format!("/dc/{dc}/members/{name}")),
+        MemberEventKind::Reap => (Method::DELETE, format!("/dc/{dc}/members/{name}?reap=true")),
+        MemberEventKind::Failed => (Method::POST, format!("/dc/{dc}/failures")),
+    };
+    BridgeRequest {
+        method,
+        path,
+        body: serde_json::to_vec(m).expect("a member serialises"),
+        content_type: "application/json",
+        is_query: false,
+    }
+}
+
+/// The requests one invocation turns into, in order.
+pub fn requests(input: &HandlerInput, args: &HandlerArgs) -> Vec<BridgeRequest> {
+    let own_dc = || {
+        encode_segment(
+            input
+                .self_tag(&args.dc_tag)
+                .filter(|dc| !dc.is_empty())
+                .unwrap_or(&args.default_dc),
+        )
+    };
+    match &input.event {
+        HandlerEvent::Members { kind, members } => members
+            .iter()
+            .map(|m| member_request(*kind, m, args))
+            .collect(),
+        HandlerEvent::User {
+            name,
+            ltime,
+            payload,
+        } => vec![BridgeRequest {
+            method: reqwest::Method::POST,
+            path: format!(
+                "/dc/{}/events/{}?ltime={ltime}",
+                own_dc(),
+                encode_segment(name)
+            ),
+            body: payload.clone(),
+            content_type: "application/octet-stream",
+            is_query: false,
+        }],
+        HandlerEvent::Query {
+            name,
+            ltime,
+            payload,
+        } => vec![BridgeRequest {
+            method: reqwest::Method::POST,
+            path: format!(
+                "/dc/{}/queries/{}?ltime={ltime}",
+                own_dc(),
+                encode_segment(name)
+            ),
+            body: payload.clone(),
+            content_type: "application/octet-stream",
+            is_query: true,
+        }],
+    }
+}
+
+/// How many bytes of a query answer fit into Serf's response limit for this node.
+pub fn query_response_budget(limit: usize, self_name: &str) -> usize {
+    limit.saturating_sub(QUERY_RESPONSE_OVERHEAD + self_name.len())
+}
+
+/// Runs the handler on the process's real stdin, environment, stdout and stderr.
+pub fn main(args: &HandlerArgs) -> ExitCode {
+    let mut stdin = Vec::new();
+    if let Err(e) = std::io::stdin().read_to_end(&mut stdin) {
+        eprintln!("constructr serf-handler: cannot read stdin: {e}");
+        return ExitCode::from(EXIT_MALFORMED);
+    }
+    // Non-UTF-8 variables are not Serf's; skip them rather than fail.
+    let env = std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
+    let code = run_from_env(
+        args,
+        &stdin,
+        env,
+        &mut std::io::stdout().lock(),
+        &mut std::io::stderr().lock(),
+    );
+    ExitCode::from(code)
+}
+
+/// Runs the handler on the given input; returns the exit code ([`EXIT_OK`],
+/// [`EXIT_FORWARD_FAILED`], [`EXIT_MALFORMED`]). Must not be called from within a tokio
+/// runtime (it runs its own, single-threaded).
+pub fn run_from_env<I, K, V>(
+    args: &HandlerArgs,
+    stdin: &[u8],
+    env: I,
+    stdout: &mut dyn Write,
+    stderr: &mut dyn Write,
+) -> u8
+where
+    I: IntoIterator<Item = (K, V)>,
+    K: Into<String>,
+    V: Into<String>,
+{
+    let input = match protocol::parse_env(env, stdin) {
+        Ok(i) => i,
+        Err(e) => {
+            let _ = writeln!(
+                stderr,
+                "constructr serf-handler: refusing the event, nothing forwarded: {e}"
+            );
+            return EXIT_MALFORMED;
+        }
+    };
+    let base = args.bridge.trim_end_matches('/');
+    if !(base.starts_with("http://") || base.starts_with("https://")) {
+        let _ = writeln!(
+            stderr,
+            "constructr serf-handler: --bridge must be an http:// or https:// URL, got {base:?}"
+        );
+        return EXIT_MALFORMED;
+    }
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            let _ = writeln!(
+                stderr,
+                "constructr serf-handler: cannot start a runtime: {e}"
+            );
+            return EXIT_FORWARD_FAILED;
+        }
+    };
+    let client = match reqwest::Client::builder()
+        .timeout(args.timeout)
+        .connect_timeout(args.timeout)
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = writeln!(
+                stderr,
+                "constructr serf-handler: cannot build the HTTP client: {e}"
+            );
+            return EXIT_FORWARD_FAILED;
+        }
+    };
+    for req in requests(&input, args) {
+        match rt.block_on(forward(&client, base, &req, args)) {
+            Ok(answer) => {
+                if req.is_query {
+                    let budget = query_response_budget(args.query_response_limit, &input.self_name);
+                    let answer = &answer[..answer.len().min(budget)];
+                    if stdout
+                        .write_all(answer)
+                        .and_then(|()| stdout.flush())
+                        .is_err()
+                    {
+                        return EXIT_FORWARD_FAILED;
+                    }
+                }
+            }
+            Err(e) => {
+                let _ = writeln!(
+                    stderr,
+                    "constructr serf-handler: {} {}{}: {e}",
+                    req.method, base, req.path
+                );
+                return EXIT_FORWARD_FAILED;
+            }
+        }
+    }
+    EXIT_OK
+}
+
+async fn forward(
+    client: &reqwest::Client,
+    base: &str,
+    req: &BridgeRequest,
+    args: &HandlerArgs,
+) -> Result<Vec<u8>, String> {
+    let url = format!("{base}{}", req.path);
+    let mut attempt = 0;
+    loop {
+        let result = client
+            .request(req.method.clone(), &url)
+            .header(reqwest::header::CONTENT_TYPE, req.content_type)
+            .body(req.body.clone())
+            .send()
+            .await;
+        let retryable_error = match result {
+            Ok(resp) => {
+                let status = resp.status();
+                let body = resp.bytes().await.map(|b| b.to_vec());
+                if status.is_success() {
+                    return body.map_err(|e| format!("reading the answer: {e}"));
+                }
+                let text: String = body
+                    .map(|b| {
+                        String::from_utf8_lossy(&b)
+                            .trim()
+                            .chars()
+                            .take(300)
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let message = format!("bridge answered {status}: {text}");
+                let no_answer = req.is_query
+                    && matches!(
+                        status,
+                        reqwest::StatusCode::SERVICE_UNAVAILABLE
+                            | reqwest::StatusCode::GATEWAY_TIMEOUT
+                    );
+                if !status.is_server_error() || no_answer {
+                    return Err(message);
+                }
+                message
+            }
+            Err(e) => crate::error::chain(&e),
+        };
+        if attempt >= args.retries {
+            return Err(format!(
+                "{retryable_error} (after {} attempts)",
+                attempt + 1
+            ));
+        }
+        attempt += 1;
+        tokio::time::sleep(args.retry_delay).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input(event: &str, stdin: &[u8], extra: &[(&str, &str)]) -> HandlerInput {
+        let mut vars = vec![
+            ("SERF_EVENT", event),
+            ("SERF_SELF_NAME", "self"),
+            ("SERF_SELF_ROLE", ""),
+        ];
+        vars.extend_from_slice(extra);
+        protocol::parse_env(vars, stdin).unwrap()
+    }
+
+    #[test]
+    fn maps_every_event_type() {
+        let args = HandlerArgs::default();
+        let line = b"n 1\t10.0.0.1\tweb\tdc=eu/1,role=web\n";
+        let cases = [
+            ("member-join", "POST", "/dc/eu%2F1/members"),
+            ("member-update", "PUT", "/dc/eu%2F1/members/n%201"),
+            ("member-leave", "DELETE", "/dc/eu%2F1/members/n%201"),
+            ("member-failed", "POST", "/dc/eu%2F1/failures"),
+            (
+                "member-reap",
+                "DELETE",
+                "/dc/eu%2F1/members/n%201?reap=true",
+            ),
+        ];
+        for (event, method, path) in cases {
+            let r = requests(&input(event, line, &[]), &args);
+            assert_eq!(r.len(), 1);
+            assert_eq!(r[0].method.as_str(), method, "{event}");
+            assert_eq!(r[0].path, path, "{event}");
+            let m: MemberInfo = serde_json::from_slice(&r[0].body).unwrap();
+            assert_eq!(m.name, "n 1");
+            assert_eq!(m.role, "web");
+        }
+        let r = requests(
+            &input(
+                "user",
+                b"payload\n",
+                &[
+                    ("SERF_USER_EVENT", "deploy"),
+                    ("SERF_USER_LTIME", "3"),
+                    ("SERF_TAG_DC", "dc1"),
+                ],
+            ),
+            &args,
+        );
+        assert_eq!(r[0].path, "/dc/dc1/events/deploy?ltime=3");
+        assert_eq!(r[0].body, b"payload");
+        let r = requests(
+            &input(
+                "query",
+                b"",
+                &[("SERF_QUERY_NAME", "load"), ("SERF_QUERY_LTIME", "9")],
+            ),
+            &args,
+        );
+        assert_eq!(r[0].path, "/dc/default/queries/load?ltime=9");
+        assert!(r[0].is_query);
+    }
+
+    #[test]
+    fn members_without_the_dc_tag_go_to_the_default_dc() {
+        let args = HandlerArgs {
+            dc_tag: "zone".into(),
+            default_dc: "main".into(),
+            ..HandlerArgs::default()
+        };
+        let r = requests(
+            &input(
+                "member-join",
+                b"a\t1.1.1.1\t\t\nb\t1.1.1.2\t\tzone=z2\n",
+                &[],
+            ),
+            &args,
+        );
+        assert_eq!(r[0].path, "/dc/main/members");
+        assert_eq!(r[1].path, "/dc/z2/members");
+    }
+
+    #[test]
+    fn malformed_input_forwards_nothing_and_exits_2() {
+        let mut out = Vec::new();
+        let mut err = Vec::new();
+        // The bridge URL points nowhere: any forwarding attempt would show as exit 1.
+        let args = HandlerArgs::new("http://127.0.0.1:1");
+        let code = run_from_env(
+            &args,
+            b"a\t1.1.1.1\t\t\nbroken line\n",
+            [("SERF_EVENT", "member-join"), ("SERF_SELF_NAME", "a")],
+            &mut out,
+            &mut err,
+        );
+        assert_eq!(code, EXIT_MALFORMED);
+        let err = String::from_utf8(err).unwrap();
+        assert!(
+            err.contains("line 2") && err.contains("nothing forwarded"),
+            "{err}"
+        );
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn unreachable_bridge_exits_1_after_retries() {
+        let mut out = Vec::new();
+        let mut err = Vec::new();
+        let args = HandlerArgs {
+            retries: 1,
+            retry_delay: Duration::from_millis(10),
+            ..HandlerArgs::new("http://127.0.0.1:1")
+        };
+        let code = run_from_env(
+            &args,
+            b"a\t1.1.1.1\t\t\n",
+            [("SERF_EVENT", "member-join"), ("SERF_SELF_NAME", "a")],
+            &mut out,
+            &mut err,
+        );
+        assert_eq!(code, EXIT_FORWARD_FAILED);
+        let err = String::from_utf8(err).unwrap();
+        assert!(err.contains("after 2 attempts"), "{err}");
+    }
+
+    #[test]
+    fn query_budget_leaves_room_for_framing() {
+        // serf 0.10.1 accepted 981 payload bytes for node `a1` and refused 982.
+        assert!(query_response_budget(1024, "a1") <= 981);
+        assert_eq!(query_response_budget(10, "a1"), 0);
+    }
+}

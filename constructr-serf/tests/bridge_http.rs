@@ -1,0 +1,373 @@
+//! The bridge's HTTP API in-process: status codes, events, the view, and 4xx for bad input.
+
+use std::time::Duration;
+
+use constructr_serf::bridge::{Bridge, BridgeConfig, BridgeEvent, MemberState};
+use serde_json::json;
+use tokio::sync::mpsc;
+
+struct Running {
+    base: String,
+    bridge: Bridge,
+    http: reqwest::Client,
+}
+
+async fn start(config: BridgeConfig) -> Running {
+    let bridge = Bridge::new(config);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(bridge.clone().serve(listener, std::future::pending()));
+    Running {
+        base,
+        bridge,
+        http: reqwest::Client::new(),
+    }
+}
+
+async fn recv(rx: &mut mpsc::Receiver<BridgeEvent>) -> BridgeEvent {
+    tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .expect("no event")
+        .expect("closed")
+}
+
+fn member(name: &str, dc: &str) -> serde_json::Value {
+    json!({"name": name, "address": "10.0.0.1", "role": "web", "tags": {"dc": dc, "role": "web"}})
+}
+
+#[tokio::test]
+async fn member_lifecycle_status_codes_events_and_view() {
+    let r = start(BridgeConfig::default()).await;
+    let mut rx = r.bridge.subscribe();
+
+    let resp = r
+        .http
+        .post(format!("{}/dc/dc1/members", r.base))
+        .json(&member("n 1", "dc1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    assert_eq!(resp.headers()["location"], "/dc/dc1/members/n%201");
+    assert_eq!(
+        resp.json::<serde_json::Value>().await.unwrap(),
+        member("n 1", "dc1")
+    );
+    assert!(
+        matches!(recv(&mut rx).await, BridgeEvent::MemberJoined { dc, member } if dc == "dc1" && member.name == "n 1")
+    );
+
+    // An update with unchanged tags: 200 echo, no event.
+    let resp = r
+        .http
+        .put(format!("{}/dc/dc1/members/n%201", r.base))
+        .json(&member("n 1", "dc1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.json::<serde_json::Value>().await.unwrap(),
+        member("n 1", "dc1")
+    );
+    // A changed one: an event.
+    let mut changed = member("n 1", "dc1");
+    changed["tags"]["version"] = json!("2");
+    let resp = r
+        .http
+        .put(format!("{}/dc/dc1/members/n%201", r.base))
+        .json(&changed)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    match recv(&mut rx).await {
+        BridgeEvent::MemberUpdated { member, .. } => assert_eq!(member.tags["version"], "2"),
+        other => {
+            panic!("expected MemberUpdated (the unchanged update is suppressed), got {other:?}")
+        }
+    }
+
+    // Failure, then the view shows it failed, per dc and overall.
+    let resp = r
+        .http
+        .post(format!("{}/dc/dc1/failures", r.base))
+        .json(&changed)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 204);
+    assert!(matches!(
+        recv(&mut rx).await,
+        BridgeEvent::MemberFailed { .. }
+    ));
+    let view: serde_json::Value = r
+        .http
+        .get(format!("{}/dc/dc1/members", r.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(view[0]["status"], "failed");
+    assert_eq!(view[0]["name"], "n 1");
+    assert_eq!(r.bridge.members_in("dc1")[0].status, MemberState::Failed);
+
+    // Another dc, a member without tags.
+    let resp = r
+        .http
+        .post(format!("{}/dc/default/members", r.base))
+        .json(&json!({"name": "bare", "address": "10.0.0.9", "role": "", "tags": {}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    recv(&mut rx).await;
+    let all: serde_json::Value = r
+        .http
+        .get(format!("{}/members", r.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(all["default"][0]["status"], "alive");
+    assert_eq!(all["dc1"][0]["status"], "failed");
+
+    // Leave (with and without body) and reap: 204 each, removed from the view.
+    let resp = r
+        .http
+        .delete(format!("{}/dc/dc1/members/n%201", r.base))
+        .json(&changed)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 204);
+    assert!(
+        matches!(recv(&mut rx).await, BridgeEvent::MemberLeft { member, .. } if member.name == "n 1")
+    );
+    let resp = r
+        .http
+        .delete(format!("{}/dc/default/members/bare?reap=true", r.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 204);
+    assert!(
+        matches!(recv(&mut rx).await, BridgeEvent::MemberReaped { member, .. } if member.address == "10.0.0.9")
+    );
+    assert!(r.bridge.members().is_empty());
+}
+
+#[tokio::test]
+async fn user_events_and_queries() {
+    let r = start(BridgeConfig::default().with_query_timeout(Duration::from_millis(300))).await;
+
+    // No subscriber: a query is refused at once with 503.
+    let resp = r
+        .http
+        .post(format!("{}/dc/dc1/queries/load", r.base))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+
+    let mut rx = r.bridge.subscribe();
+    let resp = r
+        .http
+        .post(format!("{}/dc/dc1/events/deploy?ltime=7", r.base))
+        .body(&b"v1\0"[..])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 204);
+    match recv(&mut rx).await {
+        BridgeEvent::UserEvent {
+            dc,
+            name,
+            ltime,
+            payload,
+        } => {
+            assert_eq!((dc.as_str(), name.as_str(), ltime), ("dc1", "deploy", 7));
+            assert_eq!(&payload[..], b"v1\0");
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // A subscriber answers a query: the body is the answer.
+    let http = r.http.clone();
+    let url = format!("{}/dc/dc1/queries/load?ltime=3", r.base);
+    let pending = tokio::spawn(async move { http.post(url).body("q?").send().await.unwrap() });
+    match recv(&mut rx).await {
+        BridgeEvent::Query(q) => {
+            assert_eq!(
+                (q.name.as_str(), q.ltime, &q.payload[..]),
+                ("load", 3, &b"q?"[..])
+            );
+            assert!(q.respond("0.42"));
+            assert!(!q.respond("again"), "a query is answered once");
+        }
+        other => panic!("{other:?}"),
+    }
+    let resp = pending.await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.text().await.unwrap(), "0.42");
+
+    // A subscriber that does not answer: 504 after the query timeout, not a hang.
+    let started = std::time::Instant::now();
+    let resp = r
+        .http
+        .post(format!("{}/dc/dc1/queries/slow", r.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 504);
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert!(
+        resp.text()
+            .await
+            .unwrap()
+            .contains("no subscriber answered")
+    );
+}
+
+#[tokio::test]
+async fn malformed_requests_get_4xx_with_a_message() {
+    let r = start(BridgeConfig::default().with_body_limit(1024)).await;
+    let mut rx = r.bridge.subscribe();
+    let cases: Vec<(reqwest::Method, String, Vec<u8>, u16, &str)> = vec![
+        (
+            reqwest::Method::POST,
+            "/dc/dc1/members".into(),
+            b"{not json".to_vec(),
+            400,
+            "not a member JSON",
+        ),
+        (
+            reqwest::Method::POST,
+            "/dc/dc1/members".into(),
+            br#"{"name":"a"}"#.to_vec(),
+            400,
+            "address",
+        ),
+        (
+            reqwest::Method::POST,
+            "/dc/dc1/members".into(),
+            br#"{"name":"","address":"x"}"#.to_vec(),
+            400,
+            "empty",
+        ),
+        (
+            reqwest::Method::POST,
+            "/dc/dc1/members".into(),
+            br#"{"name":"a","address":"x","extra":1}"#.to_vec(),
+            400,
+            "extra",
+        ),
+        (
+            reqwest::Method::POST,
+            "/dc/dc1/members".into(),
+            br#"[1,2]"#.to_vec(),
+            400,
+            "member JSON",
+        ),
+        (
+            reqwest::Method::POST,
+            "/dc/dc1/members".into(),
+            br#"{"name":"a","address":"x","tags":{"dc":"dc2"}}"#.to_vec(),
+            400,
+            "posted under /dc/dc1",
+        ),
+        (
+            reqwest::Method::PUT,
+            "/dc/dc1/members/b".into(),
+            br#"{"name":"a","address":"x"}"#.to_vec(),
+            400,
+            "path names member",
+        ),
+        (
+            reqwest::Method::DELETE,
+            "/dc/dc1/members/a?reap=maybe".into(),
+            vec![],
+            400,
+            "reap",
+        ),
+        (
+            reqwest::Method::POST,
+            "/dc/dc1/events/e?ltime=soon".into(),
+            vec![],
+            400,
+            "ltime",
+        ),
+        (
+            reqwest::Method::POST,
+            "/dc/dc1/failures".into(),
+            b"".to_vec(),
+            400,
+            "member JSON",
+        ),
+        (
+            reqwest::Method::GET,
+            "/nope".into(),
+            vec![],
+            404,
+            "no such endpoint",
+        ),
+        (
+            reqwest::Method::PATCH,
+            "/dc/dc1/members/a".into(),
+            vec![],
+            405,
+            "not allowed",
+        ),
+        (
+            reqwest::Method::POST,
+            "/dc/dc1/events/big".into(),
+            vec![b'x'; 4096],
+            413,
+            "",
+        ),
+    ];
+    for (method, path, body, status, message) in cases {
+        let resp = r
+            .http
+            .request(method.clone(), format!("{}{path}", r.base))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), status, "{method} {path}");
+        let text = resp.text().await.unwrap();
+        assert!(text.contains(message), "{method} {path}: {text}");
+    }
+    // Nothing of the refused requests reached the subscriber.
+    assert!(rx.try_recv().is_err());
+    assert!(r.bridge.members().is_empty());
+}
+
+#[tokio::test]
+async fn a_full_subscriber_makes_requests_fail_instead_of_dropping_events() {
+    let r = start(
+        BridgeConfig::default()
+            .with_subscriber_capacity(1)
+            .with_delivery_timeout(Duration::from_millis(200)),
+    )
+    .await;
+    let mut rx = r.bridge.subscribe();
+    let post = |name: &str| {
+        r.http
+            .post(format!("{}/dc/dc1/events/{name}", r.base))
+            .send()
+    };
+    assert_eq!(post("one").await.unwrap().status(), 204);
+    assert_eq!(post("two").await.unwrap().status(), 503);
+    assert!(matches!(recv(&mut rx).await, BridgeEvent::UserEvent { name, .. } if name == "one"));
+    assert_eq!(post("three").await.unwrap().status(), 204);
+    // A dropped receiver unsubscribes.
+    drop(rx);
+    assert_eq!(post("four").await.unwrap().status(), 204);
+}
