@@ -89,7 +89,7 @@ impl NodeHandle {
     }
 
     /// Stops the node at once without leaving (as if the process crashed). Its entry
-    /// expires with its TTL.
+    /// expires with its TTL; [`NodeHandle::stopped`] then returns `Ok(())`.
     pub fn abort(&self) {
         self.task.abort();
     }

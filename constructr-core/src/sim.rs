@@ -239,6 +239,8 @@ struct World<'a> {
     joins: Vec<PendingJoin>,
     out: TrialOutcome,
     clock_start: Instant,
+    /// `CONSTRUCTR_SIM_TRACE` set: print every simulation event to stderr (for replays).
+    trace: bool,
 }
 
 /// Runs one trial; deterministic in `seed`.
@@ -275,6 +277,7 @@ pub fn run_trial(config: &SimConfig, seed: u64) -> TrialOutcome {
             ..TrialOutcome::default()
         },
         clock_start: start,
+        trace: std::env::var_os("CONSTRUCTR_SIM_TRACE").is_some(),
     };
     w.run(start);
     w.out
@@ -407,7 +410,7 @@ impl World<'_> {
     }
 
     fn handle(&mut self, ev: Ev) {
-        if std::env::var_os("SIM_TRACE").is_some() {
+        if self.trace {
             eprintln!("{:?} {:?}", self.now - self.clock_start, ev);
         }
         match ev {
