@@ -1,0 +1,269 @@
+//! A 3-agent Serf cluster whose first agent runs the real handler process, forwarding to an
+//! in-process bridge: join, update, leave, failure, user event, query, members without tags
+//! and tag values with spaces, commas and `=`.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use constructr_serf::bridge::{Bridge, BridgeConfig, BridgeEvent, MemberState};
+use constructr_serf::{QueryParams, QueryRecord, SerfClient, SerfConfig};
+use support::{Agent, AgentOptions};
+use tokio::sync::mpsc;
+
+/// Waits for the first event `pick` accepts, skipping (and remembering) others.
+async fn wait_for<T>(
+    rx: &mut mpsc::Receiver<BridgeEvent>,
+    what: &str,
+    agent: &Agent,
+    mut pick: impl FnMut(&BridgeEvent) -> Option<T>,
+) -> T {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut seen = Vec::new();
+    loop {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(e)) => {
+                if let Some(t) = pick(&e) {
+                    return t;
+                }
+                seen.push(format!("{e:?}"));
+            }
+            _ => panic!(
+                "no {what} within 30 s; other events: {seen:#?}\nagent log:\n{}",
+                agent.log_text()
+            ),
+        }
+    }
+}
+
+fn member_event<'a>(
+    e: &'a BridgeEvent,
+    kind: &str,
+    name: &str,
+) -> Option<(&'a str, &'a constructr_serf::protocol::MemberInfo)> {
+    let (k, dc, m) = match e {
+        BridgeEvent::MemberJoined { dc, member } => ("joined", dc, member),
+        BridgeEvent::MemberUpdated { dc, member } => ("updated", dc, member),
+        BridgeEvent::MemberLeft { dc, member } => ("left", dc, member),
+        BridgeEvent::MemberFailed { dc, member } => ("failed", dc, member),
+        BridgeEvent::MemberReaped { dc, member } => ("reaped", dc, member),
+        _ => return None,
+    };
+    (k == kind && m.name == name).then_some((dc.as_str(), m))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_agents_with_the_handler_and_the_bridge() {
+    let Some(bin) = support::serf_bin() else {
+        return;
+    };
+    let bridge = Bridge::new(BridgeConfig::default().with_query_timeout(Duration::from_secs(2)));
+    let mut rx = bridge.subscribe();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let bridge_url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(bridge.clone().serve(listener, std::future::pending()));
+
+    let handler = format!(
+        "{} --bridge {bridge_url} --timeout 3s",
+        env!("CARGO_BIN_EXE_constructr-serf-handler")
+    );
+    let a1 = Agent::start(
+        &bin,
+        "e2e-a1",
+        AgentOptions {
+            tags: vec![
+                ("dc".into(), "dc1".into()),
+                ("weird".into(), "a,b=c d".into()),
+            ],
+            event_handler: Some(handler),
+            ..Default::default()
+        },
+    );
+    // The agent's own join, with its own tags parsed exactly (SERF_TAG_* resolves `,`/`=`).
+    let (dc, m) = wait_for(&mut rx, "a1's join", &a1, |e| {
+        member_event(e, "joined", "e2e-a1").map(|(dc, m)| (dc.to_owned(), m.clone()))
+    })
+    .await;
+    assert_eq!(dc, "dc1");
+    assert_eq!(m.tags["weird"], "a,b=c d");
+    assert_eq!(m.address, "127.0.0.1");
+
+    // A member without any tag goes to the default dc.
+    let mut a2 = Agent::start(
+        &bin,
+        "e2e-a2",
+        AgentOptions {
+            join: Some(a1.bind),
+            ..Default::default()
+        },
+    );
+    let (dc, m) = wait_for(&mut rx, "a2's join", &a1, |e| {
+        member_event(e, "joined", "e2e-a2").map(|(dc, m)| (dc.to_owned(), m.clone()))
+    })
+    .await;
+    assert_eq!(dc, "default");
+    assert!(m.tags.is_empty() && m.role.is_empty(), "{m:?}");
+
+    // Tag values with spaces and commas, and a role.
+    let mut a3 = Agent::start(
+        &bin,
+        "e2e-a3",
+        AgentOptions {
+            tags: vec![
+                ("dc".into(), "dc2".into()),
+                ("role".into(), "web worker".into()),
+                ("note".into(), "hello, big world".into()),
+            ],
+            join: Some(a1.bind),
+            ..Default::default()
+        },
+    );
+    let (dc, m) = wait_for(&mut rx, "a3's join", &a1, |e| {
+        member_event(e, "joined", "e2e-a3").map(|(dc, m)| (dc.to_owned(), m.clone()))
+    })
+    .await;
+    assert_eq!(dc, "dc2");
+    assert_eq!(m.role, "web worker");
+    assert_eq!(m.tags["note"], "hello, big world");
+
+    // Update: a tag change on a3 arrives as MemberUpdated.
+    let c3 = SerfClient::new(SerfConfig::new(a3.rpc.to_string())).unwrap();
+    c3.tags(&BTreeMap::from([("version".into(), "2".into())]), &[])
+        .await
+        .unwrap();
+    let m = wait_for(&mut rx, "a3's update", &a1, |e| {
+        member_event(e, "updated", "e2e-a3").map(|(_, m)| m.clone())
+    })
+    .await;
+    assert_eq!(m.tags["version"], "2");
+    assert_eq!(m.tags["note"], "hello, big world");
+
+    // A user event with a payload, fired elsewhere, delivered with a1's dc.
+    let c2 = SerfClient::new(SerfConfig::new(a2.rpc.to_string())).unwrap();
+    c2.event("deploy", b"release 1.2, now", false)
+        .await
+        .unwrap();
+    let (dc, payload) = wait_for(&mut rx, "the user event", &a1, |e| match e {
+        BridgeEvent::UserEvent {
+            dc, name, payload, ..
+        } if name == "deploy" => Some((dc.clone(), payload.clone())),
+        _ => None,
+    })
+    .await;
+    assert_eq!(dc, "dc1");
+    assert_eq!(&payload[..], b"release 1.2, now");
+
+    // A query answered by the application through the bridge; an over-long answer is
+    // truncated to fit Serf's limit instead of being dropped.
+    let answering = {
+        let mut rx = bridge.subscribe();
+        tokio::spawn(async move {
+            let mut answered = 0;
+            while let Some(e) = rx.recv().await {
+                if let BridgeEvent::Query(q) = e {
+                    let answer = if q.name == "long" {
+                        vec![b'x'; 5000]
+                    } else {
+                        let mut a = b"load of ".to_vec();
+                        a.extend_from_slice(&q.payload);
+                        a
+                    };
+                    q.respond(answer);
+                    answered += 1;
+                    if answered == 2 {
+                        return;
+                    }
+                }
+            }
+        })
+    };
+    let query = |name: &str| QueryParams {
+        name: name.into(),
+        payload: b"cpu".to_vec(),
+        filter_nodes: vec!["e2e-a1".into()],
+        timeout: Some(Duration::from_secs(8)),
+        ..Default::default()
+    };
+    let records = c2
+        .query(&query("load"))
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    assert!(
+        records.contains(&QueryRecord::Response {
+            from: "e2e-a1".into(),
+            payload: b"load of cpu".to_vec()
+        }),
+        "{records:?}\n{}",
+        a1.log_text()
+    );
+    let records = c2
+        .query(&query("long"))
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let long = records
+        .iter()
+        .find_map(|r| match r {
+            QueryRecord::Response { payload, .. } => Some(payload.len()),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no response to the long query: {records:?}"));
+    assert!((900..1024).contains(&long), "{long}");
+    answering.await.unwrap();
+
+    // Graceful leave of a2.
+    c2.leave().await.unwrap();
+    let dc = wait_for(&mut rx, "a2's leave", &a1, |e| {
+        member_event(e, "left", "e2e-a2").map(|(dc, _)| dc.to_owned())
+    })
+    .await;
+    assert_eq!(dc, "default");
+    assert!(a2.wait_exit(Duration::from_secs(10)));
+
+    // a3 is killed: Serf's failure detector reports member-failed (never `member-fail`).
+    a3.kill();
+    let dc = wait_for(&mut rx, "a3's failure", &a1, |e| {
+        member_event(e, "failed", "e2e-a3").map(|(dc, _)| dc.to_owned())
+    })
+    .await;
+    assert_eq!(dc, "dc2");
+
+    // The view over HTTP: a1 alive in dc1, a3 failed in dc2, a2 gone.
+    let view: serde_json::Value = reqwest::get(format!("{bridge_url}/members"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(view["dc1"][0]["name"], "e2e-a1");
+    assert_eq!(view["dc1"][0]["status"], "alive");
+    assert_eq!(view["dc2"][0]["name"], "e2e-a3");
+    assert_eq!(view["dc2"][0]["status"], "failed");
+    assert!(view.get("default").is_none(), "{view}");
+    assert_eq!(bridge.members_in("dc2")[0].status, MemberState::Failed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_handler_process_refuses_malformed_input() {
+    // No agent needed: run the handler binary the way Serf does, with broken input.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_constructr-serf-handler"))
+        .args(["--bridge", "http://127.0.0.1:1"])
+        .env("SERF_EVENT", "member-fail")
+        .env("SERF_SELF_NAME", "x")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("unknown SERF_EVENT \"member-fail\""),
+        "{stderr}"
+    );
+}
