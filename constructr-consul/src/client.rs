@@ -104,6 +104,8 @@ pub(crate) struct TxnOp {
     #[serde(skip_serializing_if = "Option::is_none")]
     value: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    flags: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     index: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     session: Option<String>,
@@ -115,6 +117,7 @@ impl TxnOp {
             verb,
             key: key.to_owned(),
             value: None,
+            flags: None,
             index: None,
             session: None,
         }
@@ -141,10 +144,13 @@ impl TxnOp {
         Self::new("check-not-exists", key)
     }
 
-    /// Sets `key` if its modify index is `index` (0: only if it does not exist).
-    pub(crate) fn cas(key: &str, value: &[u8], index: u64) -> Self {
+    /// Sets `key` (value and flags) if its modify index is `index` (0: only if it does not
+    /// exist). Consul skips writes that change neither value nor flags, and then keeps the
+    /// modify index: callers that rewrite the same value pass different flags.
+    pub(crate) fn cas(key: &str, value: &[u8], flags: u64, index: u64) -> Self {
         Self {
             value: Some(STANDARD.encode(value)),
+            flags: Some(flags),
             index: Some(index),
             ..Self::new("cas", key)
         }
@@ -759,13 +765,13 @@ mod tests {
     fn txn_ops_serialize_like_the_consul_api() {
         let ops = [
             TxnOp::check_session("k/lock", "s1"),
-            TxnOp::cas("k/epoch", b"\x00\xff", 0),
+            TxnOp::cas("k/epoch", b"\x00\xff", 7, 0),
             TxnOp::lock("k/nodes/x", b"v", "s2"),
         ];
         let json: Vec<TxnOpJson<'_>> = ops.iter().map(|kv| TxnOpJson { kv }).collect();
         assert_eq!(
             serde_json::to_string(&json).unwrap(),
-            r#"[{"KV":{"Verb":"check-session","Key":"k/lock","Session":"s1"}},{"KV":{"Verb":"cas","Key":"k/epoch","Value":"AP8=","Index":0}},{"KV":{"Verb":"lock","Key":"k/nodes/x","Value":"dg==","Session":"s2"}}]"#
+            r#"[{"KV":{"Verb":"check-session","Key":"k/lock","Session":"s1"}},{"KV":{"Verb":"cas","Key":"k/epoch","Value":"AP8=","Flags":7,"Index":0}},{"KV":{"Verb":"lock","Key":"k/nodes/x","Value":"dg==","Session":"s2"}}]"#
         );
     }
 

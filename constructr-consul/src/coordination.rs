@@ -9,7 +9,9 @@
 //! - `lock` = the encoded holder, locked by a session with the lock TTL; the lock token is
 //!   that session's id (UUIDs are never reused);
 //! - `epoch` = the cluster id (16 hex digits), without session; [`Epoch::version`] is its
-//!   `ModifyIndex`, and every registration rewrites it with a check-and-set.
+//!   `ModifyIndex`, and every registration rewrites it with a check-and-set. Its `Flags` hold
+//!   the modify index each write replaced: Consul keeps the modify index of a write that
+//!   changes neither value nor flags, and the flags make every rewrite a change.
 //!
 //! Every session is TTL-only (`NodeChecks: []`, so it does not die with the agent's
 //! `serfHealth` check) with `Behavior: delete` (its keys vanish with it). Node sessions have
@@ -19,12 +21,15 @@
 //! Consul session TTLs are 10 s to 24 h; other TTLs are refused with
 //! [`CoordinationError::Invalid`] (check node settings up front with
 //! [`validate_settings`](crate::validate_settings)). A TTL is rounded up to whole seconds.
-//! **Consul invalidates a session between its TTL and twice its TTL** after the last renewal
-//! (the leader's timer runs for 2 × TTL; a leader change restarts every timer). So the entry of
-//! a node that died stays visible for up to `2 × ttl` (here `EXPIRY_BOUND = ttl`): with
-//! ttl-factor 2 that is up to four refresh intervals. The same holds for the bootstrap lock,
-//! plus the lock delay. A *lower* ttl-factor does not help against this: settings validation
-//! only guarantees that a live node refreshes within `ttl`.
+//! **Consul invalidates a session between its TTL and twice its TTL** after the last renewal:
+//! the leader's timer runs for 2 × TTL (measured against Consul 1.8: an unrenewed entry
+//! vanished 20.0 s after its 10 s session was created), and a leader change restarts every
+//! timer. Invalidating is a raft write, so allow a moment more:
+//! [`ConsulCoordination::expiry_bound`] is `ttl + 1 s`, i.e. an entry of a node that died
+//! disappears at the latest `2 × ttl + 1 s` after its last refresh. With ttl-factor 2 that is
+//! about four refresh intervals. The same holds for the bootstrap lock, plus the lock delay.
+//! Settings validation (ttl-factor) only guarantees that a live node refreshes within `ttl`;
+//! the doubling is the price of Consul's lazy expiry and cannot be configured away.
 //!
 //! # Fencing
 //! The seed registration is one `/v1/txn`: `check-session` and `check-index` on the lock key
@@ -134,10 +139,11 @@ fn fingerprint(entries: &[KvEntry]) -> u64 {
 }
 
 impl ConsulCoordination {
-    /// How long after its TTL (rounded up to whole seconds) an unrefreshed entry may still be
-    /// visible: one more TTL (Consul's timer runs for 2 × TTL; see the module docs).
+    /// How long after its TTL an unrefreshed entry may still be visible: one more TTL
+    /// (rounded up to whole seconds; Consul's timer runs for 2 × TTL) plus 1 s for the raft
+    /// write that deletes it. See the module docs.
     pub fn expiry_bound(ttl: Duration) -> Duration {
-        Duration::from_secs(session_ttl_secs(ttl))
+        Duration::from_secs(session_ttl_secs(ttl) + 1)
     }
 
     /// Creates the backend: validates `config` and reads the TLS files. Connections are
@@ -316,11 +322,8 @@ impl ConsulCoordination {
                 let epoch_value = entry::encode_epoch(*cluster);
                 // The first try: nobody registered since the read that found no nodes.
                 let mut ops = holds_lock.to_vec();
-                ops.push(TxnOp::cas(
-                    &keys.epoch,
-                    &epoch_value,
-                    expected_epoch_version.unwrap_or(0),
-                ));
+                let expected = expected_epoch_version.unwrap_or(0);
+                ops.push(TxnOp::cas(&keys.epoch, &epoch_value, expected, expected));
                 ops.extend(write_node.iter().cloned());
                 if self.client.txn(&ops).await? == TxnOutcome::Committed {
                     return Ok(AddOutcome::Added);
@@ -333,7 +336,12 @@ impl ConsulCoordination {
                     return Ok(AddOutcome::Refused);
                 }
                 let mut ops = holds_lock.to_vec();
-                ops.push(TxnOp::cas(&keys.epoch, &epoch_value, epoch.modify_index));
+                ops.push(TxnOp::cas(
+                    &keys.epoch,
+                    &epoch_value,
+                    epoch.modify_index,
+                    epoch.modify_index,
+                ));
                 ops.extend(write_node.iter().cloned());
                 Ok(match self.client.txn(&ops).await? {
                     TxnOutcome::Committed => AddOutcome::Added,
@@ -353,7 +361,12 @@ impl ConsulCoordination {
                     }
                     // Rewriting the marker with the same value moves its modify index,
                     // which refuses any seeding that read the registry before this.
-                    let mut ops = vec![TxnOp::cas(&keys.epoch, &epoch_value, epoch.modify_index)];
+                    let mut ops = vec![TxnOp::cas(
+                        &keys.epoch,
+                        &epoch_value,
+                        epoch.modify_index,
+                        epoch.modify_index,
+                    )];
                     ops.extend(write_node.iter().cloned());
                     match self.client.txn(&ops).await? {
                         TxnOutcome::Committed => return Ok(AddOutcome::Added),
