@@ -6,6 +6,8 @@
 //!   it prints a skip line and returns.
 //! - [`etcd::EtcdNode`] (one member) and [`etcd::EtcdCluster3`] (three members on their own
 //!   Docker network), with fault injection (restart, kill).
+//! - [`consul::ConsulNode`] (a dev agent or a persistent single server, optionally with ACLs
+//!   or HTTPS), with fault injection (restart).
 //! - Images come from environment variables (`CONSTRUCTR_ETCD_IMAGE`, ...) with the official
 //!   upstream images as defaults; when the variable is unset, `target/test-images.env`
 //!   (written by `scripts/images.sh`) is consulted first, so a machine without registry
@@ -16,6 +18,7 @@ use std::time::Duration;
 
 use constructr_core::{ClusterName, Settings};
 
+pub mod consul;
 pub mod etcd;
 pub mod tls;
 

@@ -1,0 +1,703 @@
+//! The Consul backend against a real Consul agent in Docker: the conformance suite,
+//! bootstrapping many nodes, lock expiry, entry expiry, Consul restarts (persistent server and
+//! dev agent), the watch, ACLs with default deny, TLS and address failover.
+//!
+//! Every test starts its own agent and uses its own cluster name; they run in parallel.
+//! Consul sessions have a minimum TTL of 10 s and end between TTL and 2 × TTL, so these
+//! tests use TTLs of 10 s and take longer than the etcd ones.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use constructr_consul::{
+    ConsulConfig, ConsulCoordination, ConsulError, ConsulTlsConfig, PemSource,
+};
+use constructr_core::conformance::{self, ConformanceBackend};
+use constructr_core::driver::{self, NodeHandle};
+use constructr_core::entry;
+use constructr_core::local::LocalCluster;
+use constructr_core::{
+    AddMode, AddOutcome, ClusterName, Coordination, CoordinationError, Event, Failure, LockOutcome,
+    NodeId, Scope, Settings, State, WaitOutcome,
+};
+use integration_tests::consul::{ConsulNode, ConsulOptions};
+use integration_tests::tls::TestPki;
+use integration_tests::{eventually, init_tracing, require_docker, unique_cluster_name};
+use tokio::time::Instant;
+
+fn coordination(config: &ConsulConfig) -> Arc<ConsulCoordination> {
+    Arc::new(ConsulCoordination::new(config).expect("valid Consul config"))
+}
+
+/// Short settings valid for Consul: refresh 5 s × ttl-factor 2 = TTL 10 s (Consul's minimum),
+/// lock TTL = join timeout 8 s + 2 × coordination timeout 1 s = 10 s.
+fn consul_settings(cluster: ClusterName) -> Settings {
+    let mut s = Settings::default();
+    s.cluster_name = cluster;
+    s.key_prefix = "/constructr-it".into();
+    s.refresh_interval = Duration::from_secs(5);
+    s.ttl_factor = 2.0;
+    s.join_timeout = Duration::from_secs(8);
+    s.coordination_timeout = Duration::from_secs(1);
+    s.nr_of_retries = 1;
+    s.retry_delay = Duration::from_millis(500);
+    s.retry_jitter = 0.2;
+    s.validate().expect("valid settings");
+    constructr_consul::validate_settings(&s).expect("valid for Consul");
+    s
+}
+
+/// Settings that ride out a Consul restart of a few seconds: more retries, TTL 15 s.
+fn patient_settings(cluster: ClusterName) -> Settings {
+    let mut s = consul_settings(cluster);
+    s.nr_of_retries = 6;
+    s.retry_delay = Duration::from_secs(1);
+    // >= 1 + (1 s × 7 + 1.2 s × 6) / 5 s = 3.84
+    s.ttl_factor = 4.0;
+    s.validate().expect("valid settings");
+    constructr_consul::validate_settings(&s).expect("valid for Consul");
+    s
+}
+
+fn node_id(i: usize) -> NodeId {
+    NodeId::new(format!("node-{i}.test:2552"), rand::random())
+}
+
+fn spawn_nodes(
+    n: usize,
+    settings: &Settings,
+    consul: &Arc<ConsulCoordination>,
+    local: &LocalCluster,
+) -> Vec<NodeHandle> {
+    (0..n)
+        .map(|i| {
+            let node = node_id(i);
+            driver::spawn(
+                settings.clone(),
+                node.clone(),
+                consul.clone(),
+                Arc::new(local.node(node)),
+                rand::random(),
+            )
+            .expect("valid settings")
+        })
+        .collect()
+}
+
+/// Waits until every node is registered; panics naming the stragglers and their states.
+async fn all_registered(handles: &[NodeHandle], timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    for h in handles {
+        match tokio::time::timeout_at(deadline, h.registered()).await {
+            Ok(s) => assert!(s.is_registered(), "{} ended in {s:?}", h.node()),
+            Err(_) => {
+                let states: Vec<_> = handles
+                    .iter()
+                    .map(|h| (h.node().clone(), h.state()))
+                    .collect();
+                panic!("not all nodes registered within {timeout:?}: {states:?}");
+            }
+        }
+    }
+}
+
+/// Exactly one cluster formed, and it has exactly `members` members.
+fn assert_one_cluster(local: &LocalCluster, members: usize) {
+    let clusters = local.clusters();
+    assert_eq!(
+        local.clusters_formed(),
+        1,
+        "more than one cluster was formed: {clusters:?}"
+    );
+    assert_eq!(clusters.len(), 1, "islands: {clusters:?}");
+    assert_eq!(clusters.values().next().map(|m| m.len()), Some(members));
+}
+
+async fn registered_nodes(consul: &ConsulCoordination, scope: &Scope) -> Vec<NodeId> {
+    let mut nodes = consul.get_nodes(scope).await.expect("get_nodes").nodes;
+    nodes.sort();
+    nodes
+}
+
+fn sorted_ids(handles: &[NodeHandle]) -> Vec<NodeId> {
+    let mut ids: Vec<_> = handles.iter().map(|h| h.node().clone()).collect();
+    ids.sort();
+    ids
+}
+
+/// A core key (`/prefix/...`) as a Consul key.
+fn consul_key(key: &str) -> String {
+    key.trim_start_matches('/').to_owned()
+}
+
+// ---------------------------------------------------------------------------------------
+
+struct ConsulConformance {
+    consul: ConsulCoordination,
+    node: ConsulNode,
+}
+
+#[async_trait]
+impl ConformanceBackend for ConsulConformance {
+    type Coordination = ConsulCoordination;
+
+    fn coordination(&self) -> &ConsulCoordination {
+        &self.consul
+    }
+
+    async fn put_raw_entry(&self, scope: &Scope, key_suffix: &str, value: &[u8]) {
+        let key = format!("{}{key_suffix}", consul_key(&entry::nodes_prefix(scope)));
+        self.node
+            .raw()
+            .put_with_session(&key, value, self.ttl())
+            .await;
+    }
+
+    /// Consul's minimum session TTL.
+    fn ttl(&self) -> Duration {
+        Duration::from_secs(10)
+    }
+
+    /// Consul ends a session up to one more TTL after it (2 × TTL), plus 1 s.
+    fn expiry_bound(&self) -> Duration {
+        ConsulCoordination::expiry_bound(self.ttl())
+    }
+}
+
+#[tokio::test]
+async fn conformance_suite_passes_against_real_consul() {
+    require_docker!();
+    init_tracing();
+    let node = ConsulNode::start().await;
+    let backend = ConsulConformance {
+        consul: ConsulCoordination::new(&node.config()).unwrap(),
+        node,
+    };
+    let start = Instant::now();
+    conformance::run_all(&backend).await;
+    println!(
+        "conformance suite against Consul took {:?}",
+        start.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn twenty_nodes_started_at_once_form_exactly_one_cluster() {
+    require_docker!();
+    init_tracing();
+    let node = ConsulNode::start().await;
+    let consul = coordination(&node.config());
+    let settings = consul_settings(unique_cluster_name("twenty"));
+    let scope = settings.scope().unwrap();
+    let local = LocalCluster::new();
+
+    let start = Instant::now();
+    let handles = spawn_nodes(20, &settings, &consul, &local);
+    all_registered(&handles, Duration::from_secs(40)).await;
+    println!(
+        "20 nodes against real Consul: all registered after {} ms",
+        start.elapsed().as_millis()
+    );
+
+    assert_one_cluster(&local, 20);
+    assert_eq!(
+        registered_nodes(&consul, &scope).await,
+        sorted_ids(&handles)
+    );
+    // The layout an operator sees with `consul kv get -recurse`.
+    let raw = node.raw();
+    let keys = raw.keys(&consul_key(&entry::nodes_prefix(&scope))).await;
+    assert_eq!(keys.len(), 20, "{keys:?}");
+    assert!(
+        keys.iter().all(|k| k.starts_with("constructr-it/twenty-")),
+        "{keys:?}"
+    );
+    assert_eq!(
+        raw.keys(&consul_key(&entry::epoch_key(&scope))).await.len(),
+        1,
+        "the epoch marker is set"
+    );
+}
+
+#[tokio::test]
+async fn lock_holder_stopped_before_registering_lets_exactly_one_other_node_seed() {
+    require_docker!();
+    init_tracing();
+    let node = ConsulNode::start().await;
+    let lock_delay = Duration::from_secs(1);
+    let consul = coordination(&node.config().with_lock_delay(lock_delay));
+    let settings = consul_settings(unique_cluster_name("lock-holder"));
+    let scope = settings.scope().unwrap();
+    let local = LocalCluster::new();
+
+    // A node takes the lock and is never heard of again.
+    let ghost = NodeId::new("ghost.test:2552", 1);
+    let LockOutcome::Acquired(ghost_token) = consul
+        .lock(&scope, &ghost, settings.lock_ttl())
+        .await
+        .unwrap()
+    else {
+        panic!("lock on a fresh scope");
+    };
+    let lock_ttl = settings.lock_ttl();
+    let bound = lock_ttl * 2 + lock_delay;
+
+    let start = Instant::now();
+    let handles = spawn_nodes(5, &settings, &consul, &local);
+    all_registered(&handles, bound + Duration::from_secs(15)).await;
+    let elapsed = start.elapsed();
+    println!(
+        "lock TTL {lock_ttl:?}, lock delay {lock_delay:?}: 5 nodes registered after {} ms \
+         (bound 2 × lock TTL + lock delay = {bound:?})",
+        elapsed.as_millis()
+    );
+    assert!(
+        elapsed + Duration::from_millis(500) >= lock_ttl,
+        "a node seeded while the ghost still held the lock ({elapsed:?})"
+    );
+    assert_one_cluster(&local, 5);
+    assert_eq!(
+        registered_nodes(&consul, &scope).await,
+        sorted_ids(&handles)
+    );
+    // The seeding node got the lock within 2 × lock TTL + lock delay; registering everybody
+    // takes a few requests more.
+    assert!(
+        elapsed <= bound + Duration::from_secs(5),
+        "nodes registered only after {elapsed:?}, bound {bound:?}"
+    );
+
+    // The ghost's late seeding is fenced off.
+    let r = consul.get_nodes(&scope).await.unwrap();
+    let late = AddMode::Seed {
+        lock: ghost_token,
+        cluster: constructr_core::ClusterId(42),
+        expected_epoch_version: r.epoch.map(|e| e.version),
+    };
+    assert_eq!(
+        consul
+            .add_self(&scope, &ghost, Duration::from_secs(10), &late)
+            .await
+            .unwrap(),
+        AddOutcome::Refused
+    );
+}
+
+#[tokio::test]
+async fn aborted_node_entry_expires_within_twice_the_ttl() {
+    require_docker!();
+    init_tracing();
+    let node = ConsulNode::start().await;
+    let consul = coordination(&node.config());
+    let settings = consul_settings(unique_cluster_name("abort"));
+    let scope = settings.scope().unwrap();
+    let local = LocalCluster::new();
+    let handles = spawn_nodes(3, &settings, &consul, &local);
+    all_registered(&handles, Duration::from_secs(30)).await;
+
+    let victim = handles[2].node().clone();
+    handles[2].abort();
+    let aborted = Instant::now();
+    // The last refresh (or the registration) happened before the abort.
+    let bound = settings.ttl() + ConsulCoordination::expiry_bound(settings.ttl());
+    eventually(
+        bound + Duration::from_secs(5),
+        "the aborted node's entry expires",
+        || async { (!registered_nodes(&consul, &scope).await.contains(&victim)).then_some(()) },
+    )
+    .await;
+    let gone_after = aborted.elapsed();
+    println!(
+        "aborted node's entry gone {} ms after the abort (TTL {:?}, bound 2 × TTL + 1 s)",
+        gone_after.as_millis(),
+        settings.ttl(),
+    );
+    assert!(
+        gone_after <= bound,
+        "entry outlived 2 × TTL + 1 s: {gone_after:?} > {bound:?}"
+    );
+    // The others keep refreshing.
+    assert_eq!(
+        registered_nodes(&consul, &scope).await,
+        sorted_ids(&handles[..2])
+    );
+}
+
+#[tokio::test]
+async fn gracefully_shut_down_node_is_removed_at_once() {
+    require_docker!();
+    init_tracing();
+    let node = ConsulNode::start().await;
+    let consul = coordination(&node.config());
+    let settings = consul_settings(unique_cluster_name("graceful"));
+    let scope = settings.scope().unwrap();
+    let local = LocalCluster::new();
+    let mut handles = spawn_nodes(3, &settings, &consul, &local);
+    all_registered(&handles, Duration::from_secs(30)).await;
+    let raw = node.raw();
+    let sessions_before = raw.session_count().await;
+
+    let leaving = handles.remove(0);
+    let id = leaving.node().clone();
+    leaving.shutdown();
+    let started = Instant::now();
+    tokio::time::timeout(Duration::from_secs(5), leaving.stopped())
+        .await
+        .expect("shutdown completes")
+        .expect("clean shutdown");
+    let took = started.elapsed();
+    // One read right after the shutdown returned: no waiting for a TTL.
+    let nodes = registered_nodes(&consul, &scope).await;
+    assert!(!nodes.contains(&id), "entry still there after shutdown");
+    assert_eq!(nodes, sorted_ids(&handles));
+    assert_eq!(local.cluster_of(&id), None);
+    // Its session was destroyed too.
+    assert_eq!(raw.session_count().await, sessions_before - 1);
+    println!("graceful shutdown took {} ms", took.as_millis());
+}
+
+/// Collects every event the nodes emitted so far.
+fn drain(
+    events: &mut [tokio::sync::broadcast::Receiver<constructr_core::driver::TimedEvent>],
+    into: &mut Vec<Event>,
+) {
+    for rx in events {
+        while let Ok(e) = rx.try_recv() {
+            into.push(e.event);
+        }
+    }
+}
+
+#[tokio::test]
+async fn persistent_consul_restart_while_refreshing_recovers_without_rebootstrap() {
+    require_docker!();
+    init_tracing();
+    let node = ConsulNode::start_persistent().await;
+    let consul = coordination(&node.config());
+    let settings = patient_settings(unique_cluster_name("restart"));
+    let scope = settings.scope().unwrap();
+    let local = LocalCluster::new();
+    let handles = spawn_nodes(3, &settings, &consul, &local);
+    all_registered(&handles, Duration::from_secs(30)).await;
+    let mut events: Vec<_> = handles.iter().map(|h| h.events()).collect();
+    let before = consul.get_nodes(&scope).await.unwrap();
+
+    // Down for longer than a refresh interval, so every node's refresh hits the outage.
+    let down = Instant::now();
+    node.stop().await;
+    tokio::time::sleep(settings.refresh_interval + Duration::from_secs(1)).await;
+    node.start_again().await;
+    let downtime = down.elapsed();
+    let mut seen = Vec::new();
+    drain(&mut events, &mut seen);
+    // Keys, the epoch and the sessions survived the restart.
+    let after = consul.get_nodes(&scope).await.unwrap();
+    assert_eq!(after.epoch, before.epoch, "the epoch marker survived");
+
+    // Every node completes a refresh after Consul is back (renewing its old session).
+    let mut refreshed = vec![false; handles.len()];
+    eventually(
+        Duration::from_secs(25),
+        "a refresh of every node after the restart",
+        || {
+            for (i, rx) in events.iter_mut().enumerate() {
+                while let Ok(e) = rx.try_recv() {
+                    if let Event::StateChanged {
+                        from: State::Refreshing,
+                        to: State::RefreshScheduled,
+                    } = e.event
+                    {
+                        refreshed[i] = true;
+                    }
+                    seen.push(e.event);
+                }
+            }
+            let done = refreshed.iter().all(|r| *r);
+            async move { done.then_some(()) }
+        },
+    )
+    .await;
+    let retries = seen
+        .iter()
+        .filter(|e| matches!(e, Event::Retrying { .. }))
+        .count();
+    println!(
+        "Consul (persistent server) down for {} ms; all nodes refreshed again; {retries} retries",
+        downtime.as_millis(),
+    );
+    assert!(retries > 0, "no refresh hit the outage: {seen:?}");
+    for e in &seen {
+        if let Event::StateChanged { to, .. } = e {
+            assert!(
+                !matches!(
+                    to,
+                    State::Resetting | State::GettingNodes | State::Locking | State::Failed
+                ),
+                "a node re-bootstrapped or failed: {seen:?}"
+            );
+        }
+    }
+    assert!(handles.iter().all(|h| h.state().is_registered()));
+    assert_one_cluster(&local, 3);
+    assert_eq!(
+        registered_nodes(&consul, &scope).await,
+        sorted_ids(&handles)
+    );
+}
+
+/// A dev agent keeps everything in memory: after its restart the epoch marker and every
+/// session are gone. Nodes see their entries missing, their member re-registration is refused
+/// (the epoch no longer names their cluster), and they start over: they form exactly one new
+/// cluster, never two side by side.
+#[tokio::test]
+async fn dev_agent_restart_loses_the_registry_and_nodes_reform_one_cluster() {
+    require_docker!();
+    init_tracing();
+    let node = ConsulNode::start().await;
+    let consul = coordination(&node.config());
+    let settings = patient_settings(unique_cluster_name("dev-restart"));
+    let scope = settings.scope().unwrap();
+    let local = LocalCluster::new();
+    let handles = spawn_nodes(3, &settings, &consul, &local);
+    all_registered(&handles, Duration::from_secs(30)).await;
+    let before = consul.get_nodes(&scope).await.unwrap().epoch.unwrap();
+
+    node.restart().await;
+    let gone = consul.get_nodes(&scope).await.unwrap();
+    assert!(gone.nodes.is_empty() && gone.epoch.is_none(), "{gone:?}");
+
+    let reformed = Instant::now();
+    eventually(
+        Duration::from_secs(60),
+        "the nodes re-register in one new cluster",
+        || async {
+            let r = consul.get_nodes(&scope).await.ok()?;
+            let clusters = local.clusters();
+            (r.nodes.len() == 3 && clusters.len() == 1 && clusters.values().all(|m| m.len() == 3))
+                .then_some(())
+        },
+    )
+    .await;
+    let after = consul.get_nodes(&scope).await.unwrap().epoch.unwrap();
+    println!(
+        "dev agent restart: nodes formed a new cluster {} ms after Consul was back \
+         (clusters formed in total: {})",
+        reformed.elapsed().as_millis(),
+        local.clusters_formed()
+    );
+    assert_ne!(after.cluster, before.cluster, "a new cluster epoch");
+    assert_eq!(local.clusters_formed(), 2, "{:?}", local.clusters());
+    assert_eq!(
+        registered_nodes(&consul, &scope).await,
+        sorted_ids(&handles)
+    );
+}
+
+#[tokio::test]
+async fn wait_for_change_ignores_writes_elsewhere_and_wakes_on_registration() {
+    require_docker!();
+    init_tracing();
+    let node = ConsulNode::start().await;
+    let consul = coordination(&node.config());
+    let scope = consul_settings(unique_cluster_name("watch"))
+        .scope()
+        .unwrap();
+    let read = consul.get_nodes(&scope).await.unwrap();
+    let waiter = {
+        let consul = consul.clone();
+        let scope = scope.clone();
+        tokio::spawn(async move { consul.wait_for_change(&scope, read.revision).await })
+    };
+    // Writes under another prefix move Consul's KV index, which an empty prefix reports.
+    let raw = node.raw();
+    for i in 0..5 {
+        raw.put(&format!("elsewhere/key-{i}"), b"x").await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !waiter.is_finished(),
+        "woke without a change under the scope"
+    );
+    let n = node_id(1);
+    assert_eq!(
+        consul
+            .add_self(
+                &scope,
+                &n,
+                Duration::from_secs(10),
+                &AddMode::Join { cluster: None }
+            )
+            .await
+            .unwrap(),
+        AddOutcome::Added
+    );
+    let out = tokio::time::timeout(Duration::from_secs(10), waiter)
+        .await
+        .expect("the blocking query woke")
+        .unwrap()
+        .unwrap();
+    assert_eq!(out, WaitOutcome::Changed);
+}
+
+#[tokio::test]
+async fn acl_default_deny_needs_a_token_with_prefix_and_session_policy() {
+    require_docker!();
+    init_tracing();
+    let master = "root-secret-4f1a";
+    let node = ConsulNode::start_with(ConsulOptions {
+        acl_master_token: Some(master.into()),
+        ..ConsulOptions::default()
+    })
+    .await;
+    let settings = consul_settings(unique_cluster_name("acl"));
+    let scope = settings.scope().unwrap();
+    let token = node
+        .raw()
+        .create_token(
+            "constructr",
+            r#"key_prefix "constructr-it/" { policy = "write" }
+               session_prefix "" { policy = "write" }"#,
+        )
+        .await;
+    let plain = ConsulConfig::new(node.address());
+
+    // A token Consul does not know: a clear, permanent error.
+    let wrong_secret = "00000000-dead-beef-0000-000000000000";
+    let wrong = coordination(&plain.clone().with_token(wrong_secret));
+    let err = wrong.get_nodes(&scope).await.unwrap_err();
+    let msg = err.to_string();
+    println!("wrong token: {msg}");
+    assert!(
+        matches!(err, CoordinationError::Unauthorized { .. }),
+        "{err:?}"
+    );
+    assert!(!err.is_retryable());
+    assert!(msg.contains("ACL not found"), "{msg}");
+    assert!(!msg.contains(wrong_secret) && !format!("{err:?}").contains(wrong_secret));
+    assert!(matches!(
+        wrong.check().await,
+        Err(ConsulError::Unauthorized { .. })
+    ));
+
+    // A node with the wrong token fails at once instead of retrying forever.
+    let local = LocalCluster::new();
+    let handle = spawn_nodes(1, &settings, &wrong, &local).remove(0);
+    let failure = tokio::time::timeout(Duration::from_secs(10), handle.stopped())
+        .await
+        .expect("the node stops")
+        .unwrap_err();
+    assert!(matches!(failure, Failure::Permanent { .. }), "{failure:?}");
+
+    // Without a token: Consul filters reads (an empty registry) but refuses the lock.
+    let anonymous = coordination(&plain);
+    let err = anonymous
+        .lock(&scope, &node_id(9), settings.lock_ttl())
+        .await
+        .unwrap_err();
+    println!("no token: {err}");
+    assert!(
+        matches!(err, CoordinationError::Unauthorized { .. }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("Permission denied"), "{err}");
+    let handle = spawn_nodes(1, &settings, &anonymous, &local).remove(0);
+    let failure = tokio::time::timeout(Duration::from_secs(10), handle.stopped())
+        .await
+        .expect("the node without a token stops")
+        .unwrap_err();
+    assert!(matches!(failure, Failure::Permanent { .. }), "{failure:?}");
+
+    // The token with the policy works.
+    let right = coordination(&plain.clone().with_token(token.clone()));
+    right.check().await.expect("known token");
+    let handles = spawn_nodes(3, &settings, &right, &local);
+    all_registered(&handles, Duration::from_secs(30)).await;
+    assert_eq!(registered_nodes(&right, &scope).await, sorted_ids(&handles));
+
+    // Outside its prefix the same token is refused.
+    let mut other = consul_settings(unique_cluster_name("acl"));
+    other.key_prefix = "/not-allowed".into();
+    let err = right
+        .lock(&other.scope().unwrap(), &node_id(1), other.lock_ttl())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, CoordinationError::Unauthorized { .. }),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn tls_with_client_certificates_from_a_test_ca() {
+    require_docker!();
+    init_tracing();
+    let node = ConsulNode::start_with(ConsulOptions {
+        tls: Some(TestPki::generate()),
+        ..ConsulOptions::default()
+    })
+    .await;
+    let consul = coordination(&node.config());
+    let settings = consul_settings(unique_cluster_name("tls"));
+    let scope = settings.scope().unwrap();
+    let local = LocalCluster::new();
+    let handles = spawn_nodes(3, &settings, &consul, &local);
+    all_registered(&handles, Duration::from_secs(30)).await;
+    assert_one_cluster(&local, 3);
+    assert_eq!(
+        registered_nodes(&consul, &scope).await,
+        sorted_ids(&handles)
+    );
+
+    // Another CA: the server certificate is not trusted.
+    let other = TestPki::generate();
+    let untrusted = node.config().with_tls(
+        ConsulTlsConfig::new(PemSource::Pem(other.ca_pem.clone())).with_client_identity(
+            PemSource::Pem(other.client_cert_pem.clone()),
+            PemSource::Pem(other.client_key_pem.clone()),
+        ),
+    );
+    let err = coordination(&untrusted)
+        .get_nodes(&scope)
+        .await
+        .unwrap_err();
+    println!("untrusted server certificate: {err}");
+    // Without a client certificate Consul (verify_incoming_https) refuses the handshake.
+    let mut anonymous = node.config();
+    if let Some(tls) = &mut anonymous.tls {
+        tls.cert = None;
+        tls.key = None;
+    }
+    let err = coordination(&anonymous)
+        .get_nodes(&scope)
+        .await
+        .unwrap_err();
+    println!("no client certificate: {err}");
+}
+
+#[tokio::test]
+async fn dead_addresses_in_the_list_are_skipped() {
+    require_docker!();
+    init_tracing();
+    let node = ConsulNode::start().await;
+    let refused = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", l.local_addr().unwrap())
+    }; // dropped: connection refused from now on
+    let config = node
+        .config()
+        .with_addresses([refused, node.address()])
+        .with_connect_timeout(Duration::from_millis(300));
+    let consul = coordination(&config);
+    let settings = consul_settings(unique_cluster_name("failover"));
+    let scope = settings.scope().unwrap();
+    consul
+        .get_nodes(&scope)
+        .await
+        .expect("failover to the live address");
+    let local = LocalCluster::new();
+    let handles = spawn_nodes(3, &settings, &consul, &local);
+    all_registered(&handles, Duration::from_secs(30)).await;
+    assert_one_cluster(&local, 3);
+}
