@@ -417,10 +417,10 @@ impl Conn {
 
     async fn read_loop(self: Arc<Self>, mut frames: FrameReader) {
         let result = self.read_records(&mut frames).await;
-        if let Err(e) = result {
-            if !self.is_closed() {
-                tracing::debug!(addr = %self.addr, error = %e, "Serf RPC connection ended");
-            }
+        if let Err(e) = result
+            && !self.is_closed()
+        {
+            tracing::debug!(addr = %self.addr, error = %e, "Serf RPC connection ended");
         }
         self.close();
     }
@@ -518,11 +518,12 @@ impl Conn {
                     if done {
                         self.pending().remove(&seq);
                     }
-                    if let Some(tx) = tx {
-                        if tx.send(record).is_err() && !done {
-                            // The consumer is gone: keep framing its records, drop them.
-                            self.pending().insert(seq, Waiter::Discard);
-                        }
+                    if let Some(tx) = tx
+                        && tx.send(record).is_err()
+                        && !done
+                    {
+                        // The consumer is gone: keep framing its records, drop them.
+                        self.pending().insert(seq, Waiter::Discard);
                     }
                 }
             }
@@ -620,10 +621,10 @@ impl SerfClient {
     /// The live connection, or a new one: retries with backoff until `deadline`.
     async fn connection(&self, deadline: Instant) -> Result<Arc<Conn>, SerfError> {
         let mut guard = self.inner.conn.lock().await;
-        if let Some(c) = guard.as_ref() {
-            if !c.is_closed() {
-                return Ok(c.clone());
-            }
+        if let Some(c) = guard.as_ref()
+            && !c.is_closed()
+        {
+            return Ok(c.clone());
         }
         if let Some(old) = guard.take() {
             old.shutdown();

@@ -7,11 +7,15 @@
 //!   turned into typed events on tokio channels plus a datacenter-aware membership view.
 //! - [`SerfClient`]: the agent's msgpack RPC (members, tags, join, leave, events, queries,
 //!   streams), reconnecting when the agent restarts.
+//! - [`SerfCoordination`]: a **best-effort** [`constructr_core::Coordination`] backend on
+//!   Serf tags: no linearizability, and a bootstrap guard instead of a lock, so a network
+//!   partition at bootstrap can form two clusters (see [`coordination`] for what it gives).
 #![deny(missing_docs)]
 
 pub mod bridge;
 pub mod client;
 pub mod config;
+pub mod coordination;
 pub mod error;
 pub mod handler;
 pub mod protocol;
@@ -22,4 +26,5 @@ pub use client::{
     QueryStream, SerfClient, StreamEvent,
 };
 pub use config::SerfConfig;
+pub use coordination::SerfCoordination;
 pub use error::SerfError;

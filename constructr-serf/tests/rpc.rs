@@ -62,10 +62,9 @@ async fn every_command_against_a_real_agent() {
             kind: MemberEventKind::Join,
             members,
         } = next_event(&mut stream).await
+            && members.iter().any(|m| m.name == "rpc-b")
         {
-            if members.iter().any(|m| m.name == "rpc-b") {
-                break members;
-            }
+            break members;
         }
     };
     assert!(ev.iter().any(|m| m.name == "rpc-b" && m.tags.is_empty()));
