@@ -59,6 +59,15 @@ pub enum ConsulError {
         /// Consul's or the transport's message.
         detail: String,
     },
+    /// The TLS handshake failed over a certificate: the server's is not trusted (wrong CA,
+    /// wrong name, expired) or the server refused ours. Retrying will not help.
+    #[error("TLS handshake with Consul at {address} failed: {detail}")]
+    TlsHandshake {
+        /// The address (without any user info).
+        address: String,
+        /// rustls' reason, e.g. `invalid peer certificate: UnknownIssuer`.
+        detail: String,
+    },
     /// The request did not complete within the configured request timeout. Retrying may help.
     #[error("Consul request to {address} timed out")]
     Timeout {
@@ -116,10 +125,11 @@ impl ConsulError {
             return Self::Timeout { address };
         }
         // reqwest's messages name the URL; ours carries no secrets (the token is a header).
-        Self::Unavailable {
-            address,
-            detail: chain(err),
+        let detail = chain(err);
+        if detail.contains("certificate") || detail.contains("Certificate") {
+            return Self::TlsHandshake { address, detail };
         }
+        Self::Unavailable { address, detail }
     }
 
     /// Classifies a non-success HTTP answer. Consul's ACL denials come as 403 (and, from

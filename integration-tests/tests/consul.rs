@@ -663,6 +663,8 @@ async fn tls_with_client_certificates_from_a_test_ca() {
         .await
         .unwrap_err();
     println!("untrusted server certificate: {err}");
+    assert!(!err.is_retryable(), "{err:?}");
+    assert!(err.to_string().contains("certificate"), "{err}");
     // Without a client certificate Consul (verify_incoming_https) refuses the handshake.
     let mut anonymous = node.config();
     if let Some(tls) = &mut anonymous.tls {
@@ -674,6 +676,7 @@ async fn tls_with_client_certificates_from_a_test_ca() {
         .await
         .unwrap_err();
     println!("no client certificate: {err}");
+    assert!(!err.is_retryable(), "{err:?}");
 }
 
 #[tokio::test]
