@@ -44,8 +44,14 @@
 //! elsewhere; so a listing whose index moved but whose content (keys, modify indexes,
 //! sessions) equals the content at the caller's read does not count as a change.
 //!
-//! All state lives in Consul (refresh finds the node's session through its key), so nodes
-//! survive a restart of this process' connections and of a persistent Consul server.
+//! # Consul restarts
+//! All state lives in Consul (refresh finds the node's session through its key). A Consul
+//! **server with a data dir** keeps keys and sessions across a restart and restarts every
+//! session timer when it regains leadership, so nodes just renew their sessions again: no
+//! re-registration, no re-bootstrap (tested with 9 s of downtime). A **dev agent**
+//! (`consul agent -dev`) keeps everything in memory: after its restart the epoch marker and
+//! every session are gone, refreshes report `Missing`, the members' re-registration is
+//! refused (the epoch no longer names their cluster) and the nodes form one new cluster.
 
 use std::collections::VecDeque;
 use std::hash::{Hash as _, Hasher as _};
