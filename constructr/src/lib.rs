@@ -8,6 +8,7 @@
 //! | `etcd`   | [`etcd`]   | etcd v3 |
 //! | `consul` | [`consul`] | Consul  |
 //! | `serf`   | [`serf`]   | Serf    |
+//! | `chitchat` | [`chitchat`] | chitchat as the cluster (gossip, failure detection) |
 //!
 //! The in-memory backend ([`memory::MemoryCoordination`]) is always available.
 #![deny(missing_docs)]
@@ -25,3 +26,7 @@ pub use constructr_consul as consul;
 /// The Serf bridge and backend.
 #[cfg(feature = "serf")]
 pub use constructr_serf as serf;
+
+/// chitchat as the cluster being bootstrapped.
+#[cfg(feature = "chitchat")]
+pub use constructr_chitchat as chitchat;

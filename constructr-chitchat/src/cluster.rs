@@ -1,0 +1,347 @@
+//! `ChitchatCluster`: [`Cluster`] on chitchat — join = gossip with the seeds, leave = stop.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use async_trait::async_trait;
+use chitchat::transport::UdpTransport;
+use chitchat::{Chitchat, ChitchatConfig, ChitchatHandle, ChitchatId, NodeState, ProtocolVersion};
+use constructr_core::{Cluster, ClusterError, NodeId};
+use tokio::sync::{Mutex, watch};
+use tokio::task::JoinHandle;
+
+use crate::config::ChitchatClusterConfig;
+use crate::error::ChitchatError;
+
+/// The key under which every node publishes its constructr incarnation (16 hex digits).
+///
+/// With the gossip address it maps a chitchat member back to its [`NodeId`] (see
+/// [`member_node`]), which is how `join` recognises the seeds it was given.
+pub const INCARNATION_KEY: &str = "constructr.incarnation";
+
+/// The live members of the cluster as this node sees them (itself included), with their
+/// key-values. Empty while chitchat is not running.
+pub type Members = BTreeMap<ChitchatId, NodeState>;
+
+/// The [`NodeId`] a live member registered with: its gossip address and the incarnation it
+/// publishes under [`INCARNATION_KEY`] (`None` for a peer that does not publish one).
+pub fn member_node(id: &ChitchatId, state: &NodeState) -> Option<NodeId> {
+    let incarnation = u64::from_str_radix(state.get(INCARNATION_KEY)?, 16).ok()?;
+    Some(NodeId::new(
+        id.gossip_advertise_addr.to_string(),
+        incarnation,
+    ))
+}
+
+/// An incarnation for [`ChitchatCluster::new`]: random, and increasing across restarts of a
+/// process (the upper 44 bits are the Unix time in milliseconds, the lower 20 are random).
+///
+/// chitchat itself only needs generations to differ; applications that pick "the newest
+/// generation" of a node (as Quickwit does) need them to increase.
+pub fn time_ordered_incarnation() -> u64 {
+    let millis = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    (millis << 20) | (rand::random::<u64>() & 0xF_FFFF)
+}
+
+/// One node of a chitchat cluster, bootstrapped by constructr.
+///
+/// - **join(seeds)** starts chitchat with the seeds' gossip addresses (a [`NodeId`]'s
+///   address is its gossip address) and resolves once this node is a member: it sees itself
+///   and — unless it seeds the cluster (`seeds == [self]`) — at least one of the seeds
+///   (same address and incarnation) among chitchat's live nodes. A running chitchat is
+///   restarted, so a join always gossips with exactly the seeds it was given.
+/// - **leave()** shuts chitchat down; a later `join` starts it again.
+///
+/// # Generations
+/// chitchat's `generation_id` is the incarnation plus the number of earlier starts in this
+/// process: every (re)start is a new generation, as chitchat requires of a node that leaves
+/// and rejoins (peers would otherwise ignore its restarted heartbeats). A restarted process
+/// has a new incarnation, hence a new generation too.
+///
+/// # The application's view
+/// [`members`](Self::members) is a watch of the live members that survives chitchat
+/// restarts; [`chitchat`](Self::chitchat) gives the running instance (key-values, dead
+/// nodes, ...); [`set_key_value`](Self::set_key_value) publishes a key-value that is
+/// published again after a restart.
+pub struct ChitchatCluster {
+    config: ChitchatClusterConfig,
+    node: NodeId,
+    node_name: String,
+    running: Mutex<Option<Running>>,
+    starts: AtomicU64,
+    members: watch::Sender<Members>,
+    /// The generation whose forwarder may publish members; `None` while stopped. Checked
+    /// and published under this lock, so a stopped instance never publishes late.
+    publishing: Arc<std::sync::Mutex<Option<u64>>>,
+    key_values: std::sync::Mutex<BTreeMap<String, String>>,
+}
+
+struct Running {
+    handle: ChitchatHandle,
+    forward: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for ChitchatCluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChitchatCluster")
+            .field("node", &self.node)
+            .field("node_name", &self.node_name)
+            .field("cluster_id", &self.config.cluster_id)
+            .field("listen_addr", &self.config.listen_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ChitchatCluster {
+    /// A node with this configuration and incarnation (random per process start, e.g.
+    /// [`time_ordered_incarnation`]). chitchat starts on the first `join`.
+    pub fn new(config: ChitchatClusterConfig, incarnation: u64) -> Result<Self, ChitchatError> {
+        config.validate()?;
+        let advertised = config.advertised()?;
+        let node = NodeId::new(advertised.to_string(), incarnation);
+        let node_name = config
+            .node_name
+            .clone()
+            .unwrap_or_else(|| advertised.to_string());
+        let mut key_values = config.key_values.clone();
+        key_values.insert(INCARNATION_KEY.into(), format!("{incarnation:016x}"));
+        Ok(Self {
+            config,
+            node,
+            node_name,
+            running: Mutex::new(None),
+            starts: AtomicU64::new(0),
+            members: watch::channel(Members::new()).0,
+            publishing: Arc::new(std::sync::Mutex::new(None)),
+            key_values: std::sync::Mutex::new(key_values),
+        })
+    }
+
+    /// This node as registered in the coordination service (advertised gossip address and
+    /// incarnation): pass it to `driver::spawn`.
+    pub fn node(&self) -> &NodeId {
+        &self.node
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ChitchatClusterConfig {
+        &self.config
+    }
+
+    /// A watch of the live members (empty while chitchat is not running). It fires when a
+    /// member comes or goes and when a member's key-values change.
+    pub fn members(&self) -> watch::Receiver<Members> {
+        self.members.subscribe()
+    }
+
+    /// The running chitchat instance (key-values, live and dead nodes), `None` while stopped.
+    ///
+    /// Hold its lock briefly: gossip waits for it.
+    pub async fn chitchat(&self) -> Option<Arc<Mutex<Chitchat>>> {
+        self.running
+            .lock()
+            .await
+            .as_ref()
+            .map(|r| r.handle.chitchat())
+    }
+
+    /// The running instance's chitchat id (its generation changes with every start).
+    pub async fn chitchat_id(&self) -> Option<ChitchatId> {
+        let running = self.running.lock().await;
+        running.as_ref().map(|r| r.handle.chitchat_id().clone())
+    }
+
+    /// Publishes a key-value now (if running) and on every later start.
+    pub async fn set_key_value(&self, key: impl Into<String>, value: impl Into<String>) {
+        let (key, value) = (key.into(), value.into());
+        self.key_values
+            .lock()
+            .expect("not poisoned")
+            .insert(key.clone(), value.clone());
+        if let Some(chitchat) = self.chitchat().await {
+            chitchat.lock().await.self_node_state().set(key, value);
+        }
+    }
+
+    async fn start(&self, seeds: &[SocketAddr]) -> Result<watch::Receiver<Members>, ChitchatError> {
+        let mut running = self.running.lock().await;
+        if let Some(old) = running.take() {
+            self.stop(old).await?;
+        }
+        let start = self.starts.fetch_add(1, Ordering::Relaxed);
+        let generation = self.node.incarnation.wrapping_add(start);
+        let advertised = self.config.advertised()?;
+        let config = ChitchatConfig {
+            chitchat_id: ChitchatId::new(self.node_name.as_str(), generation, advertised),
+            cluster_id: self.config.cluster_id.clone(),
+            gossip_interval: self.config.gossip_interval,
+            listen_addr: self.config.listen_addr,
+            seed_nodes: seeds.iter().map(ToString::to_string).collect(),
+            failure_detector_config: self.config.failure_detector.to_chitchat(),
+            marked_for_deletion_grace_period: self.config.marked_for_deletion_grace_period,
+            catchup_callback: None,
+            extra_liveness_predicate: None,
+            protocol_version: ProtocolVersion::V0,
+        };
+        let key_values: Vec<(String, String)> = self
+            .key_values
+            .lock()
+            .expect("not poisoned")
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let handle = chitchat::spawn_chitchat(config, key_values, &UdpTransport)
+            .await
+            .map_err(|e| ChitchatError::Start {
+                listen_addr: self.config.listen_addr,
+                detail: format!("{e:#}"),
+            })?;
+        let live = handle.chitchat().lock().await.live_nodes_watcher();
+        *self.publishing.lock().expect("not poisoned") = Some(generation);
+        let forward = tokio::spawn(forward_members(
+            live.clone(),
+            self.members.clone(),
+            self.publishing.clone(),
+            generation,
+        ));
+        tracing::debug!(generation, ?seeds, "chitchat started");
+        *running = Some(Running { handle, forward });
+        Ok(live)
+    }
+
+    async fn stop(&self, old: Running) -> Result<(), ChitchatError> {
+        {
+            let mut publishing = self.publishing.lock().expect("not poisoned");
+            *publishing = None;
+            self.members.send_replace(Members::new());
+        }
+        old.forward.abort();
+        let generation = old.handle.chitchat_id().generation_id;
+        let result = old
+            .handle
+            .shutdown()
+            .await
+            .map_err(|e| ChitchatError::Shutdown {
+                detail: format!("{e:#}"),
+            });
+        tracing::debug!(generation, "chitchat stopped");
+        result
+    }
+}
+
+/// Copies chitchat's live nodes into the watch that outlives restarts.
+async fn forward_members(
+    mut live: watch::Receiver<Members>,
+    members: watch::Sender<Members>,
+    publishing: Arc<std::sync::Mutex<Option<u64>>>,
+    generation: u64,
+) {
+    loop {
+        let current = live.borrow_and_update().clone();
+        {
+            let publishing = publishing.lock().expect("not poisoned");
+            if *publishing != Some(generation) {
+                return;
+            }
+            members.send_replace(current);
+        }
+        if live.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Parses the seeds' gossip addresses; the incarnation tells a seed from a later process on
+/// the same address.
+fn seed_addresses(seeds: &[NodeId]) -> Result<HashMap<SocketAddr, u64>, ChitchatError> {
+    seeds
+        .iter()
+        .map(|s| {
+            s.address
+                .parse::<SocketAddr>()
+                .map(|a| (a, s.incarnation))
+                .map_err(|source| ChitchatError::SeedAddress {
+                    seed: s.to_string(),
+                    source,
+                })
+        })
+        .collect()
+}
+
+/// Member = sees itself and (unless seeding) one of `seeds` (address and incarnation).
+fn is_member(
+    members: &Members,
+    me: &NodeId,
+    seeding: bool,
+    seeds: &HashMap<SocketAddr, u64>,
+) -> bool {
+    let mut nodes = members
+        .iter()
+        .filter_map(|(id, state)| member_node(id, state));
+    let mut sees_itself = false;
+    let mut sees_seed = seeding;
+    for node in &mut nodes {
+        sees_itself |= node == *me;
+        sees_seed |= node != *me
+            && node
+                .address
+                .parse::<SocketAddr>()
+                .is_ok_and(|a| seeds.get(&a) == Some(&node.incarnation));
+    }
+    sees_itself && sees_seed
+}
+
+#[async_trait]
+impl Cluster for ChitchatCluster {
+    async fn join(&self, seeds: &[NodeId]) -> Result<(), ClusterError> {
+        let addresses = seed_addresses(seeds).map_err(ChitchatError::into_join)?;
+        let seeding = seeds.len() == 1 && seeds[0] == self.node;
+        // The core never passes this node's own address as a seed, except when seeding.
+        let me = self.config.advertised().map_err(ChitchatError::into_join)?;
+        let gossip_to: Vec<SocketAddr> = if seeding {
+            Vec::new()
+        } else {
+            addresses.keys().copied().filter(|a| *a != me).collect()
+        };
+        let mut live = self
+            .start(&gossip_to)
+            .await
+            .map_err(ChitchatError::into_join)?;
+        live.wait_for(|m| is_member(m, &self.node, seeding, &addresses))
+            .await
+            .map(|_| ())
+            .map_err(|_| ChitchatError::Stopped.into_join())
+    }
+
+    async fn leave(&self) -> Result<(), ClusterError> {
+        let old = self.running.lock().await.take();
+        match old {
+            Some(old) => self.stop(old).await.map_err(ChitchatError::into_leave),
+            None => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seed_addresses_must_be_socket_addresses() {
+        let e = seed_addresses(&[NodeId::new("node-1.svc:7946", 1)]).unwrap_err();
+        assert!(e.to_string().contains("node-1.svc:7946"), "{e}");
+        let ok = seed_addresses(&[NodeId::new("127.0.0.1:7946", 7)]).unwrap();
+        assert_eq!(ok[&"127.0.0.1:7946".parse().unwrap()], 7);
+    }
+
+    #[test]
+    fn time_ordered_incarnations_increase() {
+        let a = time_ordered_incarnation();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        assert!(time_ordered_incarnation() > a);
+    }
+}

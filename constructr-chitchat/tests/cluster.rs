@@ -1,0 +1,192 @@
+//! `ChitchatCluster` on real UDP sockets on 127.0.0.1: join, membership, leave and rejoin,
+//! and three nodes bootstrapped by the driver on the in-memory backend.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use constructr_chitchat::{
+    ChitchatCluster, ChitchatClusterConfig, FailureDetectorSettings, Members, member_node,
+};
+use constructr_core::memory::MemoryCoordination;
+use constructr_core::{Cluster, NodeId, Settings, driver};
+
+fn free_udp_addr() -> SocketAddr {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("a free UDP port")
+}
+
+fn node(cluster_id: &str) -> ChitchatCluster {
+    let config = ChitchatClusterConfig::new(cluster_id, free_udp_addr())
+        .with_gossip_interval(Duration::from_millis(50))
+        .with_failure_detector(
+            FailureDetectorSettings::default().with_initial_interval(Duration::from_millis(100)),
+        );
+    ChitchatCluster::new(config, rand::random()).expect("valid config")
+}
+
+fn addresses(members: &Members) -> Vec<String> {
+    members
+        .iter()
+        .filter_map(|(id, s)| member_node(id, s))
+        .map(|n| n.address)
+        .collect()
+}
+
+async fn wait_members(cluster: &ChitchatCluster, n: usize) -> Members {
+    let mut rx = cluster.members();
+    tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|m| m.len() == n))
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "{} did not see {n} members: {:?}",
+                cluster.node(),
+                addresses(&cluster.members().borrow())
+            )
+        })
+        .expect("cluster alive")
+        .clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joiners_become_members_of_the_seed_and_see_each_other() {
+    let seed = node("join-test");
+    let a = node("join-test");
+    let b = node("join-test");
+    seed.join(std::slice::from_ref(seed.node()))
+        .await
+        .expect("seeding");
+    let seeds = [seed.node().clone()];
+    let (ra, rb) = tokio::join!(
+        tokio::time::timeout(Duration::from_secs(10), a.join(&seeds)),
+        tokio::time::timeout(Duration::from_secs(10), b.join(&seeds)),
+    );
+    ra.expect("a joined in time").expect("a joined");
+    rb.expect("b joined in time").expect("b joined");
+    for c in [&seed, &a, &b] {
+        let members = wait_members(c, 3).await;
+        let mut seen = addresses(&members);
+        seen.sort();
+        let mut all = vec![
+            seed.node().address.clone(),
+            a.node().address.clone(),
+            b.node().address.clone(),
+        ];
+        all.sort();
+        assert_eq!(seen, all);
+    }
+    for c in [&seed, &a, &b] {
+        c.leave().await.expect("leave");
+        assert!(c.members().borrow().is_empty());
+        assert!(c.chitchat().await.is_none());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seed_of_another_incarnation_does_not_count() {
+    let seed = node("incarnation-test");
+    seed.join(std::slice::from_ref(seed.node()))
+        .await
+        .expect("seeding");
+    let joiner = node("incarnation-test");
+    let stale = NodeId::new(seed.node().address.clone(), seed.node().incarnation ^ 1);
+    let r = tokio::time::timeout(Duration::from_secs(2), joiner.join(&[stale])).await;
+    assert!(r.is_err(), "joined a seed whose incarnation does not match");
+    // It does gossip with the address, so both see each other: only the seed check failed.
+    wait_members(&joiner, 2).await;
+    joiner.leave().await.expect("leave");
+    seed.leave().await.expect("leave");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leave_then_join_again_starts_a_new_generation() {
+    let seed = node("rejoin-test");
+    let a = node("rejoin-test");
+    seed.join(std::slice::from_ref(seed.node()))
+        .await
+        .expect("seeding");
+    let seeds = [seed.node().clone()];
+    a.join(&seeds).await.expect("join");
+    let first = a.chitchat_id().await.expect("running").generation_id;
+    a.leave().await.expect("leave");
+    tokio::time::timeout(Duration::from_secs(10), a.join(&seeds))
+        .await
+        .expect("rejoined in time")
+        .expect("rejoined");
+    let second = a.chitchat_id().await.expect("running").generation_id;
+    assert_ne!(first, second);
+    // The seed sees the new generation live.
+    let mut rx = seed.members();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        rx.wait_for(|m| m.keys().any(|id| id.generation_id == second)),
+    )
+    .await
+    .expect("seed sees the new generation")
+    .expect("alive");
+    a.leave().await.expect("leave");
+    seed.leave().await.expect("leave");
+}
+
+#[tokio::test]
+async fn a_seed_without_a_socket_address_fails_the_join_clearly() {
+    let a = node("bad-seed");
+    let e = a
+        .join(&[NodeId::new("not-an-address", 1)])
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("not-an-address") && e.contains("ip:port"), "{e}");
+    assert!(a.chitchat().await.is_none(), "nothing started");
+}
+
+#[tokio::test]
+async fn a_taken_gossip_port_fails_the_join_clearly() {
+    let taken = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr");
+    let a = ChitchatCluster::new(ChitchatClusterConfig::new("taken", addr), 1).expect("valid");
+    let e = a.join(std::slice::from_ref(a.node())).await.unwrap_err();
+    assert!(e.to_string().contains(&addr.to_string()), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_bootstrap_through_the_driver() {
+    let coordination = Arc::new(MemoryCoordination::default());
+    let mut settings = Settings::default();
+    settings.join_timeout = Duration::from_secs(5);
+    settings.retry_delay = Duration::from_millis(200);
+    let clusters: Vec<Arc<ChitchatCluster>> =
+        (0..3).map(|_| Arc::new(node("driver-test"))).collect();
+    let handles: Vec<_> = clusters
+        .iter()
+        .map(|c| {
+            driver::spawn(
+                settings.clone(),
+                c.node().clone(),
+                coordination.clone(),
+                c.clone(),
+                rand::random(),
+            )
+            .expect("valid settings")
+        })
+        .collect();
+    for h in &handles {
+        let state = tokio::time::timeout(Duration::from_secs(20), h.registered())
+            .await
+            .expect("registered in time");
+        assert!(state.is_registered(), "{}: {state:?}", h.node());
+    }
+    for c in &clusters {
+        wait_members(c, 3).await;
+    }
+    for h in &handles {
+        h.shutdown();
+    }
+    for h in handles {
+        h.stopped().await.expect("stopped cleanly");
+    }
+    for c in &clusters {
+        assert!(c.chitchat().await.is_none(), "left on shutdown");
+    }
+}
