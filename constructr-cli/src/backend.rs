@@ -4,8 +4,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use clap::{Args, ValueEnum};
+use constructr::consul::{ConsulConfig, ConsulCoordination, ConsulTlsConfig};
 use constructr::etcd::{EtcdConfig, EtcdCoordination, EtcdTlsConfig, PemSource};
+use constructr::{Coordination, Settings};
 
 /// Which coordination backend to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -14,6 +18,8 @@ pub enum Backend {
     Memory,
     /// etcd v3.
     Etcd,
+    /// Consul (KV + sessions).
+    Consul,
 }
 
 /// Backend options.
@@ -45,6 +51,29 @@ pub struct BackendArgs {
     /// Client key (PEM) for TLS to etcd.
     #[arg(long, requires = "etcd_cert")]
     pub etcd_key: Option<PathBuf>,
+    /// Consul HTTP API addresses, comma-separated (the next is tried when one is down).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:8500",
+        env = "CONSTRUCTR_CONSUL_ADDRESS"
+    )]
+    pub consul_address: Vec<String>,
+    /// Consul ACL token (prefer the environment variable: arguments are visible in `ps`).
+    #[arg(long, env = "CONSTRUCTR_CONSUL_TOKEN", hide_env_values = true)]
+    pub consul_token: Option<String>,
+    /// Consul datacenter.
+    #[arg(long, env = "CONSTRUCTR_CONSUL_DATACENTER")]
+    pub consul_datacenter: Option<String>,
+    /// CA certificate (PEM) for HTTPS to Consul.
+    #[arg(long)]
+    pub consul_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for HTTPS to Consul (with --consul-key).
+    #[arg(long, requires = "consul_key")]
+    pub consul_cert: Option<PathBuf>,
+    /// Client key (PEM) for HTTPS to Consul.
+    #[arg(long, requires = "consul_cert")]
+    pub consul_key: Option<PathBuf>,
     /// Timeout of one request to the coordination service.
     #[arg(long, default_value = "3s", value_parser = humantime_duration)]
     pub request_timeout: Duration,
@@ -79,6 +108,52 @@ impl BackendArgs {
             config = config.with_tls(tls);
         }
         EtcdCoordination::new(&config).map_err(|e| e.to_string())
+    }
+}
+
+impl BackendArgs {
+    /// The Consul backend from these options; connects lazily.
+    pub fn consul(&self) -> Result<ConsulCoordination, String> {
+        let mut config = ConsulConfig::new(self.consul_address[0].clone())
+            .with_addresses(self.consul_address.iter().cloned())
+            .with_request_timeout(self.request_timeout)
+            .with_connect_timeout(self.request_timeout);
+        if let Some(token) = &self.consul_token {
+            config = config.with_token(token.clone());
+        }
+        if let Some(dc) = &self.consul_datacenter {
+            config = config.with_datacenter(dc.clone());
+        }
+        if let Some(ca) = &self.consul_ca {
+            let mut tls = ConsulTlsConfig::new(constructr::consul::PemSource::File(ca.clone()));
+            if let (Some(cert), Some(key)) = (&self.consul_cert, &self.consul_key) {
+                tls = tls.with_client_identity(
+                    constructr::consul::PemSource::File(cert.clone()),
+                    constructr::consul::PemSource::File(key.clone()),
+                );
+            }
+            config = config.with_tls(tls);
+        }
+        ConsulCoordination::new(&config).map_err(|e| e.to_string())
+    }
+
+    /// Checks backend-specific limits on the node settings (Consul: TTLs of 10 s to 24 h).
+    pub fn validate_settings(&self, settings: &Settings) -> Result<(), String> {
+        match self.backend {
+            Backend::Consul => constructr::consul::validate_settings(settings)
+                .map_err(|e| format!("invalid settings for Consul: {e}")),
+            Backend::Memory | Backend::Etcd => Ok(()),
+        }
+    }
+
+    /// The selected backend for a long-lived node or an inspection; `None` for `memory`,
+    /// which only exists inside one process.
+    pub async fn coordination(&self) -> Result<Option<Arc<dyn Coordination>>, String> {
+        Ok(match self.backend {
+            Backend::Memory => None,
+            Backend::Etcd => Some(Arc::new(self.etcd().await?)),
+            Backend::Consul => Some(Arc::new(self.consul()?)),
+        })
     }
 }
 

@@ -32,6 +32,9 @@ pub fn run(
             return ExitCode::FAILURE;
         }
     };
+    if let Err(e) = backend.validate_settings(&settings) {
+        return backend::fail(&e);
+    }
     rt.block_on(async {
         match backend.backend {
             Backend::Memory => {
@@ -40,6 +43,10 @@ pub fn run(
             }
             Backend::Etcd => match backend.etcd().await {
                 Ok(c) => run_with(Counting::new(c), "etcd", settings, nodes, json, seed).await,
+                Err(e) => backend::fail(&e),
+            },
+            Backend::Consul => match backend.consul() {
+                Ok(c) => run_with(Counting::new(c), "consul", settings, nodes, json, seed).await,
                 Err(e) => backend::fail(&e),
             },
         }

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use constructr::{Coordination, Settings};
 
-use crate::backend::{self, Backend, BackendArgs};
+use crate::backend::{self, BackendArgs};
 
 pub fn run(args: &BackendArgs, settings: Settings, json: bool) -> ExitCode {
     let rt = match tokio::runtime::Builder::new_current_thread()
@@ -19,16 +19,14 @@ pub fn run(args: &BackendArgs, settings: Settings, json: bool) -> ExitCode {
     };
     rt.block_on(async {
         let scope = settings.scope().expect("validated");
-        let registry = match args.backend {
-            Backend::Memory => {
+        let registry = match args.coordination().await {
+            Ok(Some(c)) => c.get_nodes(&scope).await,
+            Ok(None) => {
                 return backend::fail(
-                    "the memory backend lives inside one process: choose --backend etcd",
+                    "the memory backend lives inside one process: choose --backend etcd or consul",
                 );
             }
-            Backend::Etcd => match args.etcd().await {
-                Ok(c) => c.get_nodes(&scope).await,
-                Err(e) => return backend::fail(&e),
-            },
+            Err(e) => return backend::fail(&e),
         };
         match registry {
             Ok(r) => {
