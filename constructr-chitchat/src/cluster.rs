@@ -167,7 +167,11 @@ impl ChitchatCluster {
         }
     }
 
-    async fn start(&self, seeds: &[SocketAddr]) -> Result<watch::Receiver<Members>, ChitchatError> {
+    /// (Re)starts chitchat; returns its live-nodes watch and the generation.
+    async fn start(
+        &self,
+        seeds: &[SocketAddr],
+    ) -> Result<(watch::Receiver<Members>, u64), ChitchatError> {
         let mut running = self.running.lock().await;
         if let Some(old) = running.take() {
             self.stop(old).await?;
@@ -210,7 +214,7 @@ impl ChitchatCluster {
         ));
         tracing::debug!(generation, ?seeds, "chitchat started");
         *running = Some(Running { handle, forward });
-        Ok(live)
+        Ok((live, generation))
     }
 
     async fn stop(&self, old: Running) -> Result<(), ChitchatError> {
@@ -307,14 +311,22 @@ impl Cluster for ChitchatCluster {
         } else {
             addresses.keys().copied().filter(|a| *a != me).collect()
         };
-        let mut live = self
+        let (mut live, generation) = self
             .start(&gossip_to)
             .await
             .map_err(ChitchatError::into_join)?;
-        live.wait_for(|m| is_member(m, &self.node, seeding, &addresses))
+        let members = live
+            .wait_for(|m| is_member(m, &self.node, seeding, &addresses))
             .await
-            .map(|_| ())
-            .map_err(|_| ChitchatError::Stopped.into_join())
+            .map_err(|_| ChitchatError::Stopped.into_join())?
+            .clone();
+        // Once `join` resolves, `members()` shows what made this node a member (the
+        // forwarder may not have run yet).
+        let publishing = self.publishing.lock().expect("not poisoned");
+        if *publishing == Some(generation) {
+            self.members.send_replace(members);
+        }
+        Ok(())
     }
 
     async fn leave(&self) -> Result<(), ClusterError> {

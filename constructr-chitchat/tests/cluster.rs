@@ -64,6 +64,13 @@ async fn joiners_become_members_of_the_seed_and_see_each_other() {
     );
     ra.expect("a joined in time").expect("a joined");
     rb.expect("b joined in time").expect("b joined");
+    for c in [&a, &b] {
+        let seen = addresses(&c.members().borrow());
+        assert!(
+            seen.contains(&seed.node().address) && seen.contains(&c.node().address),
+            "members() shows the seed and itself once join resolved: {seen:?}"
+        );
+    }
     for c in [&seed, &a, &b] {
         let members = wait_members(c, 3).await;
         let mut seen = addresses(&members);
