@@ -3,6 +3,7 @@
 mod backend;
 mod counting;
 mod demo;
+mod node;
 mod nodes;
 mod settings;
 mod sim;
@@ -60,6 +61,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run one node of a real cluster (chitchat gossip) until SIGINT/SIGTERM.
+    Node(node::NodeArgs),
     /// Run the deterministic simulation (virtual time, optional faults).
     Sim {
         /// Number of trials.
@@ -104,6 +107,7 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Nodes { backend, json } => nodes::run(&backend, base, json),
+        Command::Node(args) => node::run(args, base),
         Command::Demo {
             nodes,
             backend,
