@@ -1,6 +1,6 @@
-//! Real `constructr node` processes (chitchat gossip on 127.0.0.1) against real etcd in
-//! Docker: formation, a killed member, a restarted member, graceful SIGTERM, a seed killed
-//! before anyone joined it.
+//! Real `constructr node` processes (chitchat gossip on 127.0.0.1) against real etcd and
+//! Consul in Docker: formation, a killed member, a restarted member, graceful SIGTERM, a seed
+//! killed before anyone joined it. Each scenario runs once per backend.
 //!
 //! The binary is the workspace's own `constructr`: `CONSTRUCTR_BIN` if set, else the one next
 //! to this test's profile directory, built first with `cargo build -p constructr-cli` when it
@@ -12,15 +12,17 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
-use constructr_core::{ClusterName, Coordination as _, Registry, Scope};
+use constructr_consul::ConsulCoordination;
+use constructr_core::{ClusterName, Coordination, Registry, Scope};
 use constructr_etcd::{EtcdCoordination, lease_ttl_secs};
+use integration_tests::consul::ConsulNode;
 use integration_tests::etcd::EtcdNode;
-use integration_tests::{require_docker, unique_cluster_name};
+use integration_tests::unique_cluster_name;
 use serde_json::Value;
 
 const KEY_PREFIX: &str = "/constructr-it";
-/// Entry TTL = refresh-interval × ttl-factor = 3 s; a join gives up after 5 s.
-const SETTINGS: &str = r#"
+/// etcd: entry TTL = refresh-interval × ttl-factor = 3 s; a join gives up after 5 s.
+const ETCD_SETTINGS: &str = r#"
 key-prefix = "/constructr-it"
 refresh-interval = "1s"
 ttl-factor = 3.0
@@ -29,10 +31,22 @@ coordination-timeout = "700ms"
 nr-of-retries = 1
 retry-delay = "300ms"
 "#;
-const TTL: Duration = Duration::from_secs(3);
+const ETCD_TTL: Duration = Duration::from_secs(3);
+/// Consul: session TTLs are at least 10 s (entry TTL 12 s, lock TTL 10 s).
+const CONSUL_SETTINGS: &str = r#"
+key-prefix = "/constructr-it"
+refresh-interval = "4s"
+ttl-factor = 3.0
+join-timeout = "8s"
+coordination-timeout = "1s"
+nr-of-retries = 1
+retry-delay = "300ms"
+"#;
+const CONSUL_TTL: Duration = Duration::from_secs(12);
 const GOSSIP_INTERVAL: &str = "100ms";
-/// Formation, including joins that time out and start over, on a loaded machine.
-const FORMATION: Duration = Duration::from_secs(60);
+/// Formation, including joins that time out and start over while a dead seed's entry
+/// expires (Consul: up to 2 × TTL + 1 s), on a loaded machine.
+const FORMATION: Duration = Duration::from_secs(90);
 /// A killed peer leaves the live set after phi-threshold (8) × ~100-200 ms of silence.
 const FAILURE_DETECTION: Duration = Duration::from_secs(15);
 
@@ -133,11 +147,11 @@ struct NodeProcess {
 }
 
 impl NodeProcess {
-    fn start(etcd: &EtcdNode, cluster: &ClusterName, settings: &Path, port: u16) -> Self {
+    fn start(backend: &[String], cluster: &ClusterName, settings: &Path, port: u16) -> Self {
         let gossip = format!("127.0.0.1:{port}");
         let mut child = Command::new(constructr_bin())
-            .args(["node", "--backend", "etcd", "--endpoints"])
-            .arg(etcd.endpoint())
+            .arg("node")
+            .args(backend)
             .arg("--cluster")
             .arg(cluster.as_str())
             .arg("--config")
@@ -271,35 +285,91 @@ impl Drop for NodeProcess {
 // ---------------------------------------------------------------------------------------
 // Helpers
 
+enum Service {
+    Etcd(EtcdNode),
+    Consul(ConsulNode),
+}
+
 struct Setup {
-    etcd: EtcdNode,
+    service: Service,
     cluster: ClusterName,
     settings: PathBuf,
+    ttl: Duration,
 }
 
 impl Setup {
-    async fn new(what: &str) -> Self {
+    async fn etcd(what: &str) -> Self {
         let bin = tokio::task::spawn_blocking(constructr_bin);
         let etcd = EtcdNode::start().await;
         bin.await.expect("binary located or built");
+        Self::new(Service::Etcd(etcd), what, ETCD_SETTINGS, ETCD_TTL)
+    }
+
+    async fn consul(what: &str) -> Self {
+        let bin = tokio::task::spawn_blocking(constructr_bin);
+        let consul = ConsulNode::start().await;
+        bin.await.expect("binary located or built");
+        Self::new(Service::Consul(consul), what, CONSUL_SETTINGS, CONSUL_TTL)
+    }
+
+    fn new(service: Service, what: &str, settings_toml: &str, ttl: Duration) -> Self {
         let cluster = unique_cluster_name(what);
         let settings = std::env::temp_dir().join(format!("constructr-{cluster}.toml"));
-        std::fs::write(&settings, SETTINGS).expect("write settings file");
+        std::fs::write(&settings, settings_toml).expect("write settings file");
         Self {
-            etcd,
+            service,
             cluster,
             settings,
+            ttl,
+        }
+    }
+
+    fn backend_args(&self) -> Vec<String> {
+        match &self.service {
+            Service::Etcd(etcd) => vec![
+                "--backend".into(),
+                "etcd".into(),
+                "--endpoints".into(),
+                etcd.endpoint(),
+            ],
+            Service::Consul(consul) => vec![
+                "--backend".into(),
+                "consul".into(),
+                "--consul-address".into(),
+                consul.address(),
+            ],
+        }
+    }
+
+    /// The latest an unrefreshed entry disappears after its last refresh.
+    fn expiry_bound(&self) -> Duration {
+        match &self.service {
+            Service::Etcd(_) => {
+                Duration::from_secs(lease_ttl_secs(self.ttl) as u64)
+                    + EtcdCoordination::EXPIRY_BOUND
+            }
+            Service::Consul(_) => self.ttl + ConsulCoordination::expiry_bound(self.ttl),
         }
     }
 
     fn start(&self, port: u16) -> NodeProcess {
-        NodeProcess::start(&self.etcd, &self.cluster, &self.settings, port)
+        NodeProcess::start(&self.backend_args(), &self.cluster, &self.settings, port)
     }
 
     async fn registry(&self) -> Registry {
-        let etcd = EtcdCoordination::new(&self.etcd.config()).expect("valid config");
+        let coordination: Box<dyn Coordination> = match &self.service {
+            Service::Etcd(etcd) => {
+                Box::new(EtcdCoordination::new(&etcd.config()).expect("valid config"))
+            }
+            Service::Consul(consul) => {
+                Box::new(ConsulCoordination::new(&consul.config()).expect("valid config"))
+            }
+        };
         let scope = Scope::new(KEY_PREFIX, self.cluster.clone()).expect("valid scope");
-        etcd.get_nodes(&scope).await.expect("read the registry")
+        coordination
+            .get_nodes(&scope)
+            .await
+            .expect("read the registry")
     }
 
     async fn registered_addresses(&self) -> Vec<String> {
@@ -372,12 +442,42 @@ fn converged(procs: &mut [&mut NodeProcess], expected: &[String]) -> bool {
 }
 
 // ---------------------------------------------------------------------------------------
-// Tests
+// Tests: every scenario on etcd and on Consul
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn five_processes_started_at_once_form_one_cluster_of_five() {
-    require_docker!();
-    let setup = Setup::new("nodes-five").await;
+macro_rules! on_both_backends {
+    ($($scenario:ident),* $(,)?) => {
+        mod etcd {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    integration_tests::require_docker!();
+                    super::$scenario(super::Setup::etcd("nodes-etcd").await).await;
+                }
+            )*
+        }
+        mod consul {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    integration_tests::require_docker!();
+                    super::$scenario(super::Setup::consul("nodes-consul").await).await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_backends!(
+    five_processes_started_at_once_form_one_cluster_of_five,
+    a_killed_member_leaves_the_live_set_expires_and_rejoins_the_same_cluster,
+    sigterm_removes_the_entry_at_once_and_exits_zero,
+    a_seed_killed_before_anyone_joined_it_leaves_exactly_one_cluster_of_three,
+);
+
+// ---------------------------------------------------------------------------------------
+// Scenarios
+
+async fn five_processes_started_at_once_form_one_cluster_of_five(setup: Setup) {
     let ports = free_udp_ports(5);
     let mut procs: Vec<NodeProcess> = ports.iter().map(|&p| setup.start(p)).collect();
     let all = sorted(procs.iter().map(|p| p.gossip.clone()));
@@ -399,10 +499,7 @@ async fn five_processes_started_at_once_form_one_cluster_of_five() {
     assert!(setup.registry().await.epoch.is_some(), "a cluster epoch");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_killed_member_leaves_the_live_set_expires_and_rejoins_the_same_cluster_on_restart() {
-    require_docker!();
-    let setup = Setup::new("nodes-kill").await;
+async fn a_killed_member_leaves_the_live_set_expires_and_rejoins_the_same_cluster(setup: Setup) {
     let ports = free_udp_ports(3);
     let mut procs: Vec<NodeProcess> = ports.iter().map(|&p| setup.start(p)).collect();
     let all = sorted(procs.iter().map(|p| p.gossip.clone()));
@@ -433,13 +530,13 @@ async fn a_killed_member_leaves_the_live_set_expires_and_rejoins_the_same_cluste
     println!("the killed member left the live set after {detected:?}");
 
     // ... and its registry entry expires within its TTL bound.
-    let bound = Duration::from_secs(lease_ttl_secs(TTL) as u64) + EtcdCoordination::EXPIRY_BOUND;
+    let bound = setup.expiry_bound();
     loop {
         if setup.registered_addresses().await == rest {
             break;
         }
         assert!(
-            killed_at.elapsed() < bound + Duration::from_secs(1),
+            killed_at.elapsed() < bound + Duration::from_secs(2),
             "the killed member's entry outlived its TTL bound {bound:?}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -474,10 +571,7 @@ async fn a_killed_member_leaves_the_live_set_expires_and_rejoins_the_same_cluste
     assert_eq!(setup.registered_addresses().await, all);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_removes_the_entry_at_once_and_exits_zero() {
-    require_docker!();
-    let setup = Setup::new("nodes-term").await;
+async fn sigterm_removes_the_entry_at_once_and_exits_zero(setup: Setup) {
     let ports = free_udp_ports(2);
     let mut procs: Vec<NodeProcess> = ports.iter().map(|&p| setup.start(p)).collect();
     let all = sorted(procs.iter().map(|p| p.gossip.clone()));
@@ -521,10 +615,7 @@ async fn sigterm_removes_the_entry_at_once_and_exits_zero() {
     assert!(!procs[0].members().contains(&leaving));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_seed_killed_before_anyone_joined_it_leaves_exactly_one_cluster_of_three() {
-    require_docker!();
-    let setup = Setup::new("nodes-seed-kill").await;
+async fn a_seed_killed_before_anyone_joined_it_leaves_exactly_one_cluster_of_three(setup: Setup) {
     let ports = free_udp_ports(4);
     let mut seed = setup.start(ports[0]);
     wait_until(&mut [&mut seed], FORMATION, "the seed registered", |ps| {
