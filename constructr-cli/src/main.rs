@@ -63,6 +63,11 @@ enum Command {
     },
     /// Run one node of a real cluster (chitchat gossip) until SIGINT/SIGTERM.
     Node(node::NodeArgs),
+    /// Serf event handler: forwards one Serf event (env + stdin) to the bridge. Use as
+    /// `serf agent -event-handler "constructr serf-handler --bridge http://127.0.0.1:8888"`.
+    SerfHandler(constructr::serf::handler::HandlerArgs),
+    /// Serf bridge: the handler's REST API, typed events, the membership view per datacenter.
+    SerfBridge(constructr::serf::bridge::BridgeArgs),
     /// Run the deterministic simulation (virtual time, optional faults).
     Sim {
         /// Number of trials.
@@ -91,6 +96,13 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The Serf commands run before any logging is set up: a query handler's stderr would
+    // become part of the query's response.
+    match &cli.command {
+        Command::SerfHandler(args) => return constructr::serf::handler::main(args),
+        Command::SerfBridge(args) => return constructr::serf::bridge::run(args),
+        _ => {}
+    }
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("CONSTRUCTR_LOG")
@@ -108,6 +120,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Nodes { backend, json } => nodes::run(&backend, base, json),
         Command::Node(args) => node::run(args, base),
+        Command::SerfHandler(_) | Command::SerfBridge(_) => unreachable!("dispatched above"),
         Command::Demo {
             nodes,
             backend,

@@ -141,3 +141,17 @@ fn bad_arguments_get_clap_errors() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid value"));
 }
+
+#[test]
+fn serf_handler_refuses_a_malformed_member_line_with_exit_2() {
+    let out = constructr()
+        .args(["serf-handler", "--bridge", "http://127.0.0.1:9"])
+        .env("SERF_EVENT", "member-join")
+        .env("SERF_SELF_NAME", "n1")
+        .write_stdin("n2\t10.0.0.2 no tabs here\n")
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(out.stdout.is_empty());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nothing forwarded"));
+}
