@@ -20,6 +20,7 @@ use constructr_core::{ClusterName, Settings};
 
 pub mod consul;
 pub mod etcd;
+pub mod nodes;
 pub mod tls;
 
 /// Set to `1` to skip (not fail) the Docker-based tests on a machine without Docker.

@@ -14,7 +14,6 @@ use constructr_consul::{
     ConsulConfig, ConsulCoordination, ConsulError, ConsulTlsConfig, PemSource,
 };
 use constructr_core::conformance::{self, ConformanceBackend};
-use constructr_core::driver::{self, NodeHandle};
 use constructr_core::entry;
 use constructr_core::local::LocalCluster;
 use constructr_core::{
@@ -22,6 +21,9 @@ use constructr_core::{
     NodeId, Scope, Settings, State, WaitOutcome,
 };
 use integration_tests::consul::{ConsulNode, ConsulOptions};
+use integration_tests::nodes::{
+    all_registered, assert_one_cluster, node_id, registered_nodes, sorted_ids, spawn_nodes,
+};
 use integration_tests::tls::TestPki;
 use integration_tests::{eventually, init_tracing, require_docker, unique_cluster_name};
 use tokio::time::Instant;
@@ -58,72 +60,6 @@ fn patient_settings(cluster: ClusterName) -> Settings {
     s.validate().expect("valid settings");
     constructr_consul::validate_settings(&s).expect("valid for Consul");
     s
-}
-
-fn node_id(i: usize) -> NodeId {
-    NodeId::new(format!("node-{i}.test:2552"), rand::random())
-}
-
-fn spawn_nodes(
-    n: usize,
-    settings: &Settings,
-    consul: &Arc<ConsulCoordination>,
-    local: &LocalCluster,
-) -> Vec<NodeHandle> {
-    (0..n)
-        .map(|i| {
-            let node = node_id(i);
-            driver::spawn(
-                settings.clone(),
-                node.clone(),
-                consul.clone(),
-                Arc::new(local.node(node)),
-                rand::random(),
-            )
-            .expect("valid settings")
-        })
-        .collect()
-}
-
-/// Waits until every node is registered; panics naming the stragglers and their states.
-async fn all_registered(handles: &[NodeHandle], timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    for h in handles {
-        match tokio::time::timeout_at(deadline, h.registered()).await {
-            Ok(s) => assert!(s.is_registered(), "{} ended in {s:?}", h.node()),
-            Err(_) => {
-                let states: Vec<_> = handles
-                    .iter()
-                    .map(|h| (h.node().clone(), h.state()))
-                    .collect();
-                panic!("not all nodes registered within {timeout:?}: {states:?}");
-            }
-        }
-    }
-}
-
-/// Exactly one cluster formed, and it has exactly `members` members.
-fn assert_one_cluster(local: &LocalCluster, members: usize) {
-    let clusters = local.clusters();
-    assert_eq!(
-        local.clusters_formed(),
-        1,
-        "more than one cluster was formed: {clusters:?}"
-    );
-    assert_eq!(clusters.len(), 1, "islands: {clusters:?}");
-    assert_eq!(clusters.values().next().map(|m| m.len()), Some(members));
-}
-
-async fn registered_nodes(consul: &ConsulCoordination, scope: &Scope) -> Vec<NodeId> {
-    let mut nodes = consul.get_nodes(scope).await.expect("get_nodes").nodes;
-    nodes.sort();
-    nodes
-}
-
-fn sorted_ids(handles: &[NodeHandle]) -> Vec<NodeId> {
-    let mut ids: Vec<_> = handles.iter().map(|h| h.node().clone()).collect();
-    ids.sort();
-    ids
 }
 
 /// A core key (`/prefix/...`) as a Consul key.

@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use constructr_core::conformance::{self, ConformanceBackend};
-use constructr_core::driver::{self, NodeHandle};
 use constructr_core::entry;
 use constructr_core::local::LocalCluster;
 use constructr_core::{
@@ -19,6 +18,9 @@ use constructr_core::{
 use constructr_etcd::{EtcdConfig, EtcdCoordination, EtcdError, lease_ttl_secs};
 use etcd_client::{GetOptions, PutOptions};
 use integration_tests::etcd::{EtcdCluster3, EtcdNode};
+use integration_tests::nodes::{
+    all_registered, assert_one_cluster, node_id, registered_nodes, sorted_ids, spawn_nodes,
+};
 use integration_tests::tls::TestPki;
 use integration_tests::{
     eventually, fast_settings, init_tracing, require_docker, unique_cluster_name,
@@ -27,86 +29,6 @@ use tokio::time::Instant;
 
 fn coordination(config: &EtcdConfig) -> Arc<EtcdCoordination> {
     Arc::new(EtcdCoordination::new(config).expect("valid etcd config"))
-}
-
-fn node_id(i: usize) -> NodeId {
-    NodeId::new(format!("node-{i}.test:2552"), rand::random())
-}
-
-fn spawn_nodes(
-    n: usize,
-    settings: &Settings,
-    etcd: &Arc<EtcdCoordination>,
-    local: &LocalCluster,
-) -> Vec<NodeHandle> {
-    (0..n)
-        .map(|i| {
-            let node = node_id(i);
-            driver::spawn(
-                settings.clone(),
-                node.clone(),
-                etcd.clone(),
-                Arc::new(local.node(node)),
-                rand::random(),
-            )
-            .expect("valid settings")
-        })
-        .collect()
-}
-
-/// Waits until every node is registered; panics naming the stragglers and their states.
-async fn all_registered(handles: &[NodeHandle], timeout: Duration) {
-    let all = futures_join_all(handles.iter().map(|h| h.registered()));
-    match tokio::time::timeout(timeout, all).await {
-        Ok(states) => {
-            for (h, s) in handles.iter().zip(states) {
-                assert!(s.is_registered(), "{} ended in {s:?}", h.node());
-            }
-        }
-        Err(_) => {
-            let states: Vec<_> = handles
-                .iter()
-                .map(|h| (h.node().clone(), h.state()))
-                .collect();
-            panic!("not all nodes registered within {timeout:?}: {states:?}");
-        }
-    }
-}
-
-async fn futures_join_all<F: std::future::Future>(futs: impl Iterator<Item = F>) -> Vec<F::Output> {
-    let mut set = Vec::new();
-    for f in futs {
-        set.push(f);
-    }
-    let mut out = Vec::with_capacity(set.len());
-    for f in set {
-        out.push(f.await);
-    }
-    out
-}
-
-/// Exactly one cluster formed, and it has exactly `members` members.
-fn assert_one_cluster(local: &LocalCluster, members: usize) {
-    let clusters = local.clusters();
-    assert_eq!(
-        local.clusters_formed(),
-        1,
-        "more than one cluster was formed: {clusters:?}"
-    );
-    assert_eq!(clusters.len(), 1, "islands: {clusters:?}");
-    assert_eq!(clusters.values().next().map(|m| m.len()), Some(members));
-}
-
-async fn registered_nodes(etcd: &EtcdCoordination, scope: &Scope) -> Vec<NodeId> {
-    let mut nodes = etcd.get_nodes(scope).await.expect("get_nodes").nodes;
-    nodes.sort();
-    nodes
-}
-
-fn sorted_ids(handles: &[NodeHandle]) -> Vec<NodeId> {
-    let mut ids: Vec<_> = handles.iter().map(|h| h.node().clone()).collect();
-    ids.sort();
-    ids
 }
 
 // ---------------------------------------------------------------------------------------
