@@ -12,21 +12,26 @@
 //!
 //! The in-memory backend ([`memory::MemoryCoordination`]) is always available.
 #![deny(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub use constructr_core::*;
 
 /// The etcd v3 backend.
 #[cfg(feature = "etcd")]
+#[cfg_attr(docsrs, doc(cfg(feature = "etcd")))]
 pub use constructr_etcd as etcd;
 
 /// The Consul backend.
 #[cfg(feature = "consul")]
+#[cfg_attr(docsrs, doc(cfg(feature = "consul")))]
 pub use constructr_consul as consul;
 
 /// The Serf bridge and backend.
 #[cfg(feature = "serf")]
+#[cfg_attr(docsrs, doc(cfg(feature = "serf")))]
 pub use constructr_serf as serf;
 
 /// chitchat as the cluster being bootstrapped.
 #[cfg(feature = "chitchat")]
+#[cfg_attr(docsrs, doc(cfg(feature = "chitchat")))]
 pub use constructr_chitchat as chitchat;
