@@ -64,7 +64,7 @@ use constructr_core::coordination::{
     Registry, WaitOutcome,
 };
 use constructr_core::entry;
-use constructr_core::{Epoch, NodeId, Scope};
+use constructr_core::{ClusterId, Epoch, NodeId, Scope};
 use rand::Rng as _;
 
 use crate::client::{ConsulClient, KvEntry, Listing, SessionSpec, TxnOp, TxnOutcome};
@@ -492,7 +492,12 @@ impl ConsulCoordination {
                         })
                     }
                     Err(e) => {
-                        tracing::warn!(scope = %scope, key = %kv.key, error = %e, "ignoring an undecodable epoch marker")
+                        // Reported with its version, so a seed can replace it.
+                        tracing::warn!(scope = %scope, key = %kv.key, error = %e, "undecodable epoch marker");
+                        registry.epoch = Some(Epoch {
+                            cluster: ClusterId::UNREADABLE,
+                            version: kv.modify_index,
+                        });
                     }
                 }
             }

@@ -203,6 +203,8 @@ impl std::fmt::Display for ErrorSummary {
 ///   atomically with the write. `Refused` means nothing was written.
 /// - **Epoch.** A successful `AddMode::Seed` sets the epoch marker to its cluster;
 ///   every successful `add_self` changes [`Epoch::version`]. The marker never expires.
+///   A marker whose value cannot be decoded is reported (with a warning) as
+///   [`ClusterId::UNREADABLE`] with its real version, so a seed can replace it.
 /// - **Incarnations.** `refresh` and `remove_self` act only on the entry of exactly this
 ///   `NodeId`; an entry of another incarnation at the same address is left alone.
 /// - `remove_self` of an absent entry succeeds.

@@ -533,7 +533,12 @@ impl Machine {
     }
 
     fn seed(&mut self, now: Instant, expected_epoch_version: Option<u64>) {
-        let cluster = ClusterId(self.rng.random());
+        let cluster = loop {
+            let id = ClusterId(self.rng.random());
+            if id != ClusterId::UNREADABLE {
+                break id;
+            }
+        };
         let lock = self.lock.clone().expect("seeding requires the lock");
         self.cluster = Some(cluster);
         let mode = AddMode::Seed {

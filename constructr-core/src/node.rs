@@ -40,6 +40,14 @@ impl fmt::Display for NodeId {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct ClusterId(pub u64);
 
+impl ClusterId {
+    /// Stands for an epoch marker whose value cannot be decoded (written by someone else).
+    /// Backends report such a marker with this id and its real version, so a seeding node
+    /// can replace it (the seed's condition is on the version); no member can join it.
+    /// Seeding nodes never choose this id.
+    pub const UNREADABLE: ClusterId = ClusterId(0);
+}
+
 impl fmt::Display for ClusterId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:016x}", self.0)

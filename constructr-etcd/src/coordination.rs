@@ -31,7 +31,7 @@ use constructr_core::coordination::{
     Registry, WaitOutcome,
 };
 use constructr_core::entry;
-use constructr_core::{Epoch, NodeId, Scope};
+use constructr_core::{ClusterId, Epoch, NodeId, Scope};
 use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp, TxnOpResponse, WatchOptions};
 
 use crate::client::EtcdClient;
@@ -352,7 +352,12 @@ impl EtcdCoordination {
                         })
                     }
                     Err(e) => {
-                        tracing::warn!(key, error = %e, "ignoring an undecodable epoch marker")
+                        // Reported with its version, so a seed can replace it.
+                        tracing::warn!(key, error = %e, "undecodable epoch marker");
+                        registry.epoch = Some(Epoch {
+                            cluster: ClusterId::UNREADABLE,
+                            version: u64::try_from(kv.mod_revision()).unwrap_or(0),
+                        });
                     }
                 }
             }

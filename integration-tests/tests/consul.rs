@@ -17,8 +17,8 @@ use constructr_core::conformance::{self, ConformanceBackend};
 use constructr_core::entry;
 use constructr_core::local::LocalCluster;
 use constructr_core::{
-    AddMode, AddOutcome, ClusterName, Coordination, CoordinationError, Event, Failure, LockOutcome,
-    NodeId, Scope, Settings, State, WaitOutcome,
+    AddMode, AddOutcome, ClusterId, ClusterName, Coordination, CoordinationError, Event, Failure,
+    LockOutcome, NodeId, Scope, Settings, State, WaitOutcome,
 };
 use integration_tests::consul::{ConsulNode, ConsulOptions};
 use integration_tests::nodes::{
@@ -639,4 +639,42 @@ async fn dead_addresses_in_the_list_are_skipped() {
     let handles = spawn_nodes(3, &settings, &consul, &local);
     all_registered(&handles, Duration::from_secs(30)).await;
     assert_one_cluster(&local, 3);
+}
+
+#[tokio::test]
+async fn garbage_under_the_prefix_and_an_unreadable_epoch_do_not_block_bootstrap() {
+    require_docker!();
+    init_tracing();
+    let node = ConsulNode::start().await;
+    let consul = coordination(&node.config());
+    let settings = consul_settings(unique_cluster_name("garbage"));
+    let scope = settings.scope().unwrap();
+    let nodes = consul_key(&entry::nodes_prefix(&scope));
+    let raw = node.raw();
+    raw.put(&format!("{nodes}not-base64!"), b"{\"address\":1}")
+        .await;
+    raw.put(
+        &format!("{nodes}eHl6"),
+        br#"{"address":"10.9.9.9:1","incarnation":1}"#,
+    )
+    .await;
+    raw.put(&consul_key(&entry::epoch_key(&scope)), b"not an epoch")
+        .await;
+    let r = consul
+        .get_nodes(&scope)
+        .await
+        .expect("garbage is not an error");
+    assert!(r.nodes.is_empty(), "{r:?}");
+    assert_eq!(r.epoch.map(|e| e.cluster), Some(ClusterId::UNREADABLE));
+
+    let local = LocalCluster::new();
+    let handles = spawn_nodes(3, &settings, &consul, &local);
+    all_registered(&handles, Duration::from_secs(40)).await;
+    assert_one_cluster(&local, 3);
+    assert_eq!(
+        registered_nodes(&*consul, &scope).await,
+        sorted_ids(&handles)
+    );
+    let epoch = consul.get_nodes(&scope).await.unwrap().epoch.unwrap();
+    assert_ne!(epoch.cluster, ClusterId::UNREADABLE);
 }

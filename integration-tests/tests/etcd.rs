@@ -12,8 +12,8 @@ use constructr_core::conformance::{self, ConformanceBackend};
 use constructr_core::entry;
 use constructr_core::local::LocalCluster;
 use constructr_core::{
-    AddMode, AddOutcome, Coordination, CoordinationError, Event, Failure, LockOutcome, NodeId,
-    Scope, Settings, State, WaitOutcome,
+    AddMode, AddOutcome, ClusterId, Coordination, CoordinationError, Event, Failure, LockOutcome,
+    NodeId, Scope, Settings, State, WaitOutcome,
 };
 use constructr_etcd::{EtcdConfig, EtcdCoordination, EtcdError, lease_ttl_secs};
 use etcd_client::{GetOptions, PutOptions};
@@ -468,6 +468,8 @@ async fn garbage_keys_under_the_prefix_do_not_disturb_bootstrap() {
         ),
         (format!("{}/unrelated", scope.base()), b"hello".to_vec()),
         (format!("{}/nodes", scope.base()), b"no slash".to_vec()),
+        // An epoch marker nobody can read must not block seeding forever.
+        (entry::epoch_key(&scope), b"not an epoch".to_vec()),
     ] {
         raw.put(k, v, None).await.unwrap();
     }
@@ -475,7 +477,8 @@ async fn garbage_keys_under_the_prefix_do_not_disturb_bootstrap() {
         .get_nodes(&scope)
         .await
         .expect("garbage is not an error");
-    assert!(r.nodes.is_empty() && r.epoch.is_none(), "{r:?}");
+    assert!(r.nodes.is_empty(), "{r:?}");
+    assert_eq!(r.epoch.map(|e| e.cluster), Some(ClusterId::UNREADABLE));
 
     let local = LocalCluster::new();
     let handles = spawn_nodes(5, &settings, &etcd, &local);
