@@ -260,7 +260,7 @@ impl ConsulClient {
             .no_proxy();
         if let Some(tls) = &config.tls {
             if let Some(ca) = &tls.ca {
-                let pem = ca.load("CA certificate")?;
+                let pem = crate::config::load_pem(ca, "CA certificate")?;
                 let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|source| {
                     ConsulError::Tls {
                         what: "CA certificate",
@@ -278,9 +278,9 @@ impl ConsulClient {
                 }
             }
             if let (Some(cert), Some(key)) = (&tls.cert, &tls.key) {
-                let mut pem = cert.load("client certificate")?;
+                let mut pem = crate::config::load_pem(cert, "client certificate")?;
                 pem.push(b'\n');
-                pem.extend(key.load("client key")?);
+                pem.extend(crate::config::load_pem(key, "client key")?);
                 let identity =
                     reqwest::Identity::from_pem(&pem).map_err(|source| ConsulError::Tls {
                         what: "client certificate or key",

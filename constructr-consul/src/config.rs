@@ -6,10 +6,11 @@
 //! Consul keys have no leading `/`, so the default prefix `/constructr` becomes `constructr/`).
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::Path;
 use std::time::Duration;
 
 use constructr_core::Settings;
+pub use constructr_core::tls::PemSource;
 use serde::{Deserialize, Serialize};
 
 use crate::error::ConsulError;
@@ -307,52 +308,18 @@ impl fmt::Debug for ConsulTlsConfig {
         f.debug_struct("ConsulTlsConfig")
             .field("ca", &self.ca)
             .field("cert", &self.cert)
-            .field(
-                "key",
-                &self.key.as_ref().map(|k| match k {
-                    PemSource::File(p) => format!("file {}", p.display()),
-                    PemSource::Pem(_) => "<hidden>".to_owned(),
-                }),
-            )
+            .field("key", &self.key)
             .finish()
     }
 }
 
-/// Where PEM data comes from: `{ file = "/etc/consul/ca.pem" }` or `{ pem = "-----BEGIN ..." }`.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum PemSource {
-    /// A file read when the backend is created.
-    File(PathBuf),
-    /// The PEM text itself.
-    Pem(String),
-}
-
-impl PemSource {
-    fn is_inline_or_none(k: &Option<PemSource>) -> bool {
-        !matches!(k, Some(PemSource::File(_)))
-    }
-
-    /// Reads the PEM bytes.
-    pub(crate) fn load(&self, what: &'static str) -> Result<Vec<u8>, ConsulError> {
-        match self {
-            PemSource::File(path) => std::fs::read(path).map_err(|source| ConsulError::TlsFile {
-                what,
-                path: path.clone(),
-                source,
-            }),
-            PemSource::Pem(pem) => Ok(pem.clone().into_bytes()),
-        }
-    }
-}
-
-impl fmt::Debug for PemSource {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            PemSource::File(p) => write!(f, "file {}", p.display()),
-            PemSource::Pem(_) => f.write_str("<inline PEM>"),
-        }
-    }
+/// Reads a PEM source, naming what it is in the error.
+pub(crate) fn load_pem(source: &PemSource, what: &'static str) -> Result<Vec<u8>, ConsulError> {
+    source.read().map_err(|source_err| ConsulError::TlsFile {
+        what,
+        path: source.path().map(Path::to_path_buf).unwrap_or_default(),
+        source: source_err,
+    })
 }
 
 #[cfg(test)]

@@ -125,7 +125,7 @@ impl ConsulError {
             return Self::Timeout { address };
         }
         // reqwest's messages name the URL; ours carries no secrets (the token is a header).
-        let detail = chain(err);
+        let detail = constructr_core::error_chain(err);
         if detail.contains("certificate") || detail.contains("Certificate") {
             return Self::TlsHandshake { address, detail };
         }
@@ -170,26 +170,11 @@ fn short(body: &str) -> String {
     }
 }
 
-/// `err: cause: cause ...`, skipping a cause whose text its parent already printed.
-pub(crate) fn chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = err.to_string();
-    let mut cur = err.source();
-    while let Some(e) = cur {
-        let s = e.to_string();
-        if !out.ends_with(&s) {
-            out.push_str(": ");
-            out.push_str(&s);
-        }
-        cur = e.source();
-    }
-    out
-}
-
 impl From<ConsulError> for CoordinationError {
     /// The message is the whole chain (the state machine keeps only messages); the
     /// `ConsulError` stays available as the source.
     fn from(e: ConsulError) -> Self {
-        let message = chain(&e);
+        let message = constructr_core::error_chain(&e);
         match e {
             ConsulError::Timeout { .. } => CoordinationError::Timeout,
             ConsulError::Unavailable { .. } => CoordinationError::Unavailable {

@@ -166,6 +166,23 @@ impl CoordinationError {
     }
 }
 
+/// `err: cause: cause ...` — an error and its sources on one line, skipping a cause whose
+/// text its parent already printed. Backends use it for the messages the state machine
+/// keeps (it keeps messages, not error values).
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut cur = err.source();
+    while let Some(e) = cur {
+        let s = e.to_string();
+        if !out.ends_with(&s) {
+            out.push_str(": ");
+            out.push_str(&s);
+        }
+        cur = e.source();
+    }
+    out
+}
+
 /// A plain-data copy of an error: whether it was retryable and its message.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ErrorSummary {

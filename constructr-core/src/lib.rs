@@ -27,6 +27,7 @@ pub mod node;
 mod notify;
 pub mod settings;
 pub mod sim;
+pub mod tls;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
@@ -36,7 +37,7 @@ pub mod driver;
 pub use cluster::{Cluster, ClusterError, ClusterEvent};
 pub use coordination::{
     AddMode, AddOutcome, Coordination, CoordinationError, ErrorSummary, LockOutcome, LockToken,
-    RefreshOutcome, Registry, WaitOutcome,
+    RefreshOutcome, Registry, WaitOutcome, error_chain,
 };
 pub use machine::{Action, AttemptId, Event, Failure, Machine, Reply, State};
 pub use node::{ClusterId, ClusterName, Epoch, NodeId, Scope};

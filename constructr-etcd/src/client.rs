@@ -86,12 +86,15 @@ impl EtcdClient {
         if let Some(tls) = &config.tls {
             let mut t = TlsOptions::new();
             if let Some(ca) = &tls.ca {
-                t = t.ca_certificate(Certificate::from_pem(ca.load("CA certificate")?));
+                t = t.ca_certificate(Certificate::from_pem(crate::config::load_pem(
+                    ca,
+                    "CA certificate",
+                )?));
             }
             if let (Some(cert), Some(key)) = (&tls.cert, &tls.key) {
                 t = t.identity(Identity::from_pem(
-                    cert.load("client certificate")?,
-                    key.load("client key")?,
+                    crate::config::load_pem(cert, "client certificate")?,
+                    crate::config::load_pem(key, "client key")?,
                 ));
             }
             if let Some(name) = &tls.domain_name {

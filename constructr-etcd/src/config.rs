@@ -4,9 +4,10 @@
 //! [`Scope`](constructr_core::Scope) (`key-prefix` + `cluster-name` in the node settings).
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::Path;
 use std::time::Duration;
 
+pub use constructr_core::tls::PemSource;
 use serde::{Deserialize, Serialize};
 
 use crate::error::EtcdError;
@@ -223,53 +224,19 @@ impl fmt::Debug for EtcdTlsConfig {
         f.debug_struct("EtcdTlsConfig")
             .field("ca", &self.ca)
             .field("cert", &self.cert)
-            .field(
-                "key",
-                &self.key.as_ref().map(|k| match k {
-                    PemSource::File(p) => format!("file {}", p.display()),
-                    PemSource::Pem(_) => "<hidden>".to_owned(),
-                }),
-            )
+            .field("key", &self.key)
             .field("domain_name", &self.domain_name)
             .finish()
     }
 }
 
-/// Where PEM data comes from: `{ file = "/etc/etcd/ca.pem" }` or `{ pem = "-----BEGIN ..." }`.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum PemSource {
-    /// A file read when the backend is created.
-    File(PathBuf),
-    /// The PEM text itself.
-    Pem(String),
-}
-
-impl PemSource {
-    fn is_inline_or_none(k: &Option<PemSource>) -> bool {
-        !matches!(k, Some(PemSource::File(_)))
-    }
-
-    /// Reads the PEM bytes.
-    pub(crate) fn load(&self, what: &'static str) -> Result<Vec<u8>, EtcdError> {
-        match self {
-            PemSource::File(path) => std::fs::read(path).map_err(|source| EtcdError::TlsFile {
-                what,
-                path: path.clone(),
-                source,
-            }),
-            PemSource::Pem(pem) => Ok(pem.clone().into_bytes()),
-        }
-    }
-}
-
-impl fmt::Debug for PemSource {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            PemSource::File(p) => write!(f, "file {}", p.display()),
-            PemSource::Pem(_) => f.write_str("<inline PEM>"),
-        }
-    }
+/// Reads a PEM source, naming what it is in the error.
+pub(crate) fn load_pem(source: &PemSource, what: &'static str) -> Result<Vec<u8>, EtcdError> {
+    source.read().map_err(|source_err| EtcdError::TlsFile {
+        what,
+        path: source.path().map(Path::to_path_buf).unwrap_or_default(),
+        source: source_err,
+    })
 }
 
 #[cfg(test)]

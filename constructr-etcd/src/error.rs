@@ -102,11 +102,11 @@ impl EtcdError {
             E::GRpcStatus(status) => classify_status(endpoint, &status),
             E::TransportError(e) => Self::Unavailable {
                 endpoint,
-                detail: chain(&e),
+                detail: constructr_core::error_chain(&e),
             },
             E::IoError(e) => Self::Unavailable {
                 endpoint,
-                detail: chain(&e),
+                detail: constructr_core::error_chain(&e),
             },
             // Stream set-up/teardown failures of watches and keep-alives: the stream broke off.
             E::WatchError(d) | E::LeaseKeepAliveError(d) => Self::Unavailable {
@@ -119,7 +119,7 @@ impl EtcdError {
             },
             other => Self::Rejected {
                 endpoint,
-                detail: chain(&other),
+                detail: constructr_core::error_chain(&other),
             },
         }
     }
@@ -131,7 +131,7 @@ fn classify_status(endpoint: String, status: &tonic::Status) -> EtcdError {
     let mut detail = format!("{:?}: {}", status.code(), message);
     if let Some(source) = std::error::Error::source(status) {
         detail.push_str(": ");
-        detail.push_str(&chain(source));
+        detail.push_str(&constructr_core::error_chain(source));
     }
     // etcd reports bad credentials as InvalidArgument and "auth not enabled" as
     // FailedPrecondition (etcdserver/api/v3rpc/rpctypes), so the message decides.
@@ -161,26 +161,11 @@ fn classify_status(endpoint: String, status: &tonic::Status) -> EtcdError {
     }
 }
 
-/// `err: cause: cause ...`, skipping a cause whose text its parent already printed.
-fn chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = err.to_string();
-    let mut cur = err.source();
-    while let Some(e) = cur {
-        let s = e.to_string();
-        if !out.ends_with(&s) {
-            out.push_str(": ");
-            out.push_str(&s);
-        }
-        cur = e.source();
-    }
-    out
-}
-
 impl From<EtcdError> for CoordinationError {
     /// The message is the whole chain (the state machine keeps only messages); the
     /// `EtcdError` stays available as the source.
     fn from(e: EtcdError) -> Self {
-        let message = chain(&e);
+        let message = constructr_core::error_chain(&e);
         match e {
             EtcdError::Timeout { .. } => CoordinationError::Timeout,
             EtcdError::Unavailable { .. } => CoordinationError::Unavailable {

@@ -92,24 +92,9 @@ impl SerfError {
     }
 }
 
-/// `err: cause: cause ...`, skipping a cause whose text its parent already printed.
-pub(crate) fn chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = err.to_string();
-    let mut cur = err.source();
-    while let Some(e) = cur {
-        let s = e.to_string();
-        if !out.ends_with(&s) {
-            out.push_str(": ");
-            out.push_str(&s);
-        }
-        cur = e.source();
-    }
-    out
-}
-
 impl From<SerfError> for CoordinationError {
     fn from(e: SerfError) -> Self {
-        let message = chain(&e);
+        let message = constructr_core::error_chain(&e);
         match e {
             SerfError::Timeout { .. } => CoordinationError::Timeout,
             SerfError::Io { .. } | SerfError::ConnectionClosed { .. } => {

@@ -368,7 +368,7 @@ async fn forward(
                 }
                 message
             }
-            Err(e) => crate::error::chain(&e),
+            Err(e) => constructr_core::error_chain(&e),
         };
         if attempt >= args.retries {
             return Err(format!(
