@@ -244,9 +244,14 @@ async fn five_nodes_on_five_agents_form_one_cluster_and_a_killed_node_disappears
     let clusters = local.clusters();
     assert_eq!(clusters.len(), 1);
     assert_eq!(clusters.values().next().unwrap().len(), 5);
-    // The seed is the node on the lowest-named agent.
-    let r = probe.get_nodes(&scope).await.unwrap();
-    assert_eq!(r.nodes.len(), 5, "{r:?}");
+    // Every node's registration reaches the probe's agent (Serf gossips tag changes: a
+    // node can be registered on its own agent before another agent has heard of it).
+    eventually(
+        Duration::from_secs(15),
+        "all 5 registrations to reach the probe's agent",
+        || async { (probe.get_nodes(&scope).await.ok()?.nodes.len() == 5).then_some(()) },
+    )
+    .await;
 
     // Kill agent 3 and its node: once Serf marks the agent failed, the node is gone.
     let killed = nodes[3].node().clone();
