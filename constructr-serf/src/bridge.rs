@@ -310,6 +310,19 @@ impl Bridge {
         f(&mut self.inner.view.write().unwrap_or_else(|e| e.into_inner()))
     }
 
+    /// Records `member` in datacenter `dc` of the membership view with `status`.
+    fn set_member(&self, dc: &str, member: &MemberInfo, status: MemberState) {
+        self.with_view(|v| {
+            v.entry(dc.to_owned()).or_default().insert(
+                member.name.clone(),
+                MemberView {
+                    member: member.clone(),
+                    status,
+                },
+            );
+        });
+    }
+
     /// Delivers to every subscriber; fails if one stays full beyond the delivery timeout.
     async fn deliver(&self, event: BridgeEvent) -> Result<(), ApiError> {
         let subs: Vec<_> = self.subscribers().clone();
@@ -449,15 +462,7 @@ async fn member_joined(
 ) -> Result<Response, ApiError> {
     let m = parse_member(&body)?;
     check_dc(&b, &dc, &m)?;
-    b.with_view(|v| {
-        v.entry(dc.clone()).or_default().insert(
-            m.name.clone(),
-            MemberView {
-                member: m.clone(),
-                status: MemberState::Alive,
-            },
-        );
-    });
+    b.set_member(&dc, &m, MemberState::Alive);
     b.deliver(BridgeEvent::MemberJoined {
         dc: dc.clone(),
         member: m.clone(),
@@ -570,15 +575,7 @@ async fn member_failed(
 ) -> Result<StatusCode, ApiError> {
     let m = parse_member(&body)?;
     check_dc(&b, &dc, &m)?;
-    b.with_view(|v| {
-        v.entry(dc.clone()).or_default().insert(
-            m.name.clone(),
-            MemberView {
-                member: m.clone(),
-                status: MemberState::Failed,
-            },
-        );
-    });
+    b.set_member(&dc, &m, MemberState::Failed);
     b.deliver(BridgeEvent::MemberFailed { dc, member: m })
         .await?;
     Ok(StatusCode::NO_CONTENT)
