@@ -34,7 +34,7 @@ pub enum SettingsError {
     },
     /// `ttl_factor` is below ConstructR's bound.
     #[error(
-        "ttl-factor {ttl_factor} is too small: it must be >= 1 + (coordination-timeout * (1 + nr-of-retries) + retry-delay * (1 + retry-jitter) * nr-of-retries) / refresh-interval = {minimum:.3}"
+        "ttl-factor {ttl_factor} is too small: the entry must outlive a refresh that times out and its retries (nr-of-retries, 1 when unset) with their waits, i.e. ttl-factor >= 1 + (coordination-timeout * (1 + retries) + sum of retry waits) / refresh-interval = {minimum:.3}"
     )]
     TtlFactorTooSmall {
         /// The configured value.
@@ -42,10 +42,31 @@ pub enum SettingsError {
         /// The minimum for the other settings.
         minimum: f64,
     },
-    /// `retry_jitter` is outside `[0, 1]`.
+    /// `retry_jitter` is outside `[0, 1]` (or not a number).
     #[error("retry-jitter {0} must be between 0.0 and 1.0")]
     Jitter(f64),
+    /// `ttl_factor` is not a finite number.
+    #[error("ttl-factor {0} must be a finite number")]
+    TtlFactorNotFinite(f64),
+    /// A duration (or the entry TTL derived from one) is longer than [`MAX_DURATION`].
+    #[error("{name} must be at most 365 days")]
+    TooLong {
+        /// The setting's name (`ttl` for `refresh-interval × ttl-factor`).
+        name: &'static str,
+    },
+    /// The coordination backend cannot serve these settings (e.g. Consul's 10 s TTL floor).
+    #[error("the {backend} backend cannot serve these settings: {rule}")]
+    Backend {
+        /// The backend's name.
+        backend: &'static str,
+        /// The rule, with the values that broke it.
+        rule: String,
+    },
 }
+
+/// The longest accepted duration (and entry TTL): 365 days. Longer values are mistakes,
+/// and keeping every duration below this keeps all deadline arithmetic far from overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// Settings of one node's bootstrap state machine.
 ///
@@ -68,18 +89,41 @@ pub struct Settings {
     pub abort_on_join_timeout: bool,
     /// Maximum number of seed nodes passed to join (a random subset); 0 = unlimited.
     pub max_nr_of_seed_nodes: usize,
-    /// Retries of a failed coordination request (tries = retries + 1). Default 2.
-    pub nr_of_retries: u32,
+    /// A count limit on retries in a row of a node that is not yet a registered member
+    /// (tries = retries + 1), on top of `retry-budget`; also the retries of the entry
+    /// removal at shutdown. Unset by default (only the time budget counts); ConstructR: 2.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nr_of_retries: Option<u32>,
     /// Interval between refreshes of this node's entry. Default 30 s.
     #[serde(with = "humantime_serde")]
     pub refresh_interval: Duration,
-    /// Delay before retrying, and before re-reading nodes after losing the lock race. Default 3 s.
+    /// Delay before the first retry, and before re-reading nodes after losing the lock
+    /// race. Default 3 s. Retry waits double with every failure in a row, up to
+    /// `max-retry-delay`.
     #[serde(with = "humantime_serde")]
     pub retry_delay: Duration,
+    /// The cap of the growing retry waits (waits never exceed
+    /// `max(max-retry-delay, retry-delay)`; a degraded member also retries at least once per
+    /// `refresh-interval`). Default 30 s; equal to `retry-delay` gives ConstructR's fixed waits.
+    #[serde(with = "humantime_serde")]
+    pub max_retry_delay: Duration,
+    /// How long the requests of a node that is not yet a registered member may keep failing
+    /// before it fails (bootstrapping rides out outages shorter than this). Default 5 min.
+    #[serde(with = "humantime_serde")]
+    pub retry_budget: Duration,
     /// Entry TTL = refresh-interval × ttl-factor. Default 2.0.
     pub ttl_factor: f64,
-    /// Keep refreshing forever instead of failing once retries are exhausted. Default false.
+    /// A registered member whose refreshes fail stays a member (state `Degraded`) and keeps
+    /// retrying, whatever the error, instead of failing. Default true; false is ConstructR's
+    /// fail-fast (fail once `nr-of-retries`/`retry-budget` are used up, or on a permanent error).
     pub ignore_refresh_failures: bool,
+    /// How long a node that finds no registered node, while the registry's epoch names an
+    /// existing cluster, waits (watching) before it seeds a new one, so that live members
+    /// of that cluster whose entries vanished can re-register first ("the older cluster
+    /// wins"). Unset by default: derived, see [`Settings::reseed_grace`]; `"0s"` seeds at
+    /// once (ConstructR).
+    #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    pub reseed_grace: Option<Duration>,
     /// Random extra delay added to retry waits, as a fraction of `retry_delay` (0 = fixed
     /// waits as in ConstructR). Default 0.2.
     pub retry_jitter: f64,
@@ -97,11 +141,14 @@ impl Default for Settings {
             join_timeout: Duration::from_secs(15),
             abort_on_join_timeout: false,
             max_nr_of_seed_nodes: 0,
-            nr_of_retries: 2,
+            nr_of_retries: None,
             refresh_interval: Duration::from_secs(30),
             retry_delay: Duration::from_secs(3),
+            max_retry_delay: Duration::from_secs(30),
+            retry_budget: Duration::from_secs(300),
             ttl_factor: 2.0,
-            ignore_refresh_failures: false,
+            ignore_refresh_failures: true,
+            reseed_grace: None,
             retry_jitter: 0.2,
             watch: true,
         }
@@ -109,16 +156,23 @@ impl Default for Settings {
 }
 
 impl Settings {
-    /// ConstructR's behaviour: its defaults, fixed retry waits, no watch.
+    /// ConstructR's behaviour: its defaults, 2 retries at fixed waits, fail-fast members,
+    /// no watch, no re-seed grace.
     pub fn constructr_compat() -> Self {
+        let d = Self::default();
         Self {
             retry_jitter: 0.0,
             watch: false,
-            ..Self::default()
+            nr_of_retries: Some(2),
+            max_retry_delay: d.retry_delay,
+            ignore_refresh_failures: false,
+            reseed_grace: Some(Duration::ZERO),
+            ..d
         }
     }
 
-    /// Checks every rule; returns the first violated one.
+    /// Checks every rule; returns the first violated one. Every accepted value runs
+    /// through the machine without overflow or panic.
     pub fn validate(&self) -> Result<(), SettingsError> {
         for (name, d) in [
             ("coordination-timeout", self.coordination_timeout),
@@ -130,23 +184,83 @@ impl Settings {
                 return Err(SettingsError::Zero { name });
             }
         }
+        for (name, d) in [
+            ("coordination-timeout", self.coordination_timeout),
+            ("join-timeout", self.join_timeout),
+            ("refresh-interval", self.refresh_interval),
+            ("retry-delay", self.retry_delay),
+            ("max-retry-delay", self.max_retry_delay),
+            ("retry-budget", self.retry_budget),
+            ("reseed-grace", self.reseed_grace.unwrap_or_default()),
+        ] {
+            if d > MAX_DURATION {
+                return Err(SettingsError::TooLong { name });
+            }
+        }
         if !(0.0..=1.0).contains(&self.retry_jitter) || self.retry_jitter.is_nan() {
             return Err(SettingsError::Jitter(self.retry_jitter));
         }
-        // Worst case between two successful refreshes: every try of a refresh times out and
-        // every retry waits (with jitter) — the entry must outlive it.
-        let retries = f64::from(self.nr_of_retries);
-        let retry_wait = self.retry_delay.as_secs_f64() * (1.0 + self.retry_jitter);
-        let minimum = 1.0
-            + (self.coordination_timeout.as_secs_f64() * (1.0 + retries) + retry_wait * retries)
-                / self.refresh_interval.as_secs_f64();
-        if self.ttl_factor.is_nan() || self.ttl_factor < minimum {
+        if !self.ttl_factor.is_finite() {
+            return Err(SettingsError::TtlFactorNotFinite(self.ttl_factor));
+        }
+        let minimum = self.minimum_ttl_factor();
+        if self.ttl_factor < minimum {
             return Err(SettingsError::TtlFactorTooSmall {
                 ttl_factor: self.ttl_factor,
                 minimum,
             });
         }
+        if self.refresh_interval.as_secs_f64() * self.ttl_factor > MAX_DURATION.as_secs_f64() {
+            return Err(SettingsError::TooLong { name: "ttl" });
+        }
         self.scope().map(|_| ())
+    }
+
+    /// The smallest `ttl_factor` these settings allow: the entry must outlive a refresh whose
+    /// tries all time out, with the (growing, jittered) waits between them:
+    /// `1 + (coordination-timeout × (1 + r) + Σ waits) / refresh-interval`, with
+    /// `r = nr-of-retries` (1 when unset).
+    pub fn minimum_ttl_factor(&self) -> f64 {
+        let retries = self.nr_of_retries.unwrap_or(1);
+        let mut waits = 0.0;
+        for k in 0..retries.min(64) {
+            waits += self.member_retry_wait(k, 1.0).as_secs_f64();
+        }
+        let tries = 1.0 + f64::from(retries);
+        1.0 + (self.coordination_timeout.as_secs_f64() * tries + waits)
+            / self.refresh_interval.as_secs_f64()
+    }
+
+    /// The wait before retry number `k + 1` of a node that is not yet a registered member:
+    /// `retry-delay × 2^k`, capped at `max(max-retry-delay, retry-delay)`, times
+    /// `1 + jitter × retry-jitter` (`jitter` in `[0, 1)`, drawn by the caller).
+    pub fn retry_wait(&self, k: u32, jitter: f64) -> Duration {
+        let cap = self.max_retry_delay.max(self.retry_delay);
+        let grown = self.retry_delay.saturating_mul(1u32 << k.min(31)).min(cap);
+        saturating_mul_f64(grown, 1.0 + jitter * self.retry_jitter)
+    }
+
+    /// The wait before retry number `k + 1` of a registered member: as
+    /// [`Settings::retry_wait`], and at most `refresh-interval`, so a degraded member tries
+    /// at least once per refresh interval.
+    pub fn member_retry_wait(&self, k: u32, jitter: f64) -> Duration {
+        self.retry_wait(k, jitter).min(self.refresh_interval)
+    }
+
+    /// How long a node that reads an empty registry whose epoch names a cluster waits
+    /// before seeding: `reseed-grace` if set, else
+    /// `refresh-interval + 2 × coordination-timeout + retry-delay × (1 + retry-jitter)` —
+    /// a live member notices a vanished entry at its next refresh, and may need one failed
+    /// try and one retry to re-register.
+    pub fn reseed_grace(&self) -> Duration {
+        self.reseed_grace.unwrap_or_else(|| {
+            self.refresh_interval
+                .saturating_add(self.coordination_timeout.saturating_mul(2))
+                .saturating_add(saturating_mul_f64(
+                    self.retry_delay,
+                    1.0 + self.retry_jitter,
+                ))
+        })
     }
 
     /// The registry scope (`key_prefix` + `cluster_name`).
@@ -154,14 +268,25 @@ impl Settings {
         Scope::new(&self.key_prefix, self.cluster_name.clone())
     }
 
-    /// TTL of this node's entry: `refresh_interval × ttl_factor`.
+    /// TTL of this node's entry: `refresh_interval × ttl_factor` (saturating; validated
+    /// settings keep it at most [`MAX_DURATION`]).
     pub fn ttl(&self) -> Duration {
-        self.refresh_interval.mul_f64(self.ttl_factor)
+        saturating_mul_f64(self.refresh_interval, self.ttl_factor)
     }
 
     /// TTL of the bootstrap lock: long enough to re-read the nodes, join and write the
     /// fenced registration (`join_timeout + 2 × coordination_timeout`).
     pub fn lock_ttl(&self) -> Duration {
-        self.join_timeout + self.coordination_timeout * 2
+        self.join_timeout
+            .saturating_add(self.coordination_timeout.saturating_mul(2))
     }
+}
+
+/// `d × f` without panicking: `Duration::MAX` on overflow or infinity, zero for NaN or
+/// negative factors.
+fn saturating_mul_f64(d: Duration, f: f64) -> Duration {
+    if f.is_nan() || f <= 0.0 {
+        return Duration::ZERO;
+    }
+    Duration::try_from_secs_f64(d.as_secs_f64() * f).unwrap_or(Duration::MAX)
 }
