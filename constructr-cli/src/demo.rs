@@ -182,11 +182,7 @@ pub async fn run_with<C: Coordination>(
     } else {
         println!("timeline ({n} nodes, backend {backend}, seed {seed}):");
         for r in &records {
-            let what = match &r.event {
-                Event::StateChanged { from, to } => format!("{from:?} -> {to:?}"),
-                Event::Retrying { state, error } => format!("retrying in {state:?}: {error}"),
-                Event::SeedRefused => "seed registration refused: starting over".into(),
-            };
+            let what = &r.event;
             println!(
                 "  {:>9.3} ms  127.0.0.1:{:<6} {what}",
                 r.at.as_secs_f64() * 1000.0,

@@ -57,6 +57,17 @@ pub enum AddMode {
     },
 }
 
+impl AddMode {
+    /// The cluster this registration belongs to (`None`: a member of a registry without
+    /// epoch marker).
+    pub fn cluster(&self) -> Option<ClusterId> {
+        match self {
+            AddMode::Seed { cluster, .. } => Some(*cluster),
+            AddMode::Join { cluster } => *cluster,
+        }
+    }
+}
+
 /// Result of [`Coordination::add_self`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AddOutcome {
@@ -270,6 +281,14 @@ pub trait Coordination: Send + Sync + 'static {
     /// Removes `node`'s own entry at once (graceful shutdown).
     async fn remove_self(&self, scope: &Scope, node: &NodeId) -> Result<(), CoordinationError>;
 
+    /// Checks the backend's own limits on the node settings (e.g. Consul's session TTLs of
+    /// 10 s to 24 h), so that no node starts with settings the backend would refuse later.
+    /// [`crate::driver::spawn`] calls it; the default accepts everything.
+    fn check_settings(&self, settings: &crate::Settings) -> Result<(), crate::SettingsError> {
+        let _ = settings;
+        Ok(())
+    }
+
     /// Resolves when anything under `scope` changed after `revision` (a [`Registry::revision`]).
     ///
     /// Backends that can watch (etcd watch, Consul blocking query) override this so nodes
@@ -318,6 +337,9 @@ impl<T: Coordination + ?Sized> Coordination for std::sync::Arc<T> {
     }
     async fn remove_self(&self, scope: &Scope, node: &NodeId) -> Result<(), CoordinationError> {
         (**self).remove_self(scope, node).await
+    }
+    fn check_settings(&self, settings: &crate::Settings) -> Result<(), crate::SettingsError> {
+        (**self).check_settings(settings)
     }
     async fn wait_for_change(
         &self,

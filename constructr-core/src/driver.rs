@@ -3,6 +3,7 @@
 //! It never exits the process: when the machine stops or fails, [`NodeHandle::stopped`]
 //! resolves and the application decides what to do (ConstructR issues #95/#171).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -79,11 +80,15 @@ impl NodeHandle {
         self.shutdown.notify_one();
     }
 
-    /// Resolves when the machine has stopped (`Ok`) or failed (`Err` with the reason).
+    /// Resolves when the machine has stopped (`Ok`) or failed (`Err` with the reason; a
+    /// panic of the node task itself is [`Failure::Panicked`] too, never a hang).
     pub async fn stopped(self) -> Result<(), Failure> {
         match self.task.await {
             Ok(r) => r,
-            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) if e.is_panic() => Err(Failure::Panicked {
+                what: "the node task".into(),
+                message: panic_message(e.into_panic()),
+            }),
             Err(_) => Ok(()),
         }
     }
@@ -95,7 +100,8 @@ impl NodeHandle {
     }
 }
 
-/// Validates the settings and starts a node on the current tokio runtime.
+/// Validates the settings (the general rules, then the backend's own limits through
+/// [`Coordination::check_settings`]) and starts a node on the current tokio runtime.
 ///
 /// `seed` drives the machine's randomness; `node.incarnation` should be random per start.
 pub fn spawn(
@@ -106,6 +112,8 @@ pub fn spawn(
     seed: u64,
 ) -> Result<NodeHandle, SettingsError> {
     let scope = settings.scope()?;
+    settings.validate()?;
+    coordination.check_settings(&settings)?;
     let start = Instant::now();
     let machine = Machine::new(settings, node.clone(), seed, start.into_std())?;
     let (state_tx, state_rx) = watch::channel(machine.state());
@@ -133,6 +141,13 @@ pub fn spawn(
     })
 }
 
+/// One running backend or cluster call.
+struct Call {
+    attempt: AttemptId,
+    what: &'static str,
+    handle: tokio::task::AbortHandle,
+}
+
 struct Runner {
     machine: Machine,
     scope: Scope,
@@ -148,10 +163,31 @@ impl Runner {
     async fn run(mut self) -> Result<(), Failure> {
         let (tx, mut rx) = mpsc::unbounded_channel::<(AttemptId, Reply)>();
         let mut tasks = tokio::task::JoinSet::new();
+        // The running calls: which attempt (to drop superseded ones) and what (for panics).
+        let mut running: HashMap<tokio::task::Id, Call> = HashMap::new();
         loop {
             while let Some(action) = self.machine.poll_action() {
-                tasks.spawn(self.execute(action, tx.clone()));
+                let what = action_name(&action);
+                let attempt = action.attempt();
+                let handle = tasks.spawn(self.execute(action, tx.clone()));
+                running.insert(
+                    handle.id(),
+                    Call {
+                        attempt,
+                        what,
+                        handle,
+                    },
+                );
             }
+            // A superseded attempt (timed out, retried, or its phase left) is dropped, so a
+            // slow call never overlaps its retry (no extra leases or sessions).
+            running.retain(|_, call| {
+                let live = self.machine.is_awaiting(call.attempt);
+                if !live {
+                    call.handle.abort();
+                }
+                live
+            });
             while let Some(event) = self.machine.poll_event() {
                 self.report(event);
             }
@@ -176,7 +212,27 @@ impl Runner {
                 }
                 () = sleep => self.machine.handle_timeout(Instant::now().into_std()),
                 () = self.shutdown.notified() => self.machine.shutdown(Instant::now().into_std()),
-                Some(_) = tasks.join_next() => {}
+                Some(done) = tasks.join_next_with_id() => {
+                    match done {
+                        Ok((id, ())) => {
+                            running.remove(&id);
+                        }
+                        Err(e) if e.is_panic() => {
+                            let what = running.remove(&e.id()).map_or("a call", |c| c.what);
+                            let failure = Failure::Panicked {
+                                what: what.to_owned(),
+                                message: panic_message(e.into_panic()),
+                            };
+                            tracing::error!(reason = %failure, "bootstrap failed");
+                            let _ = self.state_tx.send(State::Failed);
+                            tasks.abort_all();
+                            return Err(failure);
+                        }
+                        Err(e) => {
+                            running.remove(&e.id());
+                        }
+                    }
+                }
             }
         }
     }
@@ -198,12 +254,28 @@ impl Runner {
                     );
                 }
             }
-            Event::Retrying { state, error } => {
-                tracing::warn!(?state, %error, "coordination request failed; retrying")
+            Event::Retrying {
+                state,
+                error,
+                retry_in,
+            } => {
+                tracing::warn!(?state, %error, retry_in_ms = retry_in.as_millis() as u64, "request failed; retrying")
             }
             Event::SeedRefused => {
                 tracing::warn!("fenced seed registration refused (lost the lock); starting over")
             }
+            Event::SeedConfirmed => {
+                tracing::info!("found the seed registration committed despite the lost reply")
+            }
+            Event::ReseedGrace { cluster, grace } => tracing::info!(
+                %cluster,
+                grace_ms = grace.as_millis() as u64,
+                "registry empty but its epoch names a cluster: waiting for its members to re-register before seeding"
+            ),
+            Event::ClusterLost { cluster } => tracing::warn!(
+                cluster = cluster.map(|c| c.to_string()),
+                "re-registration refused: another cluster owns the registry; leaving to join it"
+            ),
         }
         let _ = self.events.send(TimedEvent { elapsed, event });
     }
@@ -267,6 +339,27 @@ impl Runner {
         }
         .instrument(span)
     }
+}
+
+fn action_name(action: &Action) -> &'static str {
+    match action {
+        Action::GetNodes { .. } => "Coordination::get_nodes",
+        Action::Lock { .. } => "Coordination::lock",
+        Action::AddSelf { .. } => "Coordination::add_self",
+        Action::Refresh { .. } => "Coordination::refresh",
+        Action::RemoveSelf { .. } => "Coordination::remove_self",
+        Action::WaitForChange { .. } => "Coordination::wait_for_change",
+        Action::JoinCluster { .. } => "Cluster::join",
+        Action::LeaveCluster { .. } => "Cluster::leave",
+    }
+}
+
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into())
 }
 
 async fn bounded<T>(bound: Duration, f: impl std::future::Future<Output = T>) -> Option<T> {

@@ -12,7 +12,25 @@
 //! Replies carrying an attempt id that is not the current one are ignored: a reply that
 //! arrives after its request timed out can never be mistaken for the reply of a retry.
 //! A driver may (and should) drop the future of an action whose attempt has been
-//! superseded, but it does not have to.
+//! superseded ([`Machine::is_awaiting`] tells), but it does not have to.
+//!
+//! # How it is built
+//! The machine is a [`Phase`] (the state, with the data only that state needs: the lock
+//! token while verifying, the seeds and the registration while joining, ...) and the I/O it
+//! waits for (one request in flight, or a timer). Every input — a reply, a timeout, a
+//! shutdown, a cluster event — becomes an `Input`, and **one function, `transition`, holds
+//! the single `match (phase, input)`** that decides the next phase. Entering a phase issues
+//! the request that phase stands for; `begin` is the one place that derives it.
+//!
+//! # Outages
+//! A registered member never leaves its cluster because the coordination service is down:
+//! a failed refresh moves it to [`State::Degraded`], where it retries with growing waits
+//! (capped at `max-retry-delay` and at the refresh interval) until the service answers,
+//! then refreshes or re-registers under its cluster's epoch. A node that is still
+//! bootstrapping retries with the same growing waits for `retry-budget` before it fails.
+//! A node that finds an empty registry whose epoch names a cluster waits
+//! [`Settings::reseed_grace`] (watching) before it seeds, so that a live cluster whose entries
+//! vanished re-registers first: the older cluster wins.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -130,7 +148,7 @@ pub enum Reply {
     Left(Result<(), ClusterError>),
 }
 
-/// The machine's states (ConstructR's, plus the safety and shutdown states).
+/// The machine's states (ConstructR's, plus the safety, outage and shutdown states).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum State {
     /// Reading the registered nodes.
@@ -139,17 +157,24 @@ pub enum State {
     Locking,
     /// Holding the lock: re-reading the nodes before seeding.
     VerifyingEmpty,
-    /// Another node holds the lock: waiting for its registration (watch) or `retry_delay`.
+    /// Another node holds the lock, or the registry's cluster may still re-register (the
+    /// re-seed grace): waiting for a registration (watch) or a timer, then re-reading.
     WaitingForNodes,
     /// Joining the seeds (or this node alone, when seeding).
     Joining,
     /// Member of the cluster: registering in the coordination service.
     AddingSelf,
+    /// The seed's fenced registration was refused after an attempt whose outcome is
+    /// unknown: re-reading the registry to recognise its own committed registration.
+    ConfirmingSeed,
     /// Registered: waiting for the next refresh.
     RefreshScheduled,
     /// Refreshing the registration.
     Refreshing,
-    /// Leaving the cluster to start over (refused registration or join timeout).
+    /// A registered member whose registration is not confirmed (the coordination service
+    /// failed): still a member, retrying with growing waits.
+    Degraded,
+    /// Leaving the cluster to start over (refused registration, join timeout or error).
     Resetting,
     /// Graceful shutdown: leaving the cluster.
     Leaving,
@@ -167,7 +192,7 @@ impl State {
         matches!(self, State::Stopped | State::Failed)
     }
 
-    /// Whether this node is a registered member.
+    /// Whether this node is a registered member whose registration is confirmed.
     pub fn is_registered(self) -> bool {
         matches!(self, State::RefreshScheduled | State::Refreshing)
     }
@@ -177,7 +202,7 @@ impl State {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum Failure {
-    /// A coordination request failed `nr_of_retries + 1` times in a row.
+    /// Coordination requests kept failing for `retry-budget` (or `nr-of-retries` times).
     #[error("coordination failed in state {state:?} after all retries: {error}")]
     RetriesExhausted {
         /// The state the request belonged to.
@@ -196,10 +221,25 @@ pub enum Failure {
     /// Joining timed out and `abort_on_join_timeout` is set.
     #[error("joining the cluster timed out")]
     JoinTimeout,
+    /// Joining kept failing for `retry-budget` (or `nr-of-retries` times).
+    #[error("joining the cluster failed after all retries: {error}")]
+    JoinFailed {
+        /// The last join error.
+        error: String,
+    },
+    /// A backend or cluster call panicked (reported by the driver, never by the machine).
+    #[error("{what} panicked: {message}")]
+    Panicked {
+        /// Which call.
+        what: String,
+        /// The panic message.
+        message: String,
+    },
 }
 
-/// Something the application may want to observe.
+/// Something the application may want to observe. `Display` gives one line for logs.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Event {
     /// The state changed.
     StateChanged {
@@ -208,15 +248,59 @@ pub enum Event {
         /// The new state.
         to: State,
     },
-    /// A request failed and will be retried after a delay.
+    /// A request (or a join) failed and will be retried after `retry_in`.
     Retrying {
         /// The state the request belongs to.
         state: State,
         /// The error.
         error: ErrorSummary,
+        /// The wait before the retry.
+        retry_in: Duration,
     },
     /// The fenced registration of this node's seeding was refused: it starts over.
     SeedRefused,
+    /// After a refused retry of its fenced registration, the seed found its own earlier
+    /// registration committed (the reply had been lost): it stays in its cluster.
+    SeedConfirmed,
+    /// The registry is empty but its epoch names `cluster`: this node waits up to `grace`
+    /// for that cluster's members to re-register before it may seed.
+    ReseedGrace {
+        /// The cluster the epoch names.
+        cluster: ClusterId,
+        /// How long this node waits at most.
+        grace: Duration,
+    },
+    /// A registered member's re-registration was refused (another cluster owns the
+    /// registry now): it leaves its cluster and starts over.
+    ClusterLost {
+        /// The cluster it leaves.
+        cluster: Option<ClusterId>,
+    },
+}
+
+impl std::fmt::Display for Event {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Event::StateChanged { from, to } => write!(f, "{from:?} -> {to:?}"),
+            Event::Retrying {
+                state,
+                error,
+                retry_in,
+            } => write!(f, "retrying in {state:?} after {retry_in:?}: {error}"),
+            Event::SeedRefused => f.write_str("seed registration refused: starting over"),
+            Event::SeedConfirmed => {
+                f.write_str("seed registration found committed despite the lost reply")
+            }
+            Event::ReseedGrace { cluster, grace } => write!(
+                f,
+                "registry empty, epoch names cluster {cluster}: waiting up to {grace:?} for its members"
+            ),
+            Event::ClusterLost { cluster } => match cluster {
+                Some(c) => write!(f, "re-registration refused: leaving cluster {c}"),
+                None => f.write_str("re-registration refused: leaving the cluster"),
+            },
+        }
+    }
 }
 
 /// Test-only switches that remove a safety mechanism, to show the tests catch its absence.
@@ -227,23 +311,186 @@ pub struct Mutations {
     pub skip_reread_after_lock: bool,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum Request {
-    GetNodes,
-    Lock,
-    AddSelf(AddMode),
-    Refresh,
-    RemoveSelf,
-    Join(Vec<NodeId>),
-    Leave,
+/// The re-seed grace: until `until`, a node that finds the registry of `cluster` empty
+/// waits instead of seeding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Grace {
+    cluster: ClusterId,
+    until: Instant,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Wake {
-    RequestTimeout,
-    Retry,
-    WaitOver,
-    RefreshDue,
+/// A state with the data only it needs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Phase {
+    GettingNodes {
+        grace: Option<Grace>,
+    },
+    Locking {
+        revision: Option<u64>,
+        epoch_version: Option<u64>,
+        grace: Option<Grace>,
+    },
+    VerifyingEmpty {
+        lock: LockToken,
+    },
+    WaitingForNodes {
+        revision: Option<u64>,
+        until: Instant,
+        /// The attempt of the watch (early wake-up), while it runs.
+        watch: Option<AttemptId>,
+        grace: Option<Grace>,
+    },
+    Joining {
+        seeds: Vec<NodeId>,
+        /// The registration that follows the join.
+        registration: AddMode,
+    },
+    AddingSelf {
+        mode: AddMode,
+        /// A registered member re-registering (its entry vanished).
+        reregistering: bool,
+        /// An earlier attempt of this registration failed: it may have been written.
+        uncertain: bool,
+    },
+    ConfirmingSeed {
+        cluster: ClusterId,
+    },
+    RefreshScheduled {
+        cluster: Option<ClusterId>,
+    },
+    Refreshing {
+        cluster: Option<ClusterId>,
+    },
+    Degraded {
+        cluster: Option<ClusterId>,
+    },
+    Resetting {
+        /// Wait this long after leaving before reading the nodes again (join errors).
+        backoff: Duration,
+    },
+    Leaving {
+        /// Whether this node's entry may exist (then it is removed next).
+        registered: bool,
+    },
+    RemovingSelf,
+    Stopped,
+    Failed(Failure),
+}
+
+impl Phase {
+    fn state(&self) -> State {
+        match self {
+            Phase::GettingNodes { .. } => State::GettingNodes,
+            Phase::Locking { .. } => State::Locking,
+            Phase::VerifyingEmpty { .. } => State::VerifyingEmpty,
+            Phase::WaitingForNodes { .. } => State::WaitingForNodes,
+            Phase::Joining { .. } => State::Joining,
+            Phase::AddingSelf { .. } => State::AddingSelf,
+            Phase::ConfirmingSeed { .. } => State::ConfirmingSeed,
+            Phase::RefreshScheduled { .. } => State::RefreshScheduled,
+            Phase::Refreshing { .. } => State::Refreshing,
+            Phase::Degraded { .. } => State::Degraded,
+            Phase::Resetting { .. } => State::Resetting,
+            Phase::Leaving { .. } => State::Leaving,
+            Phase::RemovingSelf => State::RemovingSelf,
+            Phase::Stopped => State::Stopped,
+            Phase::Failed(_) => State::Failed,
+        }
+    }
+
+    /// The cluster this node joined or seeded, as far as this phase knows it.
+    fn cluster(&self) -> Option<ClusterId> {
+        match self {
+            Phase::Joining { registration, .. } => registration.cluster(),
+            Phase::AddingSelf { mode, .. } => mode.cluster(),
+            Phase::ConfirmingSeed { cluster } => Some(*cluster),
+            Phase::RefreshScheduled { cluster }
+            | Phase::Refreshing { cluster }
+            | Phase::Degraded { cluster } => *cluster,
+            _ => None,
+        }
+    }
+
+    /// Whether this node is a member whose entry may exist (a shutdown removes it).
+    fn may_be_registered(&self) -> bool {
+        matches!(
+            self,
+            Phase::AddingSelf { .. }
+                | Phase::ConfirmingSeed { .. }
+                | Phase::RefreshScheduled { .. }
+                | Phase::Refreshing { .. }
+                | Phase::Degraded { .. }
+        )
+    }
+}
+
+/// What the machine waits for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Io {
+    /// The reply to `action`; at `deadline` it counts as a timeout.
+    Request { action: Action, deadline: Instant },
+    /// A timer: at `at` the phase gets [`Input::Due`] (a retry issues its request again).
+    Wait { at: Instant },
+    /// Nothing (terminal phases).
+    Idle,
+}
+
+/// Every input of the machine, as the transition function sees it.
+#[derive(Debug)]
+enum Input {
+    Nodes(Registry),
+    Lock(LockOutcome),
+    Added(AddOutcome),
+    Refreshed(RefreshOutcome),
+    Removed,
+    Joined,
+    JoinFailed(String),
+    Left,
+    /// The watch saw a change.
+    Changed,
+    /// The current request failed (error reply or timeout).
+    Failed(ErrorSummary),
+    /// The phase's timer fired.
+    Due,
+    Shutdown,
+}
+
+/// What a transition does with the machine.
+#[derive(Debug)]
+enum Step {
+    /// Keep the phase and what it waits for.
+    Stay(Phase),
+    /// Switch to the phase, keeping the request in flight.
+    Become(Phase),
+    /// Enter the phase and issue its request now.
+    Enter(Phase),
+    /// Enter (or stay in) the phase and issue its request after a wait.
+    After(Phase, Duration),
+}
+
+/// Consecutive failures, for the retry budget and the growing waits.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Streak {
+    since: Option<Instant>,
+    count: u32,
+}
+
+impl Streak {
+    /// Records a failure at `now`; returns the number of failures in a row so far.
+    fn record(&mut self, now: Instant) -> u32 {
+        self.since.get_or_insert(now);
+        self.count = self.count.saturating_add(1);
+        self.count
+    }
+
+    /// Whether the failures in a row used up the budget (time, or count if set).
+    fn exhausted(&self, now: Instant, s: &Settings) -> bool {
+        let counted = s.nr_of_retries.is_some_and(|r| self.count > r);
+        let timed = self
+            .since
+            .is_some_and(|since| now.saturating_duration_since(since) >= s.retry_budget);
+        counted || timed
+    }
 }
 
 /// One node's bootstrap state machine. See the [module docs](self) for how to drive it.
@@ -252,26 +499,13 @@ pub struct Machine {
     settings: Settings,
     node: NodeId,
     rng: ChaCha8Rng,
-    state: State,
-    failure: Option<Failure>,
+    phase: Phase,
+    io: Io,
     next_attempt: u64,
-    /// The request whose reply is awaited, with its attempt id.
-    pending: Option<(AttemptId, Request)>,
-    /// The request to repeat when the retry timer fires.
-    to_retry: Option<Request>,
-    /// Wait-for-change attempt (early wake-up of `WaitingForNodes`).
-    waiting: Option<AttemptId>,
-    timer: Option<(Instant, Wake)>,
-    retries_left: u32,
-    last_revision: Option<u64>,
-    last_epoch_version: Option<u64>,
-    lock: Option<LockToken>,
-    /// The condition of this node's (next) registration.
-    add_mode: Option<AddMode>,
-    /// The cluster this node joined, as named by the registry's epoch.
-    cluster: Option<ClusterId>,
-    may_be_registered: bool,
-    shutting_down: bool,
+    /// Failed coordination requests in a row (any success resets it).
+    failures: Streak,
+    /// Failed joins in a row (a registration resets it).
+    join_failures: Streak,
     mutations: Mutations,
     actions: VecDeque<Action>,
     events: VecDeque<Event>,
@@ -282,6 +516,17 @@ impl Machine {
     ///
     /// `seed` drives all randomness (jitter, seed subsets, cluster ids): the same seed and
     /// the same inputs give the same outputs.
+    ///
+    /// ```
+    /// use std::time::Instant;
+    /// use constructr_core::{Action, Machine, NodeId, Settings, State};
+    ///
+    /// let now = Instant::now();
+    /// let mut m = Machine::new(Settings::default(), NodeId::new("10.0.0.7:2552", 1), 42, now)?;
+    /// assert_eq!(m.state(), State::GettingNodes);
+    /// assert!(matches!(m.poll_action(), Some(Action::GetNodes { .. })));
+    /// # Ok::<(), constructr_core::SettingsError>(())
+    /// ```
     pub fn new(
         settings: Settings,
         node: NodeId,
@@ -289,31 +534,20 @@ impl Machine {
         now: Instant,
     ) -> Result<Self, SettingsError> {
         settings.validate()?;
-        let retries_left = settings.nr_of_retries;
         let mut m = Self {
             settings,
             node,
             rng: ChaCha8Rng::seed_from_u64(seed),
-            state: State::GettingNodes,
-            failure: None,
+            phase: Phase::GettingNodes { grace: None },
+            io: Io::Idle,
             next_attempt: 0,
-            pending: None,
-            to_retry: None,
-            waiting: None,
-            timer: None,
-            retries_left,
-            last_revision: None,
-            last_epoch_version: None,
-            lock: None,
-            add_mode: None,
-            cluster: None,
-            may_be_registered: false,
-            shutting_down: false,
+            failures: Streak::default(),
+            join_failures: Streak::default(),
             mutations: Mutations::default(),
             actions: VecDeque::new(),
             events: VecDeque::new(),
         };
-        m.issue(now, Request::GetNodes);
+        m.begin(now);
         Ok(m)
     }
 
@@ -334,17 +568,30 @@ impl Machine {
 
     /// The current state.
     pub fn state(&self) -> State {
-        self.state
+        self.phase.state()
     }
 
     /// Why the machine failed, once it is in [`State::Failed`].
     pub fn failure(&self) -> Option<&Failure> {
-        self.failure.as_ref()
+        match &self.phase {
+            Phase::Failed(f) => Some(f),
+            _ => None,
+        }
     }
 
     /// The cluster (epoch) this node joined or seeded, once known.
     pub fn cluster(&self) -> Option<ClusterId> {
-        self.cluster
+        self.phase.cluster()
+    }
+
+    /// Whether the reply to `attempt` is still awaited (the driver drops the futures of
+    /// every other attempt).
+    pub fn is_awaiting(&self, attempt: AttemptId) -> bool {
+        let requested =
+            matches!(&self.io, Io::Request { action, .. } if action.attempt() == attempt);
+        let watching =
+            matches!(self.phase, Phase::WaitingForNodes { watch: Some(w), .. } if w == attempt);
+        requested || watching
     }
 
     /// The next action to execute.
@@ -359,348 +606,475 @@ impl Machine {
 
     /// When [`Machine::handle_timeout`] must be called next; `None` when no timer runs.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.timer.map(|(at, _)| at)
+        match &self.io {
+            Io::Request { deadline, .. } => Some(*deadline),
+            Io::Wait { at } => Some(*at),
+            Io::Idle => None,
+        }
     }
 
     /// Starts a graceful shutdown: leave the cluster, remove this node's entry, stop.
     pub fn shutdown(&mut self, now: Instant) {
-        if self.shutting_down || self.state.is_terminal() {
-            return;
-        }
-        self.shutting_down = true;
-        self.waiting = None;
-        self.to_retry = None;
-        match self.state {
-            State::GettingNodes
-            | State::Locking
-            | State::VerifyingEmpty
-            | State::WaitingForNodes => {
-                self.pending = None;
-                self.timer = None;
-                self.enter(State::Stopped);
-            }
-            State::Resetting => {
-                // Already leaving; its reply moves on to removing or stopping.
-                self.enter(State::Leaving);
-            }
-            _ => {
-                self.enter(State::Leaving);
-                self.issue(now, Request::Leave);
-            }
-        }
+        self.step(now, Input::Shutdown);
     }
 
-    /// A cluster membership event. Only [`ClusterEvent::SelfUp`] while joining matters;
-    /// everything else is ignored and leaves every deadline where it was.
+    /// A cluster membership event. Only [`ClusterEvent::SelfUp`] while joining matters (it
+    /// counts as the join's reply); everything else is ignored and leaves every deadline
+    /// where it was.
     pub fn handle_cluster_event(&mut self, now: Instant, event: ClusterEvent) {
-        if let (ClusterEvent::SelfUp, State::Joining, Some((attempt, Request::Join(_)))) =
-            (&event, self.state, &self.pending)
-        {
-            let attempt = *attempt;
-            self.handle_reply(now, attempt, Reply::Joined(Ok(())));
+        let joining = matches!(
+            &self.io,
+            Io::Request {
+                action: Action::JoinCluster { .. },
+                ..
+            }
+        );
+        if event == ClusterEvent::SelfUp && joining {
+            self.step(now, Input::Joined);
         }
     }
 
     /// Wakes the machine; acts only if its timer is due.
     pub fn handle_timeout(&mut self, now: Instant) {
-        let Some((at, wake)) = self.timer else { return };
-        if now < at {
-            return;
-        }
-        self.timer = None;
-        match wake {
-            Wake::RequestTimeout => {
-                if let Some((_, request)) = self.pending.take() {
-                    self.on_request_failed(now, request, CoordinationError::Timeout.summary());
-                }
+        let input = match &self.io {
+            Io::Request { deadline, .. } if now >= *deadline => {
+                Input::Failed(CoordinationError::Timeout.summary())
             }
-            Wake::Retry => {
-                if let Some(request) = self.to_retry.take() {
-                    self.issue(now, request);
-                }
-            }
-            Wake::WaitOver => {
-                self.waiting = None;
-                self.enter(State::GettingNodes);
-                self.issue(now, Request::GetNodes);
-            }
-            Wake::RefreshDue => {
-                self.enter(State::Refreshing);
-                self.issue(now, Request::Refresh);
-            }
-        }
+            Io::Wait { at } if now >= *at => Input::Due,
+            _ => return,
+        };
+        self.io = Io::Idle;
+        self.step(now, input);
     }
 
     /// The result of the action with `attempt`. Stale or unexpected replies are ignored.
     pub fn handle_reply(&mut self, now: Instant, attempt: AttemptId, reply: Reply) {
-        if self.waiting == Some(attempt) {
-            self.waiting = None;
-            if matches!(reply, Reply::Changed(Ok(WaitOutcome::Changed)))
-                && self.state == State::WaitingForNodes
-            {
-                self.timer = None;
-                self.enter(State::GettingNodes);
-                self.issue(now, Request::GetNodes);
+        if let Phase::WaitingForNodes { watch, .. } = &mut self.phase
+            && *watch == Some(attempt)
+        {
+            *watch = None;
+            if matches!(reply, Reply::Changed(Ok(WaitOutcome::Changed))) {
+                self.step(now, Input::Changed);
             }
             return;
         }
-        let Some((current, request)) = &self.pending else {
+        let Io::Request { action, .. } = &self.io else {
             return;
         };
-        if *current != attempt || !reply_matches(request, &reply) {
+        if action.attempt() != attempt || !reply_fits(action, &reply) {
             return;
         }
-        let (_, request) = self.pending.take().expect("checked above");
-        self.timer = None;
-        match reply {
-            Reply::Nodes(Ok(registry)) => self.on_nodes(now, registry),
-            Reply::Lock(Ok(outcome)) => self.on_lock(now, outcome),
-            Reply::AddSelf(Ok(outcome)) => self.on_added(now, outcome),
-            Reply::Refresh(Ok(outcome)) => self.on_refreshed(now, outcome),
-            Reply::RemoveSelf(Ok(())) => self.enter(State::Stopped),
-            Reply::Joined(Ok(())) => {
-                self.succeeded();
-                self.enter(State::AddingSelf);
-                let mode = self.add_mode.clone().expect("set before joining");
-                self.issue(now, Request::AddSelf(mode));
-            }
-            Reply::Joined(Err(_)) => self.reset(now),
-            Reply::Left(_) => self.on_left(now),
+        let input = match reply {
+            Reply::Nodes(Ok(registry)) => Input::Nodes(registry),
+            Reply::Lock(Ok(outcome)) => Input::Lock(outcome),
+            Reply::AddSelf(Ok(outcome)) => Input::Added(outcome),
+            Reply::Refresh(Ok(outcome)) => Input::Refreshed(outcome),
+            Reply::RemoveSelf(Ok(())) => Input::Removed,
+            Reply::Joined(Ok(())) => Input::Joined,
+            Reply::Joined(Err(e)) => Input::JoinFailed(e.to_string()),
+            // A failed leave counts as done (the cluster contract).
+            Reply::Left(_) => Input::Left,
             Reply::Nodes(Err(e))
             | Reply::Lock(Err(e))
             | Reply::AddSelf(Err(e))
             | Reply::Refresh(Err(e))
-            | Reply::RemoveSelf(Err(e)) => self.on_request_failed(now, request, e.summary()),
-            Reply::Changed(_) => {}
+            | Reply::RemoveSelf(Err(e))
+            | Reply::Changed(Err(e)) => Input::Failed(e.summary()),
+            Reply::Changed(Ok(_)) => return,
+        };
+        self.step(now, input);
+    }
+
+    /// Runs one input through [`Machine::transition`] and applies the step.
+    fn step(&mut self, now: Instant, input: Input) {
+        let from = self.phase.state();
+        let phase = std::mem::replace(&mut self.phase, Phase::Stopped);
+        if matches!(
+            &input,
+            Input::Nodes(_)
+                | Input::Lock(_)
+                | Input::Added(_)
+                | Input::Refreshed(_)
+                | Input::Removed
+        ) {
+            self.failures = Streak::default();
+        }
+        let step = self.transition(now, phase, input);
+        let (phase, issue) = match step {
+            Step::Stay(phase) => {
+                self.phase = phase;
+                return;
+            }
+            Step::Become(phase) => (phase, None),
+            Step::Enter(phase) => (phase, Some(Duration::ZERO)),
+            Step::After(phase, wait) => (phase, Some(wait)),
+        };
+        self.phase = phase;
+        let to = self.phase.state();
+        if from != to {
+            self.events.push_back(Event::StateChanged { from, to });
+        }
+        match issue {
+            Some(wait) if wait.is_zero() => self.begin(now),
+            Some(wait) => {
+                self.io = Io::Wait {
+                    at: after(now, wait),
+                }
+            }
+            None => {}
         }
     }
 
-    fn on_nodes(&mut self, now: Instant, registry: Registry) {
-        self.succeeded();
-        self.last_revision = registry.revision;
-        let others: Vec<NodeId> = registry
+    /// **The transitions, all in one place.** Given the phase and an input, the next step.
+    fn transition(&mut self, now: Instant, phase: Phase, input: Input) -> Step {
+        use Input as I;
+        use Phase as P;
+        match (phase, input) {
+            (p, I::Shutdown) => self.shut_down(p),
+
+            // Reading the registry: join the registered nodes, or go for the lock.
+            (P::GettingNodes { grace }, I::Nodes(registry)) => self.on_nodes(now, registry, grace),
+            (P::Locking { epoch_version, .. }, I::Lock(LockOutcome::Acquired(lock)))
+                if self.mutations.skip_reread_after_lock =>
+            {
+                self.seed(lock, epoch_version)
+            }
+            (P::Locking { .. }, I::Lock(LockOutcome::Acquired(lock))) => {
+                Step::Enter(P::VerifyingEmpty { lock })
+            }
+            (
+                P::Locking {
+                    revision, grace, ..
+                },
+                I::Lock(LockOutcome::HeldByOther),
+            ) => {
+                let until = after(now, self.wait_for_nodes());
+                Step::Enter(P::WaitingForNodes {
+                    revision,
+                    until,
+                    watch: None,
+                    grace,
+                })
+            }
+            (P::VerifyingEmpty { lock }, I::Nodes(registry)) => {
+                let version = registry.epoch.map(|e| e.version);
+                match self.others(registry) {
+                    Some((seeds, mode)) => Step::Enter(P::Joining {
+                        seeds,
+                        registration: mode,
+                    }),
+                    None => self.seed(lock, version),
+                }
+            }
+            (P::WaitingForNodes { grace, .. }, I::Changed | I::Due) => {
+                Step::Enter(P::GettingNodes { grace })
+            }
+
+            // Joining, then registering.
+            (P::Joining { registration, .. }, I::Joined) => Step::Enter(P::AddingSelf {
+                mode: registration,
+                reregistering: false,
+                uncertain: false,
+            }),
+            (P::Joining { .. }, I::JoinFailed(error)) => {
+                let n = self.join_failures.record(now);
+                if self.join_failures.exhausted(now, &self.settings) {
+                    return Step::Enter(P::Failed(Failure::JoinFailed { error }));
+                }
+                let backoff = self.retry_wait(n - 1, false);
+                self.events.push_back(Event::Retrying {
+                    state: State::Joining,
+                    error: ErrorSummary {
+                        retryable: true,
+                        message: error,
+                    },
+                    retry_in: backoff,
+                });
+                Step::Enter(P::Resetting { backoff })
+            }
+            (P::Joining { .. }, I::Failed(_)) if self.settings.abort_on_join_timeout => {
+                Step::Enter(P::Failed(Failure::JoinTimeout))
+            }
+            (P::Joining { .. }, I::Failed(_)) => Step::Enter(P::Resetting {
+                backoff: Duration::ZERO,
+            }),
+            (P::AddingSelf { mode, .. }, I::Added(AddOutcome::Added)) => {
+                self.join_failures = Streak::default();
+                Step::Enter(P::RefreshScheduled {
+                    cluster: mode.cluster(),
+                })
+            }
+            (
+                P::AddingSelf {
+                    mode: AddMode::Seed { cluster, .. },
+                    uncertain: true,
+                    ..
+                },
+                I::Added(AddOutcome::Refused),
+            ) => Step::Enter(P::ConfirmingSeed { cluster }),
+            (
+                P::AddingSelf {
+                    mode,
+                    reregistering,
+                    ..
+                },
+                I::Added(AddOutcome::Refused),
+            ) => {
+                match mode {
+                    AddMode::Seed { .. } => self.events.push_back(Event::SeedRefused),
+                    AddMode::Join { cluster } if reregistering => {
+                        self.events.push_back(Event::ClusterLost { cluster })
+                    }
+                    AddMode::Join { .. } => {}
+                }
+                Step::Enter(P::Resetting {
+                    backoff: Duration::ZERO,
+                })
+            }
+            (P::ConfirmingSeed { cluster }, I::Nodes(registry)) => {
+                let ours = registry.nodes.contains(&self.node)
+                    && registry.epoch.is_some_and(|e| e.cluster == cluster);
+                if ours {
+                    self.join_failures = Streak::default();
+                    self.events.push_back(Event::SeedConfirmed);
+                    Step::Enter(P::RefreshScheduled {
+                        cluster: Some(cluster),
+                    })
+                } else {
+                    self.events.push_back(Event::SeedRefused);
+                    Step::Enter(P::Resetting {
+                        backoff: Duration::ZERO,
+                    })
+                }
+            }
+
+            // Registered: refresh; a vanished entry is registered again.
+            (P::RefreshScheduled { cluster }, I::Due) => Step::Enter(P::Refreshing { cluster }),
+            (
+                P::Refreshing { cluster } | P::Degraded { cluster },
+                I::Refreshed(RefreshOutcome::Refreshed),
+            ) => Step::Enter(P::RefreshScheduled { cluster }),
+            (
+                P::Refreshing { cluster } | P::Degraded { cluster },
+                I::Refreshed(RefreshOutcome::Missing),
+            ) => Step::Enter(P::AddingSelf {
+                mode: AddMode::Join { cluster },
+                reregistering: true,
+                uncertain: false,
+            }),
+
+            // Leaving: to start over, or to stop.
+            (P::Resetting { backoff }, I::Left | I::Failed(_)) => {
+                Step::After(P::GettingNodes { grace: None }, backoff)
+            }
+            (P::Leaving { registered: true }, I::Left | I::Failed(_)) => {
+                Step::Enter(P::RemovingSelf)
+            }
+            (P::Leaving { registered: false }, I::Left | I::Failed(_)) => Step::Enter(P::Stopped),
+            (P::RemovingSelf, I::Removed) => Step::Enter(P::Stopped),
+
+            // A failed request: retry, degrade, or fail.
+            (p, I::Failed(error)) => self.on_failure(now, p, error),
+            // A retry's wait is over: issue the phase's request again.
+            (p, I::Due) => Step::Enter(p),
+            // Anything else (a late watch, a reply a terminal machine no longer wants).
+            (p, _) => Step::Stay(p),
+        }
+    }
+
+    fn shut_down(&mut self, phase: Phase) -> Step {
+        self.failures = Streak::default();
+        match phase {
+            Phase::GettingNodes { .. }
+            | Phase::Locking { .. }
+            | Phase::VerifyingEmpty { .. }
+            | Phase::WaitingForNodes { .. } => Step::Enter(Phase::Stopped),
+            // Already leaving: its reply moves on to stopping.
+            Phase::Resetting { .. } => Step::Become(Phase::Leaving { registered: false }),
+            p @ (Phase::Leaving { .. }
+            | Phase::RemovingSelf
+            | Phase::Stopped
+            | Phase::Failed(_)) => Step::Stay(p),
+            p => Step::Enter(Phase::Leaving {
+                registered: p.may_be_registered(),
+            }),
+        }
+    }
+
+    fn on_nodes(&mut self, now: Instant, registry: Registry, grace: Option<Grace>) -> Step {
+        let revision = registry.revision;
+        let epoch = registry.epoch;
+        if let Some((seeds, registration)) = self.others(registry) {
+            return Step::Enter(Phase::Joining {
+                seeds,
+                registration,
+            });
+        }
+        let epoch_version = epoch.map(|e| e.version);
+        let grace_period = self.settings.reseed_grace();
+        let grace = match epoch {
+            // The epoch names a cluster that may still live: give its members the chance
+            // to re-register before seeding over it.
+            Some(e) if e.cluster != ClusterId::UNREADABLE && !grace_period.is_zero() => match grace
+            {
+                Some(g) if g.cluster == e.cluster => Some(g),
+                _ => {
+                    self.events.push_back(Event::ReseedGrace {
+                        cluster: e.cluster,
+                        grace: grace_period,
+                    });
+                    Some(Grace {
+                        cluster: e.cluster,
+                        until: after(now, grace_period),
+                    })
+                }
+            },
+            _ => None,
+        };
+        match grace {
+            Some(g) if now < g.until => {
+                let until = after(now, self.wait_for_nodes()).min(g.until);
+                Step::Enter(Phase::WaitingForNodes {
+                    revision,
+                    until,
+                    watch: None,
+                    grace,
+                })
+            }
+            _ => Step::Enter(Phase::Locking {
+                revision,
+                epoch_version,
+                grace,
+            }),
+        }
+    }
+
+    /// The seeds and the registration to join with, if other nodes are registered.
+    fn others(&mut self, registry: Registry) -> Option<(Vec<NodeId>, AddMode)> {
+        let mut others: Vec<NodeId> = registry
             .nodes
             .into_iter()
             .filter(|n| n.address != self.node.address)
             .collect();
-        let epoch = registry.epoch;
-        self.last_epoch_version = epoch.map(|e| e.version);
-        if !others.is_empty() {
-            self.cluster = epoch.map(|e| e.cluster);
-            let mode = AddMode::Join {
-                cluster: self.cluster,
-            };
-            let seeds = self.pick_seeds(others);
-            self.join(now, seeds, mode);
-            return;
+        if others.is_empty() {
+            return None;
         }
-        match self.state {
-            State::GettingNodes => {
-                self.enter(State::Locking);
-                self.issue(now, Request::Lock);
-            }
-            State::VerifyingEmpty => self.seed(now, epoch.map(|e| e.version)),
-            _ => {}
+        let max = self.settings.max_nr_of_seed_nodes;
+        if max > 0 && others.len() > max {
+            // A random subset, so that not every joiner hammers the same first N nodes.
+            others.partial_shuffle(&mut self.rng, max);
+            others.truncate(max);
         }
+        let cluster = registry.epoch.map(|e| e.cluster);
+        Some((others, AddMode::Join { cluster }))
     }
 
-    fn on_lock(&mut self, now: Instant, outcome: LockOutcome) {
-        self.succeeded();
-        match outcome {
-            LockOutcome::Acquired(token) => {
-                self.lock = Some(token);
-                if self.mutations.skip_reread_after_lock {
-                    self.seed(now, self.last_epoch_version);
-                } else {
-                    self.enter(State::VerifyingEmpty);
-                    self.issue(now, Request::GetNodes);
-                }
-            }
-            LockOutcome::HeldByOther => {
-                self.enter(State::WaitingForNodes);
-                if self.settings.watch {
-                    let attempt = self.next_attempt();
-                    self.waiting = Some(attempt);
-                    self.actions.push_back(Action::WaitForChange {
-                        attempt,
-                        after: self.last_revision,
-                    });
-                }
-                let delay = self.retry_wait();
-                self.timer = Some((now + delay, Wake::WaitOver));
-            }
-        }
-    }
-
-    fn seed(&mut self, now: Instant, expected_epoch_version: Option<u64>) {
+    fn seed(&mut self, lock: LockToken, expected_epoch_version: Option<u64>) -> Step {
         let cluster = loop {
             let id = ClusterId(self.rng.random());
             if id != ClusterId::UNREADABLE {
                 break id;
             }
         };
-        let lock = self.lock.clone().expect("seeding requires the lock");
-        self.cluster = Some(cluster);
-        let mode = AddMode::Seed {
-            lock,
-            cluster,
-            expected_epoch_version,
+        Step::Enter(Phase::Joining {
+            seeds: vec![self.node.clone()],
+            registration: AddMode::Seed {
+                lock,
+                cluster,
+                expected_epoch_version,
+            },
+        })
+    }
+
+    /// A coordination request of `phase` failed (error reply or timeout).
+    fn on_failure(&mut self, now: Instant, phase: Phase, error: ErrorSummary) -> Step {
+        let state = phase.state();
+        let n = self.failures.record(now);
+        let member_cluster = match &phase {
+            Phase::Refreshing { cluster } | Phase::Degraded { cluster } => Some(*cluster),
+            Phase::AddingSelf {
+                mode,
+                reregistering: true,
+                ..
+            } => Some(mode.cluster()),
+            _ => None,
         };
-        self.join(now, vec![self.node.clone()], mode);
-    }
-
-    fn join(&mut self, now: Instant, seeds: Vec<NodeId>, mode: AddMode) {
-        self.add_mode = Some(mode);
-        self.enter(State::Joining);
-        self.issue(now, Request::Join(seeds));
-    }
-
-    fn on_added(&mut self, now: Instant, outcome: AddOutcome) {
-        self.succeeded();
-        match outcome {
-            AddOutcome::Added => {
-                // Later re-registrations (after an expired entry) are those of a member.
-                self.add_mode = Some(AddMode::Join {
-                    cluster: self.cluster,
-                });
-                self.lock = None;
-                self.schedule_refresh(now);
+        if let Some(cluster) = member_cluster {
+            // A registered member: it stays a member (degraded) unless fail-fast is asked for.
+            let keep = self.settings.ignore_refresh_failures
+                || (error.retryable && !self.failures.exhausted(now, &self.settings));
+            if !keep {
+                return Step::Enter(Phase::Failed(fail(state, error)));
             }
-            AddOutcome::Refused => {
-                self.may_be_registered = false;
-                if matches!(self.add_mode, Some(AddMode::Seed { .. })) {
-                    self.events.push_back(Event::SeedRefused);
-                }
-                self.reset(now);
-            }
-        }
-    }
-
-    fn on_refreshed(&mut self, now: Instant, outcome: RefreshOutcome) {
-        self.succeeded();
-        match outcome {
-            RefreshOutcome::Refreshed => self.schedule_refresh(now),
-            RefreshOutcome::Missing => {
-                self.enter(State::AddingSelf);
-                let mode = self.add_mode.clone().expect("set when first added");
-                self.issue(now, Request::AddSelf(mode));
-            }
-        }
-    }
-
-    fn on_left(&mut self, now: Instant) {
-        match self.state {
-            State::Resetting => {
-                self.enter(State::GettingNodes);
-                self.issue(now, Request::GetNodes);
-            }
-            State::Leaving if self.may_be_registered => {
-                self.retries_left = self.settings.nr_of_retries;
-                self.enter(State::RemovingSelf);
-                self.issue(now, Request::RemoveSelf);
-            }
-            State::Leaving => self.enter(State::Stopped),
-            _ => {}
-        }
-    }
-
-    fn on_request_failed(&mut self, now: Instant, request: Request, error: ErrorSummary) {
-        match self.state {
-            State::Joining => {
-                if self.settings.abort_on_join_timeout {
-                    self.fail(Failure::JoinTimeout);
-                } else {
-                    self.reset(now);
-                }
-                return;
-            }
-            State::Resetting | State::Leaving => return self.on_left(now),
-            State::Refreshing if self.settings.ignore_refresh_failures => {
-                self.events.push_back(Event::Retrying {
-                    state: self.state,
-                    error,
-                });
-                return self.retry_later(now, request);
-            }
-            _ => {}
-        }
-        if error.retryable && self.retries_left > 0 {
-            self.retries_left -= 1;
+            // A permanent error will not go away soon: retry at the longest wait.
+            let k = if error.retryable { n - 1 } else { u32::MAX };
+            let retry_in = self.retry_wait(k, true);
             self.events.push_back(Event::Retrying {
-                state: self.state,
+                state,
                 error,
+                retry_in,
             });
-            self.retry_later(now, request);
-        } else if self.state == State::RemovingSelf {
-            // The entry expires with its TTL; shutting down goes on.
-            self.enter(State::Stopped);
-        } else if error.retryable {
-            self.fail(Failure::RetriesExhausted {
-                state: self.state,
-                error,
-            });
+            return Step::After(Phase::Degraded { cluster }, retry_in);
+        }
+        let phase = match phase {
+            Phase::RemovingSelf => {
+                // Shutting down: a few quick tries, then the entry expires with its TTL.
+                if !error.retryable || n > self.settings.nr_of_retries.unwrap_or(2) {
+                    return Step::Enter(Phase::Stopped);
+                }
+                let retry_in = self.retry_wait(0, false);
+                self.events.push_back(Event::Retrying {
+                    state,
+                    error,
+                    retry_in,
+                });
+                return Step::After(Phase::RemovingSelf, retry_in);
+            }
+            p @ (Phase::Stopped | Phase::Failed(_)) => return Step::Stay(p),
+            // The outcome of this registration is unknown now.
+            Phase::AddingSelf {
+                mode,
+                reregistering,
+                ..
+            } => Phase::AddingSelf {
+                mode,
+                reregistering,
+                uncertain: true,
+            },
+            p => p,
+        };
+        if !error.retryable || self.failures.exhausted(now, &self.settings) {
+            return Step::Enter(Phase::Failed(fail(state, error)));
+        }
+        let retry_in = self.retry_wait(n - 1, false);
+        self.events.push_back(Event::Retrying {
+            state,
+            error,
+            retry_in,
+        });
+        Step::After(phase, retry_in)
+    }
+
+    /// The jittered wait before retry `k + 1` (see [`Settings::retry_wait`]).
+    fn retry_wait(&mut self, k: u32, member: bool) -> Duration {
+        let jitter = self.jitter();
+        if member {
+            self.settings.member_retry_wait(k, jitter)
         } else {
-            self.fail(Failure::Permanent {
-                state: self.state,
-                error,
-            });
+            self.settings.retry_wait(k, jitter)
         }
     }
 
-    fn retry_later(&mut self, now: Instant, request: Request) {
-        self.to_retry = Some(request);
-        let delay = self.retry_wait();
-        self.timer = Some((now + delay, Wake::Retry));
+    /// How long a waiting node waits for a registration before reading again.
+    fn wait_for_nodes(&mut self) -> Duration {
+        self.retry_wait(0, false)
     }
 
-    fn reset(&mut self, now: Instant) {
-        self.lock = None;
-        self.cluster = None;
-        self.add_mode = None;
-        if self.shutting_down {
-            self.enter(State::Leaving);
+    fn jitter(&mut self) -> f64 {
+        if self.settings.retry_jitter > 0.0 {
+            self.rng.random_range(0.0..1.0)
         } else {
-            self.enter(State::Resetting);
-        }
-        self.issue(now, Request::Leave);
-    }
-
-    fn fail(&mut self, failure: Failure) {
-        self.pending = None;
-        self.to_retry = None;
-        self.waiting = None;
-        self.timer = None;
-        self.failure = Some(failure);
-        self.enter(State::Failed);
-    }
-
-    fn succeeded(&mut self) {
-        self.retries_left = self.settings.nr_of_retries;
-    }
-
-    fn schedule_refresh(&mut self, now: Instant) {
-        self.may_be_registered = true;
-        self.enter(State::RefreshScheduled);
-        self.timer = Some((now + self.settings.refresh_interval, Wake::RefreshDue));
-    }
-
-    fn pick_seeds(&mut self, mut nodes: Vec<NodeId>) -> Vec<NodeId> {
-        let max = self.settings.max_nr_of_seed_nodes;
-        if max > 0 && nodes.len() > max {
-            // A random subset, so that not every joiner hammers the same first N nodes.
-            nodes.partial_shuffle(&mut self.rng, max);
-            nodes.truncate(max);
-        }
-        nodes
-    }
-
-    fn retry_wait(&mut self) -> Duration {
-        let base = self.settings.retry_delay;
-        let jitter = self.settings.retry_jitter;
-        if jitter > 0.0 {
-            base.mul_f64(1.0 + self.rng.random_range(0.0..jitter))
-        } else {
-            base
+            0.0
         }
     }
 
@@ -709,69 +1083,107 @@ impl Machine {
         AttemptId(self.next_attempt)
     }
 
-    fn issue(&mut self, now: Instant, request: Request) {
-        let attempt = self.next_attempt();
+    /// **The one place that derives what a phase does on entry**: the request it issues
+    /// (with its deadline), or the timer it waits for.
+    fn begin(&mut self, now: Instant) {
         let s = &self.settings;
-        let (action, timeout) = match &request {
-            Request::GetNodes => (Action::GetNodes { attempt }, s.coordination_timeout),
-            Request::Lock => (
+        let (coordination, join, refresh) =
+            (s.coordination_timeout, s.join_timeout, s.refresh_interval);
+        let (ttl, lock_ttl, watch) = (s.ttl(), s.lock_ttl(), s.watch);
+        let attempt = AttemptId(self.next_attempt + 1);
+        let (action, timeout) = match &mut self.phase {
+            Phase::GettingNodes { .. }
+            | Phase::VerifyingEmpty { .. }
+            | Phase::ConfirmingSeed { .. } => (Action::GetNodes { attempt }, coordination),
+            Phase::Locking { .. } => (
                 Action::Lock {
                     attempt,
-                    ttl: s.lock_ttl(),
+                    ttl: lock_ttl,
                 },
-                s.coordination_timeout,
+                coordination,
             ),
-            Request::AddSelf(mode) => {
-                self.may_be_registered = true;
-                (
-                    Action::AddSelf {
-                        attempt,
-                        ttl: s.ttl(),
-                        mode: mode.clone(),
-                    },
-                    s.coordination_timeout,
-                )
+            Phase::WaitingForNodes {
+                revision,
+                until,
+                watch: watching,
+                ..
+            } => {
+                self.io = Io::Wait { at: *until };
+                if watch {
+                    *watching = Some(attempt);
+                    let after = *revision;
+                    self.next_attempt();
+                    self.actions
+                        .push_back(Action::WaitForChange { attempt, after });
+                }
+                return;
             }
-            Request::Refresh => (
-                Action::Refresh {
-                    attempt,
-                    ttl: s.ttl(),
-                },
-                s.coordination_timeout,
-            ),
-            Request::RemoveSelf => (Action::RemoveSelf { attempt }, s.coordination_timeout),
-            Request::Join(seeds) => (
+            Phase::Joining { seeds, .. } => (
                 Action::JoinCluster {
                     attempt,
                     seeds: seeds.clone(),
                 },
-                s.join_timeout,
+                join,
             ),
-            Request::Leave => (Action::LeaveCluster { attempt }, s.coordination_timeout),
+            Phase::AddingSelf { mode, .. } => (
+                Action::AddSelf {
+                    attempt,
+                    ttl,
+                    mode: mode.clone(),
+                },
+                coordination,
+            ),
+            Phase::RefreshScheduled { .. } => {
+                self.io = Io::Wait {
+                    at: after(now, refresh),
+                };
+                return;
+            }
+            Phase::Refreshing { .. } | Phase::Degraded { .. } => {
+                (Action::Refresh { attempt, ttl }, coordination)
+            }
+            Phase::Resetting { .. } | Phase::Leaving { .. } => {
+                (Action::LeaveCluster { attempt }, coordination)
+            }
+            Phase::RemovingSelf => (Action::RemoveSelf { attempt }, coordination),
+            Phase::Stopped | Phase::Failed(_) => {
+                self.io = Io::Idle;
+                return;
+            }
         };
-        self.pending = Some((attempt, request));
-        self.timer = Some((now + timeout, Wake::RequestTimeout));
-        self.actions.push_back(action);
-    }
-
-    fn enter(&mut self, to: State) {
-        let from = self.state;
-        if from != to {
-            self.state = to;
-            self.events.push_back(Event::StateChanged { from, to });
-        }
+        self.next_attempt();
+        self.actions.push_back(action.clone());
+        self.io = Io::Request {
+            action,
+            deadline: after(now, timeout),
+        };
     }
 }
 
-fn reply_matches(request: &Request, reply: &Reply) -> bool {
+fn fail(state: State, error: ErrorSummary) -> Failure {
+    if error.retryable {
+        Failure::RetriesExhausted { state, error }
+    } else {
+        Failure::Permanent { state, error }
+    }
+}
+
+/// `now + d`, saturating far in the future instead of overflowing.
+fn after(now: Instant, d: Duration) -> Instant {
+    now.checked_add(d)
+        .or_else(|| now.checked_add(crate::settings::MAX_DURATION))
+        .unwrap_or(now)
+}
+
+fn reply_fits(action: &Action, reply: &Reply) -> bool {
     matches!(
-        (request, reply),
-        (Request::GetNodes, Reply::Nodes(_))
-            | (Request::Lock, Reply::Lock(_))
-            | (Request::AddSelf(_), Reply::AddSelf(_))
-            | (Request::Refresh, Reply::Refresh(_))
-            | (Request::RemoveSelf, Reply::RemoveSelf(_))
-            | (Request::Join(_), Reply::Joined(_))
-            | (Request::Leave, Reply::Left(_))
+        (action, reply),
+        (Action::GetNodes { .. }, Reply::Nodes(_))
+            | (Action::Lock { .. }, Reply::Lock(_))
+            | (Action::AddSelf { .. }, Reply::AddSelf(_))
+            | (Action::Refresh { .. }, Reply::Refresh(_))
+            | (Action::RemoveSelf { .. }, Reply::RemoveSelf(_))
+            | (Action::JoinCluster { .. }, Reply::Joined(_))
+            | (Action::LeaveCluster { .. }, Reply::Left(_))
     )
 }

@@ -163,6 +163,7 @@ fn seed_registration_retry_keeps_the_same_fence() {
         vec![Event::Retrying {
             state: State::AddingSelf,
             error: timeout_summary(),
+            retry_in: RETRY_DELAY,
         }]
     );
     assert_eq!(actions(&mut m), vec![]);

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::*;
 use constructr_core::{
-    Action, AddMode, AttemptId, ClusterError, ClusterEvent, Failure, Machine, Reply, State,
+    Action, AddMode, AttemptId, ClusterError, ClusterEvent, Event, Failure, Machine, Reply, State,
 };
 
 /// A member-script machine in `Joining` with `JoinCluster { 2, [node2, node3] }` sent at t0.
@@ -159,19 +159,33 @@ fn joined_ok_adds_self() {
     assert_eq!(actions(&mut m), vec![add_self_as_member(3)]);
 }
 
+fn join_error() -> Reply {
+    Reply::Joined(Err(ClusterError::Join {
+        message: "no seed answered".into(),
+    }))
+}
+
+fn join_error_summary() -> constructr_core::ErrorSummary {
+    constructr_core::ErrorSummary {
+        retryable: true,
+        message: "joining the cluster failed: no seed answered".into(),
+    }
+}
+
 #[test]
-fn joined_err_resets() {
+fn join_error_is_reported_then_leaves_and_reads_again_after_a_backoff() {
     let mut m = joining(settings());
-    m.handle_reply(
-        at(500),
-        AttemptId(2),
-        Reply::Joined(Err(ClusterError::Join {
-            message: "no seed answered".into(),
-        })),
-    );
+    m.handle_reply(at(500), AttemptId(2), join_error());
     assert_eq!(
         events(&mut m),
-        vec![changed(State::Joining, State::Resetting)]
+        vec![
+            Event::Retrying {
+                state: State::Joining,
+                error: join_error_summary(),
+                retry_in: RETRY_DELAY,
+            },
+            changed(State::Joining, State::Resetting)
+        ]
     );
     assert_eq!(actions(&mut m), vec![leave(3)]);
     m.handle_reply(at(600), AttemptId(3), Reply::Left(Ok(())));
@@ -179,5 +193,53 @@ fn joined_err_resets() {
         events(&mut m),
         vec![changed(State::Resetting, State::GettingNodes)]
     );
+    // Not at once: a join that fails at once must not spin.
+    assert_eq!(actions(&mut m), vec![]);
+    assert_eq!(m.poll_timeout(), Some(at(600) + RETRY_DELAY));
+    m.handle_timeout(at(600) + RETRY_DELAY);
     assert_eq!(actions(&mut m), vec![get_nodes(4)]);
+}
+
+#[test]
+fn join_errors_back_off_with_growing_waits_and_exhaust_into_failed() {
+    let mut s = outage_settings();
+    s.retry_budget = Duration::from_secs(60);
+    let mut m = joining(s);
+    let mut now = at(500);
+    let mut attempt = 2;
+    let mut waits = Vec::new();
+    loop {
+        m.handle_reply(now, AttemptId(attempt), join_error());
+        if m.state() == State::Failed {
+            break;
+        }
+        let retry_in = events(&mut m)
+            .into_iter()
+            .find_map(|e| match e {
+                Event::Retrying { retry_in, .. } => Some(retry_in),
+                _ => None,
+            })
+            .expect("a Retrying event per join error");
+        waits.push(retry_in.as_secs());
+        let leave = single(&mut m);
+        m.handle_reply(now, leave.attempt(), Reply::Left(Ok(())));
+        now = m.poll_timeout().expect("backoff timer");
+        m.handle_timeout(now);
+        let get = single(&mut m);
+        m.handle_reply(
+            now,
+            get.attempt(),
+            Reply::Nodes(Ok(registry(&[node(2)], epoch(THEIR_CLUSTER, 5), 5))),
+        );
+        attempt = single(&mut m).attempt().0;
+        assert!(waits.len() < 50, "never failed: {waits:?}");
+    }
+    // 2, 4, 8, 16, 16, ... s until 60 s of join errors in a row.
+    assert_eq!(waits, [2, 4, 8, 16, 16, 16]);
+    assert_eq!(
+        m.failure(),
+        Some(&Failure::JoinFailed {
+            error: "joining the cluster failed: no seed answered".into()
+        })
+    );
 }

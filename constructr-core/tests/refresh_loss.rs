@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use constructr_core::{
-    Action, AddMode, AddOutcome, AttemptId, Machine, RefreshOutcome, Reply, State,
+    Action, AddMode, AddOutcome, AttemptId, Event, Machine, RefreshOutcome, Reply, State,
 };
 
 fn refreshing(script: Script) -> (Machine, Action) {
@@ -90,7 +90,12 @@ fn missing_entry_refused_because_another_cluster_took_over_resets() {
     m.handle_reply(now, AttemptId(5), Reply::AddSelf(Ok(AddOutcome::Refused)));
     assert_eq!(
         events(&mut m),
-        vec![changed(State::AddingSelf, State::Resetting)]
+        vec![
+            Event::ClusterLost {
+                cluster: Some(THEIR_CLUSTER)
+            },
+            changed(State::AddingSelf, State::Resetting)
+        ]
     );
     assert_eq!(actions(&mut m), vec![leave(6)]);
 }

@@ -49,6 +49,7 @@ fn fail_and_retry(
         vec![Event::Retrying {
             state,
             error: unavailable_summary(),
+            retry_in: RETRY_DELAY,
         }]
     );
     assert_eq!(actions(m), vec![]);
@@ -109,6 +110,7 @@ fn request_timeouts_count_as_retryable_failures() {
                 vec![Event::Retrying {
                     state: State::GettingNodes,
                     error: timeout_summary(),
+                    retry_in: RETRY_DELAY,
                 }]
             );
             now += RETRY_DELAY;
@@ -226,7 +228,7 @@ fn exhaust_retries_in(script: Script, state: State) {
     let mut m = machine(settings());
     let mut action = drive(&mut m, t0(), script, state).expect("an action in this state");
     let mut now = at(1);
-    for _ in 0..settings().nr_of_retries {
+    for _ in 0..settings().nr_of_retries.expect("set") {
         (action, now) = fail_and_retry(&mut m, now, &action, state);
     }
     m.handle_reply(now, action.attempt(), error_reply(&action, unavailable()));
@@ -272,12 +274,46 @@ fn retries_exhausted_while_adding_self_as_member() {
 }
 
 #[test]
-fn refresh_failures_exhaust_retries_and_fail() {
-    exhaust_retries_in(Script::Member, State::Refreshing);
+fn fail_fast_member_degrades_then_fails_once_retries_are_used_up() {
+    let mut m = machine(settings());
+    let mut action = drive(&mut m, t0(), Script::Member, State::Refreshing).expect("Refresh");
+    let mut now = t0() + REFRESH_INTERVAL;
+    for i in 0..2 {
+        m.handle_reply(now, action.attempt(), error_reply(&action, unavailable()));
+        let mut expected = vec![Event::Retrying {
+            state: if i == 0 {
+                State::Refreshing
+            } else {
+                State::Degraded
+            },
+            error: unavailable_summary(),
+            retry_in: RETRY_DELAY,
+        }];
+        if i == 0 {
+            expected.push(changed(State::Refreshing, State::Degraded));
+        }
+        assert_eq!(events(&mut m), expected);
+        now += RETRY_DELAY;
+        m.handle_timeout(now);
+        action = with_attempt(&action, action.attempt().0 + 1);
+        assert_eq!(actions(&mut m), vec![action.clone()]);
+    }
+    m.handle_reply(now, action.attempt(), error_reply(&action, unavailable()));
+    assert_eq!(
+        events(&mut m),
+        vec![changed(State::Degraded, State::Failed)]
+    );
+    assert_eq!(
+        m.failure(),
+        Some(&Failure::RetriesExhausted {
+            state: State::Degraded,
+            error: unavailable_summary(),
+        })
+    );
 }
 
 #[test]
-fn ignore_refresh_failures_keeps_refreshing_forever() {
+fn ignore_refresh_failures_keeps_a_degraded_member_refreshing_forever() {
     let mut s = settings();
     s.ignore_refresh_failures = true;
     let mut m = machine(s);
@@ -285,24 +321,37 @@ fn ignore_refresh_failures_keeps_refreshing_forever() {
     assert_eq!(action, refresh(6));
     let mut now = t0() + REFRESH_INTERVAL;
     for i in 0..10u64 {
+        let state = if i == 0 {
+            State::Refreshing
+        } else {
+            State::Degraded
+        };
         if i % 2 == 0 {
-            (action, now) = fail_and_retry(&mut m, now, &action, State::Refreshing);
+            m.handle_reply(now, action.attempt(), error_reply(&action, unavailable()));
         } else {
             // A timeout this time.
             now += COORDINATION_TIMEOUT;
             m.handle_timeout(now);
-            assert_eq!(
-                events(&mut m),
-                vec![Event::Retrying {
-                    state: State::Refreshing,
-                    error: timeout_summary(),
-                }]
-            );
-            now += RETRY_DELAY;
-            m.handle_timeout(now);
-            action = with_attempt(&action, action.attempt().0 + 1);
-            assert_eq!(actions(&mut m), vec![action.clone()]);
         }
+        let error = if i % 2 == 0 {
+            unavailable_summary()
+        } else {
+            timeout_summary()
+        };
+        let mut expected = vec![Event::Retrying {
+            state,
+            error,
+            retry_in: RETRY_DELAY,
+        }];
+        if i == 0 {
+            expected.push(changed(State::Refreshing, State::Degraded));
+        }
+        assert_eq!(events(&mut m), expected);
+        assert_eq!(m.state(), State::Degraded);
+        now += RETRY_DELAY;
+        m.handle_timeout(now);
+        action = with_attempt(&action, action.attempt().0 + 1);
+        assert_eq!(actions(&mut m), vec![action.clone()]);
     }
     assert_eq!(action, refresh(16));
     assert_eq!(m.failure(), None);
@@ -313,7 +362,7 @@ fn ignore_refresh_failures_keeps_refreshing_forever() {
     );
     assert_eq!(
         events(&mut m),
-        vec![changed(State::Refreshing, State::RefreshScheduled)]
+        vec![changed(State::Degraded, State::RefreshScheduled)]
     );
     assert_eq!(m.poll_timeout(), Some(now + REFRESH_INTERVAL));
 }
@@ -335,7 +384,7 @@ fn ignore_refresh_failures_does_not_apply_to_other_states() {
 #[test]
 fn zero_retries_fail_on_the_first_error() {
     let mut s = settings();
-    s.nr_of_retries = 0;
+    s.nr_of_retries = Some(0);
     let mut m = started(s);
     m.handle_reply(at(1), AttemptId(1), Reply::Nodes(Err(unavailable())));
     assert_eq!(

@@ -10,17 +10,25 @@ fn parse(toml_text: &str) -> Result<Settings, toml::de::Error> {
 }
 
 #[test]
-fn defaults_are_constructrs() {
+fn defaults_are_constructrs_timings_with_outage_tolerance() {
     let s = Settings::default();
     assert_eq!(s.coordination_timeout, Duration::from_secs(3));
     assert_eq!(s.join_timeout, Duration::from_secs(15));
     assert!(!s.abort_on_join_timeout);
     assert_eq!(s.max_nr_of_seed_nodes, 0);
-    assert_eq!(s.nr_of_retries, 2);
+    assert_eq!(s.nr_of_retries, None);
     assert_eq!(s.refresh_interval, Duration::from_secs(30));
     assert_eq!(s.retry_delay, Duration::from_secs(3));
+    assert_eq!(s.max_retry_delay, Duration::from_secs(30));
+    assert_eq!(s.retry_budget, Duration::from_secs(300));
     assert_eq!(s.ttl_factor, 2.0);
-    assert!(!s.ignore_refresh_failures);
+    assert!(s.ignore_refresh_failures);
+    assert_eq!(s.reseed_grace, None);
+    // refresh-interval + 2 × coordination-timeout + retry-delay × (1 + jitter)
+    assert_eq!(
+        s.reseed_grace(),
+        Duration::from_millis(30_000 + 6_000 + 3_600)
+    );
     assert_eq!(s.key_prefix, "/constructr");
     assert_eq!(s.cluster_name.as_str(), "default");
     assert_eq!(s.ttl(), Duration::from_secs(60));
@@ -28,10 +36,14 @@ fn defaults_are_constructrs() {
 }
 
 #[test]
-fn constructr_compat_has_fixed_waits_and_no_watch() {
+fn constructr_compat_has_fixed_waits_fail_fast_and_no_watch() {
     let s = Settings::constructr_compat();
     assert_eq!(s.retry_jitter, 0.0);
     assert!(!s.watch);
+    assert_eq!(s.nr_of_retries, Some(2));
+    assert_eq!(s.retry_wait(5, 0.0), s.retry_delay);
+    assert!(!s.ignore_refresh_failures);
+    assert_eq!(s.reseed_grace(), Duration::ZERO);
     assert_eq!(
         s.coordination_timeout,
         Settings::default().coordination_timeout
@@ -70,7 +82,7 @@ fn toml_with_kebab_case_keys_and_human_durations() {
     assert_eq!(s.join_timeout, Duration::from_secs(90));
     assert!(s.abort_on_join_timeout);
     assert_eq!(s.max_nr_of_seed_nodes, 3);
-    assert_eq!(s.nr_of_retries, 5);
+    assert_eq!(s.nr_of_retries, Some(5));
     assert_eq!(s.refresh_interval, Duration::from_secs(60));
     assert_eq!(s.retry_delay, Duration::from_secs(2));
     assert_eq!(s.ttl_factor, 3.5);
@@ -110,7 +122,7 @@ fn invalid_cluster_name_in_toml_is_rejected() {
 
 #[test]
 fn ttl_factor_too_small_names_the_computed_minimum() {
-    let mut s = Settings::default();
+    let mut s = Settings::constructr_compat();
     s.retry_jitter = 0.0;
     s.ttl_factor = 1.2;
     // 1 + (3s × (1 + 2) + 3s × 2) / 30s = 1.5
@@ -134,7 +146,7 @@ fn ttl_factor_too_small_names_the_computed_minimum() {
 
 #[test]
 fn ttl_factor_minimum_includes_the_jitter() {
-    let mut s = Settings::default();
+    let mut s = Settings::constructr_compat();
     s.retry_jitter = 0.2;
     s.ttl_factor = 1.5;
     // 1 + (9s + 3s × 1.2 × 2) / 30s = 1.54
@@ -147,13 +159,109 @@ fn ttl_factor_minimum_includes_the_jitter() {
 }
 
 #[test]
-fn nan_ttl_factor_is_rejected() {
+fn ttl_factor_minimum_counts_growing_waits_and_one_retry_by_default() {
     let mut s = Settings::default();
-    s.ttl_factor = f64::NAN;
-    assert!(matches!(
+    s.retry_jitter = 0.0;
+    // r = 1: 1 + (3s × 2 + 3s) / 30s = 1.3
+    assert!((s.minimum_ttl_factor() - 1.3).abs() < 1e-9);
+    s.nr_of_retries = Some(3);
+    // waits 3 + 6 + 12 s: 1 + (12s + 21s) / 30s = 2.1
+    assert!((s.minimum_ttl_factor() - 2.1).abs() < 1e-9);
+}
+
+#[test]
+fn non_finite_ttl_factors_are_rejected() {
+    for f in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+        let mut s = Settings::default();
+        s.ttl_factor = f;
+        assert!(
+            matches!(s.validate(), Err(SettingsError::TtlFactorNotFinite(_))),
+            "{f}"
+        );
+        // Never a panic, even unvalidated.
+        let _ = s.ttl();
+    }
+}
+
+#[test]
+fn huge_ttl_factor_is_rejected_as_too_long() {
+    let mut s = Settings::default();
+    s.ttl_factor = 1e300;
+    assert_eq!(s.validate(), Err(SettingsError::TooLong { name: "ttl" }));
+    assert_eq!(s.ttl(), Duration::MAX);
+    assert!(
+        s.validate()
+            .unwrap_err()
+            .to_string()
+            .contains("ttl must be at most 365 days")
+    );
+}
+
+#[test]
+fn durations_beyond_a_year_are_rejected() {
+    type Set = fn(&mut Settings);
+    let long = Duration::from_secs(400 * 24 * 3600);
+    let cases: [(&str, Set); 7] = [
+        ("coordination-timeout", |s| {
+            s.coordination_timeout = Duration::MAX
+        }),
+        ("join-timeout", |s| s.join_timeout = Duration::MAX),
+        ("refresh-interval", |s| s.refresh_interval = Duration::MAX),
+        ("retry-delay", |s| s.retry_delay = Duration::MAX),
+        ("max-retry-delay", |s| s.max_retry_delay = Duration::MAX),
+        ("retry-budget", |s| s.retry_budget = Duration::MAX),
+        ("reseed-grace", |s| s.reseed_grace = Some(Duration::MAX)),
+    ];
+    for (name, set) in cases {
+        let mut s = Settings::default();
+        set(&mut s);
+        assert_eq!(s.validate(), Err(SettingsError::TooLong { name }), "{name}");
+    }
+    let s: Settings = parse(r#"join-timeout = "400days""#).expect("parses");
+    assert!(s.join_timeout >= long);
+    assert_eq!(
         s.validate(),
-        Err(SettingsError::TtlFactorTooSmall { .. })
-    ));
+        Err(SettingsError::TooLong {
+            name: "join-timeout"
+        })
+    );
+}
+
+#[test]
+fn new_settings_parse_from_toml() {
+    let s = parse(
+        r#"
+        max-retry-delay = "1m"
+        retry-budget = "10m"
+        reseed-grace = "0s"
+        "#,
+    )
+    .expect("valid");
+    assert_eq!(s.max_retry_delay, Duration::from_secs(60));
+    assert_eq!(s.retry_budget, Duration::from_secs(600));
+    assert_eq!(s.reseed_grace(), Duration::ZERO);
+    // Settings survive a TOML round trip (the CLI merges presets through it).
+    let text = toml::to_string(&Settings::constructr_compat()).expect("serialize");
+    assert_eq!(
+        parse(&text).expect("parse back"),
+        Settings::constructr_compat()
+    );
+    let text = toml::to_string(&Settings::default()).expect("serialize");
+    assert_eq!(parse(&text).expect("parse back"), Settings::default());
+}
+
+#[test]
+fn retry_waits_double_up_to_the_cap_and_members_to_the_refresh_interval() {
+    let mut s = Settings::default();
+    s.retry_jitter = 0.0;
+    let waits: Vec<u64> = (0..6).map(|k| s.retry_wait(k, 0.0).as_secs()).collect();
+    assert_eq!(waits, [3, 6, 12, 24, 30, 30]);
+    assert_eq!(s.retry_wait(u32::MAX, 0.0), Duration::from_secs(30));
+    s.refresh_interval = Duration::from_secs(10);
+    s.ttl_factor = 3.0;
+    assert_eq!(s.member_retry_wait(4, 0.0), Duration::from_secs(10));
+    s.retry_jitter = 0.5;
+    assert_eq!(s.retry_wait(0, 1.0), Duration::from_millis(4_500));
 }
 
 #[test]

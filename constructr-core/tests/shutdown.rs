@@ -225,6 +225,7 @@ fn remove_self_failing_all_retries_still_stops() {
             vec![Event::Retrying {
                 state: State::RemovingSelf,
                 error: unavailable_summary(),
+                retry_in: RETRY_DELAY,
             }]
         );
         assert_eq!(actions(&mut m), vec![]);

@@ -16,6 +16,7 @@ fn request_timeout_retries_with_a_new_attempt_after_retry_delay() {
         vec![Event::Retrying {
             state: State::GettingNodes,
             error: timeout_summary(),
+            retry_in: RETRY_DELAY,
         }]
     );
     assert_eq!(actions(&mut m), vec![]);

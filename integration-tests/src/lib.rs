@@ -139,7 +139,7 @@ pub fn fast_settings(cluster: ClusterName) -> Settings {
     s.ttl_factor = 3.0;
     s.join_timeout = Duration::from_secs(5);
     s.coordination_timeout = Duration::from_millis(700);
-    s.nr_of_retries = 1;
+    s.nr_of_retries = Some(1);
     s.retry_delay = Duration::from_millis(300);
     s.retry_jitter = 0.2;
     s.validate().expect("fast test settings are valid");

@@ -42,7 +42,7 @@ fn consul_settings(cluster: ClusterName) -> Settings {
     s.ttl_factor = 2.0;
     s.join_timeout = Duration::from_secs(8);
     s.coordination_timeout = Duration::from_secs(1);
-    s.nr_of_retries = 1;
+    s.nr_of_retries = Some(1);
     s.retry_delay = Duration::from_millis(500);
     s.retry_jitter = 0.2;
     s.validate().expect("valid settings");
@@ -53,7 +53,7 @@ fn consul_settings(cluster: ClusterName) -> Settings {
 /// Settings that ride out a Consul restart of a few seconds: more retries, TTL 15 s.
 fn patient_settings(cluster: ClusterName) -> Settings {
     let mut s = consul_settings(cluster);
-    s.nr_of_retries = 6;
+    s.nr_of_retries = Some(6);
     s.retry_delay = Duration::from_secs(1);
     // >= 1 + (1 s × 7 + 1.2 s × 6) / 5 s = 3.84
     s.ttl_factor = 4.0;

@@ -241,7 +241,7 @@ async fn gracefully_shut_down_node_is_removed_at_once() {
 fn patient_settings(what: &str) -> Settings {
     let mut s = fast_settings(unique_cluster_name(what));
     s.coordination_timeout = Duration::from_secs(1);
-    s.nr_of_retries = 5;
+    s.nr_of_retries = Some(5);
     s.retry_delay = Duration::from_millis(500);
     // >= 1 + (1 s * 6 + 0.6 s * 5) / 1 s = 10
     s.ttl_factor = 10.0;

@@ -34,12 +34,34 @@ pub const SEED: u64 = 7;
 /// The cluster named by the registry's epoch in the member scripts.
 pub const THEIR_CLUSTER: ClusterId = ClusterId(0xC1);
 
-/// Defaults with distinct, explicit durations and no jitter (so every wait is exact).
+/// ConstructR's fail-fast behaviour (2 retries at fixed waits, no re-seed grace, members
+/// fail once retries are used up) with distinct, explicit durations and no jitter, so every
+/// wait is exact. The outage behaviour has its own tests with [`outage_settings`].
 pub fn settings() -> Settings {
     let mut s = Settings::default();
     s.coordination_timeout = COORDINATION_TIMEOUT;
     s.join_timeout = JOIN_TIMEOUT;
     s.retry_delay = RETRY_DELAY;
+    s.max_retry_delay = RETRY_DELAY;
+    s.nr_of_retries = Some(2);
+    s.ignore_refresh_failures = false;
+    s.reseed_grace = Some(Duration::ZERO);
+    s.refresh_interval = REFRESH_INTERVAL;
+    s.retry_jitter = 0.0;
+    s
+}
+
+/// The cap of the growing retry waits in [`outage_settings`].
+pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(16);
+
+/// constructr's defaults (degrade, time budget, growing waits, re-seed grace) with the
+/// durations of [`settings`], a 16 s wait cap and no jitter.
+pub fn outage_settings() -> Settings {
+    let mut s = Settings::default();
+    s.coordination_timeout = COORDINATION_TIMEOUT;
+    s.join_timeout = JOIN_TIMEOUT;
+    s.retry_delay = RETRY_DELAY;
+    s.max_retry_delay = MAX_RETRY_DELAY;
     s.refresh_interval = REFRESH_INTERVAL;
     s.retry_jitter = 0.0;
     s
