@@ -64,7 +64,7 @@ use constructr_core::coordination::{
     Registry, WaitOutcome,
 };
 use constructr_core::entry;
-use constructr_core::{ClusterId, Epoch, NodeId, Scope};
+use constructr_core::{ClusterId, Epoch, NodeId, Scope, Settings, SettingsError};
 use rand::Rng as _;
 
 use crate::client::{ConsulClient, KvEntry, Listing, SessionSpec, TxnOp, TxnOutcome};
@@ -360,7 +360,20 @@ impl ConsulCoordination {
                 let epoch_value = entry::encode_epoch(*cluster);
                 for attempt in 0..JOIN_ATTEMPTS {
                     let Some(epoch) = self.client.kv_get(&keys.epoch).await? else {
-                        return Ok(AddOutcome::Refused);
+                        // The marker is gone (the agent lost its data): a member re-creates
+                        // it for its cluster, unless someone else created one first.
+                        let mut ops = vec![TxnOp::cas(&keys.epoch, &epoch_value, 0, 0)];
+                        ops.extend(write_node.iter().cloned());
+                        match self.client.txn(&ops).await? {
+                            TxnOutcome::Committed => return Ok(AddOutcome::Added),
+                            TxnOutcome::Failed { op_index: 0, .. } => continue,
+                            TxnOutcome::Failed { what, .. } => {
+                                return Err(ConsulError::Unavailable {
+                                    address: "-".into(),
+                                    detail: format!("registration transaction failed: {what}"),
+                                });
+                            }
+                        }
                     };
                     if epoch.value != epoch_value {
                         return Ok(AddOutcome::Refused);
@@ -582,6 +595,13 @@ impl ConsulCoordination {
 
 #[async_trait]
 impl Coordination for ConsulCoordination {
+    fn check_settings(&self, settings: &Settings) -> Result<(), SettingsError> {
+        crate::validate_settings(settings).map_err(|e| SettingsError::Backend {
+            backend: "Consul",
+            rule: e.to_string(),
+        })
+    }
+
     async fn get_nodes(&self, scope: &Scope) -> Result<Registry, CoordinationError> {
         Ok(self.get_nodes_inner(scope).await?)
     }

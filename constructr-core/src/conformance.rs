@@ -79,6 +79,7 @@ pub async fn run_all<B: ConformanceBackend>(b: &B) {
     seed_registration_refused_when_epoch_moved(b).await;
     seed_registration_retry_is_idempotent(b).await;
     join_registration_checks_the_epoch(b).await;
+    join_registration_recreates_a_lost_epoch(b).await;
     refresh_extends_and_detects_missing(b).await;
     entries_expire_after_ttl(b).await;
     remove_self_only_removes_own_incarnation(b).await;
@@ -339,6 +340,55 @@ pub async fn join_registration_checks_the_epoch<B: ConformanceBackend>(b: &B) {
     let mut nodes = c.get_nodes(&scope).await.expect("get_nodes").nodes;
     nodes.sort();
     assert_eq!(nodes, vec![node(1), node(3)]);
+}
+
+/// A member whose epoch marker is gone (the backend lost its data) re-creates it for its
+/// cluster; from then on the marker fences as usual.
+pub async fn join_registration_recreates_a_lost_epoch<B: ConformanceBackend>(b: &B) {
+    let scope = fresh_scope(b.prefix(), "join-lost-epoch");
+    let c = b.coordination();
+    let cluster = ClusterId(0x0dd_c105);
+    let join = |cluster| AddMode::Join {
+        cluster: Some(cluster),
+    };
+    assert_eq!(
+        c.add_self(&scope, &node(1), LONG, &join(cluster))
+            .await
+            .expect("add_self"),
+        AddOutcome::Added,
+        "join_registration_recreates_a_lost_epoch: member not registered without a marker"
+    );
+    let r = c.get_nodes(&scope).await.expect("get_nodes");
+    assert_eq!(r.nodes, vec![node(1)]);
+    assert_eq!(
+        r.epoch.map(|e| e.cluster),
+        Some(cluster),
+        "join_registration_recreates_a_lost_epoch: marker not re-created"
+    );
+    assert_eq!(
+        c.add_self(&scope, &node(2), LONG, &join(ClusterId(cluster.0 ^ 1)))
+            .await
+            .expect("add_self"),
+        AddOutcome::Refused,
+        "join_registration_recreates_a_lost_epoch: a second cluster re-created the marker too"
+    );
+    // A seed that read the registry before the marker came back is refused.
+    let lock = match c.lock(&scope, &node(3), LONG).await.expect("lock") {
+        LockOutcome::Acquired(t) => t,
+        LockOutcome::HeldByOther => panic!("lock free"),
+    };
+    let seed = AddMode::Seed {
+        lock,
+        cluster: ClusterId(cluster.0 ^ 2),
+        expected_epoch_version: None,
+    };
+    assert_eq!(
+        c.add_self(&scope, &node(3), LONG, &seed)
+            .await
+            .expect("add_self"),
+        AddOutcome::Refused,
+        "join_registration_recreates_a_lost_epoch: seed over a re-created marker"
+    );
 }
 
 /// Refresh keeps an entry alive beyond its first TTL and reports a missing entry.

@@ -49,8 +49,10 @@ pub enum AddMode {
         /// [`Epoch::version`] of the read that found no nodes.
         expected_epoch_version: Option<u64>,
     },
-    /// A member's registration: written only if the epoch marker names `cluster`
-    /// (`None`: no marker exists). A successful write changes the marker's version.
+    /// A member's registration: written only if the epoch marker names `cluster`, or if
+    /// no marker exists (`None` always needs that; `Some(c)` then re-creates the marker
+    /// naming `c`, so that members outlive a backend that lost its data — whoever creates
+    /// the marker first owns the registry). A successful write changes the marker's version.
     Join {
         /// The cluster this node is a member of.
         cluster: Option<ClusterId>,

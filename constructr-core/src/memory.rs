@@ -251,7 +251,10 @@ impl MemoryCoordination {
                         || s.epoch.is_some_and(|e| e.cluster == *cluster);
                     holds_lock && epoch_ok
                 }
-                AddMode::Join { cluster } => s.epoch.map(|e| e.cluster) == *cluster,
+                // A member whose epoch marker is gone (data loss) re-creates it.
+                AddMode::Join { cluster } => {
+                    s.epoch.is_none() || s.epoch.map(|e| e.cluster) == *cluster
+                }
             };
         if !allowed {
             return AddOutcome::Refused;

@@ -222,6 +222,18 @@ impl EtcdCoordination {
                         )])
                         // Rewriting the marker with the same value moves its mod revision,
                         // which refuses any seeding that read the registry before this.
+                        .and_then([
+                            put_node.clone(),
+                            TxnOp::put(epoch_key.as_str(), epoch_value.clone(), None),
+                        ]),
+                    // The marker is gone (etcd's data was lost): a member re-creates it for
+                    // its cluster, unless someone else created one first.
+                    Txn::new()
+                        .when([Compare::create_revision(
+                            epoch_key.as_str(),
+                            CompareOp::Equal,
+                            0,
+                        )])
                         .and_then([put_node, TxnOp::put(epoch_key.as_str(), epoch_value, None)]),
                 ]
             }

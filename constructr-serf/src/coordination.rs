@@ -454,7 +454,8 @@ impl Coordination for SerfCoordination {
                 Some(*cluster)
             }
             AddMode::Join { cluster } => {
-                if current != *cluster {
+                // No epoch left (every registration gone): a member re-creates its own.
+                if current.is_some() && current != *cluster {
                     return Ok(AddOutcome::Refused);
                 }
                 *cluster
