@@ -198,3 +198,243 @@ async fn events_report_state_changes() {
     );
     assert_eq!(h.stopped().await, Ok(()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registered_members_survive_a_coordination_outage_of_several_ttls() {
+    let w = World::new();
+    let handles = w.spawn_registered(3).await;
+    let ttl = settings().ttl();
+    // Every call fails (connection refused) for about three entry TTLs.
+    let outage = Instant::now();
+    w.coordination.inject(Fault::Fail { retryable: true }, 60);
+    tokio::time::sleep(ttl * 3).await;
+    for h in &handles {
+        assert!(
+            !h.state().is_terminal(),
+            "{} ended in {:?} during the outage",
+            h.node(),
+            h.state()
+        );
+    }
+    for h in &handles {
+        let state = tokio::time::timeout(BOUND * 4, async {
+            let mut rx = h.watch_state();
+            // Registered again after the outage (not just still registered from before).
+            rx.wait_for(|s| s.is_registered() && outage.elapsed() > ttl * 3)
+                .await
+                .map(|s| *s)
+        })
+        .await
+        .expect("registered again after the outage")
+        .expect("state channel open");
+        assert!(state.is_registered());
+    }
+    let mut registered = w.registered_nodes();
+    registered.sort();
+    assert_eq!(registered, vec![node(0), node(1), node(2)]);
+    for h in &handles {
+        h.abort();
+    }
+}
+
+/// A backend that counts how many of its calls run at once, and hangs the first `hang` calls.
+struct Overlap {
+    inner: MemoryCoordination,
+    running: std::sync::atomic::AtomicUsize,
+    most: std::sync::atomic::AtomicUsize,
+    hang: std::sync::atomic::AtomicUsize,
+    panic_on_refresh: bool,
+}
+
+struct Running<'a>(&'a Overlap);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0
+            .running
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Overlap {
+    fn new(hang: usize, panic_on_refresh: bool) -> Self {
+        Self {
+            inner: MemoryCoordination::default(),
+            running: Default::default(),
+            most: Default::default(),
+            hang: hang.into(),
+            panic_on_refresh,
+        }
+    }
+
+    async fn call<T>(&self, f: impl std::future::Future<Output = T>) -> T {
+        use std::sync::atomic::Ordering::SeqCst;
+        let now = self.running.fetch_add(1, SeqCst) + 1;
+        let _guard = Running(self);
+        self.most.fetch_max(now, SeqCst);
+        let hang = self
+            .hang
+            .fetch_update(SeqCst, SeqCst, |h| h.checked_sub(1))
+            .is_ok();
+        if hang {
+            std::future::pending::<()>().await;
+        }
+        f.await
+    }
+}
+
+#[async_trait::async_trait]
+impl constructr_core::Coordination for Overlap {
+    async fn get_nodes(
+        &self,
+        scope: &constructr_core::Scope,
+    ) -> Result<constructr_core::Registry, constructr_core::CoordinationError> {
+        self.call(self.inner.get_nodes(scope)).await
+    }
+    async fn lock(
+        &self,
+        scope: &constructr_core::Scope,
+        holder: &NodeId,
+        ttl: Duration,
+    ) -> Result<constructr_core::LockOutcome, constructr_core::CoordinationError> {
+        self.call(self.inner.lock(scope, holder, ttl)).await
+    }
+    async fn add_self(
+        &self,
+        scope: &constructr_core::Scope,
+        node: &NodeId,
+        ttl: Duration,
+        mode: &constructr_core::AddMode,
+    ) -> Result<constructr_core::AddOutcome, constructr_core::CoordinationError> {
+        self.call(self.inner.add_self(scope, node, ttl, mode)).await
+    }
+    async fn refresh(
+        &self,
+        scope: &constructr_core::Scope,
+        node: &NodeId,
+        ttl: Duration,
+    ) -> Result<constructr_core::RefreshOutcome, constructr_core::CoordinationError> {
+        assert!(!self.panic_on_refresh, "backend bug in refresh");
+        self.call(self.inner.refresh(scope, node, ttl)).await
+    }
+    async fn remove_self(
+        &self,
+        scope: &constructr_core::Scope,
+        node: &NodeId,
+    ) -> Result<(), constructr_core::CoordinationError> {
+        self.call(self.inner.remove_self(scope, node)).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timed_out_call_is_dropped_before_its_retry_starts() {
+    let backend = Arc::new(Overlap::new(3, false));
+    let cluster = LocalCluster::new();
+    let h = spawn(
+        settings(),
+        node(0),
+        backend.clone(),
+        Arc::new(cluster.node(node(0))),
+        1,
+    )
+    .expect("valid");
+    let state = tokio::time::timeout(BOUND, h.registered())
+        .await
+        .expect("registered after three hung calls");
+    assert!(state.is_registered());
+    assert_eq!(
+        backend.most.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "a superseded call still ran beside its retry"
+    );
+    h.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_backend_fails_the_node_with_the_panic_message() {
+    let backend = Arc::new(Overlap::new(0, true));
+    let cluster = LocalCluster::new();
+    let h = spawn(
+        settings(),
+        node(0),
+        backend,
+        Arc::new(cluster.node(node(0))),
+        1,
+    )
+    .expect("valid");
+    let result = tokio::time::timeout(BOUND, h.stopped())
+        .await
+        .expect("ended, no hang");
+    match result {
+        Err(Failure::Panicked { what, message }) => {
+            assert_eq!(what, "Coordination::refresh");
+            assert!(message.contains("backend bug in refresh"), "{message}");
+        }
+        other => panic!("expected Failure::Panicked, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn spawn_refuses_settings_the_backend_cannot_serve() {
+    struct Picky(MemoryCoordination);
+    #[async_trait::async_trait]
+    impl constructr_core::Coordination for Picky {
+        fn check_settings(&self, s: &Settings) -> Result<(), constructr_core::SettingsError> {
+            if s.ttl() < Duration::from_secs(10) {
+                return Err(constructr_core::SettingsError::Backend {
+                    backend: "picky",
+                    rule: format!("entry TTL {:?} is below 10 s", s.ttl()),
+                });
+            }
+            Ok(())
+        }
+        async fn get_nodes(
+            &self,
+            scope: &constructr_core::Scope,
+        ) -> Result<constructr_core::Registry, constructr_core::CoordinationError> {
+            self.0.get_nodes(scope).await
+        }
+        async fn lock(
+            &self,
+            scope: &constructr_core::Scope,
+            holder: &NodeId,
+            ttl: Duration,
+        ) -> Result<constructr_core::LockOutcome, constructr_core::CoordinationError> {
+            self.0.lock(scope, holder, ttl).await
+        }
+        async fn add_self(
+            &self,
+            scope: &constructr_core::Scope,
+            node: &NodeId,
+            ttl: Duration,
+            mode: &constructr_core::AddMode,
+        ) -> Result<constructr_core::AddOutcome, constructr_core::CoordinationError> {
+            self.0.add_self(scope, node, ttl, mode).await
+        }
+        async fn refresh(
+            &self,
+            scope: &constructr_core::Scope,
+            node: &NodeId,
+            ttl: Duration,
+        ) -> Result<constructr_core::RefreshOutcome, constructr_core::CoordinationError> {
+            self.0.refresh(scope, node, ttl).await
+        }
+        async fn remove_self(
+            &self,
+            scope: &constructr_core::Scope,
+            node: &NodeId,
+        ) -> Result<(), constructr_core::CoordinationError> {
+            self.0.remove_self(scope, node).await
+        }
+    }
+    let cluster = LocalCluster::new();
+    let err = spawn(
+        settings(),
+        node(0),
+        Arc::new(Picky(MemoryCoordination::default())),
+        Arc::new(cluster.node(node(0))),
+        1,
+    )
+    .expect_err("refused");
+    assert!(err.to_string().contains("below 10 s"), "{err}");
+}

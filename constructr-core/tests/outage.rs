@@ -1,0 +1,472 @@
+//! Outages: a registered member stays a member (Degraded) and retries with growing waits
+//! until the coordination service answers again; bootstrapping rides out outages shorter
+//! than the retry budget; an empty registry whose epoch names a cluster is given the
+//! re-seed grace before anyone seeds over it (the older cluster wins); a seed recognises
+//! its own committed registration after a lost reply.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use constructr_core::{
+    Action, AddMode, AddOutcome, AttemptId, ClusterId, CoordinationError, Event, Failure,
+    LockOutcome, Machine, RefreshOutcome, Reply, State,
+};
+
+/// A registered member of [`THEIR_CLUSTER`] (outage settings) and the time it registered.
+fn member() -> (Machine, Instant) {
+    let mut m = machine(outage_settings());
+    drive(&mut m, t0(), Script::Member, State::RefreshScheduled);
+    (m, t0())
+}
+
+/// Fires the refresh timer; returns the Refresh action and the time.
+fn refresh_due(m: &mut Machine) -> (Action, Instant) {
+    let now = m.poll_timeout().expect("refresh timer");
+    m.handle_timeout(now);
+    (single(m), now)
+}
+
+fn retry_in(events: &[Event]) -> Duration {
+    events
+        .iter()
+        .find_map(|e| match e {
+            Event::Retrying { retry_in, .. } => Some(*retry_in),
+            _ => None,
+        })
+        .expect("a Retrying event")
+}
+
+#[test]
+fn member_degrades_on_a_failed_refresh_and_keeps_retrying_with_growing_waits() {
+    let (mut m, _) = member();
+    let (mut action, mut now) = refresh_due(&mut m);
+    let mut waits = Vec::new();
+    // Two hours of refused connections.
+    for i in 0..500 {
+        m.handle_reply(now, action.attempt(), Reply::Refresh(Err(unavailable())));
+        let ev = events(&mut m);
+        if i == 0 {
+            assert!(
+                ev.contains(&changed(State::Refreshing, State::Degraded)),
+                "{ev:?}"
+            );
+        }
+        assert_eq!(m.state(), State::Degraded);
+        assert_eq!(m.cluster(), Some(THEIR_CLUSTER));
+        let wait = retry_in(&ev);
+        waits.push(wait.as_secs());
+        assert_eq!(m.poll_timeout(), Some(now + wait));
+        now += wait;
+        m.handle_timeout(now);
+        action = single(&mut m);
+        assert!(matches!(action, Action::Refresh { .. }), "{action:?}");
+    }
+    assert!(now - t0() > Duration::from_secs(2 * 3600));
+    assert_eq!(&waits[..6], [2, 4, 8, 16, 16, 16]);
+    assert_eq!(m.failure(), None);
+
+    // The service is back: the entry is still there.
+    m.handle_reply(
+        now,
+        action.attempt(),
+        Reply::Refresh(Ok(RefreshOutcome::Refreshed)),
+    );
+    assert_eq!(
+        events(&mut m),
+        vec![changed(State::Degraded, State::RefreshScheduled)]
+    );
+    assert_eq!(m.poll_timeout(), Some(now + REFRESH_INTERVAL));
+    // The streak is over: the next failure waits the first delay again.
+    let (action, now) = refresh_due(&mut m);
+    m.handle_reply(now, action.attempt(), Reply::Refresh(Err(unavailable())));
+    assert_eq!(retry_in(&events(&mut m)), RETRY_DELAY);
+}
+
+#[test]
+fn degraded_member_waits_at_most_one_refresh_interval() {
+    let mut s = outage_settings();
+    s.refresh_interval = Duration::from_secs(5);
+    s.max_retry_delay = Duration::from_secs(60);
+    let mut m = machine(s);
+    drive(&mut m, t0(), Script::Member, State::RefreshScheduled);
+    let (mut action, mut now) = refresh_due(&mut m);
+    for _ in 0..10 {
+        now += COORDINATION_TIMEOUT;
+        m.handle_timeout(now);
+        let wait = retry_in(&events(&mut m));
+        assert!(wait <= Duration::from_secs(5), "{wait:?}");
+        now += wait;
+        m.handle_timeout(now);
+        action = single(&mut m);
+    }
+    assert!(matches!(action, Action::Refresh { .. }));
+    assert_eq!(m.state(), State::Degraded);
+}
+
+#[test]
+fn degraded_member_whose_entry_expired_registers_again_under_its_cluster() {
+    let (mut m, _) = member();
+    let (action, now) = refresh_due(&mut m);
+    m.handle_reply(now, action.attempt(), Reply::Refresh(Err(unavailable())));
+    events(&mut m);
+    let now = m.poll_timeout().expect("retry");
+    m.handle_timeout(now);
+    let action = single(&mut m);
+    m.handle_reply(
+        now,
+        action.attempt(),
+        Reply::Refresh(Ok(RefreshOutcome::Missing)),
+    );
+    assert_eq!(
+        events(&mut m),
+        vec![changed(State::Degraded, State::AddingSelf)]
+    );
+    let add = single(&mut m);
+    assert_eq!(
+        add,
+        Action::AddSelf {
+            attempt: AttemptId(add.attempt().0),
+            ttl: outage_settings().ttl(),
+            mode: AddMode::Join {
+                cluster: Some(THEIR_CLUSTER)
+            },
+        }
+    );
+    // The service fails again while re-registering: still a member.
+    m.handle_reply(now, add.attempt(), Reply::AddSelf(Err(unavailable())));
+    assert!(events(&mut m).contains(&changed(State::AddingSelf, State::Degraded)));
+    let now = m.poll_timeout().expect("retry");
+    m.handle_timeout(now);
+    let action = single(&mut m);
+    m.handle_reply(
+        now,
+        action.attempt(),
+        Reply::Refresh(Ok(RefreshOutcome::Missing)),
+    );
+    let add = single(&mut m);
+    m.handle_reply(now, add.attempt(), Reply::AddSelf(Ok(AddOutcome::Added)));
+    assert_eq!(
+        events(&mut m),
+        vec![
+            changed(State::Degraded, State::AddingSelf),
+            changed(State::AddingSelf, State::RefreshScheduled)
+        ]
+    );
+}
+
+#[test]
+fn permanent_errors_keep_a_member_degraded_at_the_longest_wait() {
+    let (mut m, _) = member();
+    let (mut action, mut now) = refresh_due(&mut m);
+    for _ in 0..5 {
+        let denied = CoordinationError::Unauthorized {
+            message: "token revoked".into(),
+        };
+        m.handle_reply(now, action.attempt(), Reply::Refresh(Err(denied)));
+        let ev = events(&mut m);
+        assert_eq!(retry_in(&ev), MAX_RETRY_DELAY);
+        assert_eq!(m.state(), State::Degraded);
+        now += MAX_RETRY_DELAY;
+        m.handle_timeout(now);
+        action = single(&mut m);
+    }
+}
+
+#[test]
+fn fail_fast_member_fails_on_a_permanent_error() {
+    let mut s = outage_settings();
+    s.ignore_refresh_failures = false;
+    let mut m = machine(s);
+    let action = drive(&mut m, t0(), Script::Member, State::Refreshing).expect("Refresh");
+    let denied = CoordinationError::Unauthorized {
+        message: "token revoked".into(),
+    };
+    m.handle_reply(at(1), action.attempt(), Reply::Refresh(Err(denied)));
+    assert!(matches!(m.failure(), Some(Failure::Permanent { .. })));
+}
+
+#[test]
+fn bootstrap_rides_out_an_outage_within_the_retry_budget_then_fails() {
+    let mut m = started(outage_settings());
+    let mut now = t0();
+    let mut attempt = 1;
+    // 60 s of refused connections: still trying.
+    while now - t0() < Duration::from_secs(60) {
+        m.handle_reply(now, AttemptId(attempt), Reply::Nodes(Err(unavailable())));
+        assert_eq!(m.state(), State::GettingNodes);
+        now = m.poll_timeout().expect("retry timer");
+        m.handle_timeout(now);
+        attempt = single(&mut m).attempt().0;
+    }
+    // The service answers: bootstrapping goes on.
+    m.handle_reply(now, AttemptId(attempt), Reply::Nodes(Ok(empty(1))));
+    assert_eq!(m.state(), State::Locking);
+
+    // An outage longer than the budget (5 min) fails, naming the state.
+    let lock = single(&mut m);
+    let mut attempt = lock.attempt().0;
+    let start = now;
+    loop {
+        m.handle_reply(now, AttemptId(attempt), Reply::Lock(Err(unavailable())));
+        if m.state() == State::Failed {
+            break;
+        }
+        now = m.poll_timeout().expect("retry timer");
+        m.handle_timeout(now);
+        attempt = single(&mut m).attempt().0;
+    }
+    assert!(now - start >= Duration::from_secs(300), "{:?}", now - start);
+    assert!(now - start < Duration::from_secs(300) + MAX_RETRY_DELAY);
+    assert_eq!(
+        m.failure(),
+        Some(&Failure::RetriesExhausted {
+            state: State::Locking,
+            error: unavailable_summary(),
+        })
+    );
+}
+
+#[test]
+fn empty_registry_whose_epoch_names_a_cluster_waits_the_grace_and_joins_a_reregistered_member() {
+    let s = outage_settings();
+    let grace = s.reseed_grace();
+    assert_eq!(
+        grace,
+        REFRESH_INTERVAL + COORDINATION_TIMEOUT * 2 + RETRY_DELAY
+    );
+    let mut m = started(s);
+    m.handle_reply(
+        at(10),
+        AttemptId(1),
+        Reply::Nodes(Ok(registry(&[], epoch(THEIR_CLUSTER, 9), 20))),
+    );
+    assert_eq!(
+        events(&mut m),
+        vec![
+            Event::ReseedGrace {
+                cluster: THEIR_CLUSTER,
+                grace
+            },
+            changed(State::GettingNodes, State::WaitingForNodes)
+        ]
+    );
+    // Watching, and polling every retry delay.
+    assert_eq!(
+        actions(&mut m),
+        vec![Action::WaitForChange {
+            attempt: AttemptId(2),
+            after: Some(20),
+        }]
+    );
+    assert_eq!(m.poll_timeout(), Some(at(10) + RETRY_DELAY));
+    // An old member re-registers: the watch fires, the node reads and joins it.
+    m.handle_reply(
+        at(900),
+        AttemptId(2),
+        Reply::Changed(Ok(constructr_core::WaitOutcome::Changed)),
+    );
+    assert_eq!(actions(&mut m), vec![get_nodes(3)]);
+    m.handle_reply(
+        at(910),
+        AttemptId(3),
+        Reply::Nodes(Ok(registry(&[node(2)], epoch(THEIR_CLUSTER, 21), 21))),
+    );
+    assert_eq!(actions(&mut m), vec![join(4, vec![node(2)])]);
+    assert_eq!(m.cluster(), Some(THEIR_CLUSTER));
+}
+
+#[test]
+fn grace_runs_once_across_rereads_then_the_node_seeds() {
+    let s = outage_settings();
+    let grace = s.reseed_grace();
+    let mut m = started(s);
+    let mut now = at(10);
+    let deadline = now + grace;
+    let mut attempt = 1;
+    let mut graces = 0;
+    loop {
+        m.handle_reply(
+            now,
+            AttemptId(attempt),
+            Reply::Nodes(Ok(registry(&[], epoch(THEIR_CLUSTER, 9), 20))),
+        );
+        graces += events(&mut m)
+            .iter()
+            .filter(|e| matches!(e, Event::ReseedGrace { .. }))
+            .count();
+        let acts = actions(&mut m);
+        if m.state() == State::Locking {
+            assert_eq!(acts.len(), 1);
+            break;
+        }
+        assert_eq!(m.state(), State::WaitingForNodes);
+        let wake = m.poll_timeout().expect("timer");
+        assert!(wake <= deadline, "the wait never passes the grace deadline");
+        now = wake;
+        m.handle_timeout(now);
+        attempt = single(&mut m).attempt().0;
+    }
+    assert_eq!(graces, 1, "the grace is not restarted by re-reads");
+    assert!(now >= deadline);
+    // Losing the lock race does not restart the grace either.
+    let lock = AttemptId(attempt + 1);
+    m.handle_reply(now, lock, Reply::Lock(Ok(LockOutcome::HeldByOther)));
+    now = m.poll_timeout().expect("wait timer");
+    m.handle_timeout(now);
+    let get = actions(&mut m)
+        .into_iter()
+        .find(|a| matches!(a, Action::GetNodes { .. }))
+        .expect("re-read");
+    m.handle_reply(
+        now,
+        get.attempt(),
+        Reply::Nodes(Ok(registry(&[], epoch(THEIR_CLUSTER, 9), 20))),
+    );
+    assert_eq!(m.state(), State::Locking);
+}
+
+#[test]
+fn no_grace_without_an_epoch_or_for_an_unreadable_one() {
+    for epoch in [None, epoch(ClusterId::UNREADABLE, 3)] {
+        let mut m = started(outage_settings());
+        m.handle_reply(
+            at(10),
+            AttemptId(1),
+            Reply::Nodes(Ok(registry(&[], epoch, 4))),
+        );
+        assert_eq!(m.state(), State::Locking, "{epoch:?}");
+    }
+}
+
+/// Drives a seed to its fenced registration; returns the AddSelf action.
+fn seeding() -> (Machine, Action) {
+    let mut m = machine(outage_settings());
+    let add = drive(&mut m, t0(), Script::Seed, State::AddingSelf).expect("AddSelf");
+    assert!(matches!(
+        add,
+        Action::AddSelf {
+            mode: AddMode::Seed { .. },
+            ..
+        }
+    ));
+    (m, add)
+}
+
+#[test]
+fn seed_whose_committed_registration_reply_was_lost_recognises_it_and_stays() {
+    let (mut m, add) = seeding();
+    let cluster = m.cluster().expect("seeded cluster");
+    // The write committed, the reply was lost (timeout); the lock expired meanwhile.
+    let now = t0() + COORDINATION_TIMEOUT;
+    m.handle_timeout(now);
+    events(&mut m);
+    let now = m.poll_timeout().expect("retry");
+    m.handle_timeout(now);
+    let retry = single(&mut m);
+    m.handle_reply(
+        now,
+        retry.attempt(),
+        Reply::AddSelf(Ok(AddOutcome::Refused)),
+    );
+    assert_eq!(
+        events(&mut m),
+        vec![changed(State::AddingSelf, State::ConfirmingSeed)]
+    );
+    let read = single(&mut m);
+    assert_eq!(read, get_nodes(add.attempt().0 + 2));
+    m.handle_reply(
+        now,
+        read.attempt(),
+        Reply::Nodes(Ok(registry(
+            &[me(), node(2)],
+            Some(constructr_core::Epoch {
+                cluster,
+                version: 12,
+            }),
+            12,
+        ))),
+    );
+    assert_eq!(
+        events(&mut m),
+        vec![
+            Event::SeedConfirmed,
+            changed(State::ConfirmingSeed, State::RefreshScheduled)
+        ]
+    );
+    assert_eq!(m.cluster(), Some(cluster));
+    assert_eq!(actions(&mut m), vec![]);
+}
+
+#[test]
+fn seed_whose_uncertain_registration_is_not_there_starts_over() {
+    let (mut m, _) = seeding();
+    let now = t0() + COORDINATION_TIMEOUT;
+    m.handle_timeout(now);
+    events(&mut m);
+    let now = m.poll_timeout().expect("retry");
+    m.handle_timeout(now);
+    let retry = single(&mut m);
+    m.handle_reply(
+        now,
+        retry.attempt(),
+        Reply::AddSelf(Ok(AddOutcome::Refused)),
+    );
+    let read = single(&mut m);
+    events(&mut m);
+    // Someone else seeded: this node's entry is not there.
+    m.handle_reply(
+        now,
+        read.attempt(),
+        Reply::Nodes(Ok(registry(&[node(2)], epoch(THEIR_CLUSTER, 5), 5))),
+    );
+    assert_eq!(
+        events(&mut m),
+        vec![
+            Event::SeedRefused,
+            changed(State::ConfirmingSeed, State::Resetting)
+        ]
+    );
+    assert!(matches!(single(&mut m), Action::LeaveCluster { .. }));
+}
+
+#[test]
+fn shutdown_of_a_degraded_member_removes_its_entry() {
+    let (mut m, _) = member();
+    let (action, now) = refresh_due(&mut m);
+    m.handle_reply(now, action.attempt(), Reply::Refresh(Err(unavailable())));
+    events(&mut m);
+    m.shutdown(now);
+    assert_eq!(
+        events(&mut m),
+        vec![changed(State::Degraded, State::Leaving)]
+    );
+    let leave = single(&mut m);
+    m.handle_reply(now, leave.attempt(), Reply::Left(Ok(())));
+    assert!(matches!(single(&mut m), Action::RemoveSelf { .. }));
+}
+
+#[test]
+fn compat_settings_keep_constructrs_fail_fast_for_members() {
+    let mut s = constructr_core::Settings::constructr_compat();
+    s.coordination_timeout = COORDINATION_TIMEOUT;
+    s.join_timeout = JOIN_TIMEOUT;
+    s.refresh_interval = REFRESH_INTERVAL;
+    let mut m = machine(s);
+    let mut action = drive(&mut m, t0(), Script::Member, State::Refreshing).expect("Refresh");
+    let mut now = t0() + REFRESH_INTERVAL;
+    for _ in 0..3 {
+        m.handle_reply(now, action.attempt(), Reply::Refresh(Err(unavailable())));
+        if m.state() == State::Failed {
+            break;
+        }
+        now = m.poll_timeout().expect("retry");
+        m.handle_timeout(now);
+        action = single(&mut m);
+    }
+    assert!(matches!(
+        m.failure(),
+        Some(Failure::RetriesExhausted { .. })
+    ));
+}
