@@ -312,11 +312,12 @@ pub struct Mutations {
 }
 
 /// The re-seed grace: until `until`, a node that finds the registry of `cluster` empty
-/// waits instead of seeding.
+/// waits instead of seeding. `None`: a request failed during the grace, so the members may
+/// not have been able to re-register either; the grace starts over with the next read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Grace {
     cluster: ClusterId,
-    until: Instant,
+    until: Option<Instant>,
 }
 
 /// A state with the data only it needs.
@@ -332,6 +333,7 @@ enum Phase {
     },
     VerifyingEmpty {
         lock: LockToken,
+        grace: Option<Grace>,
     },
     WaitingForNodes {
         revision: Option<u64>,
@@ -733,14 +735,16 @@ impl Machine {
             (p, I::Shutdown) => self.shut_down(p),
 
             // Reading the registry: join the registered nodes, or go for the lock.
-            (P::GettingNodes { grace }, I::Nodes(registry)) => self.on_nodes(now, registry, grace),
+            (P::GettingNodes { grace }, I::Nodes(registry)) => {
+                self.on_nodes(now, registry, grace, None)
+            }
             (P::Locking { epoch_version, .. }, I::Lock(LockOutcome::Acquired(lock)))
                 if self.mutations.skip_reread_after_lock =>
             {
                 self.seed(lock, epoch_version)
             }
-            (P::Locking { .. }, I::Lock(LockOutcome::Acquired(lock))) => {
-                Step::Enter(P::VerifyingEmpty { lock })
+            (P::Locking { grace, .. }, I::Lock(LockOutcome::Acquired(lock))) => {
+                Step::Enter(P::VerifyingEmpty { lock, grace })
             }
             (
                 P::Locking {
@@ -756,15 +760,8 @@ impl Machine {
                     grace,
                 })
             }
-            (P::VerifyingEmpty { lock }, I::Nodes(registry)) => {
-                let version = registry.epoch.map(|e| e.version);
-                match self.others(registry) {
-                    Some((seeds, mode)) => Step::Enter(P::Joining {
-                        seeds,
-                        registration: mode,
-                    }),
-                    None => self.seed(lock, version),
-                }
+            (P::VerifyingEmpty { lock, grace }, I::Nodes(registry)) => {
+                self.on_nodes(now, registry, grace, Some(lock))
             }
             (P::WaitingForNodes { grace, .. }, I::Changed | I::Due) => {
                 Step::Enter(P::GettingNodes { grace })
@@ -901,7 +898,16 @@ impl Machine {
         }
     }
 
-    fn on_nodes(&mut self, now: Instant, registry: Registry, grace: Option<Grace>) -> Step {
+    /// A registry read of `GettingNodes` or (holding `lock`) of `VerifyingEmpty`: join the
+    /// registered nodes; else wait out the re-seed grace of the epoch's cluster; else lock,
+    /// or seed when the lock is held.
+    fn on_nodes(
+        &mut self,
+        now: Instant,
+        registry: Registry,
+        grace: Option<Grace>,
+        lock: Option<LockToken>,
+    ) -> Step {
         let revision = registry.revision;
         let epoch = registry.epoch;
         if let Some((seeds, registration)) = self.others(registry) {
@@ -914,26 +920,37 @@ impl Machine {
         let grace_period = self.settings.reseed_grace();
         let grace = match epoch {
             // The epoch names a cluster that may still live: give its members the chance
-            // to re-register before seeding over it.
+            // to re-register before seeding over it. Any read may be the first to see it
+            // (a node that locked before the cluster formed re-reads after an outage).
             Some(e) if e.cluster != ClusterId::UNREADABLE && !grace_period.is_zero() => match grace
             {
-                Some(g) if g.cluster == e.cluster => Some(g),
+                Some(Grace {
+                    cluster,
+                    until: Some(until),
+                }) if cluster == e.cluster => Some(until),
                 _ => {
                     self.events.push_back(Event::ReseedGrace {
                         cluster: e.cluster,
                         grace: grace_period,
                     });
-                    Some(Grace {
-                        cluster: e.cluster,
-                        until: after(now, grace_period),
-                    })
+                    Some(after(now, grace_period))
                 }
-            },
+            }
+            .map(|until| Grace {
+                cluster: e.cluster,
+                until: Some(until),
+            }),
             _ => None,
         };
-        match grace {
-            Some(g) if now < g.until => {
-                let until = after(now, self.wait_for_nodes()).min(g.until);
+        match (grace, lock) {
+            (
+                Some(Grace {
+                    until: Some(grace_until),
+                    ..
+                }),
+                _,
+            ) if now < grace_until => {
+                let until = after(now, self.wait_for_nodes()).min(grace_until);
                 Step::Enter(Phase::WaitingForNodes {
                     revision,
                     until,
@@ -941,7 +958,8 @@ impl Machine {
                     grace,
                 })
             }
-            _ => Step::Enter(Phase::Locking {
+            (_, Some(lock)) => self.seed(lock, epoch_version),
+            (grace, None) => Step::Enter(Phase::Locking {
                 revision,
                 epoch_version,
                 grace,
@@ -1031,6 +1049,24 @@ impl Machine {
                 return Step::After(Phase::RemovingSelf, retry_in);
             }
             p @ (Phase::Stopped | Phase::Failed(_)) => return Step::Stay(p),
+            // The service failed during a re-seed grace: the cluster's members may have
+            // failed to re-register too, so the grace starts over once it answers.
+            Phase::GettingNodes { grace } => Phase::GettingNodes {
+                grace: interrupted(grace),
+            },
+            Phase::Locking {
+                revision,
+                epoch_version,
+                grace,
+            } => Phase::Locking {
+                revision,
+                epoch_version,
+                grace: interrupted(grace),
+            },
+            Phase::VerifyingEmpty { lock, grace } => Phase::VerifyingEmpty {
+                lock,
+                grace: interrupted(grace),
+            },
             // The outcome of this registration is unknown now.
             Phase::AddingSelf {
                 mode,
@@ -1158,6 +1194,10 @@ impl Machine {
             deadline: after(now, timeout),
         };
     }
+}
+
+fn interrupted(grace: Option<Grace>) -> Option<Grace> {
+    grace.map(|g| Grace { until: None, ..g })
 }
 
 fn fail(state: State, error: ErrorSummary) -> Failure {

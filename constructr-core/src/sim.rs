@@ -1,16 +1,25 @@
 //! Deterministic simulation: many nodes (machines + [`MemoryCoordination`] + [`LocalCluster`])
 //! on virtual time, with a seeded RNG and randomized faults.
 //!
-//! Each trial starts `nodes` nodes at (nearly) the same time and, with faults on, injects:
-//! failed, lost (applied or not), slow (beyond the coordination timeout) replies; node
-//! crashes with or without restart (same address, new incarnation); long pauses of a node
-//! (it keeps its cluster membership while its entry and lock may expire); lost locks and
-//! expired entries. Failed machines are restarted like a supervisor would.
+//! Each trial starts `nodes` nodes at (nearly) the same time and, with faults on, plays one
+//! [`Scenario`], chosen by the trial's seed:
+//! - **random faults**: failed, lost (applied or not), slow (beyond the coordination
+//!   timeout) replies; node crashes with or without restart (same address, new
+//!   incarnation); long pauses of a node (it keeps its cluster membership while its entry
+//!   and lock may expire); lost locks and expired entries;
+//! - **outage**: the coordination service answers nothing but errors for 0.1–5 × the entry
+//!   TTL, once or twice, while some nodes only start during it (newcomers);
+//! - **wipe**: every node entry vanishes while the cluster runs, and a newcomer starts;
+//! - **join errors**: a third of all joins fail at once.
+//!
+//! Failed machines are restarted like a supervisor would.
 //!
 //! Checked after **every** registration: the registered live nodes are all members of one
 //! cluster, and the registering node is a member. Checked at quiescence: exactly one cluster
 //! among live nodes (0 islands), every live node joined and registered, the registry holds
-//! exactly the live nodes. A trial is a pure function of its seed: replay with [`run_trial`].
+//! exactly the live nodes. In outage and wipe trials also: no machine failed and no member
+//! left its cluster (0 [`Event::ClusterLost`]) — an outage alone never costs a member.
+//! A trial is a pure function of its seed: replay with [`run_trial`].
 
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap, HashSet};
@@ -58,6 +67,7 @@ impl SimConfig {
             coordination_timeout: Duration::from_millis(500),
             join_timeout: Duration::from_secs(2),
             retry_delay: Duration::from_millis(300),
+            max_retry_delay: Duration::from_secs(2),
             refresh_interval: Duration::from_secs(2),
             ttl_factor: 3.0,
             ..Settings::default()
@@ -80,11 +90,33 @@ impl Default for SimConfig {
     }
 }
 
+/// What a faulty trial does (chosen from its seed).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Scenario {
+    /// No faults.
+    #[default]
+    None,
+    /// Random request faults, crashes, pauses, lock and entry loss.
+    RandomFaults,
+    /// One or two coordination outages of 0.1–5 × the entry TTL, with newcomers during them.
+    Outage,
+    /// Every node entry vanishes while the cluster runs; a newcomer starts right after.
+    Wipe,
+    /// A third of all joins fail at once.
+    JoinErrors,
+}
+
 /// The result of one trial.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TrialOutcome {
     /// The trial's seed (replay with [`run_trial`]).
     pub seed: u64,
+    /// What the trial did.
+    pub scenario: Scenario,
+    /// Machines that ended in `Failed` (and were restarted).
+    pub failed_machines: u64,
+    /// Members that left their cluster because their re-registration was refused.
+    pub clusters_lost: u64,
     /// Clusters among live nodes at quiescence, minus one (0 = success).
     pub islands: usize,
     /// Safety and liveness violations found.
@@ -121,6 +153,12 @@ pub struct SimReport {
     pub coordination_requests: u64,
     /// Refused seed registrations over all trials.
     pub seeds_refused: u64,
+    /// Trials per scenario: random faults, outage, wipe, join errors.
+    pub scenarios: [u64; 4],
+    /// Machines that failed, over all trials.
+    pub failed_machines: u64,
+    /// Members that left their cluster for a refused re-registration, over all trials.
+    pub clusters_lost: u64,
 }
 
 /// The seed of trial `i` of a run seeded with `seed` (SplitMix64).
@@ -156,6 +194,15 @@ pub fn run_trials(config: &SimConfig, seed: u64, trials: u64, threads: usize) ->
         report.islands += o.islands as u64;
         report.coordination_requests += o.coordination_requests;
         report.seeds_refused += o.seeds_refused;
+        report.failed_machines += o.failed_machines;
+        report.clusters_lost += o.clusters_lost;
+        match o.scenario {
+            Scenario::RandomFaults => report.scenarios[0] += 1,
+            Scenario::Outage => report.scenarios[1] += 1,
+            Scenario::Wipe => report.scenarios[2] += 1,
+            Scenario::JoinErrors => report.scenarios[3] += 1,
+            Scenario::None => {}
+        }
         if !o.ok() {
             report.failed_seeds.push(o.seed);
             report.failures.push(
@@ -198,6 +245,9 @@ enum Ev {
     Resume(usize),
     ExpireLock,
     ExpireEntry(usize),
+    OutageStart(Duration),
+    OutageEnd,
+    Wipe,
 }
 
 struct SimNode {
@@ -241,6 +291,10 @@ struct World<'a> {
     clock_start: Instant,
     /// `CONSTRUCTR_SIM_TRACE` set: print every simulation event to stderr (for replays).
     trace: bool,
+    /// While set, every coordination request fails (and nothing is applied).
+    outage_until: Option<Instant>,
+    /// The virtual time the trial ends.
+    end: Instant,
 }
 
 /// Runs one trial; deterministic in `seed`.
@@ -278,9 +332,21 @@ pub fn run_trial(config: &SimConfig, seed: u64) -> TrialOutcome {
         },
         clock_start: start,
         trace: std::env::var_os("CONSTRUCTR_SIM_TRACE").is_some(),
+        outage_until: None,
+        end: start + config.start_spread + config.fault_window + config.settle,
     };
     w.run(start);
     w.out
+}
+
+/// A uniform duration in `[lo, hi)`, `lo` when the range is empty.
+fn uniform(rng: &mut ChaCha8Rng, lo: Duration, hi: Duration) -> Duration {
+    let (lo_us, hi_us) = (lo.as_micros() as u64, hi.as_micros() as u64);
+    if hi_us <= lo_us {
+        lo
+    } else {
+        Duration::from_micros(rng.random_range(lo_us..hi_us))
+    }
 }
 
 impl World<'_> {
@@ -304,15 +370,31 @@ impl World<'_> {
     }
 
     fn run(&mut self, start: Instant) {
-        let spread = self.cfg.start_spread.as_micros().max(1) as u64;
+        self.out.scenario = if self.cfg.faults {
+            match self.rng.random_range(0..8u32) {
+                0..=3 => Scenario::RandomFaults,
+                4 | 5 => Scenario::Outage,
+                6 => Scenario::Wipe,
+                _ => Scenario::JoinErrors,
+            }
+        } else {
+            Scenario::None
+        };
+        let mut late = HashSet::new();
+        match self.out.scenario {
+            Scenario::RandomFaults => self.schedule_faults(start),
+            Scenario::Outage => late = self.schedule_outages(start),
+            Scenario::Wipe => late = self.schedule_wipe(start),
+            Scenario::None | Scenario::JoinErrors => {}
+        }
         for i in 0..self.cfg.nodes {
-            let at = start + Duration::from_micros(self.rng.random_range(0..spread));
+            if late.contains(&i) {
+                continue;
+            }
+            let at = start + uniform(&mut self.rng, Duration::ZERO, self.cfg.start_spread);
             self.schedule(at, Ev::Start(i));
         }
-        if self.cfg.faults {
-            self.schedule_faults(start);
-        }
-        let end = start + self.cfg.start_spread + self.cfg.fault_window + self.cfg.settle;
+        let end = self.end;
         loop {
             let next_event = self.queue.peek().map(|Reverse((at, _, _))| *at);
             let next_timer = self
@@ -359,12 +441,52 @@ impl World<'_> {
         self.out.coordination_requests = self.memory.calls();
     }
 
+    /// One or two outages of 0.1–5 × TTL; up to two nodes start only during the first.
+    fn schedule_outages(&mut self, start: Instant) -> HashSet<usize> {
+        let ttl = self.cfg.settings.ttl();
+        let mut late = HashSet::new();
+        let mut at = start + uniform(&mut self.rng, Duration::ZERO, self.cfg.fault_window);
+        for k in 0..self.rng.random_range(1..=2u32) {
+            let length = uniform(&mut self.rng, ttl.mul_f64(0.1), ttl.mul_f64(5.0));
+            self.schedule(at, Ev::OutageStart(length));
+            if k == 0 && self.cfg.nodes > 2 {
+                for _ in 0..self.rng.random_range(0..=2u32) {
+                    let node = self.rng.random_range(0..self.cfg.nodes);
+                    if late.insert(node) {
+                        let when = at + uniform(&mut self.rng, Duration::ZERO, length);
+                        self.schedule(when, Ev::Start(node));
+                    }
+                }
+            }
+            at += length + uniform(&mut self.rng, Duration::from_millis(100), ttl * 2);
+        }
+        self.end = self.end.max(at + self.cfg.settle);
+        late
+    }
+
+    /// Every entry vanishes after the cluster formed; a newcomer starts right after.
+    fn schedule_wipe(&mut self, start: Instant) -> HashSet<usize> {
+        let at = start
+            + self.cfg.start_spread
+            + self.cfg.settings.join_timeout
+            + uniform(&mut self.rng, Duration::ZERO, self.cfg.fault_window);
+        self.schedule(at, Ev::Wipe);
+        let mut late = HashSet::new();
+        if self.cfg.nodes > 1 {
+            let node = self.rng.random_range(0..self.cfg.nodes);
+            late.insert(node);
+            let when = at + uniform(&mut self.rng, Duration::ZERO, Duration::from_millis(50));
+            self.schedule(when, Ev::Start(node));
+        }
+        self.end = self.end.max(at + self.cfg.settle);
+        late
+    }
+
     fn schedule_faults(&mut self, start: Instant) {
-        let window = self.cfg.fault_window.as_micros() as u64;
         let ttl = self.cfg.settings.ttl();
         let n = self.cfg.nodes;
         for _ in 0..self.rng.random_range(0..=3u32) {
-            let at = start + Duration::from_micros(self.rng.random_range(0..window));
+            let at = start + uniform(&mut self.rng, Duration::ZERO, self.cfg.fault_window);
             let node = self.rng.random_range(0..n);
             let ev = match self.rng.random_range(0..5u32) {
                 0 | 1 => Ev::Crash {
@@ -372,13 +494,11 @@ impl World<'_> {
                     restart_after: self
                         .rng
                         .random_bool(0.7)
-                        .then(|| Duration::from_millis(self.rng.random_range(0..5_000))),
+                        .then(|| uniform(&mut self.rng, Duration::ZERO, Duration::from_secs(5))),
                 },
                 2 => Ev::Pause {
                     node,
-                    duration: Duration::from_millis(
-                        self.rng.random_range(500..(ttl.as_millis() as u64 * 2)),
-                    ),
+                    duration: uniform(&mut self.rng, Duration::from_millis(500), ttl * 2),
                 },
                 3 => Ev::ExpireLock,
                 _ => Ev::ExpireEntry(node),
@@ -443,6 +563,17 @@ impl World<'_> {
                 self.drain(node);
             }
             Ev::ExpireLock => self.memory.expire_lock(&self.scope),
+            Ev::OutageStart(length) => {
+                self.outage_until = Some(self.now + length);
+                self.schedule(self.now + length, Ev::OutageEnd);
+            }
+            Ev::OutageEnd => self.outage_until = None,
+            Ev::Wipe => {
+                for i in 0..self.nodes.len() {
+                    let address = self.nodes[i].address.clone();
+                    self.memory.expire_entry(&self.scope, &address);
+                }
+            }
             Ev::ExpireEntry(i) => {
                 let address = self.nodes[i].address.clone();
                 self.memory.expire_entry(&self.scope, &address);
@@ -496,8 +627,15 @@ impl World<'_> {
             if action.is_none() && event.is_none() {
                 break;
             }
-            if let Some(Event::SeedRefused) = event {
-                self.out.seeds_refused += 1;
+            if self.trace
+                && let Some(e) = &event
+            {
+                eprintln!("{:?}   node {i}: {e}", self.now - self.clock_start);
+            }
+            match event {
+                Some(Event::SeedRefused) => self.out.seeds_refused += 1,
+                Some(Event::ClusterLost { .. }) => self.out.clusters_lost += 1,
+                _ => {}
             }
             if let Some(action) = action {
                 self.send(i, inc, action);
@@ -508,6 +646,7 @@ impl World<'_> {
             .as_ref()
             .is_some_and(|m| m.state() == State::Failed);
         if failed {
+            self.out.failed_machines += 1;
             // Fail fast, then a supervisor restarts the process.
             self.crash(i);
             self.schedule(self.now + Duration::from_secs(1), Ev::Restart(i));
@@ -523,9 +662,39 @@ impl World<'_> {
             action,
             Action::JoinCluster { .. } | Action::LeaveCluster { .. } | Action::WaitForChange { .. }
         );
+        if is_coordination && self.outage_until.is_some_and(|until| self.now < until) {
+            // The service is down: connection refused, nothing applied.
+            let reply = error_reply(&action);
+            self.schedule(
+                self.now + request_delay,
+                Ev::Deliver {
+                    node: i,
+                    inc,
+                    attempt,
+                    reply,
+                },
+            );
+            return;
+        }
+        if self.out.scenario == Scenario::JoinErrors
+            && matches!(action, Action::JoinCluster { .. })
+            && self.rng.random_bool(1.0 / 3.0)
+        {
+            let reply = error_reply(&action);
+            self.schedule(
+                self.now + request_delay,
+                Ev::Deliver {
+                    node: i,
+                    inc,
+                    attempt,
+                    reply,
+                },
+            );
+            return;
+        }
         let faulty_now =
             self.now < self.clock_start + self.cfg.start_spread + self.cfg.fault_window;
-        if self.cfg.faults && is_coordination && faulty_now {
+        if self.out.scenario == Scenario::RandomFaults && is_coordination && faulty_now {
             let roll: f64 = self.rng.random();
             if roll < 0.03 {
                 // Transient error, nothing applied.
@@ -735,6 +904,20 @@ impl World<'_> {
     }
 
     fn check_quiescence(&mut self) {
+        if matches!(self.out.scenario, Scenario::Outage | Scenario::Wipe) {
+            if self.out.failed_machines > 0 {
+                self.out.violations.push(format!(
+                    "{} machines failed in a {:?} trial",
+                    self.out.failed_machines, self.out.scenario
+                ));
+            }
+            if self.out.clusters_lost > 0 {
+                self.out.violations.push(format!(
+                    "{} members left their cluster in a {:?} trial",
+                    self.out.clusters_lost, self.out.scenario
+                ));
+            }
+        }
         let live = self.live_nodes();
         self.out.live = live.len();
         let clusters: BTreeSet<_> = live

@@ -29,16 +29,78 @@ fn assert_clean(report: &constructr_core::sim::SimReport) {
 }
 
 #[test]
-fn ten_thousand_faulty_trials_form_exactly_one_cluster() {
+fn twenty_thousand_faulty_trials_form_exactly_one_cluster_and_outages_cost_no_member() {
     let config = SimConfig::default();
-    let report = run_trials(&config, base_seed(), 10_000, threads());
+    let report = run_trials(&config, base_seed(), 20_000, threads());
     eprintln!(
-        "trials={} islands={} seeds_refused={} requests={}",
-        report.trials, report.islands, report.seeds_refused, report.coordination_requests
+        "trials={} scenarios(random,outage,wipe,join-errors)={:?} islands={} seeds_refused={} failed_machines={} clusters_lost={} requests={}",
+        report.trials,
+        report.scenarios,
+        report.islands,
+        report.seeds_refused,
+        report.failed_machines,
+        report.clusters_lost,
+        report.coordination_requests
     );
-    assert_eq!(report.trials, 10_000);
+    assert_eq!(report.trials, 20_000);
+    // Every scenario ran often.
+    assert!(
+        report.scenarios.iter().all(|&n| n > 2_000),
+        "{:?}",
+        report.scenarios
+    );
     assert_eq!(report.islands, 0);
+    // Outage and wipe trials check 0 failed machines and 0 members lost per trial.
     assert_clean(&report);
+}
+
+/// Without the re-seed grace (ConstructR: seed as soon as the registry reads empty), the
+/// outage and wipe trials find members that leave their cluster for a newcomer's.
+#[test]
+fn without_the_reseed_grace_outages_cost_members_their_cluster() {
+    let mut config = SimConfig::default();
+    config.settings.reseed_grace = Some(std::time::Duration::ZERO);
+    let report = run_trials(&config, base_seed(), 4_000, threads());
+    eprintln!(
+        "no grace: {} of {} trials failed, clusters_lost={}",
+        report.failed_seeds.len(),
+        report.trials,
+        report.clusters_lost
+    );
+    assert!(report.clusters_lost > 0, "the grace made no difference");
+    assert!(
+        report
+            .failures
+            .iter()
+            .any(|f| f.contains("left their cluster")),
+        "{:?}",
+        report.failures
+    );
+}
+
+/// With ConstructR's fail-fast (2 retries at fixed waits, members fail), outages make
+/// machines fail.
+#[test]
+fn with_fail_fast_retries_outages_fail_machines() {
+    let mut config = SimConfig::default();
+    config.settings.nr_of_retries = Some(2);
+    config.settings.ignore_refresh_failures = false;
+    config.settings.max_retry_delay = config.settings.retry_delay;
+    let report = run_trials(&config, base_seed(), 4_000, threads());
+    eprintln!(
+        "fail-fast: {} of {} trials failed, failed_machines={}",
+        report.failed_seeds.len(),
+        report.trials,
+        report.failed_machines
+    );
+    assert!(
+        report
+            .failures
+            .iter()
+            .any(|f| f.contains("machines failed")),
+        "{:?}",
+        report.failures
+    );
 }
 
 #[test]
