@@ -470,3 +470,74 @@ fn compat_settings_keep_constructrs_fail_fast_for_members() {
         Some(Failure::RetriesExhausted { .. })
     ));
 }
+
+#[test]
+fn a_node_that_locked_before_the_cluster_formed_gives_the_grace_on_its_reread() {
+    // Found by the simulation: the lock was taken while the registry had no epoch, an outage
+    // followed, and the re-read under the lock found the (now formed) cluster's epoch with
+    // every entry expired. Seeding there would split the cluster.
+    let mut m = started(outage_settings());
+    m.handle_reply(at(1), AttemptId(1), Reply::Nodes(Ok(empty(1))));
+    assert!(matches!(single(&mut m), Action::Lock { .. }));
+    m.handle_reply(
+        at(2),
+        AttemptId(2),
+        Reply::Lock(Ok(LockOutcome::Acquired(token()))),
+    );
+    assert_eq!(actions(&mut m), vec![get_nodes(3)]);
+    events(&mut m);
+    m.handle_reply(
+        at(3),
+        AttemptId(3),
+        Reply::Nodes(Ok(registry(&[], epoch(THEIR_CLUSTER, 9), 20))),
+    );
+    assert_eq!(
+        events(&mut m),
+        vec![
+            Event::ReseedGrace {
+                cluster: THEIR_CLUSTER,
+                grace: outage_settings().reseed_grace()
+            },
+            changed(State::VerifyingEmpty, State::WaitingForNodes)
+        ]
+    );
+    assert!(matches!(
+        single(&mut m),
+        Action::WaitForChange { .. }
+    ));
+}
+
+#[test]
+fn a_failed_request_during_the_grace_restarts_it_once_the_service_answers() {
+    // Found by the simulation: a grace that ran out during a second outage let a newcomer
+    // seed before the members could re-register.
+    let s = outage_settings();
+    let grace = s.reseed_grace();
+    let mut m = started(s);
+    let old = || Reply::Nodes(Ok(registry(&[], epoch(THEIR_CLUSTER, 9), 20)));
+    m.handle_reply(at(0), AttemptId(1), old());
+    actions(&mut m);
+    // The wait is over; the re-read fails for longer than the grace.
+    let mut now = m.poll_timeout().expect("wait timer");
+    m.handle_timeout(now);
+    let mut attempt = single(&mut m).attempt();
+    while now < at(0) + grace * 3 {
+        m.handle_reply(now, attempt, Reply::Nodes(Err(unavailable())));
+        now = m.poll_timeout().expect("retry timer");
+        m.handle_timeout(now);
+        attempt = single(&mut m).attempt();
+    }
+    events(&mut m);
+    // The service answers: the grace starts over instead of seeding at once.
+    m.handle_reply(now, attempt, old());
+    assert_eq!(
+        events(&mut m),
+        vec![
+            Event::ReseedGrace {
+                cluster: THEIR_CLUSTER,
+                grace
+            },
+            changed(State::GettingNodes, State::WaitingForNodes)
+        ]
+    );
+}
