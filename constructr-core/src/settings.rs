@@ -48,6 +48,13 @@ pub enum SettingsError {
     /// `ttl_factor` is not a finite number.
     #[error("ttl-factor {0} must be a finite number")]
     TtlFactorNotFinite(f64),
+    /// A duration that must be positive is shorter than a millisecond (a retry or refresh
+    /// storm, not a setting).
+    #[error("{name} must be at least 1 ms")]
+    TooShort {
+        /// The setting's name.
+        name: &'static str,
+    },
     /// A duration (or the entry TTL derived from one) is longer than [`MAX_DURATION`].
     #[error("{name} must be at most 365 days")]
     TooLong {
@@ -182,6 +189,9 @@ impl Settings {
         ] {
             if d.is_zero() {
                 return Err(SettingsError::Zero { name });
+            }
+            if d < Duration::from_millis(1) {
+                return Err(SettingsError::TooShort { name });
             }
         }
         for (name, d) in [

@@ -501,10 +501,7 @@ fn a_node_that_locked_before_the_cluster_formed_gives_the_grace_on_its_reread() 
             changed(State::VerifyingEmpty, State::WaitingForNodes)
         ]
     );
-    assert!(matches!(
-        single(&mut m),
-        Action::WaitForChange { .. }
-    ));
+    assert!(matches!(single(&mut m), Action::WaitForChange { .. }));
 }
 
 #[test]

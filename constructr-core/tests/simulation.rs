@@ -163,3 +163,19 @@ fn without_reread_after_lock_more_seed_registrations_are_refused() {
     assert_clean(&without);
     assert!(without.seeds_refused > with.seeds_refused);
 }
+
+/// The simulation accepts any validated settings (it used to panic for entry TTLs of
+/// 250 ms or less, in its pause fault).
+#[test]
+fn simulation_runs_with_tiny_ttls() {
+    let mut config = SimConfig::default();
+    config.settings.coordination_timeout = std::time::Duration::from_millis(5);
+    config.settings.retry_delay = std::time::Duration::from_millis(2);
+    config.settings.max_retry_delay = std::time::Duration::from_millis(10);
+    config.settings.refresh_interval = std::time::Duration::from_millis(20);
+    config.settings.join_timeout = std::time::Duration::from_millis(50);
+    config.settings.ttl_factor = 4.0;
+    config.settings.validate().expect("valid");
+    let report = run_trials(&config, base_seed(), 40, threads());
+    assert_eq!(report.trials, 40);
+}
