@@ -23,6 +23,10 @@ struct Cli {
     /// Cluster name (overrides the settings file).
     #[arg(long, global = true, value_name = "NAME")]
     cluster: Option<String>,
+    /// Start from a settings preset instead of constructr's defaults (the settings file
+    /// overrides single keys of it).
+    #[arg(long, global = true, value_enum)]
+    compat: Option<Compat>,
     #[command(subcommand)]
     command: Command,
 }
@@ -30,7 +34,8 @@ struct Cli {
 /// Settings preset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Compat {
-    /// ConstructR's behaviour: its defaults, no watch, fixed `retry-delay` waits.
+    /// ConstructR's behaviour: its defaults, no watch, 2 retries at fixed `retry-delay`
+    /// waits, members fail once those are used up, no re-seed grace.
     Constructr,
 }
 
@@ -43,9 +48,6 @@ enum Command {
         nodes: u32,
         #[command(flatten)]
         backend: backend::BackendArgs,
-        /// Start from a settings preset instead of constructr's defaults.
-        #[arg(long, value_enum)]
-        compat: Option<Compat>,
         /// Print one JSON object instead of a timeline.
         #[arg(long)]
         json: bool,
@@ -110,7 +112,10 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .try_init();
-    let base = match settings::load(cli.config.as_deref(), cli.cluster.as_deref(), None) {
+    let preset = cli
+        .compat
+        .map(|Compat::Constructr| constructr::Settings::constructr_compat());
+    let base = match settings::load(cli.config.as_deref(), cli.cluster.as_deref(), preset) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("error: {e}");
@@ -124,29 +129,12 @@ fn main() -> ExitCode {
         Command::Demo {
             nodes,
             backend,
-            compat,
             json,
             seed,
         } => {
-            let settings = match compat {
-                Some(Compat::Constructr) => {
-                    match settings::load(
-                        cli.config.as_deref(),
-                        cli.cluster.as_deref(),
-                        Some(constructr::Settings::constructr_compat()),
-                    ) {
-                        Ok(s) => s,
-                        Err(e) => {
-                            eprintln!("error: {e}");
-                            return ExitCode::from(2);
-                        }
-                    }
-                }
-                None => base,
-            };
             // A fresh cluster name per run, unless the user named one: a demo must not meet
             // the lock or entries of an earlier run in a shared coordination service.
-            let mut settings = settings;
+            let mut settings = base;
             if cli.cluster.is_none() && cli.config.is_none() {
                 settings.cluster_name =
                     constructr::ClusterName::new(format!("demo-{:08x}", rand::random::<u32>()))
@@ -163,7 +151,7 @@ fn main() -> ExitCode {
             threads,
             json,
         } => sim::run(sim::SimArgs {
-            settings: cli.config.as_ref().map(|_| base),
+            settings: (cli.config.is_some() || cli.compat.is_some()).then_some(base),
             trials,
             nodes: nodes as usize,
             seed,

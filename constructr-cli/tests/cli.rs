@@ -155,3 +155,61 @@ fn serf_handler_refuses_a_malformed_member_line_with_exit_2() {
     assert!(out.stdout.is_empty());
     assert!(String::from_utf8_lossy(&out.stderr).contains("nothing forwarded"));
 }
+
+#[test]
+fn non_finite_or_huge_settings_exit_2_instead_of_hanging() {
+    let dir = std::env::temp_dir().join(format!("constructr-cli-inf-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("inf.toml");
+    for (text, rule) in [
+        (
+            "ttl-factor = inf\n",
+            "ttl-factor inf must be a finite number",
+        ),
+        ("ttl-factor = 1e300\n", "ttl must be at most 365 days"),
+        ("ttl-factor = nan\n", "must be a finite number"),
+        (
+            "join-timeout = \"1000years\"\n",
+            "join-timeout must be at most 365 days",
+        ),
+        (
+            "retry-delay = \"1ns\"\n",
+            "retry-delay must be at least 1 ms",
+        ),
+    ] {
+        std::fs::write(&file, text).unwrap();
+        let out = constructr()
+            .args(["--config", file.to_str().unwrap(), "demo", "--nodes", "3"])
+            .timeout(std::time::Duration::from_secs(30))
+            .output()
+            .expect("runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{text}: {stderr}");
+        assert!(stderr.contains(rule), "{text}: {stderr}");
+    }
+}
+
+#[test]
+fn compat_preset_applies_to_every_command() {
+    // ConstructR mode: no watch, fixed waits; the demo still forms one cluster.
+    let out = constructr()
+        .args(["--compat", "constructr", "demo", "--nodes", "3", "--json"])
+        .output()
+        .expect("runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(json(&out.stdout)["clusters"], 1);
+    // It is a global option: accepted after the subcommand as well.
+    let out = constructr()
+        .args(["sim", "--trials", "5", "--compat", "constructr", "--json"])
+        .output()
+        .expect("runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
