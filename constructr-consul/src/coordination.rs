@@ -50,8 +50,9 @@
 //! session timer when it regains leadership, so nodes just renew their sessions again: no
 //! re-registration, no re-bootstrap (tested with 9 s of downtime). A **dev agent**
 //! (`consul agent -dev`) keeps everything in memory: after its restart the epoch marker and
-//! every session are gone, refreshes report `Missing`, the members' re-registration is
-//! refused (the epoch no longer names their cluster) and the nodes form one new cluster.
+//! every session are gone, refreshes report `Missing`, and the members register again,
+//! the first of them re-creating the epoch marker for their cluster (a member's
+//! registration may create a missing marker): the cluster lives on, no re-bootstrap.
 
 use std::collections::VecDeque;
 use std::hash::{Hash as _, Hasher as _};

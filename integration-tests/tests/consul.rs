@@ -50,12 +50,12 @@ fn consul_settings(cluster: ClusterName) -> Settings {
     s
 }
 
-/// Settings that ride out a Consul restart of a few seconds: more retries, TTL 15 s.
+/// Settings whose members ride out a Consul restart (degraded, retrying at most every
+/// refresh interval) and whose bootstrap retries have no count limit; TTL 20 s.
 fn patient_settings(cluster: ClusterName) -> Settings {
     let mut s = consul_settings(cluster);
-    s.nr_of_retries = Some(6);
+    s.nr_of_retries = None;
     s.retry_delay = Duration::from_secs(1);
-    // >= 1 + (1 s × 7 + 1.2 s × 6) / 5 s = 3.84
     s.ttl_factor = 4.0;
     s.validate().expect("valid settings");
     constructr_consul::validate_settings(&s).expect("valid for Consul");
@@ -387,7 +387,7 @@ async fn persistent_consul_restart_while_refreshing_recovers_without_rebootstrap
 /// (the epoch no longer names their cluster), and they start over: they form exactly one new
 /// cluster, never two side by side.
 #[tokio::test]
-async fn dev_agent_restart_loses_the_registry_and_nodes_reform_one_cluster() {
+async fn dev_agent_restart_loses_the_registry_and_members_recreate_it_for_their_cluster() {
     require_docker!();
     init_tracing();
     let node = ConsulNode::start().await;
@@ -403,27 +403,29 @@ async fn dev_agent_restart_loses_the_registry_and_nodes_reform_one_cluster() {
     let gone = consul.get_nodes(&scope).await.unwrap();
     assert!(gone.nodes.is_empty() && gone.epoch.is_none(), "{gone:?}");
 
-    let reformed = Instant::now();
+    let back = Instant::now();
     eventually(
         Duration::from_secs(60),
-        "the nodes re-register in one new cluster",
+        "the members re-register under their own cluster",
         || async {
             let r = consul.get_nodes(&scope).await.ok()?;
-            let clusters = local.clusters();
-            (r.nodes.len() == 3 && clusters.len() == 1 && clusters.values().all(|m| m.len() == 3))
-                .then_some(())
+            (r.nodes.len() == 3).then_some(())
         },
     )
     .await;
     let after = consul.get_nodes(&scope).await.unwrap().epoch.unwrap();
     println!(
-        "dev agent restart: nodes formed a new cluster {} ms after Consul was back \
-         (clusters formed in total: {})",
-        reformed.elapsed().as_millis(),
-        local.clusters_formed()
+        "dev agent restart: members re-registered {} ms after Consul was back",
+        back.elapsed().as_millis(),
     );
-    assert_ne!(after.cluster, before.cluster, "a new cluster epoch");
-    assert_eq!(local.clusters_formed(), 2, "{:?}", local.clusters());
+    assert_eq!(
+        after.cluster, before.cluster,
+        "the old cluster's epoch, re-created"
+    );
+    assert_eq!(local.clusters_formed(), 1, "{:?}", local.clusters());
+    for h in &handles {
+        assert!(!h.state().is_terminal(), "{} {:?}", h.node(), h.state());
+    }
     assert_eq!(
         registered_nodes(&consul, &scope).await,
         sorted_ids(&handles)
