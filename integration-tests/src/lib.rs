@@ -10,6 +10,8 @@
 //!   or HTTPS), with fault injection (restart).
 //! - [`service::Service`]: any of those behind one interface (start, stop, start again,
 //!   delete keys), for scenarios that run once per backend.
+//! - [`process`]: real `constructr node` processes against a service, with their `--json`
+//!   lines.
 //! - Images come from environment variables (`CONSTRUCTR_ETCD_IMAGE`, ...) with the official
 //!   upstream images as defaults; when the variable is unset, `target/test-images.env`
 //!   (written by `scripts/images.sh`) is consulted first, so a machine without registry
@@ -23,6 +25,7 @@ use constructr_core::{ClusterName, Settings};
 pub mod consul;
 pub mod etcd;
 pub mod nodes;
+pub mod process;
 pub mod service;
 pub mod tls;
 
