@@ -319,6 +319,23 @@ impl RawConsul {
         assert!(resp.status().is_success(), "put {key}: {}", resp.status());
     }
 
+    /// Deletes every key under `prefix` (no leading `/`), whoever holds them.
+    pub async fn delete_prefix(&self, prefix: &str) {
+        let resp = self
+            .request(
+                reqwest::Method::DELETE,
+                &format!("/v1/kv/{}?recurse", encode_key(prefix)),
+            )
+            .send()
+            .await
+            .expect("delete");
+        assert!(
+            resp.status().is_success(),
+            "delete {prefix}: {}",
+            resp.status()
+        );
+    }
+
     /// The keys under `prefix` (no leading `/`).
     pub async fn keys(&self, prefix: &str) -> Vec<String> {
         let resp = self

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use constructr_etcd::{EtcdConfig, EtcdTlsConfig, PemSource};
-use testcontainers::core::{ContainerPort, IntoContainerPort as _, WaitFor};
+use testcontainers::core::{IntoContainerPort as _, WaitFor};
 use testcontainers::runners::AsyncRunner as _;
 use testcontainers::{ContainerAsync, GenericImage, ImageExt as _};
 
@@ -185,10 +185,21 @@ impl EtcdNode {
     /// Stops etcd abruptly (SIGKILL) and starts it again on the same data and port; returns
     /// once it serves requests again.
     pub async fn restart(&self) {
+        self.stop().await;
+        self.start_again().await;
+    }
+
+    /// Stops etcd abruptly (SIGKILL); its container, data and port stay.
+    pub async fn stop(&self) {
         self.container
             .stop_with_timeout(Some(0))
             .await
             .expect("stop etcd");
+    }
+
+    /// Starts a stopped etcd again on the same data and port; returns once it serves
+    /// requests.
+    pub async fn start_again(&self) {
         self.container.start().await.expect("start etcd again");
         self.wait_ready().await;
     }
@@ -208,7 +219,8 @@ impl EtcdNode {
     }
 }
 
-/// Three etcd members on their own Docker network.
+/// Three etcd members on their own Docker network, each reachable from the test at a fixed
+/// `127.0.0.1` port that survives restarts.
 pub struct EtcdCluster3 {
     members: Vec<Option<ContainerAsync<GenericImage>>>,
     names: Vec<String>,
@@ -218,17 +230,33 @@ pub struct EtcdCluster3 {
 impl EtcdCluster3 {
     /// Starts three members at once and waits until all serve requests.
     pub async fn start() -> Self {
+        let mut last_error = String::new();
+        // A fixed host port can be taken by someone else between picking and binding it.
+        for _ in 0..3 {
+            match Self::try_start().await {
+                Ok(cluster) => {
+                    cluster.wait_all_ready().await;
+                    return cluster;
+                }
+                Err(e) => last_error = e,
+            }
+        }
+        panic!("{}: {last_error}", image_hint());
+    }
+
+    async fn try_start() -> Result<Self, String> {
         let suffix = random_suffix();
         let network = format!("constructr-etcd-net-{suffix}");
         let names: Vec<String> = (0..3)
             .map(|i| format!("constructr-etcd-{suffix}-m{i}"))
             .collect();
+        let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
         let initial_cluster = names
             .iter()
             .map(|n| format!("{n}=http://{n}:{PEER_PORT}"))
             .collect::<Vec<_>>()
             .join(",");
-        let start = |name: String| {
+        let start = |name: String, host_port: u16| {
             let args = vec![
                 "--name".to_owned(),
                 name.clone(),
@@ -250,7 +278,7 @@ impl EtcdCluster3 {
                 "new".into(),
             ];
             image()
-                .with_exposed_port(ContainerPort::Tcp(CLIENT_PORT))
+                .with_mapped_port(host_port, CLIENT_PORT.tcp())
                 .with_container_name(name.clone())
                 .with_env_var(NO_FSYNC.0, NO_FSYNC.1)
                 .with_hostname(name)
@@ -261,35 +289,65 @@ impl EtcdCluster3 {
         };
         // Each member reports ready only once a quorum is up: start them together.
         let (a, b, c) = tokio::join!(
-            start(names[0].clone()),
-            start(names[1].clone()),
-            start(names[2].clone())
+            start(names[0].clone(), ports[0]),
+            start(names[1].clone(), ports[1]),
+            start(names[2].clone(), ports[2])
         );
         let mut members = Vec::new();
-        let mut endpoints = Vec::new();
+        let mut error = None;
         for r in [a, b, c] {
-            let container = r.unwrap_or_else(|e| panic!("{}: {e}", image_hint()));
-            let port = container
-                .get_host_port_ipv4(CLIENT_PORT)
-                .await
-                .expect("mapped client port");
-            endpoints.push(format!("http://127.0.0.1:{port}"));
-            members.push(Some(container));
+            match r {
+                Ok(container) => members.push(Some(container)),
+                Err(e) => error = Some(e.to_string()),
+            }
         }
-        let cluster = Self {
+        if let Some(e) = error {
+            // Dropping the started members removes them.
+            return Err(e);
+        }
+        let endpoints = ports
+            .iter()
+            .map(|p| format!("http://127.0.0.1:{p}"))
+            .collect();
+        Ok(Self {
             members,
             names,
             endpoints,
-        };
+        })
+    }
+
+    /// Waits until every live member answers requests.
+    async fn wait_all_ready(&self) {
         for i in 0..3 {
-            let config = EtcdConfig::new([cluster.endpoints[i].clone()]);
+            if self.members[i].is_none() {
+                continue;
+            }
+            let config = EtcdConfig::new([self.endpoints[i].clone()]);
             let etcd = constructr_etcd::EtcdCoordination::new(&config).expect("valid config");
             crate::eventually(STARTUP, "etcd member answers requests", || async {
                 etcd.check(&probe_scope()).await.ok()
             })
             .await;
         }
-        cluster
+    }
+
+    /// Stops every live member abruptly (SIGKILL), one right after the other (the cluster
+    /// loses its quorum with the second); containers, data and ports stay.
+    pub async fn stop_all(&self) {
+        for c in self.members.iter().flatten() {
+            c.stop_with_timeout(Some(0))
+                .await
+                .expect("stop etcd member");
+        }
+    }
+
+    /// Starts every stopped member again (none serves before a quorum is back); returns once
+    /// all serve requests.
+    pub async fn start_all(&self) {
+        for c in self.members.iter().flatten() {
+            c.start().await.expect("start etcd member again");
+        }
+        self.wait_all_ready().await;
     }
 
     /// The client URLs of all three members (also of killed ones).
@@ -311,6 +369,13 @@ impl EtcdCluster3 {
         EtcdConfig::new(endpoints)
             .with_connect_timeout(Duration::from_millis(300))
             .with_request_timeout(Duration::from_millis(500))
+    }
+
+    /// A raw etcd client over all members, for set-up and inspection.
+    pub async fn client(&self) -> etcd_client::Client {
+        etcd_client::Client::connect(self.endpoints(), None)
+            .await
+            .expect("raw etcd client")
     }
 
     /// The member names (container names).

@@ -5,9 +5,13 @@
 //!   **fails** with a clear message, unless `CONSTRUCTR_SKIP_DOCKER=1` is set, in which case
 //!   it prints a skip line and returns.
 //! - [`etcd::EtcdNode`] (one member) and [`etcd::EtcdCluster3`] (three members on their own
-//!   Docker network), with fault injection (restart, kill).
+//!   Docker network), with fault injection (restart, kill, stop and start all).
 //! - [`consul::ConsulNode`] (a dev agent or a persistent single server, optionally with ACLs
 //!   or HTTPS), with fault injection (restart).
+//! - [`service::Service`]: any of those behind one interface (start, stop, start again,
+//!   delete keys), for scenarios that run once per backend.
+//! - [`process`]: real `constructr node` processes against a service, with their `--json`
+//!   lines.
 //! - Images come from environment variables (`CONSTRUCTR_ETCD_IMAGE`, ...) with the official
 //!   upstream images as defaults; when the variable is unset, `target/test-images.env`
 //!   (written by `scripts/images.sh`) is consulted first, so a machine without registry
@@ -21,6 +25,8 @@ use constructr_core::{ClusterName, Settings};
 pub mod consul;
 pub mod etcd;
 pub mod nodes;
+pub mod process;
+pub mod service;
 pub mod tls;
 
 /// Set to `1` to skip (not fail) the Docker-based tests on a machine without Docker.

@@ -1,0 +1,196 @@
+//! One coordination service of any kind the tests run (a single etcd member, a three-member
+//! etcd cluster, a Consul dev agent or persistent server) behind one interface, for scenarios
+//! that run once per backend: start it, point nodes at it, take it down and bring it back,
+//! and touch its keys directly.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use constructr_consul::ConsulCoordination;
+use constructr_core::Coordination;
+use constructr_etcd::{EtcdCoordination, lease_ttl_secs};
+
+use crate::consul::ConsulNode;
+use crate::etcd::{EtcdCluster3, EtcdNode};
+
+/// Which coordination service to start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// One etcd member.
+    Etcd,
+    /// Three etcd members on their own network (clients know all three).
+    EtcdCluster,
+    /// A Consul dev agent: in memory, a restart loses every key and session.
+    Consul,
+    /// A single persistent Consul server: keys and sessions survive a restart.
+    ConsulPersistent,
+}
+
+impl Backend {
+    /// Every backend, in a stable order.
+    pub const ALL: [Backend; 4] = [
+        Backend::Etcd,
+        Backend::EtcdCluster,
+        Backend::Consul,
+        Backend::ConsulPersistent,
+    ];
+
+    /// `etcd`, `etcd-cluster`, `consul`, `consul-persistent`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Etcd => "etcd",
+            Backend::EtcdCluster => "etcd-cluster",
+            Backend::Consul => "consul",
+            Backend::ConsulPersistent => "consul-persistent",
+        }
+    }
+
+    /// The backend called `name` (see [`Backend::name`]).
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|b| b.name() == name)
+    }
+
+    /// Whether this is an etcd backend (else Consul).
+    pub fn is_etcd(self) -> bool {
+        matches!(self, Backend::Etcd | Backend::EtcdCluster)
+    }
+}
+
+/// A running coordination service.
+pub enum Service {
+    /// One etcd member.
+    Etcd(EtcdNode),
+    /// Three etcd members.
+    EtcdCluster(EtcdCluster3),
+    /// One Consul agent (dev or persistent).
+    Consul(ConsulNode),
+}
+
+impl Service {
+    /// Starts `backend` and waits until it serves requests.
+    pub async fn start(backend: Backend) -> Self {
+        match backend {
+            Backend::Etcd => Service::Etcd(EtcdNode::start().await),
+            Backend::EtcdCluster => Service::EtcdCluster(EtcdCluster3::start().await),
+            Backend::Consul => Service::Consul(ConsulNode::start().await),
+            Backend::ConsulPersistent => Service::Consul(ConsulNode::start_persistent().await),
+        }
+    }
+
+    /// The `constructr` command-line options that select this service.
+    pub fn backend_args(&self) -> Vec<String> {
+        match self {
+            Service::Etcd(etcd) => vec![
+                "--backend".into(),
+                "etcd".into(),
+                "--endpoints".into(),
+                etcd.endpoint(),
+            ],
+            Service::EtcdCluster(etcd) => vec![
+                "--backend".into(),
+                "etcd".into(),
+                "--endpoints".into(),
+                etcd.endpoints().join(","),
+            ],
+            Service::Consul(consul) => vec![
+                "--backend".into(),
+                "consul".into(),
+                "--consul-address".into(),
+                consul.address(),
+            ],
+        }
+    }
+
+    /// A fresh backend client of this service.
+    pub fn coordination(&self) -> Arc<dyn Coordination> {
+        match self {
+            Service::Etcd(etcd) => {
+                Arc::new(EtcdCoordination::new(&etcd.config()).expect("valid config"))
+            }
+            Service::EtcdCluster(etcd) => {
+                Arc::new(EtcdCoordination::new(&etcd.config()).expect("valid config"))
+            }
+            Service::Consul(consul) => {
+                Arc::new(ConsulCoordination::new(&consul.config()).expect("valid config"))
+            }
+        }
+    }
+
+    /// The latest an entry written with `ttl` disappears after its last refresh.
+    pub fn expiry_bound(&self, ttl: Duration) -> Duration {
+        match self {
+            Service::Etcd(_) | Service::EtcdCluster(_) => {
+                Duration::from_secs(lease_ttl_secs(ttl) as u64) + EtcdCoordination::EXPIRY_BOUND
+            }
+            Service::Consul(_) => ttl + ConsulCoordination::expiry_bound(ttl),
+        }
+    }
+
+    /// Takes the whole service down abruptly (SIGKILL; every member of a cluster).
+    pub async fn stop(&self) {
+        match self {
+            Service::Etcd(etcd) => etcd.stop().await,
+            Service::EtcdCluster(etcd) => etcd.stop_all().await,
+            Service::Consul(consul) => consul.stop().await,
+        }
+    }
+
+    /// Brings a stopped service back on the same ports (and data, where it keeps any);
+    /// returns once it serves requests.
+    pub async fn start_again(&self) {
+        match self {
+            Service::Etcd(etcd) => etcd.start_again().await,
+            Service::EtcdCluster(etcd) => etcd.start_all().await,
+            Service::Consul(consul) => consul.start_again().await,
+        }
+    }
+
+    /// Deletes every key under the core key `prefix` (`/prefix/cluster/...`, as in
+    /// [`constructr_core::entry`]), whoever holds them.
+    pub async fn delete_prefix(&self, prefix: &str) {
+        match self {
+            Service::Etcd(_) | Service::EtcdCluster(_) => {
+                let mut client = self.etcd_client().await;
+                client
+                    .delete(
+                        prefix,
+                        Some(etcd_client::DeleteOptions::new().with_prefix()),
+                    )
+                    .await
+                    .expect("delete the prefix");
+            }
+            Service::Consul(consul) => {
+                consul
+                    .raw()
+                    .delete_prefix(prefix.trim_start_matches('/'))
+                    .await
+            }
+        }
+    }
+
+    /// Whether the core key `key` exists.
+    pub async fn key_exists(&self, key: &str) -> bool {
+        match self {
+            Service::Etcd(_) | Service::EtcdCluster(_) => {
+                let mut client = self.etcd_client().await;
+                let r = client
+                    .get(key, Some(etcd_client::GetOptions::new().with_count_only()))
+                    .await
+                    .expect("read the key");
+                r.count() > 0
+            }
+            Service::Consul(consul) => {
+                let key = key.trim_start_matches('/');
+                consul.raw().keys(key).await.iter().any(|k| k == key)
+            }
+        }
+    }
+
+    async fn etcd_client(&self) -> etcd_client::Client {
+        match self {
+            Service::Etcd(etcd) => etcd.client().await,
+            Service::EtcdCluster(etcd) => etcd.client().await,
+            Service::Consul(_) => unreachable!("not etcd"),
+        }
+    }
+}
