@@ -829,14 +829,25 @@ impl Machine {
                 })
             }
             (P::ConfirmingSeed { cluster }, I::Nodes(registry)) => {
-                let ours = registry.nodes.contains(&self.node)
-                    && registry.epoch.is_some_and(|e| e.cluster == cluster);
-                if ours {
+                // Only this seed's fenced write can have set the epoch to its random
+                // cluster id (members learn the id from the registry): the write committed.
+                if registry.epoch.is_some_and(|e| e.cluster == cluster) {
                     self.join_failures = Streak::default();
                     self.events.push_back(Event::SeedConfirmed);
-                    Step::Enter(P::RefreshScheduled {
-                        cluster: Some(cluster),
-                    })
+                    if registry.nodes.contains(&self.node) {
+                        Step::Enter(P::RefreshScheduled {
+                            cluster: Some(cluster),
+                        })
+                    } else {
+                        // Its entry expired meanwhile (paused past its TTL): register again.
+                        Step::Enter(P::AddingSelf {
+                            mode: AddMode::Join {
+                                cluster: Some(cluster),
+                            },
+                            reregistering: true,
+                            uncertain: false,
+                        })
+                    }
                 } else {
                     self.events.push_back(Event::SeedRefused);
                     Step::Enter(P::Resetting {

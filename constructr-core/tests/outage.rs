@@ -400,6 +400,53 @@ fn seed_whose_committed_registration_reply_was_lost_recognises_it_and_stays() {
 }
 
 #[test]
+fn seed_paused_past_its_entry_ttl_after_its_committed_write_registers_again_as_member() {
+    let (mut m, _) = seeding();
+    let cluster = m.cluster().expect("seeded cluster");
+    let now = t0() + COORDINATION_TIMEOUT;
+    m.handle_timeout(now);
+    events(&mut m);
+    let now = m.poll_timeout().expect("retry");
+    m.handle_timeout(now);
+    let retry = single(&mut m);
+    m.handle_reply(
+        now,
+        retry.attempt(),
+        Reply::AddSelf(Ok(AddOutcome::Refused)),
+    );
+    let read = single(&mut m);
+    events(&mut m);
+    // The epoch names its cluster, but its entry expired while it was paused.
+    m.handle_reply(
+        now,
+        read.attempt(),
+        Reply::Nodes(Ok(registry(
+            &[],
+            Some(constructr_core::Epoch {
+                cluster,
+                version: 12,
+            }),
+            12,
+        ))),
+    );
+    assert_eq!(
+        events(&mut m),
+        vec![
+            Event::SeedConfirmed,
+            changed(State::ConfirmingSeed, State::AddingSelf)
+        ]
+    );
+    let add = single(&mut m);
+    assert!(
+        matches!(
+            &add,
+            Action::AddSelf { mode: AddMode::Join { cluster: Some(c) }, .. } if *c == cluster
+        ),
+        "{add:?}"
+    );
+}
+
+#[test]
 fn seed_whose_uncertain_registration_is_not_there_starts_over() {
     let (mut m, _) = seeding();
     let now = t0() + COORDINATION_TIMEOUT;

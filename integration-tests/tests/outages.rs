@@ -59,19 +59,18 @@ struct Profile {
     join_timeout: Duration,
 }
 
-/// etcd: entry TTL 4 s. (ttl-factor 4 rather than 3: without `nr-of-retries` today's
-/// validation assumes the default 2 retries and demands >= 3.82 for these timeouts.)
+/// etcd: entry TTL 3 s.
 const ETCD: Profile = Profile {
     toml: r#"
 key-prefix = "/constructr-it"
 refresh-interval = "1s"
-ttl-factor = 4.0
+ttl-factor = 3.0
 join-timeout = "5s"
 coordination-timeout = "700ms"
 retry-delay = "300ms"
 "#,
     refresh_interval: Duration::from_secs(1),
-    ttl: Duration::from_secs(4),
+    ttl: Duration::from_secs(3),
     coordination_timeout: Duration::from_millis(700),
     retry_delay: Duration::from_millis(300),
     join_timeout: Duration::from_secs(5),
@@ -681,9 +680,8 @@ impl Coordination for LoseSeedReply {
     }
 }
 
-/// The backend's timings, with retries enough to outlast the hold-up (about 2 × lock TTL on
-/// Consul, whose lock session may live up to twice its TTL) so that the outcome does not
-/// hinge on a retry budget, and the smallest ttl-factor today's validation accepts with them.
+/// The backend's timings with the default retry budget (5 min), which outlasts the
+/// hold-up (about 2 × lock TTL on Consul, whose lock session may live up to twice its TTL).
 fn lost_reply_settings(backend: Backend, cluster: ClusterName) -> Settings {
     let p = profile(backend);
     let mut s = Settings::default();
@@ -693,13 +691,7 @@ fn lost_reply_settings(backend: Backend, cluster: ClusterName) -> Settings {
     s.join_timeout = p.join_timeout;
     s.coordination_timeout = p.coordination_timeout;
     s.retry_delay = p.retry_delay;
-    s.nr_of_retries = 40;
-    let retries = f64::from(s.nr_of_retries);
-    let retry_wait = s.retry_delay.as_secs_f64() * (1.0 + s.retry_jitter);
-    let minimum = 1.0
-        + (s.coordination_timeout.as_secs_f64() * (1.0 + retries) + retry_wait * retries)
-            / s.refresh_interval.as_secs_f64();
-    s.ttl_factor = minimum.ceil();
+    s.ttl_factor = 3.0;
     s.validate().expect("valid settings");
     s
 }
