@@ -656,6 +656,21 @@ mod tests {
     use constructr_core::ClusterName;
 
     #[test]
+    fn starting_a_node_checks_consuls_session_ttl_limits() {
+        let consul = ConsulCoordination::new(&ConsulConfig::default()).expect("client");
+        let mut s = Settings::default();
+        assert_eq!(consul.check_settings(&s), Ok(()));
+        s.refresh_interval = Duration::from_secs(2); // entry TTL 4 s
+        match consul.check_settings(&s) {
+            Err(SettingsError::Backend { backend, rule }) => {
+                assert_eq!(backend, "Consul");
+                assert!(rule.contains("entry TTL"), "{rule}");
+            }
+            other => panic!("expected a Consul settings error, got {other:?}"),
+        }
+    }
+
+    #[test]
     fn session_ttl_rounds_up_to_whole_seconds() {
         assert_eq!(session_ttl_secs(Duration::from_secs(10)), 10);
         assert_eq!(session_ttl_secs(Duration::from_millis(10_001)), 11);

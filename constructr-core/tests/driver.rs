@@ -244,6 +244,8 @@ struct Overlap {
     most: std::sync::atomic::AtomicUsize,
     hang: std::sync::atomic::AtomicUsize,
     panic_on_refresh: bool,
+    /// `check_settings` refuses entry TTLs below this.
+    min_ttl: Duration,
 }
 
 struct Running<'a>(&'a Overlap);
@@ -264,6 +266,7 @@ impl Overlap {
             most: Default::default(),
             hang: hang.into(),
             panic_on_refresh,
+            min_ttl: Duration::ZERO,
         }
     }
 
@@ -285,6 +288,15 @@ impl Overlap {
 
 #[async_trait::async_trait]
 impl constructr_core::Coordination for Overlap {
+    fn check_settings(&self, s: &Settings) -> Result<(), constructr_core::SettingsError> {
+        if s.ttl() < self.min_ttl {
+            return Err(constructr_core::SettingsError::Backend {
+                backend: "picky",
+                rule: format!("entry TTL {:?} is below {:?}", s.ttl(), self.min_ttl),
+            });
+        }
+        Ok(())
+    }
     async fn get_nodes(
         &self,
         scope: &constructr_core::Scope,
@@ -376,65 +388,18 @@ async fn a_panicking_backend_fails_the_node_with_the_panic_message() {
 
 #[tokio::test]
 async fn spawn_refuses_settings_the_backend_cannot_serve() {
-    struct Picky(MemoryCoordination);
-    #[async_trait::async_trait]
-    impl constructr_core::Coordination for Picky {
-        fn check_settings(&self, s: &Settings) -> Result<(), constructr_core::SettingsError> {
-            if s.ttl() < Duration::from_secs(10) {
-                return Err(constructr_core::SettingsError::Backend {
-                    backend: "picky",
-                    rule: format!("entry TTL {:?} is below 10 s", s.ttl()),
-                });
-            }
-            Ok(())
-        }
-        async fn get_nodes(
-            &self,
-            scope: &constructr_core::Scope,
-        ) -> Result<constructr_core::Registry, constructr_core::CoordinationError> {
-            self.0.get_nodes(scope).await
-        }
-        async fn lock(
-            &self,
-            scope: &constructr_core::Scope,
-            holder: &NodeId,
-            ttl: Duration,
-        ) -> Result<constructr_core::LockOutcome, constructr_core::CoordinationError> {
-            self.0.lock(scope, holder, ttl).await
-        }
-        async fn add_self(
-            &self,
-            scope: &constructr_core::Scope,
-            node: &NodeId,
-            ttl: Duration,
-            mode: &constructr_core::AddMode,
-        ) -> Result<constructr_core::AddOutcome, constructr_core::CoordinationError> {
-            self.0.add_self(scope, node, ttl, mode).await
-        }
-        async fn refresh(
-            &self,
-            scope: &constructr_core::Scope,
-            node: &NodeId,
-            ttl: Duration,
-        ) -> Result<constructr_core::RefreshOutcome, constructr_core::CoordinationError> {
-            self.0.refresh(scope, node, ttl).await
-        }
-        async fn remove_self(
-            &self,
-            scope: &constructr_core::Scope,
-            node: &NodeId,
-        ) -> Result<(), constructr_core::CoordinationError> {
-            self.0.remove_self(scope, node).await
-        }
-    }
+    let picky = Overlap {
+        min_ttl: Duration::from_secs(10),
+        ..Overlap::new(0, false)
+    };
     let cluster = LocalCluster::new();
     let err = spawn(
         settings(),
         node(0),
-        Arc::new(Picky(MemoryCoordination::default())),
+        Arc::new(picky),
         Arc::new(cluster.node(node(0))),
         1,
     )
     .expect_err("refused");
-    assert!(err.to_string().contains("below 10 s"), "{err}");
+    assert!(err.to_string().contains("below 10s"), "{err}");
 }
