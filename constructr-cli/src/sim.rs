@@ -35,8 +35,11 @@ pub fn run(args: SimArgs) -> ExitCode {
                 islands: o.islands as u64,
                 coordination_requests: o.coordination_requests,
                 seeds_refused: o.seeds_refused,
+                failed_machines: o.failed_machines,
+                clusters_lost: o.clusters_lost,
                 ..Default::default()
             };
+            eprintln!("scenario: {:?}", o.scenario);
             if !o.ok() {
                 r.failed_seeds.push(seed);
                 r.failures.extend(o.violations.iter().cloned());
@@ -66,13 +69,21 @@ pub fn run(args: SimArgs) -> ExitCode {
             "failures": report.failures,
             "coordination_requests": report.coordination_requests,
             "seeds_refused": report.seeds_refused,
+            "failed_machines": report.failed_machines,
+            "clusters_lost": report.clusters_lost,
+            "scenarios": {
+                "random_faults": report.scenarios[0],
+                "outage": report.scenarios[1],
+                "wipe": report.scenarios[2],
+                "join_errors": report.scenarios[3],
+            },
             "elapsed_ms": elapsed.as_millis() as u64,
             "trials_per_sec": per_sec.round(),
         });
         println!("{out}");
     } else {
         println!(
-            "{} trials of {} nodes{} in {:.2} s ({:.0} trials/s): {} islands, {} failed trials, {} refused seed registrations",
+            "{} trials of {} nodes{} in {:.2} s ({:.0} trials/s): {} islands, {} failed trials, {} refused seed registrations, {} failed machines, {} members lost their cluster",
             report.trials,
             args.nodes,
             if args.faults { " with faults" } else { "" },
@@ -81,6 +92,8 @@ pub fn run(args: SimArgs) -> ExitCode {
             report.islands,
             report.failed_seeds.len(),
             report.seeds_refused,
+            report.failed_machines,
+            report.clusters_lost,
         );
         for (seed, why) in report.failed_seeds.iter().zip(&report.failures).take(20) {
             println!(

@@ -62,6 +62,13 @@ fn sim_json_reports_trials_and_islands() {
     assert_eq!(v["islands"], 0);
     assert_eq!(v["failed_seeds"], serde_json::json!([]));
     assert!(v["elapsed_ms"].as_u64().is_some());
+    assert_eq!(v["clusters_lost"], 0);
+    let scenarios = &v["scenarios"];
+    let total: u64 = ["random_faults", "outage", "wipe", "join_errors"]
+        .iter()
+        .map(|k| scenarios[k].as_u64().expect("a count per scenario"))
+        .sum();
+    assert_eq!(total, 50);
 }
 
 #[test]

@@ -662,54 +662,36 @@ impl World<'_> {
             action,
             Action::JoinCluster { .. } | Action::LeaveCluster { .. } | Action::WaitForChange { .. }
         );
-        if is_coordination && self.outage_until.is_some_and(|until| self.now < until) {
-            // The service is down: connection refused, nothing applied.
-            let reply = error_reply(&action);
-            self.schedule(
-                self.now + request_delay,
-                Ev::Deliver {
-                    node: i,
-                    inc,
-                    attempt,
-                    reply,
-                },
-            );
-            return;
-        }
-        if self.out.scenario == Scenario::JoinErrors
+        // The service is down (connection refused), or the join fails at once: an error
+        // reply, nothing applied.
+        let outage = is_coordination && self.outage_until.is_some_and(|until| self.now < until);
+        let join_error = self.out.scenario == Scenario::JoinErrors
             && matches!(action, Action::JoinCluster { .. })
-            && self.rng.random_bool(1.0 / 3.0)
-        {
-            let reply = error_reply(&action);
-            self.schedule(
-                self.now + request_delay,
-                Ev::Deliver {
-                    node: i,
-                    inc,
-                    attempt,
-                    reply,
-                },
-            );
-            return;
-        }
+            && self.rng.random_bool(1.0 / 3.0);
         let faulty_now =
             self.now < self.clock_start + self.cfg.start_spread + self.cfg.fault_window;
-        if self.out.scenario == Scenario::RandomFaults && is_coordination && faulty_now {
-            let roll: f64 = self.rng.random();
-            if roll < 0.03 {
-                // Transient error, nothing applied.
-                let reply = error_reply(&action);
-                self.schedule(
-                    self.now + request_delay,
-                    Ev::Deliver {
-                        node: i,
-                        inc,
-                        attempt,
-                        reply,
-                    },
-                );
-                return;
-            } else if roll < 0.04 {
+        let random_faults =
+            self.out.scenario == Scenario::RandomFaults && is_coordination && faulty_now;
+        let roll: f64 = if random_faults {
+            self.rng.random()
+        } else {
+            1.0
+        };
+        if outage || join_error || roll < 0.03 {
+            let reply = error_reply(&action);
+            self.schedule(
+                self.now + request_delay,
+                Ev::Deliver {
+                    node: i,
+                    inc,
+                    attempt,
+                    reply,
+                },
+            );
+            return;
+        }
+        if random_faults {
+            if roll < 0.04 {
                 return; // request lost
             } else if roll < 0.05 {
                 reply_lost = true; // applied, reply lost

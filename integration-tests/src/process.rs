@@ -502,3 +502,53 @@ pub fn converged(procs: &mut [&mut NodeProcess], expected: &[String]) -> bool {
         .iter()
         .all(|p| p.is_registered() && p.members() == expected)
 }
+
+/// The timings of one backend's settings file (the outage and re-seed tests share them).
+pub struct Profile {
+    pub toml: &'static str,
+    pub refresh_interval: Duration,
+    /// Entry TTL: refresh-interval × ttl-factor.
+    pub ttl: Duration,
+    pub coordination_timeout: Duration,
+    pub retry_delay: Duration,
+    pub join_timeout: Duration,
+}
+
+/// etcd: entry TTL 3 s.
+pub const ETCD: Profile = Profile {
+    toml: r#"
+key-prefix = "/constructr-it"
+refresh-interval = "1s"
+ttl-factor = 3.0
+join-timeout = "5s"
+coordination-timeout = "700ms"
+retry-delay = "300ms"
+"#,
+    refresh_interval: Duration::from_secs(1),
+    ttl: Duration::from_secs(3),
+    coordination_timeout: Duration::from_millis(700),
+    retry_delay: Duration::from_millis(300),
+    join_timeout: Duration::from_secs(5),
+};
+
+/// Consul: session TTLs are at least 10 s (entry TTL 12 s, lock TTL 10 s).
+pub const CONSUL: Profile = Profile {
+    toml: r#"
+key-prefix = "/constructr-it"
+refresh-interval = "4s"
+ttl-factor = 3.0
+join-timeout = "8s"
+coordination-timeout = "1s"
+retry-delay = "300ms"
+"#,
+    refresh_interval: Duration::from_secs(4),
+    ttl: Duration::from_secs(12),
+    coordination_timeout: Duration::from_secs(1),
+    retry_delay: Duration::from_millis(300),
+    join_timeout: Duration::from_secs(8),
+};
+
+/// The settings profile of `backend`.
+pub fn profile(backend: Backend) -> &'static Profile {
+    if backend.is_etcd() { &ETCD } else { &CONSUL }
+}

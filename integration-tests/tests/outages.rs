@@ -39,7 +39,7 @@ use constructr_core::{
 use integration_tests::nodes::node_id;
 use integration_tests::process::{
     KEY_PREFIX, NodeProcess, Setup, converged, free_udp_ports, is_registered_state, poll_until,
-    sorted, wait_until,
+    profile, sorted, wait_until,
 };
 use integration_tests::service::{Backend, Service};
 use integration_tests::{eventually, init_tracing, unique_cluster_name};
@@ -47,55 +47,6 @@ use tokio::sync::{broadcast, watch};
 
 // ---------------------------------------------------------------------------------------
 // Settings
-
-/// The timings of one backend's settings file.
-struct Profile {
-    toml: &'static str,
-    refresh_interval: Duration,
-    /// Entry TTL: refresh-interval × ttl-factor.
-    ttl: Duration,
-    coordination_timeout: Duration,
-    retry_delay: Duration,
-    join_timeout: Duration,
-}
-
-/// etcd: entry TTL 3 s.
-const ETCD: Profile = Profile {
-    toml: r#"
-key-prefix = "/constructr-it"
-refresh-interval = "1s"
-ttl-factor = 3.0
-join-timeout = "5s"
-coordination-timeout = "700ms"
-retry-delay = "300ms"
-"#,
-    refresh_interval: Duration::from_secs(1),
-    ttl: Duration::from_secs(3),
-    coordination_timeout: Duration::from_millis(700),
-    retry_delay: Duration::from_millis(300),
-    join_timeout: Duration::from_secs(5),
-};
-
-/// Consul: session TTLs are at least 10 s (entry TTL 12 s, lock TTL 10 s).
-const CONSUL: Profile = Profile {
-    toml: r#"
-key-prefix = "/constructr-it"
-refresh-interval = "4s"
-ttl-factor = 3.0
-join-timeout = "8s"
-coordination-timeout = "1s"
-retry-delay = "300ms"
-"#,
-    refresh_interval: Duration::from_secs(4),
-    ttl: Duration::from_secs(12),
-    coordination_timeout: Duration::from_secs(1),
-    retry_delay: Duration::from_millis(300),
-    join_timeout: Duration::from_secs(8),
-};
-
-fn profile(backend: Backend) -> &'static Profile {
-    if backend.is_etcd() { &ETCD } else { &CONSUL }
-}
 
 /// Formation of a fresh cluster on a loaded machine.
 const FORMATION: Duration = Duration::from_secs(60);

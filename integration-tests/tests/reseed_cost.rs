@@ -16,29 +16,13 @@ use std::time::{Duration, Instant};
 
 use constructr_core::entry;
 use integration_tests::process::{
-    NodeProcess, Setup, converged, free_udp_ports, sorted, wait_until,
+    ETCD, NodeProcess, Setup, converged, free_udp_ports, profile, sorted, wait_until,
 };
 use integration_tests::service::Backend;
 use integration_tests::{eventually, init_tracing};
 
-/// etcd: entry TTL 3 s; re-seed grace = 1 s + 2 × 0.7 s + 0.3 s × 1.2 = 2.76 s.
-const ETCD_TOML: &str = r#"
-key-prefix = "/constructr-it"
-refresh-interval = "1s"
-ttl-factor = 3.0
-join-timeout = "5s"
-coordination-timeout = "700ms"
-retry-delay = "300ms"
-"#;
+/// etcd: re-seed grace = 1 s + 2 × 0.7 s + 0.3 s × 1.2 = 2.76 s.
 const ETCD_GRACE: Duration = Duration::from_millis(2_760);
-const CONSUL_TOML: &str = r#"
-key-prefix = "/constructr-it"
-refresh-interval = "4s"
-ttl-factor = 3.0
-join-timeout = "8s"
-coordination-timeout = "1s"
-retry-delay = "300ms"
-"#;
 
 struct Reseed {
     /// From the newcomer's start (registry empty, epoch of the dead cluster) to registered.
@@ -108,7 +92,7 @@ async fn reseed(backend: Backend, toml: &str, ttl: Duration) -> Reseed {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn newcomer_seeds_after_the_grace_once_the_whole_cluster_died() {
     integration_tests::require_docker!();
-    let r = reseed(Backend::Etcd, ETCD_TOML, Duration::from_secs(3)).await;
+    let r = reseed(Backend::Etcd, ETCD.toml, ETCD.ttl).await;
     println!(
         "etcd: entries expired {} ms after the kill; the newcomer registered {} ms after its start",
         r.entries_expired.as_millis(),
@@ -134,11 +118,8 @@ async fn measure_reseed_after_the_whole_cluster_died() {
     let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
     let name = var("CONSTRUCTR_RESEED_BACKEND").unwrap_or_else(|| "etcd".into());
     let backend = Backend::from_name(&name).unwrap_or_else(|| panic!("unknown backend {name}"));
-    let (base, ttl) = if backend.is_etcd() {
-        (ETCD_TOML, Duration::from_secs(3))
-    } else {
-        (CONSUL_TOML, Duration::from_secs(12))
-    };
+    let p = profile(backend);
+    let (base, ttl) = (p.toml, p.ttl);
     let extra = var("CONSTRUCTR_RESEED_SETTINGS_EXTRA").unwrap_or_default();
     let r = reseed(backend, &format!("{base}{extra}\n"), ttl).await;
     let out = serde_json::json!({
