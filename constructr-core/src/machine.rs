@@ -429,8 +429,11 @@ impl Phase {
 /// What the machine waits for.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Io {
-    /// The reply to `action`; at `deadline` it counts as a timeout.
-    Request { action: Action, deadline: Instant },
+    /// The reply to the phase's request `attempt`; at `deadline` it counts as a timeout.
+    Request {
+        attempt: AttemptId,
+        deadline: Instant,
+    },
     /// A timer: at `at` the phase gets [`Input::Due`] (a retry issues its request again).
     Wait { at: Instant },
     /// Nothing (terminal phases).
@@ -589,8 +592,7 @@ impl Machine {
     /// Whether the reply to `attempt` is still awaited (the driver drops the futures of
     /// every other attempt).
     pub fn is_awaiting(&self, attempt: AttemptId) -> bool {
-        let requested =
-            matches!(&self.io, Io::Request { action, .. } if action.attempt() == attempt);
+        let requested = matches!(&self.io, Io::Request { attempt: a, .. } if *a == attempt);
         let watching =
             matches!(self.phase, Phase::WaitingForNodes { watch: Some(w), .. } if w == attempt);
         requested || watching
@@ -624,13 +626,8 @@ impl Machine {
     /// counts as the join's reply); everything else is ignored and leaves every deadline
     /// where it was.
     pub fn handle_cluster_event(&mut self, now: Instant, event: ClusterEvent) {
-        let joining = matches!(
-            &self.io,
-            Io::Request {
-                action: Action::JoinCluster { .. },
-                ..
-            }
-        );
+        let joining =
+            matches!(self.phase, Phase::Joining { .. }) && matches!(self.io, Io::Request { .. });
         if event == ClusterEvent::SelfUp && joining {
             self.step(now, Input::Joined);
         }
@@ -660,10 +657,13 @@ impl Machine {
             }
             return;
         }
-        let Io::Request { action, .. } = &self.io else {
+        let Io::Request {
+            attempt: current, ..
+        } = &self.io
+        else {
             return;
         };
-        if action.attempt() != attempt || !reply_fits(action, &reply) {
+        if *current != attempt || !reply_fits(&self.phase, &reply) {
             return;
         }
         let input = match reply {
@@ -1199,9 +1199,9 @@ impl Machine {
             }
         };
         self.next_attempt();
-        self.actions.push_back(action.clone());
+        self.actions.push_back(action);
         self.io = Io::Request {
-            action,
+            attempt,
             deadline: after(now, timeout),
         };
     }
@@ -1226,15 +1226,26 @@ fn after(now: Instant, d: Duration) -> Instant {
         .unwrap_or(now)
 }
 
-fn reply_fits(action: &Action, reply: &Reply) -> bool {
+/// Whether `reply` answers the kind of request `phase` issues (see [`Machine::begin`]).
+fn reply_fits(phase: &Phase, reply: &Reply) -> bool {
     matches!(
-        (action, reply),
-        (Action::GetNodes { .. }, Reply::Nodes(_))
-            | (Action::Lock { .. }, Reply::Lock(_))
-            | (Action::AddSelf { .. }, Reply::AddSelf(_))
-            | (Action::Refresh { .. }, Reply::Refresh(_))
-            | (Action::RemoveSelf { .. }, Reply::RemoveSelf(_))
-            | (Action::JoinCluster { .. }, Reply::Joined(_))
-            | (Action::LeaveCluster { .. }, Reply::Left(_))
+        (phase, reply),
+        (
+            Phase::GettingNodes { .. }
+                | Phase::VerifyingEmpty { .. }
+                | Phase::ConfirmingSeed { .. },
+            Reply::Nodes(_)
+        ) | (Phase::Locking { .. }, Reply::Lock(_))
+            | (Phase::Joining { .. }, Reply::Joined(_))
+            | (Phase::AddingSelf { .. }, Reply::AddSelf(_))
+            | (
+                Phase::Refreshing { .. } | Phase::Degraded { .. },
+                Reply::Refresh(_)
+            )
+            | (
+                Phase::Resetting { .. } | Phase::Leaving { .. },
+                Reply::Left(_)
+            )
+            | (Phase::RemovingSelf, Reply::RemoveSelf(_))
     )
 }
