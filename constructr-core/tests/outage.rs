@@ -354,11 +354,12 @@ fn seeding() -> (Machine, Action) {
     (m, add)
 }
 
-#[test]
-fn seed_whose_committed_registration_reply_was_lost_recognises_it_and_stays() {
+/// A seed whose fenced write timed out (it may have committed) and whose retry was refused
+/// (the lock expired meanwhile): the machine in `ConfirmingSeed`, its registry read, its
+/// cluster and the time.
+fn seed_refused_after_an_uncertain_try() -> (Machine, Action, ClusterId, Instant) {
     let (mut m, add) = seeding();
     let cluster = m.cluster().expect("seeded cluster");
-    // The write committed, the reply was lost (timeout); the lock expired meanwhile.
     let now = t0() + COORDINATION_TIMEOUT;
     m.handle_timeout(now);
     events(&mut m);
@@ -376,6 +377,13 @@ fn seed_whose_committed_registration_reply_was_lost_recognises_it_and_stays() {
     );
     let read = single(&mut m);
     assert_eq!(read, get_nodes(add.attempt().0 + 2));
+    (m, read, cluster, now)
+}
+
+#[test]
+fn seed_whose_committed_registration_reply_was_lost_recognises_it_and_stays() {
+    // The write committed, the reply was lost (timeout); the lock expired meanwhile.
+    let (mut m, read, cluster, now) = seed_refused_after_an_uncertain_try();
     m.handle_reply(
         now,
         read.attempt(),
@@ -401,21 +409,7 @@ fn seed_whose_committed_registration_reply_was_lost_recognises_it_and_stays() {
 
 #[test]
 fn seed_paused_past_its_entry_ttl_after_its_committed_write_registers_again_as_member() {
-    let (mut m, _) = seeding();
-    let cluster = m.cluster().expect("seeded cluster");
-    let now = t0() + COORDINATION_TIMEOUT;
-    m.handle_timeout(now);
-    events(&mut m);
-    let now = m.poll_timeout().expect("retry");
-    m.handle_timeout(now);
-    let retry = single(&mut m);
-    m.handle_reply(
-        now,
-        retry.attempt(),
-        Reply::AddSelf(Ok(AddOutcome::Refused)),
-    );
-    let read = single(&mut m);
-    events(&mut m);
+    let (mut m, read, cluster, now) = seed_refused_after_an_uncertain_try();
     // The epoch names its cluster, but its entry expired while it was paused.
     m.handle_reply(
         now,
@@ -448,20 +442,7 @@ fn seed_paused_past_its_entry_ttl_after_its_committed_write_registers_again_as_m
 
 #[test]
 fn seed_whose_uncertain_registration_is_not_there_starts_over() {
-    let (mut m, _) = seeding();
-    let now = t0() + COORDINATION_TIMEOUT;
-    m.handle_timeout(now);
-    events(&mut m);
-    let now = m.poll_timeout().expect("retry");
-    m.handle_timeout(now);
-    let retry = single(&mut m);
-    m.handle_reply(
-        now,
-        retry.attempt(),
-        Reply::AddSelf(Ok(AddOutcome::Refused)),
-    );
-    let read = single(&mut m);
-    events(&mut m);
+    let (mut m, read, _, now) = seed_refused_after_an_uncertain_try();
     // Someone else seeded: this node's entry is not there.
     m.handle_reply(
         now,
