@@ -36,6 +36,10 @@ pub struct NodeArgs {
     /// Phi-accrual threshold: a peer is dead after about this many gossip intervals of silence.
     #[arg(long, default_value_t = 8.0)]
     phi_threshold: f64,
+    /// Never seed a new cluster: wait (watching) until a node is registered, then join it
+    /// (the setting `new-cluster-enabled = false`).
+    #[arg(long)]
+    join_only: bool,
     /// Print one JSON object per line (`state`, `members`, `time_ms`, ...).
     #[arg(long)]
     json: bool,
@@ -46,7 +50,10 @@ fn duration(s: &str) -> Result<Duration, String> {
 }
 
 /// Runs the node until a signal (exit 0 after a graceful leave) or a failure (exit 1).
-pub fn run(args: NodeArgs, settings: Settings) -> ExitCode {
+pub fn run(args: NodeArgs, mut settings: Settings) -> ExitCode {
+    if args.join_only {
+        settings.new_cluster_enabled = false;
+    }
     let mut config = ChitchatClusterConfig::new(settings.cluster_name.as_str(), args.gossip)
         .with_gossip_interval(args.gossip_interval)
         .with_failure_detector(

@@ -969,6 +969,16 @@ impl Machine {
                     grace,
                 })
             }
+            // A join-only node waits (watching) until someone registers.
+            (grace, None) if !self.settings.new_cluster_enabled => {
+                let until = after(now, self.wait_for_nodes());
+                Step::Enter(Phase::WaitingForNodes {
+                    revision,
+                    until,
+                    watch: None,
+                    grace,
+                })
+            }
             (_, Some(lock)) => self.seed(lock, epoch_version),
             (grace, None) => Step::Enter(Phase::Locking {
                 revision,

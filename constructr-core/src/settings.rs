@@ -137,6 +137,10 @@ pub struct Settings {
     /// Wake nodes waiting for a seed through the backend's watch instead of only after
     /// `retry_delay`. Default true (false reproduces ConstructR's polling).
     pub watch: bool,
+    /// Whether this node may seed a new cluster. `false` (Akka's
+    /// `new-cluster-enabled = off`): a join-only node never takes the lock; while the
+    /// registry is empty it waits (watching) for a node to register, then joins. Default true.
+    pub new_cluster_enabled: bool,
 }
 
 impl Default for Settings {
@@ -158,6 +162,7 @@ impl Default for Settings {
             reseed_grace: None,
             retry_jitter: 0.2,
             watch: true,
+            new_cluster_enabled: true,
         }
     }
 }

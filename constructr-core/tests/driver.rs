@@ -403,3 +403,38 @@ async fn spawn_refuses_settings_the_backend_cannot_serve() {
     .expect_err("refused");
     assert!(err.to_string().contains("below 10s"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_only_node_waits_for_a_seed_then_joins_it() {
+    let w = World::new();
+    let mut s = settings();
+    s.new_cluster_enabled = false;
+    let joiner = spawn(
+        s,
+        node(0),
+        Arc::new(w.coordination.clone()),
+        Arc::new(w.cluster.node(node(0))),
+        1,
+    )
+    .expect("valid");
+    // Alone, it never seeds: no registration, no cluster, however long.
+    tokio::time::sleep(settings().ttl()).await;
+    assert!(w.registered_nodes().is_empty());
+    assert!(!joiner.state().is_terminal() && !joiner.state().is_registered());
+    assert!(
+        w.cluster.clusters().is_empty(),
+        "{:?}",
+        w.cluster.clusters()
+    );
+    // A node that may seed starts: the join-only node joins its cluster.
+    let seed = w.spawn(1);
+    for h in [&joiner, &seed] {
+        let state = tokio::time::timeout(BOUND, h.registered())
+            .await
+            .expect("registered");
+        assert!(state.is_registered(), "{} {state:?}", h.node());
+    }
+    assert_eq!(w.cluster.clusters().len(), 1);
+    joiner.abort();
+    seed.abort();
+}

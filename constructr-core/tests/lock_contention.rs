@@ -278,3 +278,40 @@ fn lock_acquired_and_reread_nonempty_transitions_to_joining() {
         }]
     );
 }
+
+#[test]
+fn join_only_node_never_locks_it_waits_watching_then_joins() {
+    let mut s = settings();
+    s.new_cluster_enabled = false;
+    let mut m = started(s);
+    let mut now = at(0);
+    let mut attempt = 1;
+    // An empty registry, again and again: the node waits, watching, and never takes the lock.
+    for _ in 0..5 {
+        m.handle_reply(now, AttemptId(attempt), Reply::Nodes(Ok(empty(3))));
+        assert_eq!(m.state(), State::WaitingForNodes);
+        let acts = actions(&mut m);
+        assert!(
+            matches!(
+                acts.as_slice(),
+                [Action::WaitForChange { after: Some(3), .. }]
+            ),
+            "{acts:?}"
+        );
+        assert_eq!(m.poll_timeout(), Some(now + RETRY_DELAY));
+        now += RETRY_DELAY;
+        m.handle_timeout(now);
+        let get = single(&mut m);
+        assert!(matches!(get, Action::GetNodes { .. }), "{get:?}");
+        attempt = get.attempt().0;
+    }
+    assert_eq!(m.failure(), None);
+    // A node registered: join it.
+    m.handle_reply(
+        now,
+        AttemptId(attempt),
+        Reply::Nodes(Ok(registry(&[node(2)], epoch(THEIR_CLUSTER, 4), 4))),
+    );
+    assert_eq!(m.state(), State::Joining);
+    assert_eq!(m.cluster(), Some(THEIR_CLUSTER));
+}

@@ -44,7 +44,7 @@ prop_compose! {
         retry_jitter in factor(),
         nr_of_retries in proptest::option::of(any::<u32>()),
         max_nr_of_seed_nodes in any::<usize>(),
-        flags in any::<(bool, bool, bool)>(),
+        flags in any::<(bool, bool, bool, bool)>(),
     ) -> Settings {
         let mut s = Settings::default();
         s.coordination_timeout = coordination_timeout;
@@ -58,7 +58,7 @@ prop_compose! {
         s.retry_jitter = retry_jitter;
         s.nr_of_retries = nr_of_retries;
         s.max_nr_of_seed_nodes = max_nr_of_seed_nodes;
-        (s.abort_on_join_timeout, s.ignore_refresh_failures, s.watch) = flags;
+        (s.abort_on_join_timeout, s.ignore_refresh_failures, s.watch, s.new_cluster_enabled) = flags;
         s
     }
 }

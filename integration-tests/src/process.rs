@@ -405,12 +405,14 @@ impl Setup {
 
     /// Starts a `constructr node` of the cluster gossiping on `127.0.0.1:{port}`.
     pub fn start(&self, port: u16) -> NodeProcess {
-        NodeProcess::start(
-            &self.service.backend_args(),
-            &self.cluster,
-            &self.settings,
-            port,
-        )
+        self.start_with(port, &[])
+    }
+
+    /// As [`Setup::start`], with extra `constructr node` options (e.g. `--join-only`).
+    pub fn start_with(&self, port: u16, extra: &[&str]) -> NodeProcess {
+        let mut args = self.service.backend_args();
+        args.extend(extra.iter().map(|a| (*a).to_owned()));
+        NodeProcess::start(&args, &self.cluster, &self.settings, port)
     }
 
     /// Reads the registry of the cluster.

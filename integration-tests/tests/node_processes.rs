@@ -1,6 +1,6 @@
 //! Real `constructr node` processes (chitchat gossip on 127.0.0.1) against real etcd and
 //! Consul in Docker: formation, a killed member, a restarted member, graceful SIGTERM, a seed
-//! killed before anyone joined it. Each scenario runs once per backend.
+//! killed before anyone joined it, join-only nodes. Each scenario runs once per backend.
 //!
 //! The process harness (binary, `NodeProcess`, `Setup`) is `integration_tests::process`.
 
@@ -81,6 +81,7 @@ on_both_backends!(
     a_killed_member_leaves_the_live_set_expires_and_rejoins_the_same_cluster,
     sigterm_removes_the_entry_at_once_and_exits_zero,
     a_seed_killed_before_anyone_joined_it_leaves_exactly_one_cluster_of_three,
+    join_only_processes_never_seed_and_join_the_first_node_that_may,
 );
 
 // ---------------------------------------------------------------------------------------
@@ -258,4 +259,34 @@ async fn a_seed_killed_before_anyone_joined_it_leaves_exactly_one_cluster_of_thr
     for p in &procs {
         assert_eq!(p.members(), three, "{}", p.describe());
     }
+}
+
+async fn join_only_processes_never_seed_and_join_the_first_node_that_may(setup: Setup) {
+    let ports = free_udp_ports(3);
+    let mut procs: Vec<NodeProcess> = ports[..2]
+        .iter()
+        .map(|&p| setup.start_with(p, &["--join-only"]))
+        .collect();
+    // Alone, join-only nodes wait: nobody seeds (10 re-reads' worth at retry-delay 300 ms).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for p in &mut procs {
+        assert!(p.try_exit().is_none(), "{}", p.describe());
+        let states = p.states();
+        assert!(
+            !states.iter().any(|s| s == "Locking" || s == "Joining"),
+            "a join-only node went for the lock: {states:?}"
+        );
+    }
+    assert!(setup.registered_addresses().await.is_empty());
+    assert!(setup.registry().await.epoch.is_none(), "nobody seeded");
+    // A node that may seed starts: everyone joins its cluster.
+    procs.push(setup.start(ports[2]));
+    let all = sorted(procs.iter().map(|p| p.gossip.clone()));
+    let mut refs: Vec<&mut NodeProcess> = procs.iter_mut().collect();
+    let took = wait_until(&mut refs, FORMATION, "one cluster of 3", |ps| {
+        converged(ps, &all)
+    })
+    .await;
+    println!("join-only nodes joined the seed {took:?} after it started");
+    assert_eq!(setup.registered_addresses().await, all);
 }
