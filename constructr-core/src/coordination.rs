@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use crate::node::{ClusterId, Epoch, NodeId, Scope};
 
 /// The registered nodes of one cluster, as read in one consistent read.
-#[derive(Clone, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Debug, PartialEq, Eq, Default, Hash)]
 pub struct Registry {
     /// Registered nodes (undecodable entries already skipped by the backend).
     pub nodes: Vec<NodeId>,
@@ -24,7 +24,7 @@ pub struct Registry {
 pub struct LockToken(pub String);
 
 /// Result of [`Coordination::lock`].
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum LockOutcome {
     /// This node holds the lock (newly, or again: locking is re-entrant for the holder).
     Acquired(LockToken),
@@ -33,7 +33,7 @@ pub enum LockOutcome {
 }
 
 /// The condition under which [`Coordination::add_self`] may write.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum AddMode {
     /// The seeding node's first registration (fenced). Written, together with the epoch
     /// marker set to `cluster`, only if **both**:
@@ -71,7 +71,7 @@ impl AddMode {
 }
 
 /// Result of [`Coordination::add_self`].
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum AddOutcome {
     /// The entry is written with the requested TTL.
     Added,
@@ -80,7 +80,7 @@ pub enum AddOutcome {
 }
 
 /// Result of [`Coordination::refresh`].
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum RefreshOutcome {
     /// The TTL of this node's entry was extended.
     Refreshed,
@@ -90,7 +90,7 @@ pub enum RefreshOutcome {
 }
 
 /// Result of [`Coordination::wait_for_change`].
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum WaitOutcome {
     /// Something under the scope changed after the given revision.
     Changed,
@@ -197,7 +197,7 @@ pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
 }
 
 /// A plain-data copy of an error: whether it was retryable and its message.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct ErrorSummary {
     /// Whether the error was worth retrying.
     pub retryable: bool,

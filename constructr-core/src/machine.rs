@@ -54,7 +54,7 @@ pub struct AttemptId(pub u64);
 /// An effect the driver must execute. Coordination actions map 1:1 to
 /// [`crate::Coordination`] methods, cluster actions to [`crate::Cluster`] methods.
 #[must_use = "every action must be executed and its result fed back"]
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Action {
     /// Call `Coordination::get_nodes`; reply with [`Reply::Nodes`].
     GetNodes {
@@ -199,7 +199,7 @@ impl State {
 }
 
 /// Why the machine failed.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Hash)]
 #[non_exhaustive]
 pub enum Failure {
     /// Coordination requests kept failing for `retry-budget` (or `nr-of-retries` times).
@@ -238,7 +238,7 @@ pub enum Failure {
 }
 
 /// Something the application may want to observe. `Display` gives one line for logs.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Event {
     /// The state changed.
@@ -305,7 +305,7 @@ impl std::fmt::Display for Event {
 
 /// Test-only switches that remove a safety mechanism, to show the tests catch its absence.
 #[doc(hidden)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Mutations {
     /// Seed directly after taking the lock, without re-reading the nodes.
     pub skip_reread_after_lock: bool,
@@ -314,14 +314,14 @@ pub struct Mutations {
 /// The re-seed grace: until `until`, a node that finds the registry of `cluster` empty
 /// waits instead of seeding. `None`: a request failed during the grace, so the members may
 /// not have been able to re-register either; the grace starts over with the next read.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct Grace {
     cluster: ClusterId,
     until: Option<Instant>,
 }
 
 /// A state with the data only it needs.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 enum Phase {
     GettingNodes {
         grace: Option<Grace>,
@@ -427,7 +427,7 @@ impl Phase {
 }
 
 /// What the machine waits for.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 enum Io {
     /// The reply to the phase's request `attempt`; at `deadline` it counts as a timeout.
     Request {
@@ -474,7 +474,7 @@ enum Step {
 }
 
 /// Consecutive failures, for the retry budget and the growing waits.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 struct Streak {
     since: Option<Instant>,
     count: u32,
@@ -499,7 +499,10 @@ impl Streak {
 }
 
 /// One node's bootstrap state machine. See the [module docs](self) for how to drive it.
-#[derive(Debug)]
+///
+/// A machine is plain data: `Clone`, `Eq` and `Hash` (a model checker explores copies of
+/// it). The hash leaves out the settings, which are fixed for a machine's life.
+#[derive(Clone, Debug, PartialEq)]
 pub struct Machine {
     settings: Settings,
     node: NodeId,
@@ -514,6 +517,25 @@ pub struct Machine {
     mutations: Mutations,
     actions: VecDeque<Action>,
     events: VecDeque<Event>,
+}
+
+impl Eq for Machine {}
+
+impl std::hash::Hash for Machine {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.node.hash(state);
+        self.rng.get_seed().hash(state);
+        self.rng.get_stream().hash(state);
+        self.rng.get_word_pos().hash(state);
+        self.phase.hash(state);
+        self.io.hash(state);
+        self.next_attempt.hash(state);
+        self.failures.hash(state);
+        self.join_failures.hash(state);
+        self.mutations.hash(state);
+        self.actions.hash(state);
+        self.events.hash(state);
+    }
 }
 
 impl Machine {

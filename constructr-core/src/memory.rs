@@ -76,57 +76,255 @@ pub enum Fault {
     DropReply,
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct NodeEntry {
     raw: Vec<u8>,
     expires: Instant,
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct LockEntry {
     holder: NodeId,
     token: u64,
     expires: Instant,
 }
 
-#[derive(Debug, Default)]
-struct ScopeState {
+/// The registry of one scope as plain data: node entries with expiry times, the epoch
+/// marker, the lock and the revision, with every operation of the [`Coordination`]
+/// contract as a synchronous method that takes the time.
+///
+/// [`MemoryCoordination`] keeps one per scope behind a mutex; a model checker keeps one
+/// inside each explored state (it is `Clone + Eq + Hash`), so both run **the same
+/// semantics**. Expired entries and locks are dropped at the start of every operation.
+///
+/// ```
+/// use std::time::{Duration, Instant};
+/// use constructr_core::memory::ScopeRegistry;
+/// use constructr_core::{LockOutcome, NodeId};
+///
+/// let now = Instant::now();
+/// let mut r = ScopeRegistry::default();
+/// let a = NodeId::new("10.0.0.1:2552", 1);
+/// assert!(matches!(r.lock(now, &a, Duration::from_secs(5)), LockOutcome::Acquired(_)));
+/// assert!(r.get_nodes(now).nodes.is_empty());
+/// assert!(r.lock_holder(now).is_some());
+/// assert!(r.lock_holder(now + Duration::from_secs(5)).is_none());
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ScopeRegistry {
     /// Key suffix (base64url of the address) → raw value.
     nodes: BTreeMap<String, NodeEntry>,
     epoch: Option<Epoch>,
     lock: Option<LockEntry>,
     revision: u64,
+    ignore_write_conditions: bool,
 }
 
-impl ScopeState {
-    fn expire(&mut self, now: Instant) {
+impl ScopeRegistry {
+    /// Drops the entries and the lock whose TTL ran out by `now`.
+    pub fn expire(&mut self, now: Instant) {
         self.nodes.retain(|_, e| e.expires > now);
         if self.lock.as_ref().is_some_and(|l| l.expires <= now) {
             self.lock = None;
         }
     }
+
+    fn bump(&mut self) -> u64 {
+        self.revision += 1;
+        self.revision
+    }
+
+    /// The revision of the last write.
+    pub fn revision(&self) -> u64 {
+        self.revision
+    }
+
+    /// The epoch marker.
+    pub fn epoch(&self) -> Option<Epoch> {
+        self.epoch
+    }
+
+    /// The earliest instant at which an entry or the lock expires.
+    pub fn next_expiry(&self) -> Option<Instant> {
+        self.nodes
+            .values()
+            .map(|e| e.expires)
+            .chain(self.lock.as_ref().map(|l| l.expires))
+            .min()
+    }
+
+    /// The holder of the lock at `now` and its token.
+    pub fn lock_holder(&self, now: Instant) -> Option<(&NodeId, LockToken)> {
+        self.lock
+            .as_ref()
+            .filter(|l| l.expires > now)
+            .map(|l| (&l.holder, LockToken(l.token.to_string())))
+    }
+
+    /// Whether exactly `node` (this incarnation) has an unexpired entry at `now`.
+    pub fn is_registered(&self, now: Instant, node: &NodeId) -> bool {
+        let key = base64_address(&node.address);
+        self.nodes.get(&key).is_some_and(|e| {
+            e.expires > now && entry::decode_node(&key, &e.raw).ok().as_ref() == Some(node)
+        })
+    }
+
+    /// Reads the registry at `now`.
+    pub fn get_nodes(&mut self, now: Instant) -> Registry {
+        self.expire(now);
+        let mut nodes = Vec::with_capacity(self.nodes.len());
+        for (suffix, e) in &self.nodes {
+            match entry::decode_node(suffix, &e.raw) {
+                Ok(node) => nodes.push(node),
+                Err(error) => {
+                    tracing::warn!(key = %suffix, %error, "skipping undecodable registry entry")
+                }
+            }
+        }
+        Registry {
+            nodes,
+            epoch: self.epoch,
+            revision: Some(self.revision),
+        }
+    }
+
+    /// Takes (or re-takes) the lock at `now`.
+    pub fn lock(&mut self, now: Instant, holder: &NodeId, ttl: Duration) -> LockOutcome {
+        self.expire(now);
+        match &mut self.lock {
+            Some(l) if &l.holder == holder => {
+                l.expires = now + ttl;
+                LockOutcome::Acquired(LockToken(l.token.to_string()))
+            }
+            Some(_) => LockOutcome::HeldByOther,
+            None => {
+                // Tokens are revisions: never reused for a later holder.
+                let token = self.bump();
+                self.lock = Some(LockEntry {
+                    holder: holder.clone(),
+                    token,
+                    expires: now + ttl,
+                });
+                LockOutcome::Acquired(LockToken(token.to_string()))
+            }
+        }
+    }
+
+    /// Whether `add_self(node, mode)` may write now (the fencing of the contract).
+    fn allowed(&self, node: &NodeId, mode: &AddMode) -> bool {
+        if self.ignore_write_conditions {
+            return true;
+        }
+        match mode {
+            AddMode::Seed {
+                lock,
+                cluster,
+                expected_epoch_version,
+            } => {
+                let holds_lock = self
+                    .lock
+                    .as_ref()
+                    .is_some_and(|l| &l.holder == node && LockToken(l.token.to_string()) == *lock);
+                let epoch_ok = self.epoch.map(|e| e.version) == *expected_epoch_version
+                    || self.epoch.is_some_and(|e| e.cluster == *cluster);
+                holds_lock && epoch_ok
+            }
+            // A member whose epoch marker is gone (data loss) re-creates it.
+            AddMode::Join { cluster } => {
+                self.epoch.is_none() || self.epoch.map(|e| e.cluster) == *cluster
+            }
+        }
+    }
+
+    /// Registers `node` at `now` under the condition of `mode`.
+    pub fn add_self(
+        &mut self,
+        now: Instant,
+        node: &NodeId,
+        ttl: Duration,
+        mode: &AddMode,
+    ) -> AddOutcome {
+        self.expire(now);
+        if !self.allowed(node, mode) {
+            return AddOutcome::Refused;
+        }
+        self.nodes.insert(
+            base64_address(&node.address),
+            NodeEntry {
+                raw: entry::encode_node(node),
+                expires: now + ttl,
+            },
+        );
+        let version = self.bump();
+        self.epoch = mode.cluster().map(|cluster| Epoch { cluster, version });
+        AddOutcome::Added
+    }
+
+    /// Extends `node`'s entry at `now`.
+    pub fn refresh(&mut self, now: Instant, node: &NodeId, ttl: Duration) -> RefreshOutcome {
+        self.expire(now);
+        if !self.is_registered(now, node) {
+            return RefreshOutcome::Missing;
+        }
+        if let Some(e) = self.nodes.get_mut(&base64_address(&node.address)) {
+            e.expires = now + ttl;
+        }
+        RefreshOutcome::Refreshed
+    }
+
+    /// Removes `node`'s entry at `now` (only this incarnation's).
+    pub fn remove_self(&mut self, now: Instant, node: &NodeId) {
+        self.expire(now);
+        if self.is_registered(now, node) {
+            self.nodes.remove(&base64_address(&node.address));
+            self.bump();
+        }
+    }
+
+    /// Fault: the lock is lost (as if its TTL ran out).
+    pub fn expire_lock(&mut self) {
+        self.lock = None;
+    }
+
+    /// Fault: the entry of `address` vanishes now.
+    pub fn expire_entry(&mut self, address: &str) {
+        self.nodes.remove(&base64_address(address));
+    }
+
+    /// Writes a raw value under the node key suffix `key_suffix` (e.g. garbage for tests).
+    pub fn put_raw(&mut self, now: Instant, key_suffix: &str, value: &[u8], ttl: Duration) {
+        self.expire(now);
+        self.nodes.insert(
+            key_suffix.to_owned(),
+            NodeEntry {
+                raw: value.to_vec(),
+                expires: now + ttl,
+            },
+        );
+        self.bump();
+    }
+
+    /// Test-only: remove the fencing mechanism (write `add_self` whatever its condition), to
+    /// show that the tests catch its absence.
+    #[doc(hidden)]
+    pub fn set_ignore_write_conditions(&mut self, ignore: bool) {
+        self.ignore_write_conditions = ignore;
+    }
 }
 
 #[derive(Debug, Default)]
 struct Inner {
-    scopes: HashMap<Scope, ScopeState>,
-    revision: u64,
+    scopes: HashMap<Scope, ScopeRegistry>,
     calls: u64,
     ignore_write_conditions: bool,
 }
 
 impl Inner {
-    fn scope(&mut self, scope: &Scope, now: Instant) -> &mut ScopeState {
+    fn scope(&mut self, scope: &Scope) -> &mut ScopeRegistry {
+        let ignore = self.ignore_write_conditions;
         let s = self.scopes.entry(scope.clone()).or_default();
-        s.expire(now);
+        s.ignore_write_conditions = ignore;
         s
-    }
-
-    fn bump(&mut self, scope: &Scope) -> u64 {
-        self.revision += 1;
-        let rev = self.revision;
-        self.scopes.entry(scope.clone()).or_default().revision = rev;
-        rev
     }
 }
 
@@ -170,25 +368,25 @@ impl MemoryCoordination {
         self.lock_inner().calls
     }
 
-    /// Reads the registry at `now`.
-    pub fn get_nodes_at(&self, now: Instant, scope: &Scope) -> Registry {
+    /// Runs `op` on the registry of `scope` at the clock's time or `now`; notifies the
+    /// watchers if it wrote.
+    fn with_scope<T>(&self, scope: &Scope, op: impl FnOnce(&mut ScopeRegistry) -> T) -> T {
         let mut inner = self.lock_inner();
         inner.calls += 1;
-        let s = inner.scope(scope, now);
-        let mut nodes = Vec::with_capacity(s.nodes.len());
-        for (suffix, e) in &s.nodes {
-            match entry::decode_node(suffix, &e.raw) {
-                Ok(node) => nodes.push(node),
-                Err(error) => {
-                    tracing::warn!(%scope, key = %suffix, %error, "skipping undecodable registry entry")
-                }
-            }
+        let s = inner.scope(scope);
+        let before = s.revision();
+        let out = op(s);
+        let wrote = s.revision() != before;
+        drop(inner);
+        if wrote {
+            self.changed.notify();
         }
-        Registry {
-            nodes,
-            epoch: s.epoch,
-            revision: Some(s.revision),
-        }
+        out
+    }
+
+    /// Reads the registry at `now`.
+    pub fn get_nodes_at(&self, now: Instant, scope: &Scope) -> Registry {
+        self.with_scope(scope, |s| s.get_nodes(now))
     }
 
     /// Takes (or re-takes) the lock at `now`.
@@ -199,29 +397,7 @@ impl MemoryCoordination {
         holder: &NodeId,
         ttl: Duration,
     ) -> LockOutcome {
-        let mut inner = self.lock_inner();
-        inner.calls += 1;
-        let next_token = inner.revision + 1;
-        let s = inner.scope(scope, now);
-        match &mut s.lock {
-            Some(l) if &l.holder == holder => {
-                l.expires = now + ttl;
-                return LockOutcome::Acquired(LockToken(l.token.to_string()));
-            }
-            Some(_) => return LockOutcome::HeldByOther,
-            None => {
-                s.lock = Some(LockEntry {
-                    holder: holder.clone(),
-                    token: next_token,
-                    expires: now + ttl,
-                });
-            }
-        }
-        // Tokens are revisions: never reused for a later holder.
-        inner.bump(scope);
-        drop(inner);
-        self.changed.notify();
-        LockOutcome::Acquired(LockToken(next_token.to_string()))
+        self.with_scope(scope, |s| s.lock(now, holder, ttl))
     }
 
     /// Registers `node` at `now` under the condition of `mode`.
@@ -233,52 +409,7 @@ impl MemoryCoordination {
         ttl: Duration,
         mode: &AddMode,
     ) -> AddOutcome {
-        let mut inner = self.lock_inner();
-        inner.calls += 1;
-        let ignore_conditions = inner.ignore_write_conditions;
-        let s = inner.scope(scope, now);
-        let allowed = ignore_conditions
-            || match mode {
-                AddMode::Seed {
-                    lock,
-                    cluster,
-                    expected_epoch_version,
-                } => {
-                    let holds_lock = s.lock.as_ref().is_some_and(|l| {
-                        &l.holder == node && LockToken(l.token.to_string()) == *lock
-                    });
-                    let epoch_ok = s.epoch.map(|e| e.version) == *expected_epoch_version
-                        || s.epoch.is_some_and(|e| e.cluster == *cluster);
-                    holds_lock && epoch_ok
-                }
-                // A member whose epoch marker is gone (data loss) re-creates it.
-                AddMode::Join { cluster } => {
-                    s.epoch.is_none() || s.epoch.map(|e| e.cluster) == *cluster
-                }
-            };
-        if !allowed {
-            return AddOutcome::Refused;
-        }
-        s.nodes.insert(
-            base64_address(&node.address),
-            NodeEntry {
-                raw: entry::encode_node(node),
-                expires: now + ttl,
-            },
-        );
-        let rev = inner.bump(scope);
-        let s = inner.scope(scope, now);
-        let cluster = match mode {
-            AddMode::Seed { cluster, .. } => Some(*cluster),
-            AddMode::Join { cluster } => *cluster,
-        };
-        s.epoch = cluster.map(|cluster| Epoch {
-            cluster,
-            version: rev,
-        });
-        drop(inner);
-        self.changed.notify();
-        AddOutcome::Added
+        self.with_scope(scope, |s| s.add_self(now, node, ttl, mode))
     }
 
     /// Extends `node`'s entry at `now`.
@@ -289,46 +420,23 @@ impl MemoryCoordination {
         node: &NodeId,
         ttl: Duration,
     ) -> RefreshOutcome {
-        let mut inner = self.lock_inner();
-        inner.calls += 1;
-        let s = inner.scope(scope, now);
-        match s.nodes.get_mut(&base64_address(&node.address)) {
-            Some(e)
-                if entry::decode_node(&base64_address(&node.address), &e.raw)
-                    .ok()
-                    .as_ref()
-                    == Some(node) =>
-            {
-                e.expires = now + ttl;
-                RefreshOutcome::Refreshed
-            }
-            _ => RefreshOutcome::Missing,
-        }
+        self.with_scope(scope, |s| s.refresh(now, node, ttl))
     }
 
     /// Removes `node`'s entry at `now` (only this incarnation's).
     pub fn remove_self_at(&self, now: Instant, scope: &Scope, node: &NodeId) {
-        let mut inner = self.lock_inner();
-        inner.calls += 1;
-        let key = base64_address(&node.address);
-        let s = inner.scope(scope, now);
-        let ours = s
-            .nodes
-            .get(&key)
-            .is_some_and(|e| entry::decode_node(&key, &e.raw).ok().as_ref() == Some(node));
-        if ours {
-            s.nodes.remove(&key);
-            inner.bump(scope);
-            drop(inner);
-            self.changed.notify();
-        }
+        self.with_scope(scope, |s| s.remove_self(now, node))
     }
 
     /// Test-only: remove the fencing mechanism (write `add_self` whatever its condition), to
     /// show that the tests catch its absence.
     #[doc(hidden)]
     pub fn set_ignore_write_conditions(&self, ignore: bool) {
-        self.lock_inner().ignore_write_conditions = ignore;
+        let mut inner = self.lock_inner();
+        inner.ignore_write_conditions = ignore;
+        for s in inner.scopes.values_mut() {
+            s.set_ignore_write_conditions(ignore);
+        }
     }
 
     /// The revision of the last write to `scope`.
@@ -336,35 +444,29 @@ impl MemoryCoordination {
         self.lock_inner()
             .scopes
             .get(scope)
-            .map_or(0, |s| s.revision)
+            .map_or(0, ScopeRegistry::revision)
     }
 
     /// Fault switch: the lock of `scope` is lost (as if its TTL ran out).
     pub fn expire_lock(&self, scope: &Scope) {
         if let Some(s) = self.lock_inner().scopes.get_mut(scope) {
-            s.lock = None;
+            s.expire_lock();
         }
     }
 
     /// Fault switch: the entry of `address` expires now.
     pub fn expire_entry(&self, scope: &Scope, address: &str) {
         if let Some(s) = self.lock_inner().scopes.get_mut(scope) {
-            s.nodes.remove(&base64_address(address));
+            s.expire_entry(address);
         }
     }
 
     /// Writes a raw value under `{base}/nodes/{key_suffix}`, e.g. garbage for tests.
     pub fn put_raw(&self, scope: &Scope, key_suffix: &str, value: &[u8], ttl: Duration) {
         let now = self.clock.now();
-        let mut inner = self.lock_inner();
-        inner.scope(scope, now).nodes.insert(
-            key_suffix.to_owned(),
-            NodeEntry {
-                raw: value.to_vec(),
-                expires: now + ttl,
-            },
-        );
-        inner.bump(scope);
+        self.lock_inner()
+            .scope(scope)
+            .put_raw(now, key_suffix, value, ttl);
     }
 
     /// Queues `n` copies of `fault` for the next calls of the async API.
