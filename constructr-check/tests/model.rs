@@ -1,0 +1,161 @@
+//! The model checker on the real machine: every property holds for 2 and 3 nodes with
+//! faults, and removing a safety mechanism makes it find a counterexample.
+
+use std::time::Duration;
+
+use constructr_check::{
+    CheckConfig, CheckOptions, CheckReport, FaultKind, Mutation, PROPERTIES, Verdict, check,
+};
+
+const ONE_CLUSTER: &str = "at most one cluster among registered live members";
+const REREAD: &str = "a node seeds only after reading the registry empty under the lock";
+const OUTAGE: &str = "no member leaves its cluster for an outage alone";
+const ALL_REGISTERED: &str = "one cluster with every node registered";
+const RESEED: &str = "a re-seed after the whole cluster died";
+const LIVENESS: &str = "every node ends registered or terminal";
+
+fn run(config: CheckConfig) -> CheckReport {
+    let report = check(config, &CheckOptions::default()).expect("valid configuration");
+    eprintln!(
+        "{} nodes, {} faults, mutation {:?}: {} states ({} unique), depth {}, {:.1} s",
+        report.nodes,
+        report.max_faults,
+        report.mutation,
+        report.states,
+        report.unique_states,
+        report.max_depth,
+        report.seconds
+    );
+    report
+}
+
+fn verdict(report: &CheckReport, name: &str) -> Verdict {
+    report.property(name).expect("known property").verdict
+}
+
+fn assert_all_hold(report: &CheckReport) {
+    assert!(
+        report.complete,
+        "the state space was not explored to its end"
+    );
+    for p in &report.properties {
+        assert_ne!(
+            p.verdict,
+            Verdict::Violated,
+            "{} violated:\n{}",
+            p.name,
+            p.trace.as_deref().unwrap_or_default().join("\n")
+        );
+    }
+    assert_eq!(report.properties.len(), PROPERTIES.len());
+}
+
+#[test]
+fn two_nodes_with_up_to_two_faults_keep_every_property() {
+    let report = run(CheckConfig::new(2, 2));
+    assert_all_hold(&report);
+    assert_eq!(verdict(&report, ALL_REGISTERED), Verdict::Reached);
+    assert_eq!(verdict(&report, RESEED), Verdict::Reached);
+    assert!(
+        report.unique_states > 1_000_000,
+        "suspiciously small: {report:?}"
+    );
+}
+
+#[test]
+fn three_nodes_with_one_fault_keep_every_property() {
+    let report = run(CheckConfig::new(3, 1));
+    assert_all_hold(&report);
+    assert_eq!(verdict(&report, ALL_REGISTERED), Verdict::Reached);
+    assert_eq!(verdict(&report, RESEED), Verdict::Reached);
+}
+
+#[test]
+fn three_nodes_without_faults_always_form_one_cluster_of_all() {
+    let report = run(CheckConfig::new(3, 0));
+    assert_all_hold(&report);
+    assert_eq!(verdict(&report, ALL_REGISTERED), Verdict::Reached);
+    // Nothing dies without faults, so nothing is re-seeded.
+    assert_eq!(verdict(&report, RESEED), Verdict::NotReached);
+}
+
+#[test]
+fn two_nodes_through_two_outages_keep_their_cluster() {
+    let report = run(CheckConfig::new(2, 2).with_faults(&[FaultKind::Outage]));
+    assert_all_hold(&report);
+    assert_eq!(verdict(&report, OUTAGE), Verdict::Holds);
+}
+
+/// The mechanisms: each mutation is caught by the property it protects, with a trace.
+fn mutated(mutation: Mutation) -> CheckReport {
+    run(CheckConfig::new(2, 1).with_mutation(Some(mutation)))
+}
+
+fn assert_counterexample(report: &CheckReport, name: &str) -> Vec<String> {
+    let p = report.property(name).expect("known property");
+    assert_eq!(p.verdict, Verdict::Violated, "{name} not violated");
+    let trace = p.trace.clone().expect("a counterexample has a trace");
+    eprintln!("counterexample for {name:?}:\n{}", trace.join("\n"));
+    assert!(!trace.is_empty());
+    trace
+}
+
+#[test]
+fn without_the_reread_after_locking_a_node_seeds_on_a_stale_read() {
+    let report = mutated(Mutation::SkipRereadAfterLock);
+    let trace = assert_counterexample(&report, REREAD);
+    // The seed joins itself right after its lock, without a read of its own in between.
+    let join = trace.last().unwrap();
+    let seed = &join[join.find("  n").unwrap() + 2..][..2];
+    assert!(join.contains(&format!("{seed}: join [{seed}#")), "{join}");
+    let lock = trace
+        .iter()
+        .rposition(|l| l.contains(&format!("{seed}: lock -> acquired")))
+        .unwrap();
+    assert!(
+        !trace[lock..]
+            .iter()
+            .any(|l| l.contains(&format!("{seed}: get-nodes"))),
+        "{trace:#?}"
+    );
+    // The fencing still keeps the registry to one cluster.
+    assert_eq!(verdict(&report, ONE_CLUSTER), Verdict::Holds);
+}
+
+#[test]
+fn with_an_unconditional_seed_write_two_clusters_register() {
+    let report = mutated(Mutation::UnfencedSeedWrite);
+    let trace = assert_counterexample(&report, ONE_CLUSTER);
+    assert!(trace.iter().any(|l| l.contains("FAULT")), "{trace:#?}");
+    let last = trace.last().unwrap();
+    assert!(last.contains("@c1") && last.contains("@c2"), "{last}");
+    assert_counterexample(
+        &report,
+        "a seed's first registration only while it holds the lock",
+    );
+}
+
+#[test]
+fn without_the_reseed_grace_an_outage_costs_a_member_its_cluster() {
+    let report = mutated(Mutation::NoReseedGrace);
+    let trace = assert_counterexample(&report, OUTAGE);
+    assert!(
+        trace.iter().any(|l| l.contains("outage begins")),
+        "{trace:#?}"
+    );
+    assert!(trace.iter().any(|l| l.contains("REFUSED")), "{trace:#?}");
+    // Still one registered cluster: the older one lost, it did not split.
+    assert_eq!(verdict(&report, ONE_CLUSTER), Verdict::Holds);
+}
+
+/// The liveness check is not vacuous: a horizon that ends before a crashed cluster can be
+/// re-seeded leaves a node unregistered, and the checker says so.
+#[test]
+fn a_horizon_too_short_for_recovery_is_a_liveness_violation() {
+    let config = CheckConfig::new(2, 1)
+        .with_faults(&[FaultKind::Crash])
+        .with_times(Duration::from_secs(3), Duration::from_secs(6));
+    let report = run(config);
+    assert_counterexample(&report, LIVENESS);
+    assert_eq!(verdict(&report, ONE_CLUSTER), Verdict::Holds);
+}
