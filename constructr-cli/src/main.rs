@@ -1,6 +1,7 @@
 //! `constructr`: run a demo cluster, run the simulation, inspect a registry.
 
 mod backend;
+mod check;
 mod counting;
 mod demo;
 mod node;
@@ -70,6 +71,9 @@ enum Command {
     SerfHandler(constructr::serf::handler::HandlerArgs),
     /// Serf bridge: the handler's REST API, typed events, the membership view per datacenter.
     SerfBridge(constructr::serf::bridge::BridgeArgs),
+    /// Model-check the real state machine: every interleaving of 1-4 nodes with up to K
+    /// faults, each safety and liveness property's verdict, counterexamples as traces.
+    Check(check::CheckArgs),
     /// Run the deterministic simulation (virtual time, optional faults).
     Sim {
         /// Number of trials.
@@ -126,6 +130,10 @@ fn main() -> ExitCode {
         Command::Nodes { backend, json } => nodes::run(&backend, base, json),
         Command::Node(args) => node::run(args, base),
         Command::SerfHandler(_) | Command::SerfBridge(_) => unreachable!("dispatched above"),
+        Command::Check(args) => check::run(
+            args,
+            (cli.config.is_some() || cli.compat.is_some()).then_some(base),
+        ),
         Command::Demo {
             nodes,
             backend,

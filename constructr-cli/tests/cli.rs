@@ -220,3 +220,114 @@ fn compat_preset_applies_to_every_command() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn check_json_reports_every_property_holding_for_two_nodes() {
+    let out = constructr()
+        .args(["check", "--nodes", "2", "--max-faults", "0", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v = json(&out.stdout);
+    assert_eq!(v["nodes"], 2);
+    assert_eq!(v["complete"], true);
+    assert!(v["unique_states"].as_u64().unwrap() > 100);
+    let props = v["properties"].as_array().unwrap();
+    assert_eq!(props.len(), 9);
+    for p in props {
+        assert!(
+            p["verdict"] == "holds" || p["verdict"] == "reached" || p["verdict"] == "not-reached",
+            "{p}"
+        );
+    }
+}
+
+#[test]
+fn check_with_a_mutation_prints_the_counterexample_and_exits_1() {
+    let out = constructr()
+        .args([
+            "check",
+            "--nodes",
+            "2",
+            "--max-faults",
+            "0",
+            "--mutation",
+            "skip-reread-after-lock",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("VIOLATED     always     a node seeds only after reading the registry empty under the lock"),
+        "{text}"
+    );
+    assert!(text.contains("lock -> acquired"), "{text}");
+}
+
+#[test]
+fn check_refuses_bad_bounds_mutations_and_addresses_with_exit_2() {
+    for args in [
+        vec!["check", "--nodes", "5"],
+        vec!["check", "--mutation", "none-such"],
+        vec!["check", "--faults", "outage,meteor"],
+        vec!["check", "--horizon", "2s"],
+        vec!["check", "--horizon", "2h"],
+        vec!["check", "--fault-window", "forever"],
+    ] {
+        let out = constructr().args(&args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(!out.stderr.is_empty(), "{args:?}");
+    }
+    // The explorer on an address in use: a clear error, not stateright's panic.
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = busy.local_addr().unwrap().to_string();
+    let out = constructr()
+        .args(["check", "--explore", &address])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot serve the explorer"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn check_explorer_serves_the_state_space() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let bin = assert_cmd::cargo::cargo_bin("constructr");
+    let mut child = std::process::Command::new(bin)
+        .args(["check", "--nodes", "2", "--max-faults", "0"])
+        .args(["--explore", &format!("127.0.0.1:{port}")])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut body = String::new();
+    for _ in 0..100 {
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            use std::io::{Read, Write};
+            s.write_all(b"GET /.states HTTP/1.0\r\nHost: x\r\n\r\n")
+                .unwrap();
+            s.read_to_string(&mut body).unwrap();
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        body.starts_with("HTTP/1.1 200") || body.starts_with("HTTP/1.0 200"),
+        "{body}"
+    );
+    assert!(body.contains("GettingNodes"), "{body}");
+}
