@@ -128,6 +128,8 @@ pub struct PropertyReport {
 pub struct CheckReport {
     /// Nodes.
     pub nodes: usize,
+    /// Nodes that start at any time within the fault window.
+    pub late: usize,
     /// Fault bound per path.
     pub max_faults: u8,
     /// The fault kinds paths may contain.
@@ -224,6 +226,7 @@ pub fn check(config: CheckConfig, options: &CheckOptions) -> Result<CheckReport,
         .collect();
     Ok(CheckReport {
         nodes,
+        late: model.config().late,
         max_faults,
         faults,
         mutation,

@@ -147,6 +147,9 @@ pub struct CheckConfig {
     pub mutation: Option<Mutation>,
     /// The fault kinds paths may contain.
     pub faults: Vec<FaultKind>,
+    /// The last `late` nodes start not at time 0 but at any time within the fault window
+    /// (newcomers, e.g. during an outage).
+    pub late: usize,
 }
 
 impl CheckConfig {
@@ -178,6 +181,7 @@ impl CheckConfig {
             settings: Self::settings(),
             mutation: None,
             faults: FaultKind::ALL.to_vec(),
+            late: 0,
         }
     }
 
@@ -190,6 +194,12 @@ impl CheckConfig {
     /// The same, with only these fault kinds.
     pub fn with_faults(mut self, faults: &[FaultKind]) -> Self {
         self.faults = faults.to_vec();
+        self
+    }
+
+    /// The same, with the last `late` nodes starting at any time within the fault window.
+    pub fn with_late_nodes(mut self, late: usize) -> Self {
+        self.late = late;
         self
     }
 
@@ -210,6 +220,14 @@ pub enum ConfigError {
     /// The settings are invalid.
     #[error("invalid settings: {0}")]
     Settings(#[from] constructr_core::SettingsError),
+    /// More late nodes than nodes.
+    #[error("{late} late nodes of {nodes}")]
+    Late {
+        /// Late nodes.
+        late: usize,
+        /// Nodes.
+        nodes: usize,
+    },
     /// The horizon is shorter than the fault window or longer than an hour.
     #[error("the horizon must be at least the fault window and at most 1 h")]
     Horizon,
@@ -340,7 +358,8 @@ pub enum Step {
     Tick,
     /// A fault.
     Fault(Fault),
-    /// A crashed, failed or stopped node starts again (new incarnation).
+    /// A late node starts, or a crashed, failed or stopped node starts again (new
+    /// incarnation).
     Restart {
         /// The node.
         node: usize,
@@ -438,6 +457,12 @@ impl BootstrapModel {
     pub fn new(config: CheckConfig) -> Result<Self, ConfigError> {
         if !(1..=4).contains(&config.nodes) {
             return Err(ConfigError::Nodes(config.nodes));
+        }
+        if config.late > config.nodes {
+            return Err(ConfigError::Late {
+                late: config.late,
+                nodes: config.nodes,
+            });
         }
         if config.horizon < config.fault_window || config.horizon > Duration::from_secs(3600) {
             return Err(ConfigError::Horizon);
@@ -730,10 +755,12 @@ impl Model for BootstrapModel {
     type Action = Step;
 
     fn init_states(&self) -> Vec<World> {
+        let first_late = self.config.nodes - self.config.late;
         let nodes = (0..self.config.nodes)
             .map(|i| Node {
-                machine: Some(self.machine(i, 1, Duration::ZERO)),
-                incarnation: 1,
+                // A late node starts with its first `Restart` (incarnation 1).
+                machine: (i < first_late).then(|| self.machine(i, 1, Duration::ZERO)),
+                incarnation: if i < first_late { 1 } else { 0 },
                 group: None,
                 requests: Vec::new(),
                 slow: None,
@@ -1185,6 +1212,9 @@ impl BootstrapModel {
                 );
             }
             Step::Tick => line.push_str("time passes"),
+            Step::Restart { node } if before.nodes[*node].incarnation == 0 => {
+                let _ = write!(line, "n{}: starts", node + 1);
+            }
             Step::Restart { node } => {
                 let _ = write!(line, "n{}: restarts", node + 1);
             }

@@ -86,6 +86,23 @@ fn two_nodes_through_two_outages_keep_their_cluster() {
     assert_eq!(verdict(&report, OUTAGE), Verdict::Holds);
 }
 
+/// The outage issue's scenario: a newcomer starts at any time, also during one of two
+/// outages that outlast the member's entry; the member keeps its cluster and the newcomer
+/// joins it. (Removing the re-seed grace breaks exactly this: see below.)
+#[test]
+fn a_newcomer_during_an_outage_joins_the_older_cluster() {
+    let config = CheckConfig::new(2, 2)
+        .with_late_nodes(1)
+        .with_faults(&[FaultKind::Outage]);
+    let report = run(config.clone());
+    assert_all_hold(&report);
+    assert_eq!(verdict(&report, OUTAGE), Verdict::Holds);
+    assert_eq!(verdict(&report, ALL_REGISTERED), Verdict::Reached);
+    let without_grace = run(config.with_mutation(Some(Mutation::NoReseedGrace)));
+    let trace = assert_counterexample(&without_grace, OUTAGE);
+    assert!(trace.iter().any(|l| l.contains("n2: starts")), "{trace:#?}");
+}
+
 /// The mechanisms: each mutation is caught by the property it protects, with a trace.
 fn mutated(mutation: Mutation) -> CheckReport {
     run(CheckConfig::new(2, 1).with_mutation(Some(mutation)))

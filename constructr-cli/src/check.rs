@@ -14,6 +14,9 @@ pub struct CheckArgs {
     /// Nodes (all start at time 0).
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=4))]
     nodes: u8,
+    /// The last N nodes start at any time within the fault window instead of at 0.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=4))]
+    late: u8,
     /// Faults per path at most.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=8))]
     max_faults: u8,
@@ -57,8 +60,9 @@ fn parse_mutation(s: &str) -> Result<Mutation, String> {
 /// Runs the check. `settings`: the machines' settings from `--config`/`--compat`, if given
 /// (else the checker's short round timings).
 pub fn run(args: CheckArgs, settings: Option<Settings>) -> ExitCode {
-    let mut config =
-        CheckConfig::new(usize::from(args.nodes), args.max_faults).with_mutation(args.mutation);
+    let mut config = CheckConfig::new(usize::from(args.nodes), args.max_faults)
+        .with_mutation(args.mutation)
+        .with_late_nodes(usize::from(args.late));
     if let Some(s) = settings {
         config.settings = s;
     }
@@ -113,8 +117,9 @@ pub fn run(args: CheckArgs, settings: Option<Settings>) -> ExitCode {
 fn render(r: &CheckReport) -> String {
     let kinds: Vec<_> = r.faults.iter().map(|k| k.name()).collect();
     let mut out = format!(
-        "model check of the real machine: {} node(s), at most {} fault(s) ({}) within {} s, horizon {} s, mutation: {}\n",
+        "model check of the real machine: {} node(s) ({} starting late), at most {} fault(s) ({}) within {} s, horizon {} s, mutation: {}\n",
         r.nodes,
+        r.late,
         r.max_faults,
         kinds.join(", "),
         r.fault_window_s,
