@@ -83,6 +83,10 @@ pub struct CheckOptions {
     pub timeout: Option<Duration>,
     /// Stop at the first violated property (for mutation runs).
     pub stop_at_first_violation: bool,
+    /// Depth first instead of breadth first: memory for the visited states' fingerprints
+    /// and one path only, instead of the whole frontier (deep checks); counterexamples are
+    /// then not the shortest.
+    pub depth_first: bool,
 }
 
 impl Default for CheckOptions {
@@ -91,6 +95,7 @@ impl Default for CheckOptions {
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             timeout: None,
             stop_at_first_violation: false,
+            depth_first: false,
         }
     }
 }
@@ -192,24 +197,37 @@ pub fn check(config: CheckConfig, options: &CheckOptions) -> Result<CheckReport,
     } else {
         HasDiscoveries::All
     });
-    let checker = builder.spawn_bfs().join();
+    let report = |checker: &dyn Checker<BootstrapModel>| {
+        (
+            checker.state_count(),
+            checker.unique_state_count(),
+            checker.max_depth(),
+            model
+                .properties()
+                .iter()
+                .map(|p| (p.clone(), checker.discovery(p.name)))
+                .collect::<Vec<_>>(),
+        )
+    };
+    let (states, unique_states, max_depth, discoveries) = if options.depth_first {
+        report(&builder.spawn_dfs().join())
+    } else {
+        report(&builder.spawn_bfs().join())
+    };
     let seconds = started.elapsed().as_secs_f64();
     let stopped_early = options.stop_at_first_violation
-        && model
-            .properties()
+        && discoveries
             .iter()
-            .any(|p| p.expectation.discovery_is_failure() && checker.discovery(p.name).is_some());
+            .any(|(p, d)| p.expectation.discovery_is_failure() && d.is_some());
     let timed_out = options.timeout.is_some_and(|t| started.elapsed() >= t);
-    let properties = model
-        .properties()
-        .iter()
-        .map(|p| {
+    let properties = discoveries
+        .into_iter()
+        .map(|(p, discovery)| {
             let kind = match p.expectation {
                 Expectation::Always => "always",
                 Expectation::Sometimes => "sometimes",
                 Expectation::Eventually => "eventually",
             };
-            let discovery = checker.discovery(p.name);
             let verdict = match (&p.expectation, discovery.is_some()) {
                 (Expectation::Sometimes, true) => Verdict::Reached,
                 (Expectation::Sometimes, false) => Verdict::NotReached,
@@ -220,7 +238,7 @@ pub fn check(config: CheckConfig, options: &CheckOptions) -> Result<CheckReport,
                 name: p.name,
                 kind,
                 verdict,
-                trace: discovery.map(|path| trace(&model, p, path)),
+                trace: discovery.map(|path| trace(&model, &p, path)),
             }
         })
         .collect();
@@ -232,9 +250,9 @@ pub fn check(config: CheckConfig, options: &CheckOptions) -> Result<CheckReport,
         mutation,
         fault_window_s,
         horizon_s,
-        states: checker.state_count(),
-        unique_states: checker.unique_state_count(),
-        max_depth: checker.max_depth(),
+        states,
+        unique_states,
+        max_depth,
         seconds,
         complete: !stopped_early && !timed_out,
         properties,

@@ -48,14 +48,21 @@ impl std::str::FromStr for Mutation {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Mutation::ALL
-            .into_iter()
-            .find(|m| m.name() == s)
-            .ok_or_else(|| {
-                let names: Vec<_> = Mutation::ALL.iter().map(|m| m.name()).collect();
-                format!("unknown mutation {s:?} (one of: {})", names.join(", "))
-            })
+        by_name(s, &Mutation::ALL, Mutation::name, "mutation")
     }
+}
+
+/// The one of `all` named `s`, or an error listing the names.
+fn by_name<T: Copy>(
+    s: &str,
+    all: &[T],
+    name: fn(T) -> &'static str,
+    what: &str,
+) -> Result<T, String> {
+    all.iter().copied().find(|t| name(*t) == s).ok_or_else(|| {
+        let names: Vec<_> = all.iter().map(|t| name(*t)).collect();
+        format!("unknown {what} {s:?} (one of: {})", names.join(", "))
+    })
 }
 
 /// The kinds of fault a path may contain (each costs one of `max_faults`).
@@ -120,13 +127,7 @@ impl std::str::FromStr for FaultKind {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        FaultKind::ALL
-            .into_iter()
-            .find(|k| k.name() == s)
-            .ok_or_else(|| {
-                let names: Vec<_> = FaultKind::ALL.iter().map(|k| k.name()).collect();
-                format!("unknown fault kind {s:?} (one of: {})", names.join(", "))
-            })
+        by_name(s, &FaultKind::ALL, FaultKind::name, "fault kind")
     }
 }
 

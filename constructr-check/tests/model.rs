@@ -176,3 +176,31 @@ fn a_horizon_too_short_for_recovery_is_a_liveness_violation() {
     assert_counterexample(&report, LIVENESS);
     assert_eq!(verdict(&report, ONE_CLUSTER), Verdict::Holds);
 }
+
+/// Depth first (little memory, for deep checks) visits exactly the states breadth first
+/// does, and finds the same violations.
+#[test]
+fn depth_first_explores_the_same_state_space() {
+    let config = CheckConfig::new(2, 1);
+    let bfs = run(config.clone());
+    let dfs = check(
+        config.clone(),
+        &CheckOptions {
+            depth_first: true,
+            ..CheckOptions::default()
+        },
+    )
+    .unwrap();
+    assert!(dfs.complete);
+    assert_eq!(bfs.unique_states, dfs.unique_states);
+    assert_all_hold(&dfs);
+    let mutated = check(
+        config.with_mutation(Some(Mutation::UnfencedSeedWrite)),
+        &CheckOptions {
+            depth_first: true,
+            ..CheckOptions::default()
+        },
+    )
+    .unwrap();
+    assert_counterexample(&mutated, ONE_CLUSTER);
+}

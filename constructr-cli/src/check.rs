@@ -40,6 +40,10 @@ pub struct CheckArgs {
     /// Stop after this long (the verdicts then cover only the explored states; exit 3).
     #[arg(long, value_parser = humantime::parse_duration)]
     timeout: Option<Duration>,
+    /// Explore depth first: far less memory than breadth first (the default) for deep
+    /// checks; counterexamples are then not the shortest.
+    #[arg(long)]
+    dfs: bool,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -86,6 +90,7 @@ pub fn run(args: CheckArgs, settings: Option<Settings>) -> ExitCode {
     }
     let mut options = CheckOptions {
         timeout: args.timeout,
+        depth_first: args.dfs,
         ..CheckOptions::default()
     };
     if let Some(t) = args.threads {
