@@ -477,7 +477,19 @@ async fn newcomer_joins_old_cluster_after_entries_wiped(backend: Backend) {
             ));
         }
     }
-    match setup.try_registry().await {
+    // Every member re-registers on its next refresh, at most one refresh interval (and a
+    // request) after the wipe; gossip can show one cluster of 4 before the last of them has.
+    let reregistered_by = wiped + p.refresh_interval + p.coordination_timeout * 2;
+    let mut read = setup.try_registry().await;
+    while Instant::now() < reregistered_by
+        && !read
+            .as_ref()
+            .is_ok_and(|r| sorted(r.nodes.iter().map(|n| n.address.clone())) == all)
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        read = setup.try_registry().await;
+    }
+    match read {
         Ok(registry) => {
             let cluster = registry.epoch.map(|e| e.cluster);
             if cluster != Some(epoch) {
