@@ -57,14 +57,7 @@ impl ChitchatError {
 
     /// The message with its causes, for [`ClusterError`]'s single message field.
     fn chain(&self) -> String {
-        let mut message = self.to_string();
-        let mut source = std::error::Error::source(self);
-        while let Some(s) = source {
-            message.push_str(": ");
-            message.push_str(&s.to_string());
-            source = s.source();
-        }
-        message
+        constructr_core::error_chain(self)
     }
 
     pub(crate) fn into_join(self) -> ClusterError {

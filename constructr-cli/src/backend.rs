@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use clap::{Args, ValueEnum};
 use constructr::consul::{ConsulConfig, ConsulCoordination, ConsulTlsConfig};
-use constructr::etcd::{EtcdConfig, EtcdCoordination, EtcdTlsConfig, PemSource};
+use constructr::etcd::{EtcdConfig, EtcdCoordination, EtcdTlsConfig, PemSource, Secret};
 use constructr::{Coordination, Settings};
 
 /// Which coordination backend to use.
@@ -22,7 +22,7 @@ pub enum Backend {
     Consul,
 }
 
-/// Backend options.
+/// Backend options. `Debug` shows the password and the token as `<redacted>`.
 #[derive(Debug, Clone, Args)]
 pub struct BackendArgs {
     /// Coordination backend.
@@ -41,7 +41,7 @@ pub struct BackendArgs {
     pub etcd_user: Option<String>,
     /// etcd password (prefer the environment variable: arguments are visible in `ps`).
     #[arg(long, env = "CONSTRUCTR_ETCD_PASSWORD", hide_env_values = true)]
-    pub etcd_password: Option<String>,
+    pub etcd_password: Option<Secret>,
     /// CA certificate (PEM) for TLS to etcd.
     #[arg(long)]
     pub etcd_ca: Option<PathBuf>,
@@ -61,7 +61,7 @@ pub struct BackendArgs {
     pub consul_address: Vec<String>,
     /// Consul ACL token (prefer the environment variable: arguments are visible in `ps`).
     #[arg(long, env = "CONSTRUCTR_CONSUL_TOKEN", hide_env_values = true)]
-    pub consul_token: Option<String>,
+    pub consul_token: Option<Secret>,
     /// Consul datacenter.
     #[arg(long, env = "CONSTRUCTR_CONSUL_DATACENTER")]
     pub consul_datacenter: Option<String>,
@@ -161,4 +161,38 @@ impl BackendArgs {
 pub fn fail(message: &str) -> ExitCode {
     eprintln!("error: {message}");
     ExitCode::from(2)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser, Debug)]
+    struct Cli {
+        #[command(flatten)]
+        backend: BackendArgs,
+    }
+
+    #[test]
+    fn debug_of_backend_args_hides_password_and_token() {
+        let cli = Cli::try_parse_from([
+            "x",
+            "--etcd-user",
+            "root",
+            "--etcd-password",
+            "hunter2",
+            "--consul-token",
+            "t0k3n-secret",
+        ])
+        .unwrap();
+        let shown = format!("{cli:?}");
+        assert!(shown.contains("root"), "{shown}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(!shown.contains("t0k3n-secret"), "{shown}");
+        assert_eq!(
+            cli.backend.etcd_password.as_ref().map(Secret::expose),
+            Some("hunter2")
+        );
+    }
 }

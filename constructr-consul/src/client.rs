@@ -10,15 +10,15 @@
 //! C TLS library.
 //!
 //! # Failover
-//! Requests go to the *current* address; when it fails with a transient error (unreachable,
-//! timed out, 5xx such as `No cluster leader`) the request is retried once on each following
+//! The shared policy of [`constructr_core::plumbing`]: requests go to the *current* address;
+//! when it fails with a transient error (unreachable, timed out, 5xx such as `No cluster
+//! leader`) the current address moves past it, the request is retried once on each following
 //! address and the first that answers becomes current.
 //!
 //! # Secrets
 //! The ACL token travels only in the `X-Consul-Token` header (marked sensitive); URLs carry
 //! no secrets, so transport errors that name the URL are safe to show.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -27,25 +27,14 @@ use reqwest::header::HeaderValue;
 use reqwest::{Method, Url};
 use serde::{Deserialize, Serialize};
 
+use constructr_core::plumbing::{Failover, display_url};
+use constructr_core::tls::load_pem;
+
 use crate::config::ConsulConfig;
 use crate::error::{ConsulError, is_acl_denial};
 
 const TOKEN_HEADER: &str = "X-Consul-Token";
 const INDEX_HEADER: &str = "X-Consul-Index";
-
-/// An address without user info (`https://user:pw@host` → `https://host`).
-pub(crate) fn display_address(url: &str) -> String {
-    let url = url.trim();
-    let (scheme, rest) = match url.find("://") {
-        Some(i) => (&url[..i + 3], &url[i + 3..]),
-        None => ("", url),
-    };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => format!("{scheme}{}", &rest[at + 1..]),
-        None => url.to_owned(),
-    }
-}
 
 struct Address {
     base: Url,
@@ -242,8 +231,7 @@ struct Answer {
 /// The HTTP side of one backend value. Never `Debug`: it holds the token.
 pub(crate) struct ConsulClient {
     http: reqwest::Client,
-    addresses: Vec<Address>,
-    current: AtomicUsize,
+    addresses: Failover<Address>,
     token: Option<HeaderValue>,
     datacenter: Option<String>,
     request_timeout: Duration,
@@ -260,7 +248,7 @@ impl ConsulClient {
             .no_proxy();
         if let Some(tls) = &config.tls {
             if let Some(ca) = &tls.ca {
-                let pem = crate::config::load_pem(ca, "CA certificate")?;
+                let pem = load_pem(ca, "CA certificate")?;
                 let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|source| {
                     ConsulError::Tls {
                         what: "CA certificate",
@@ -278,9 +266,9 @@ impl ConsulClient {
                 }
             }
             if let (Some(cert), Some(key)) = (&tls.cert, &tls.key) {
-                let mut pem = crate::config::load_pem(cert, "client certificate")?;
+                let mut pem = load_pem(cert, "client certificate")?;
                 pem.push(b'\n');
-                pem.extend(crate::config::load_pem(key, "client key")?);
+                pem.extend(load_pem(key, "client key")?);
                 let identity =
                     reqwest::Identity::from_pem(&pem).map_err(|source| ConsulError::Tls {
                         what: "client certificate or key",
@@ -308,7 +296,7 @@ impl ConsulClient {
                 } else {
                     format!("{default_scheme}://{a}")
                 };
-                let shown = display_address(&full);
+                let shown = display_url(&full);
                 let base = Url::parse(&full).map_err(|e| {
                     ConsulError::config(format!("address {shown} is not a valid URL: {e}"))
                 })?;
@@ -320,9 +308,11 @@ impl ConsulClient {
                 Ok(Address { base, shown })
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let addresses = Failover::new(addresses)
+            .ok_or_else(|| ConsulError::config("at least one address is required"))?;
         let token = match &config.token {
             Some(t) => {
-                let mut v = HeaderValue::from_str(t).map_err(|_| {
+                let mut v = HeaderValue::from_str(t.expose()).map_err(|_| {
                     ConsulError::config("the ACL token is not a valid header value")
                 })?;
                 v.set_sensitive(true);
@@ -333,7 +323,6 @@ impl ConsulClient {
         Ok(Self {
             http,
             addresses,
-            current: AtomicUsize::new(0),
             token,
             datacenter: config.datacenter.clone(),
             request_timeout: config.request_timeout,
@@ -380,35 +369,36 @@ impl ConsulClient {
         body: Option<Vec<u8>>,
         timeout: Duration,
     ) -> Result<Answer, ConsulError> {
-        let n = self.addresses.len();
-        let first = self.current.load(Ordering::Relaxed) % n;
-        let mut k = 0;
-        loop {
-            let i = (first + k) % n;
-            let address = &self.addresses[i];
-            let url = self.url(&address.base, api, key, flags);
-            let mut request = self.http.request(method.clone(), url).timeout(timeout);
-            if let Some(token) = &self.token {
-                request = request.header(TOKEN_HEADER, token.clone());
-            }
-            if let Some(body) = &body {
-                request = request.body(body.clone());
-            }
-            match attempt(&address.shown, request).await {
-                Ok(answer) => {
-                    if k > 0 {
-                        self.current.store(i, Ordering::Relaxed);
-                        tracing::info!(address = %address.shown, "switched to another Consul address");
+        let before = self.addresses.current_index();
+        let answer = self
+            .addresses
+            .run(
+                |_, address| {
+                    let url = self.url(&address.base, api, key, flags);
+                    let mut request = self.http.request(method.clone(), url).timeout(timeout);
+                    if let Some(token) = &self.token {
+                        request = request.header(TOKEN_HEADER, token.clone());
                     }
-                    return Ok(answer);
-                }
-                Err(e) if e.is_retryable() && k + 1 < n => {
-                    tracing::debug!(error = %e, "Consul address failed; trying the next one");
-                    k += 1;
-                }
-                Err(e) => return Err(e),
-            }
+                    if let Some(body) = &body {
+                        request = request.body(body.clone());
+                    }
+                    async move {
+                        let r = attempt(&address.shown, request).await;
+                        if let Err(e) = &r
+                            && e.is_retryable()
+                        {
+                            tracing::debug!(error = %e, "Consul address failed; trying the next one");
+                        }
+                        r
+                    }
+                },
+                ConsulError::is_retryable,
+            )
+            .await;
+        if answer.is_ok() && self.addresses.current_index() != before {
+            tracing::info!(address = %self.addresses.current().shown, "switched to another Consul address");
         }
+        answer
     }
 
     fn timeout(&self) -> Duration {
@@ -652,8 +642,7 @@ impl ConsulClient {
     }
 
     fn current_shown(&self) -> String {
-        let i = self.current.load(Ordering::Relaxed) % self.addresses.len();
-        self.addresses[i].shown.clone()
+        self.addresses.current().shown.clone()
     }
 }
 
@@ -721,7 +710,7 @@ mod tests {
     #[test]
     fn urls_encode_key_segments_and_add_the_datacenter() {
         let c = client(ConsulConfig::new("127.0.0.1:8500").with_datacenter("dc-2"));
-        let base = &c.addresses[0].base;
+        let base = &c.addresses.endpoints()[0].base;
         assert_eq!(base.as_str(), "http://127.0.0.1:8500/");
         let url = c.url(
             base,
@@ -743,7 +732,7 @@ mod tests {
     #[test]
     fn urls_keep_a_base_path_and_drop_an_empty_query() {
         let c = client(ConsulConfig::new("http://proxy:8080/consul/"));
-        let url = c.url(&c.addresses[0].base, "v1/txn", "", &[]);
+        let url = c.url(&c.addresses.endpoints()[0].base, "v1/txn", "", &[]);
         assert_eq!(url.as_str(), "http://proxy:8080/consul/v1/txn");
     }
 
@@ -751,14 +740,8 @@ mod tests {
     fn addresses_without_scheme_follow_tls() {
         let c =
             client(ConsulConfig::new("consul:8501").with_tls(crate::ConsulTlsConfig::default()));
-        assert_eq!(c.addresses[0].base.scheme(), "https");
+        assert_eq!(c.addresses.endpoints()[0].base.scheme(), "https");
         assert!(ConsulClient::new(&ConsulConfig::new("ftp://x")).is_err());
-    }
-
-    #[test]
-    fn display_address_hides_user_info() {
-        assert_eq!(display_address("https://u:p@h:8501/x"), "https://h:8501/x");
-        assert_eq!(display_address("h:8500"), "h:8500");
     }
 
     #[test]

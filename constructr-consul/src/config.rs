@@ -6,10 +6,10 @@
 //! Consul keys have no leading `/`, so the default prefix `/constructr` becomes `constructr/`).
 
 use std::fmt;
-use std::path::Path;
 use std::time::Duration;
 
 use constructr_core::Settings;
+use constructr_core::plumbing::{Secret, display_url};
 pub use constructr_core::tls::PemSource;
 use serde::{Deserialize, Serialize};
 
@@ -48,7 +48,7 @@ pub struct ConsulConfig {
     /// logged. Its policy needs `key_prefix "<prefix>" { policy = "write" }` and
     /// `session_prefix "" { policy = "write" }`.
     #[serde(skip_serializing)]
-    pub token: Option<String>,
+    pub token: Option<Secret>,
     /// Datacenter to use (`?dc=`); default: the agent's own.
     pub datacenter: Option<String>,
     /// TLS (rustls): CA certificate and an optional client certificate and key.
@@ -104,7 +104,7 @@ impl ConsulConfig {
     }
 
     /// Sends this ACL token with every request.
-    pub fn with_token(mut self, token: impl Into<String>) -> Self {
+    pub fn with_token(mut self, token: impl Into<Secret>) -> Self {
         self.token = Some(token.into());
         self
     }
@@ -158,7 +158,10 @@ impl ConsulConfig {
             ));
         }
         if let Some(t) = &self.token
-            && (t.is_empty() || t.chars().any(|c| c.is_control() || c.is_whitespace()))
+            && (t.is_empty()
+                || t.expose()
+                    .chars()
+                    .any(|c| c.is_control() || c.is_whitespace()))
         {
             return Err(ConsulError::config(
                 "the ACL token must not be empty or contain whitespace",
@@ -183,7 +186,7 @@ impl ConsulConfig {
                 {
                     return Err(ConsulError::config(format!(
                         "TLS is configured but address {} uses http://",
-                        crate::client::display_address(a)
+                        display_url(a)
                     )));
                 }
                 if tls.cert.is_some() != tls.key.is_some() {
@@ -201,7 +204,7 @@ impl ConsulConfig {
                     return Err(ConsulError::config(format!(
                         "address {} uses https:// but no TLS settings are given (an empty `[tls]` \
                          trusts the built-in web roots)",
-                        crate::client::display_address(a)
+                        display_url(a)
                     )));
                 }
             }
@@ -249,24 +252,16 @@ impl fmt::Debug for ConsulConfig {
                 &self
                     .addresses
                     .iter()
-                    .map(|a| crate::client::display_address(a))
+                    .map(|a| display_url(a))
                     .collect::<Vec<_>>(),
             )
-            .field("token", &self.token.as_ref().map(|_| Hidden))
+            .field("token", &self.token)
             .field("datacenter", &self.datacenter)
             .field("tls", &self.tls)
             .field("lock_delay", &self.lock_delay)
             .field("connect_timeout", &self.connect_timeout)
             .field("request_timeout", &self.request_timeout)
             .finish()
-    }
-}
-
-struct Hidden;
-
-impl fmt::Debug for Hidden {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<hidden>")
     }
 }
 
@@ -313,15 +308,6 @@ impl fmt::Debug for ConsulTlsConfig {
     }
 }
 
-/// Reads a PEM source, naming what it is in the error.
-pub(crate) fn load_pem(source: &PemSource, what: &'static str) -> Result<Vec<u8>, ConsulError> {
-    source.read().map_err(|source_err| ConsulError::TlsFile {
-        what,
-        path: source.path().map(Path::to_path_buf).unwrap_or_default(),
-        source: source_err,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -340,7 +326,7 @@ mod tests {
         assert!(!d.contains("hunter2"), "{d}");
         assert!(!d.contains("SECRETKEY"), "{d}");
         assert!(!d.contains("user:pw"), "{d}");
-        assert!(d.contains("<hidden>") && d.contains("/ca.pem"), "{d}");
+        assert!(d.contains("<redacted>") && d.contains("/ca.pem"), "{d}");
     }
 
     #[test]
@@ -375,7 +361,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.addresses.len(), 2);
-        assert_eq!(c.token.as_deref(), Some("t0k3n"));
+        assert_eq!(c.token.as_ref().map(Secret::expose), Some("t0k3n"));
         assert_eq!(c.lock_delay, Duration::from_secs(1));
         assert_eq!(c.request_timeout, Duration::from_millis(1500));
         assert_eq!(c.connect_timeout, Duration::from_secs(3));

@@ -65,6 +65,7 @@ use constructr_core::coordination::{
     Registry, WaitOutcome,
 };
 use constructr_core::entry;
+use constructr_core::plumbing::spawn_background;
 use constructr_core::{ClusterId, Epoch, NodeId, Scope, Settings, SettingsError};
 use rand::Rng as _;
 
@@ -179,13 +180,11 @@ impl ConsulCoordination {
     fn destroy_in_background(&self, session: String) {
         let client = self.client.clone();
         // Without a runtime (a future dropped outside one) the session simply expires.
-        if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            handle.spawn(async move {
-                if let Err(e) = client.session_destroy(&session).await {
-                    tracing::debug!(error = %e, "could not destroy an unused Consul session");
-                }
-            });
-        }
+        spawn_background(async move {
+            if let Err(e) = client.session_destroy(&session).await {
+                tracing::debug!(error = %e, "could not destroy an unused Consul session");
+            }
+        });
     }
 
     async fn create_session(

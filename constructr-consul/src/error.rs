@@ -1,6 +1,5 @@
 //! `ConsulError`: what can go wrong talking to Consul, and how it maps to [`CoordinationError`].
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use constructr_core::CoordinationError;
@@ -20,16 +19,8 @@ pub enum ConsulError {
         message: String,
     },
     /// A TLS file could not be read.
-    #[error("cannot read the TLS {what} file {path}")]
-    TlsFile {
-        /// `CA certificate`, `client certificate` or `client key`.
-        what: &'static str,
-        /// The configured path.
-        path: PathBuf,
-        /// The I/O error.
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    TlsFile(#[from] constructr_core::tls::PemError),
     /// TLS material could not be parsed, or the HTTP client could not be built with it.
     #[error("unusable TLS {what}")]
     Tls {

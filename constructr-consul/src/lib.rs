@@ -40,5 +40,6 @@ pub mod error;
 pub use config::{
     ConsulConfig, ConsulTlsConfig, MAX_SESSION_TTL, MIN_SESSION_TTL, PemSource, validate_settings,
 };
+pub use constructr_core::plumbing::Secret;
 pub use coordination::{ConsulCoordination, session_ttl_secs};
 pub use error::ConsulError;

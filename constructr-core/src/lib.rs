@@ -12,9 +12,10 @@
 //! - [`Coordination`] and [`Cluster`]: the traits a backend and a cluster runtime implement.
 //! - [`memory::MemoryCoordination`] and [`local::LocalCluster`]: in-process implementations
 //!   for tests, demos and single-process deployments.
-//! - [`sim`]: deterministic simulation of many nodes with faults on virtual time.
+//! - [`sim`] (feature `sim`): deterministic simulation of many nodes with faults on virtual time.
 //! - [`driver`] (feature `tokio`): runs a machine against real backends.
 //! - [`conformance`] (feature `conformance`): the checks every backend must pass.
+//! - [`plumbing`] (feature `plumbing`): what network drivers share (secrets, failover).
 #![deny(missing_docs)]
 
 pub mod cluster;
@@ -25,7 +26,10 @@ pub mod machine;
 pub mod memory;
 pub mod node;
 mod notify;
+#[cfg(feature = "plumbing")]
+pub mod plumbing;
 pub mod settings;
+#[cfg(feature = "sim")]
 pub mod sim;
 pub mod tls;
 

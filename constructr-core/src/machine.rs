@@ -303,7 +303,9 @@ impl std::fmt::Display for Event {
     }
 }
 
-/// Test-only switches that remove a safety mechanism, to show the tests catch its absence.
+/// Test-only switches that remove a safety mechanism, to show the tests catch its absence
+/// (feature `mutations`; never in a default build).
+#[cfg(feature = "mutations")]
 #[doc(hidden)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Mutations {
@@ -514,6 +516,7 @@ pub struct Machine {
     failures: Streak,
     /// Failed joins in a row (a registration resets it).
     join_failures: Streak,
+    #[cfg(feature = "mutations")]
     mutations: Mutations,
     actions: VecDeque<Action>,
     events: VecDeque<Event>,
@@ -532,6 +535,7 @@ impl std::hash::Hash for Machine {
         self.next_attempt.hash(state);
         self.failures.hash(state);
         self.join_failures.hash(state);
+        #[cfg(feature = "mutations")]
         self.mutations.hash(state);
         self.actions.hash(state);
         self.events.hash(state);
@@ -570,6 +574,7 @@ impl Machine {
             next_attempt: 0,
             failures: Streak::default(),
             join_failures: Streak::default(),
+            #[cfg(feature = "mutations")]
             mutations: Mutations::default(),
             actions: VecDeque::new(),
             events: VecDeque::new(),
@@ -578,6 +583,7 @@ impl Machine {
         Ok(m)
     }
 
+    #[cfg(feature = "mutations")]
     #[doc(hidden)]
     pub fn set_mutations(&mut self, mutations: Mutations) {
         self.mutations = mutations;
@@ -760,6 +766,7 @@ impl Machine {
             (P::GettingNodes { grace }, I::Nodes(registry)) => {
                 self.on_nodes(now, registry, grace, None)
             }
+            #[cfg(feature = "mutations")]
             (P::Locking { epoch_version, .. }, I::Lock(LockOutcome::Acquired(lock)))
                 if self.mutations.skip_reread_after_lock =>
             {

@@ -49,3 +49,34 @@ impl fmt::Debug for PemSource {
         }
     }
 }
+
+/// A PEM source that could not be read, naming what it was for.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot read the TLS {what} {}", match .path { Some(p) => format!("file {}", p.display()), None => "(inline PEM)".to_owned() })]
+pub struct PemError {
+    /// `CA certificate`, `client certificate` or `client key`.
+    pub what: &'static str,
+    /// The configured file (none for inline PEM).
+    pub path: Option<PathBuf>,
+    /// The I/O error.
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// Reads a PEM source; the error names `what` it is (`"CA certificate"`, ...) and the file.
+///
+/// ```
+/// use constructr_core::tls::{load_pem, PemSource};
+///
+/// let pem = load_pem(&PemSource::Pem("-----BEGIN CERTIFICATE-----".into()), "CA certificate");
+/// assert!(pem.unwrap().starts_with(b"-----BEGIN"));
+/// let missing = load_pem(&PemSource::File("/no/such/ca.pem".into()), "CA certificate");
+/// assert_eq!(missing.unwrap_err().to_string(), "cannot read the TLS CA certificate file /no/such/ca.pem");
+/// ```
+pub fn load_pem(source: &PemSource, what: &'static str) -> Result<Vec<u8>, PemError> {
+    source.read().map_err(|e| PemError {
+        what,
+        path: source.path().map(Path::to_path_buf),
+        source: e,
+    })
+}

@@ -14,9 +14,11 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use constructr_core::plumbing::{Failover, display_url, spawn_background};
+use constructr_core::tls::load_pem;
 use etcd_client::{
     Certificate, Client, ConnectOptions, GetOptions, GetResponse, Identity, KeyValue, TlsOptions,
     Txn, TxnResponse, WatchOptions, WatchStream,
@@ -30,19 +32,6 @@ use crate::error::EtcdError;
 /// noticed. etcd answers pings more frequent than `--grpc-keepalive-min-time` (5 s by
 /// default) with GOAWAY.
 const HTTP2_KEEP_ALIVE: Duration = Duration::from_secs(10);
-
-/// An endpoint URL without user info (`https://user:pw@host` → `https://host`).
-pub(crate) fn display_endpoint(url: &str) -> String {
-    let (scheme, rest) = match url.find("://") {
-        Some(i) => (&url[..i + 3], &url[i + 3..]),
-        None => ("", url),
-    };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => format!("{scheme}{}", &rest[at + 1..]),
-        None => url.to_owned(),
-    }
-}
 
 struct Endpoint {
     url: String,
@@ -60,11 +49,10 @@ pub(crate) struct Ticket {
 
 /// The etcd connections of one backend value. Never `Debug`: its options hold the password.
 pub(crate) struct EtcdClient {
-    endpoints: Vec<Endpoint>,
+    endpoints: Failover<Endpoint>,
     options: ConnectOptions,
     connect_timeout: Duration,
     request_timeout: Duration,
-    current: AtomicUsize,
     generations: AtomicU64,
 }
 
@@ -81,20 +69,17 @@ impl EtcdClient {
             // etcd's simple tokens expire (5 min by default): re-authenticate when they do.
             .with_auto_token_refresh(true);
         if let (Some(user), Some(password)) = (&config.user, &config.password) {
-            options = options.with_user(user.clone(), password.clone());
+            options = options.with_user(user.clone(), password.expose());
         }
         if let Some(tls) = &config.tls {
             let mut t = TlsOptions::new();
             if let Some(ca) = &tls.ca {
-                t = t.ca_certificate(Certificate::from_pem(crate::config::load_pem(
-                    ca,
-                    "CA certificate",
-                )?));
+                t = t.ca_certificate(Certificate::from_pem(load_pem(ca, "CA certificate")?));
             }
             if let (Some(cert), Some(key)) = (&tls.cert, &tls.key) {
                 t = t.identity(Identity::from_pem(
-                    crate::config::load_pem(cert, "client certificate")?,
-                    crate::config::load_pem(key, "client key")?,
+                    load_pem(cert, "client certificate")?,
+                    load_pem(key, "client key")?,
                 ));
             }
             if let Some(name) = &tls.domain_name {
@@ -107,23 +92,24 @@ impl EtcdClient {
             .iter()
             .map(|url| Endpoint {
                 url: url.trim().to_owned(),
-                shown: display_endpoint(url.trim()),
+                shown: display_url(url),
                 slot: Mutex::new(None),
             })
             .collect();
+        let endpoints = Failover::new(endpoints)
+            .ok_or_else(|| EtcdError::config("at least one endpoint is required"))?;
         Ok(Self {
             endpoints,
             options,
             connect_timeout: config.connect_timeout,
             request_timeout: config.request_timeout,
-            current: AtomicUsize::new(0),
             generations: AtomicU64::new(0),
         })
     }
 
     /// The connected client of endpoint `index`, connecting (and authenticating) if needed.
     async fn connected(&self, index: usize) -> Result<(Ticket, Client), EtcdError> {
-        let ep = &self.endpoints[index];
+        let ep = &self.endpoints.endpoints()[index];
         let mut slot = ep.slot.lock().await;
         if let Some((generation, client)) = &*slot {
             return Ok((
@@ -158,61 +144,55 @@ impl EtcdClient {
     /// Drops the connection that served `ticket` (if it is still the current one of its
     /// endpoint) and moves on to the next endpoint.
     pub(crate) async fn report_failure(&self, ticket: Ticket, error: &EtcdError) {
-        let ep = &self.endpoints[ticket.index];
+        self.drop_connection(ticket, error).await;
+        self.endpoints.failed(ticket.index);
+    }
+
+    /// Drops the connection that served `ticket` if it is still its endpoint's, so the
+    /// endpoint's next use reconnects (an etcd that restarted under an open connection).
+    async fn drop_connection(&self, ticket: Ticket, error: &EtcdError) {
+        let ep = &self.endpoints.endpoints()[ticket.index];
         tracing::debug!(endpoint = %ep.shown, %error, "etcd endpoint failed");
-        {
-            let mut slot = ep.slot.lock().await;
-            if matches!(&*slot, Some((g, _)) if *g == ticket.generation) {
-                *slot = None;
-            }
+        let mut slot = ep.slot.lock().await;
+        if matches!(&*slot, Some((g, _)) if *g == ticket.generation) {
+            *slot = None;
         }
-        self.advance_from(ticket.index);
     }
 
-    fn advance_from(&self, index: usize) {
-        let next = (index + 1) % self.endpoints.len();
-        let _ = self
-            .current
-            .compare_exchange(index, next, Ordering::Relaxed, Ordering::Relaxed);
-    }
-
-    /// Runs `request` against the current endpoint, then each following one while the
-    /// failure is transient. Each try is bounded by the request timeout.
-    async fn call<T, F, Fut>(&self, mut request: F) -> Result<(Ticket, T), EtcdError>
+    /// Runs `request` under the shared failover policy
+    /// ([`constructr_core::plumbing`]): the current endpoint first, then each following one
+    /// while the failure is transient. Each try is bounded by the request timeout; a
+    /// connection whose request failed is dropped, so the endpoint's next use reconnects.
+    async fn call<T, F, Fut>(&self, request: F) -> Result<(Ticket, T), EtcdError>
     where
-        F: FnMut(Client) -> Fut,
+        F: Fn(Client) -> Fut,
         Fut: Future<Output = Result<T, etcd_client::Error>>,
     {
-        let n = self.endpoints.len();
-        let start = self.current.load(Ordering::Relaxed) % n;
-        let mut last = None;
-        for i in 0..n {
-            let index = (start + i) % n;
-            let shown = &self.endpoints[index].shown;
-            let (ticket, client) = match self.connected(index).await {
-                Ok(c) => c,
-                Err(e) if e.is_endpoint_failure() => {
-                    tracing::debug!(endpoint = %shown, error = %e, "cannot connect to etcd endpoint");
-                    self.advance_from(index);
-                    last = Some(e);
-                    continue;
-                }
-                Err(e) => return Err(e),
-            };
-            let result = match tokio::time::timeout(self.request_timeout, request(client)).await {
-                Ok(Ok(v)) => return Ok((ticket, v)),
-                Ok(Err(e)) => EtcdError::classify(shown, e),
-                Err(_) => EtcdError::Timeout {
-                    endpoint: shown.clone(),
+        self.endpoints
+            .run(
+                |index, ep| {
+                    let request = &request;
+                    async move {
+                        let (ticket, client) = self.connected(index).await?;
+                        let result =
+                            match tokio::time::timeout(self.request_timeout, request(client)).await
+                            {
+                                Ok(Ok(v)) => return Ok((ticket, v)),
+                                Ok(Err(e)) => EtcdError::classify(&ep.shown, e),
+                                Err(_) => EtcdError::Timeout {
+                                    endpoint: ep.shown.clone(),
+                                },
+                            };
+                        if result.is_endpoint_failure() {
+                            // The policy moves the current endpoint on.
+                            self.drop_connection(ticket, &result).await;
+                        }
+                        Err(result)
+                    }
                 },
-            };
-            if !result.is_endpoint_failure() {
-                return Err(result);
-            }
-            self.report_failure(ticket, &result).await;
-            last = Some(result);
-        }
-        Err(last.expect("at least one endpoint"))
+                EtcdError::is_endpoint_failure,
+            )
+            .await
     }
 
     /// A linearizable range read of every key under `prefix`.
@@ -291,7 +271,7 @@ impl EtcdClient {
     /// this fails the lease expires with its TTL anyway.
     pub(crate) fn revoke_in_background(self: &Arc<Self>, id: i64) {
         let this = self.clone();
-        tokio::spawn(async move {
+        spawn_background(async move {
             if let Err(e) = this.revoke(id).await {
                 tracing::debug!(lease = id, error = %e, "could not revoke an unused lease; it expires by itself");
             }
@@ -334,7 +314,7 @@ impl EtcdClient {
 
     /// The endpoint a ticket refers to, for messages.
     pub(crate) fn endpoint_of(&self, ticket: Ticket) -> &str {
-        &self.endpoints[ticket.index].shown
+        &self.endpoints.endpoints()[ticket.index].shown
     }
 }
 
@@ -346,14 +326,6 @@ fn is_lease_not_found(s: &tonic::Status) -> bool {
 mod tests {
     use super::*;
 
-    #[test]
-    fn endpoints_are_shown_without_user_info() {
-        assert_eq!(display_endpoint("https://u:p@h:2379"), "https://h:2379");
-        assert_eq!(display_endpoint("u:p@h:2379"), "h:2379");
-        assert_eq!(display_endpoint("http://h:2379/x@y"), "http://h:2379/x@y");
-        assert_eq!(display_endpoint("h:2379"), "h:2379");
-    }
-
     /// Connection refused on every endpoint: the error names the last one and is retryable.
     #[tokio::test]
     async fn all_endpoints_down_is_unavailable() {
@@ -364,6 +336,6 @@ mod tests {
         let e = c.get("/x").await.unwrap_err();
         assert!(e.is_retryable(), "{e:?}");
         // Both endpoints were tried: the current one moved past both.
-        assert_eq!(c.current.load(Ordering::Relaxed), 0);
+        assert_eq!(c.endpoints.current_index(), 0);
     }
 }

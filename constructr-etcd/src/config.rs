@@ -4,9 +4,9 @@
 //! [`Scope`](constructr_core::Scope) (`key-prefix` + `cluster-name` in the node settings).
 
 use std::fmt;
-use std::path::Path;
 use std::time::Duration;
 
+use constructr_core::plumbing::{Secret, display_url};
 pub use constructr_core::tls::PemSource;
 use serde::{Deserialize, Serialize};
 
@@ -44,7 +44,7 @@ pub struct EtcdConfig {
     pub user: Option<String>,
     /// Password of `user`. Never serialized, never shown by `Debug`.
     #[serde(skip_serializing)]
-    pub password: Option<String>,
+    pub password: Option<Secret>,
     /// TLS (rustls): CA certificate and an optional client certificate and key.
     pub tls: Option<EtcdTlsConfig>,
 }
@@ -76,7 +76,7 @@ impl EtcdConfig {
     }
 
     /// Authenticates as `user` with `password`.
-    pub fn with_user(mut self, user: impl Into<String>, password: impl Into<String>) -> Self {
+    pub fn with_user(mut self, user: impl Into<String>, password: impl Into<Secret>) -> Self {
         self.user = Some(user.into());
         self.password = Some(password.into());
         self
@@ -129,7 +129,7 @@ impl EtcdConfig {
                 if let Some(e) = self.endpoints.iter().find(|e| e.starts_with("http://")) {
                     return Err(EtcdError::config(format!(
                         "TLS is configured but endpoint {} uses http://",
-                        crate::client::display_endpoint(e)
+                        display_url(e)
                     )));
                 }
                 if tls.cert.is_some() != tls.key.is_some() {
@@ -142,7 +142,7 @@ impl EtcdConfig {
                 if let Some(e) = self.endpoints.iter().find(|e| e.starts_with("https://")) {
                     return Err(EtcdError::config(format!(
                         "endpoint {} uses https:// but no TLS settings (at least `ca`) are given",
-                        crate::client::display_endpoint(e)
+                        display_url(e)
                     )));
                 }
             }
@@ -159,23 +159,15 @@ impl fmt::Debug for EtcdConfig {
                 &self
                     .endpoints
                     .iter()
-                    .map(|e| crate::client::display_endpoint(e))
+                    .map(|e| display_url(e))
                     .collect::<Vec<_>>(),
             )
             .field("connect_timeout", &self.connect_timeout)
             .field("request_timeout", &self.request_timeout)
             .field("user", &self.user)
-            .field("password", &self.password.as_ref().map(|_| Hidden))
+            .field("password", &self.password)
             .field("tls", &self.tls)
             .finish()
-    }
-}
-
-struct Hidden;
-
-impl fmt::Debug for Hidden {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<hidden>")
     }
 }
 
@@ -228,15 +220,6 @@ impl fmt::Debug for EtcdTlsConfig {
             .field("domain_name", &self.domain_name)
             .finish()
     }
-}
-
-/// Reads a PEM source, naming what it is in the error.
-pub(crate) fn load_pem(source: &PemSource, what: &'static str) -> Result<Vec<u8>, EtcdError> {
-    source.read().map_err(|source_err| EtcdError::TlsFile {
-        what,
-        path: source.path().map(Path::to_path_buf).unwrap_or_default(),
-        source: source_err,
-    })
 }
 
 #[cfg(test)]

@@ -1,7 +1,5 @@
 //! `EtcdError`: what can go wrong talking to etcd, and how it maps to [`CoordinationError`].
 
-use std::path::PathBuf;
-
 use constructr_core::CoordinationError;
 
 /// An error of the etcd backend.
@@ -20,16 +18,8 @@ pub enum EtcdError {
         message: String,
     },
     /// A TLS file could not be read.
-    #[error("cannot read the TLS {what} file {path}")]
-    TlsFile {
-        /// `CA certificate`, `client certificate` or `client key`.
-        what: &'static str,
-        /// The configured path.
-        path: PathBuf,
-        /// The I/O error.
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    TlsFile(#[from] constructr_core::tls::PemError),
     /// The endpoint could not be reached, or answered with a transient failure (no leader,
     /// request timed out inside etcd, a stream that broke off). Retrying may help.
     #[error("etcd endpoint {endpoint} unavailable: {detail}")]

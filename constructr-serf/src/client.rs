@@ -695,7 +695,14 @@ impl SerfClient {
             check_reply("handshake", reply)?;
             if let Some(key) = &self.inner.config.auth_key {
                 let reply = self
-                    .send_on(&conn, "auth", Some(&wire::Auth { auth_key: key }), false)
+                    .send_on(
+                        &conn,
+                        "auth",
+                        Some(&wire::Auth {
+                            auth_key: key.expose(),
+                        }),
+                        false,
+                    )
                     .await?;
                 check_reply("auth", reply)?;
             }
@@ -993,12 +1000,9 @@ impl Conn {
                 p.insert(seq, Waiter::Discard);
             }
         }
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
         let conn = self.clone();
         let client = client.clone();
-        rt.spawn(async move {
+        constructr_core::plumbing::spawn_background(async move {
             let _ = tokio::time::timeout(
                 client.inner.config.request_timeout,
                 client.send_on(&conn, "stop", Some(&wire::Stop { stop: seq }), false),

@@ -4,6 +4,7 @@
 use std::fmt;
 use std::time::Duration;
 
+use constructr_core::plumbing::Secret;
 use serde::{Deserialize, Serialize};
 
 use crate::error::SerfError;
@@ -29,7 +30,7 @@ pub struct SerfConfig {
     pub rpc_addr: String,
     /// The agent's RPC auth key (`serf agent -rpc-auth`). Never serialized nor shown.
     #[serde(skip_serializing)]
-    pub auth_key: Option<String>,
+    pub auth_key: Option<Secret>,
     /// Maximum time to connect, handshake and authenticate. Default 3 s.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
@@ -76,7 +77,7 @@ impl SerfConfig {
     }
 
     /// Authenticates with this RPC auth key.
-    pub fn with_auth_key(mut self, key: impl Into<String>) -> Self {
+    pub fn with_auth_key(mut self, key: impl Into<Secret>) -> Self {
         self.auth_key = Some(key.into());
         self
     }
@@ -131,7 +132,7 @@ impl fmt::Debug for SerfConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SerfConfig")
             .field("rpc_addr", &self.rpc_addr)
-            .field("auth_key", &self.auth_key.as_ref().map(|_| "<hidden>"))
+            .field("auth_key", &self.auth_key)
             .field("connect_timeout", &self.connect_timeout)
             .field("request_timeout", &self.request_timeout)
             .field("reconnect_min", &self.reconnect_min)
