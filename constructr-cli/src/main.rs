@@ -6,6 +6,7 @@ mod counting;
 mod demo;
 mod node;
 mod nodes;
+mod serf;
 mod settings;
 mod sim;
 
@@ -68,9 +69,9 @@ enum Command {
     Node(node::NodeArgs),
     /// Serf event handler: forwards one Serf event (env + stdin) to the bridge. Use as
     /// `serf agent -event-handler "constructr serf-handler --bridge http://127.0.0.1:8888"`.
-    SerfHandler(constructr::serf::handler::HandlerArgs),
+    SerfHandler(serf::HandlerArgs),
     /// Serf bridge: the handler's REST API, typed events, the membership view per datacenter.
-    SerfBridge(constructr::serf::bridge::BridgeArgs),
+    SerfBridge(serf::BridgeArgs),
     /// Model-check the real state machine: every interleaving of 1-4 nodes with up to K
     /// faults, each safety and liveness property's verdict, counterexamples as traces.
     Check(check::CheckArgs),
@@ -105,8 +106,8 @@ fn main() -> ExitCode {
     // The Serf commands run before any logging is set up: a query handler's stderr would
     // become part of the query's response.
     match &cli.command {
-        Command::SerfHandler(args) => return constructr::serf::handler::main(args),
-        Command::SerfBridge(args) => return constructr::serf::bridge::run(args),
+        Command::SerfHandler(args) => return serf::run_handler(args),
+        Command::SerfBridge(args) => return serf::run_bridge(args),
         _ => {}
     }
     let _ = tracing_subscriber::fmt()

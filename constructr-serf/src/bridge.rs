@@ -27,8 +27,6 @@
 //! receiver unsubscribes.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
-use std::process::ExitCode;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -647,99 +645,6 @@ async fn dc_members(
     Path(dc): Path<String>,
 ) -> axum::Json<Vec<MemberView>> {
     axum::Json(b.members_in(&dc))
-}
-
-// ---------------------------------------------------------------------------------------
-// The stand-alone server of `constructr serf-bridge`.
-
-/// Options of `constructr serf-bridge`.
-#[derive(Clone, Debug, PartialEq, Eq, clap::Args)]
-#[non_exhaustive]
-pub struct BridgeArgs {
-    /// Address to listen on.
-    #[arg(long, default_value = "127.0.0.1:8888", value_name = "ADDR")]
-    pub listen: SocketAddr,
-    /// Name of the tag that holds a member's datacenter.
-    #[arg(long, default_value = "dc", value_name = "TAG")]
-    pub dc_tag: String,
-    /// How long a query waits for an answer.
-    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration, value_name = "DURATION")]
-    pub query_timeout: Duration,
-    /// Largest accepted request body.
-    #[arg(long, default_value_t = 64 * 1024, value_name = "BYTES")]
-    pub body_limit: usize,
-    /// Do not print events to stdout.
-    #[arg(long)]
-    pub quiet: bool,
-}
-
-/// Runs a stand-alone bridge until SIGINT/SIGTERM: serves the endpoints and the membership
-/// view, and prints every event as one JSON line to stdout (unless `--quiet`). With no
-/// application attached, queries are not answered (504 after `--query-timeout`, so the
-/// node sends no response). Builds its own tokio runtime: call it from `main`, not from
-/// inside a runtime.
-pub fn run(args: &BridgeArgs) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("constructr serf-bridge: cannot start a runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    rt.block_on(async {
-        let config = BridgeConfig {
-            dc_tag: args.dc_tag.clone(),
-            query_timeout: args.query_timeout,
-            body_limit: args.body_limit,
-            ..BridgeConfig::default()
-        };
-        let bridge = Bridge::new(config);
-        if !args.quiet {
-            let mut events = bridge.subscribe();
-            tokio::spawn(async move {
-                while let Some(e) = events.recv().await {
-                    println!("{}", event_json(&e));
-                }
-            });
-        }
-        let listener = match tokio::net::TcpListener::bind(args.listen).await {
-            Ok(l) => l,
-            Err(e) => {
-                eprintln!(
-                    "constructr serf-bridge: cannot listen on {}: {e}",
-                    args.listen
-                );
-                return ExitCode::FAILURE;
-            }
-        };
-        eprintln!("constructr serf-bridge: listening on {}", args.listen);
-        match bridge.serve(listener, shutdown_signal()).await {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("constructr serf-bridge: {e}");
-                ExitCode::FAILURE
-            }
-        }
-    })
-}
-
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-            return;
-        }
-    }
-    let _ = tokio::signal::ctrl_c().await;
 }
 
 /// An event as one JSON object (what `constructr serf-bridge` prints).

@@ -37,7 +37,6 @@
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::process::ExitCode;
 use std::time::Duration;
 
 use crate::client::MemberEventKind;
@@ -46,39 +45,28 @@ use crate::protocol::{self, HandlerEvent, HandlerInput, MemberInfo};
 /// Framing and node name Serf adds to a query response, kept free of the payload budget.
 const QUERY_RESPONSE_OVERHEAD: usize = 64;
 
-/// Options of `constructr serf-handler`.
-#[derive(Clone, Debug, PartialEq, Eq, clap::Args)]
+/// Options of the handler (`constructr serf-handler` parses them from its arguments).
+#[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
-pub struct HandlerArgs {
-    /// Base URL of the bridge.
-    #[arg(
-        long,
-        env = "CONSTRUCTR_SERF_BRIDGE",
-        default_value = "http://127.0.0.1:8888",
-        value_name = "URL"
-    )]
+pub struct HandlerConfig {
+    /// Base URL of the bridge. Default `http://127.0.0.1:8888`.
     pub bridge: String,
-    /// Name of the tag that holds a member's datacenter.
-    #[arg(long, default_value = "dc", value_name = "TAG")]
+    /// Name of the tag that holds a member's datacenter. Default `dc`.
     pub dc_tag: String,
-    /// Datacenter of members without the dc tag.
-    #[arg(long, default_value = "default", value_name = "DC")]
+    /// Datacenter of members without the dc tag. Default `default`.
     pub default_dc: String,
-    /// Timeout of one request to the bridge.
-    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    /// Timeout of one request to the bridge. Default 5 s.
     pub timeout: Duration,
-    /// Retries of a request that failed with a connection error, timeout or 5xx.
-    #[arg(long, default_value_t = 2, value_name = "N")]
+    /// Retries of a request that failed with a connection error, timeout or 5xx. Default 2.
     pub retries: u32,
-    /// Delay before a retry.
-    #[arg(long, default_value = "200ms", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    /// Delay before a retry. Default 200 ms.
     pub retry_delay: Duration,
     /// The agent's `query_response_size_limit` (bytes of the whole response message).
-    #[arg(long, default_value_t = 1024, value_name = "BYTES")]
+    /// Default 1024.
     pub query_response_limit: usize,
 }
 
-impl Default for HandlerArgs {
+impl Default for HandlerConfig {
     fn default() -> Self {
         Self {
             bridge: "http://127.0.0.1:8888".into(),
@@ -92,7 +80,7 @@ impl Default for HandlerArgs {
     }
 }
 
-impl HandlerArgs {
+impl HandlerConfig {
     /// Options for a bridge at this base URL, with the defaults otherwise.
     pub fn new(bridge: impl Into<String>) -> Self {
         Self {
@@ -137,16 +125,16 @@ pub fn encode_segment(s: &str) -> String {
     out
 }
 
-fn dc_of<'a>(tags: &'a BTreeMap<String, String>, args: &'a HandlerArgs) -> &'a str {
-    tags.get(&args.dc_tag)
+fn dc_of<'a>(tags: &'a BTreeMap<String, String>, config: &'a HandlerConfig) -> &'a str {
+    tags.get(&config.dc_tag)
         .map(String::as_str)
         .filter(|dc| !dc.is_empty())
-        .unwrap_or(&args.default_dc)
+        .unwrap_or(&config.default_dc)
 }
 
-fn member_request(kind: MemberEventKind, m: &MemberInfo, args: &HandlerArgs) -> BridgeRequest {
+fn member_request(kind: MemberEventKind, m: &MemberInfo, config: &HandlerConfig) -> BridgeRequest {
     use reqwest::Method;
-    let dc = encode_segment(dc_of(&m.tags, args));
+    let dc = encode_segment(dc_of(&m.tags, config));
     let name = encode_segment(&m.name);
     let (method, path) = match kind {
         MemberEventKind::Join => (Method::POST, format!("/dc/{dc}/members")),
@@ -165,19 +153,19 @@ fn member_request(kind: MemberEventKind, m: &MemberInfo, args: &HandlerArgs) -> 
 }
 
 /// The requests one invocation turns into, in order.
-pub fn requests(input: &HandlerInput, args: &HandlerArgs) -> Vec<BridgeRequest> {
+pub fn requests(input: &HandlerInput, config: &HandlerConfig) -> Vec<BridgeRequest> {
     let own_dc = || {
         encode_segment(
             input
-                .self_tag(&args.dc_tag)
+                .self_tag(&config.dc_tag)
                 .filter(|dc| !dc.is_empty())
-                .unwrap_or(&args.default_dc),
+                .unwrap_or(&config.default_dc),
         )
     };
     match &input.event {
         HandlerEvent::Members { kind, members } => members
             .iter()
-            .map(|m| member_request(*kind, m, args))
+            .map(|m| member_request(*kind, m, config))
             .collect(),
         HandlerEvent::User {
             name,
@@ -217,31 +205,31 @@ pub fn query_response_budget(limit: usize, self_name: &str) -> usize {
     limit.saturating_sub(QUERY_RESPONSE_OVERHEAD + self_name.len())
 }
 
-/// Runs the handler on the process's real stdin, environment, stdout and stderr.
-pub fn main(args: &HandlerArgs) -> ExitCode {
+/// Runs the handler on the process's real stdin, environment, stdout and stderr; returns
+/// the exit code for Serf ([`EXIT_OK`], [`EXIT_FORWARD_FAILED`], [`EXIT_MALFORMED`]).
+pub fn run_on_process_io(config: &HandlerConfig) -> u8 {
     let mut stdin = Vec::new();
     if let Err(e) = std::io::stdin().read_to_end(&mut stdin) {
         eprintln!("constructr serf-handler: cannot read stdin: {e}");
-        return ExitCode::from(EXIT_MALFORMED);
+        return EXIT_MALFORMED;
     }
     // Non-UTF-8 variables are not Serf's; skip them rather than fail.
     let env = std::env::vars_os()
         .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
-    let code = run_from_env(
-        args,
+    run_from_env(
+        config,
         &stdin,
         env,
         &mut std::io::stdout().lock(),
         &mut std::io::stderr().lock(),
-    );
-    ExitCode::from(code)
+    )
 }
 
 /// Runs the handler on the given input; returns the exit code ([`EXIT_OK`],
 /// [`EXIT_FORWARD_FAILED`], [`EXIT_MALFORMED`]). Must not be called from within a tokio
 /// runtime (it runs its own, single-threaded).
 pub fn run_from_env<I, K, V>(
-    args: &HandlerArgs,
+    config: &HandlerConfig,
     stdin: &[u8],
     env: I,
     stdout: &mut dyn Write,
@@ -262,7 +250,7 @@ where
             return EXIT_MALFORMED;
         }
     };
-    let base = args.bridge.trim_end_matches('/');
+    let base = config.bridge.trim_end_matches('/');
     if !(base.starts_with("http://") || base.starts_with("https://")) {
         let _ = writeln!(
             stderr,
@@ -284,8 +272,8 @@ where
         }
     };
     let client = match reqwest::Client::builder()
-        .timeout(args.timeout)
-        .connect_timeout(args.timeout)
+        .timeout(config.timeout)
+        .connect_timeout(config.timeout)
         .build()
     {
         Ok(c) => c,
@@ -297,11 +285,12 @@ where
             return EXIT_FORWARD_FAILED;
         }
     };
-    for req in requests(&input, args) {
-        match rt.block_on(forward(&client, base, &req, args)) {
+    for req in requests(&input, config) {
+        match rt.block_on(forward(&client, base, &req, config)) {
             Ok(answer) => {
                 if req.is_query {
-                    let budget = query_response_budget(args.query_response_limit, &input.self_name);
+                    let budget =
+                        query_response_budget(config.query_response_limit, &input.self_name);
                     let answer = &answer[..answer.len().min(budget)];
                     if stdout
                         .write_all(answer)
@@ -329,7 +318,7 @@ async fn forward(
     client: &reqwest::Client,
     base: &str,
     req: &BridgeRequest,
-    args: &HandlerArgs,
+    config: &HandlerConfig,
 ) -> Result<Vec<u8>, String> {
     let url = format!("{base}{}", req.path);
     let mut attempt = 0;
@@ -370,14 +359,14 @@ async fn forward(
             }
             Err(e) => constructr_core::error_chain(&e),
         };
-        if attempt >= args.retries {
+        if attempt >= config.retries {
             return Err(format!(
                 "{retryable_error} (after {} attempts)",
                 attempt + 1
             ));
         }
         attempt += 1;
-        tokio::time::sleep(args.retry_delay).await;
+        tokio::time::sleep(config.retry_delay).await;
     }
 }
 
@@ -397,7 +386,7 @@ mod tests {
 
     #[test]
     fn maps_every_event_type() {
-        let args = HandlerArgs::default();
+        let config = HandlerConfig::default();
         let line = b"n 1\t10.0.0.1\tweb\tdc=eu/1,role=web\n";
         let cases = [
             ("member-join", "POST", "/dc/eu%2F1/members"),
@@ -411,7 +400,7 @@ mod tests {
             ),
         ];
         for (event, method, path) in cases {
-            let r = requests(&input(event, line, &[]), &args);
+            let r = requests(&input(event, line, &[]), &config);
             assert_eq!(r.len(), 1);
             assert_eq!(r[0].method.as_str(), method, "{event}");
             assert_eq!(r[0].path, path, "{event}");
@@ -429,7 +418,7 @@ mod tests {
                     ("SERF_TAG_DC", "dc1"),
                 ],
             ),
-            &args,
+            &config,
         );
         assert_eq!(r[0].path, "/dc/dc1/events/deploy?ltime=3");
         assert_eq!(r[0].body, b"payload");
@@ -439,7 +428,7 @@ mod tests {
                 b"",
                 &[("SERF_QUERY_NAME", "load"), ("SERF_QUERY_LTIME", "9")],
             ),
-            &args,
+            &config,
         );
         assert_eq!(r[0].path, "/dc/default/queries/load?ltime=9");
         assert!(r[0].is_query);
@@ -447,10 +436,10 @@ mod tests {
 
     #[test]
     fn members_without_the_dc_tag_go_to_the_default_dc() {
-        let args = HandlerArgs {
+        let config = HandlerConfig {
             dc_tag: "zone".into(),
             default_dc: "main".into(),
-            ..HandlerArgs::default()
+            ..HandlerConfig::default()
         };
         let r = requests(
             &input(
@@ -458,7 +447,7 @@ mod tests {
                 b"a\t1.1.1.1\t\t\nb\t1.1.1.2\t\tzone=z2\n",
                 &[],
             ),
-            &args,
+            &config,
         );
         assert_eq!(r[0].path, "/dc/main/members");
         assert_eq!(r[1].path, "/dc/z2/members");
@@ -469,9 +458,9 @@ mod tests {
         let mut out = Vec::new();
         let mut err = Vec::new();
         // The bridge URL points nowhere: any forwarding attempt would show as exit 1.
-        let args = HandlerArgs::new("http://127.0.0.1:1");
+        let config = HandlerConfig::new("http://127.0.0.1:1");
         let code = run_from_env(
-            &args,
+            &config,
             b"a\t1.1.1.1\t\t\nbroken line\n",
             [("SERF_EVENT", "member-join"), ("SERF_SELF_NAME", "a")],
             &mut out,
@@ -490,13 +479,13 @@ mod tests {
     fn unreachable_bridge_exits_1_after_retries() {
         let mut out = Vec::new();
         let mut err = Vec::new();
-        let args = HandlerArgs {
+        let config = HandlerConfig {
             retries: 1,
             retry_delay: Duration::from_millis(10),
-            ..HandlerArgs::new("http://127.0.0.1:1")
+            ..HandlerConfig::new("http://127.0.0.1:1")
         };
         let code = run_from_env(
-            &args,
+            &config,
             b"a\t1.1.1.1\t\t\n",
             [("SERF_EVENT", "member-join"), ("SERF_SELF_NAME", "a")],
             &mut out,

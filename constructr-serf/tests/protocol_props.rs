@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use constructr_serf::MemberEventKind;
-use constructr_serf::handler::{HandlerArgs, requests};
+use constructr_serf::handler::{HandlerConfig, requests};
 use constructr_serf::protocol::{
     HandlerEvent, MemberInfo, format_member_line, parse_env, sanitize_tag_name,
 };
@@ -106,7 +106,7 @@ proptest! {
         env.extend(extra);
         if let Ok(input) = parse_env(env, &stdin) {
             // Whatever parses also maps to requests without panicking.
-            let _ = requests(&input, &HandlerArgs::default());
+            let _ = requests(&input, &HandlerConfig::default());
         }
     }
 

@@ -2,13 +2,15 @@
 //! in-process bridge: join, update, leave, failure, user event, query, members without tags
 //! and tag values with spaces, commas and `=`.
 
+// The Serf agents harness of constructr-serf's own tests (std only).
+#[path = "../../constructr-serf/tests/support/mod.rs"]
 mod support;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use constructr_serf::bridge::{Bridge, BridgeConfig, BridgeEvent, MemberState};
-use constructr_serf::{QueryParams, QueryRecord, SerfClient, SerfConfig};
+use constructr::serf::bridge::{Bridge, BridgeConfig, BridgeEvent, MemberState};
+use constructr::serf::{QueryParams, QueryRecord, SerfClient, SerfConfig};
 use support::{Agent, AgentOptions};
 use tokio::sync::mpsc;
 
@@ -41,7 +43,7 @@ fn member_event<'a>(
     e: &'a BridgeEvent,
     kind: &str,
     name: &str,
-) -> Option<(&'a str, &'a constructr_serf::protocol::MemberInfo)> {
+) -> Option<(&'a str, &'a constructr::serf::protocol::MemberInfo)> {
     let (k, dc, m) = match e {
         BridgeEvent::MemberJoined { dc, member } => ("joined", dc, member),
         BridgeEvent::MemberUpdated { dc, member } => ("updated", dc, member),
@@ -65,8 +67,8 @@ async fn three_agents_with_the_handler_and_the_bridge() {
     tokio::spawn(bridge.clone().serve(listener, std::future::pending()));
 
     let handler = format!(
-        "{} --bridge {bridge_url} --timeout 3s",
-        env!("CARGO_BIN_EXE_constructr-serf-handler")
+        "{} serf-handler --bridge {bridge_url} --timeout 3s",
+        env!("CARGO_BIN_EXE_constructr")
     );
     let a1 = Agent::start(
         &bin,
@@ -252,8 +254,8 @@ async fn three_agents_with_the_handler_and_the_bridge() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_handler_process_refuses_malformed_input() {
     // No agent needed: run the handler binary the way Serf does, with broken input.
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_constructr-serf-handler"))
-        .args(["--bridge", "http://127.0.0.1:1"])
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_constructr"))
+        .args(["serf-handler", "--bridge", "http://127.0.0.1:1"])
         .env("SERF_EVENT", "member-fail")
         .env("SERF_SELF_NAME", "x")
         .stdin(std::process::Stdio::null())

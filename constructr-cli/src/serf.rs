@@ -1,0 +1,140 @@
+//! `constructr serf-handler` and `constructr serf-bridge`: their arguments and process exit
+//! codes. The handler and the bridge themselves live in `constructr-serf`.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use constructr::serf::bridge::{Bridge, BridgeConfig, event_json};
+use constructr::serf::handler::{self, HandlerConfig};
+
+/// Options of `constructr serf-handler`.
+#[derive(Clone, Debug, PartialEq, Eq, clap::Args)]
+pub struct HandlerArgs {
+    /// Base URL of the bridge.
+    #[arg(
+        long,
+        env = "CONSTRUCTR_SERF_BRIDGE",
+        default_value = "http://127.0.0.1:8888",
+        value_name = "URL"
+    )]
+    pub bridge: String,
+    /// Name of the tag that holds a member's datacenter.
+    #[arg(long, default_value = "dc", value_name = "TAG")]
+    pub dc_tag: String,
+    /// Datacenter of members without the dc tag.
+    #[arg(long, default_value = "default", value_name = "DC")]
+    pub default_dc: String,
+    /// Timeout of one request to the bridge.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub timeout: Duration,
+    /// Retries of a request that failed with a connection error, timeout or 5xx.
+    #[arg(long, default_value_t = 2, value_name = "N")]
+    pub retries: u32,
+    /// Delay before a retry.
+    #[arg(long, default_value = "200ms", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub retry_delay: Duration,
+    /// The agent's `query_response_size_limit` (bytes of the whole response message).
+    #[arg(long, default_value_t = 1024, value_name = "BYTES")]
+    pub query_response_limit: usize,
+}
+
+impl HandlerArgs {
+    fn config(&self) -> HandlerConfig {
+        let mut c = HandlerConfig::new(self.bridge.clone());
+        c.dc_tag = self.dc_tag.clone();
+        c.default_dc = self.default_dc.clone();
+        c.timeout = self.timeout;
+        c.retries = self.retries;
+        c.retry_delay = self.retry_delay;
+        c.query_response_limit = self.query_response_limit;
+        c
+    }
+}
+
+/// Runs the handler on this process's stdin and environment; the exit code tells Serf
+/// whether the event was forwarded (0), could not be (1) or was malformed (2).
+pub fn run_handler(args: &HandlerArgs) -> ExitCode {
+    ExitCode::from(handler::run_on_process_io(&args.config()))
+}
+
+/// Options of `constructr serf-bridge`.
+#[derive(Clone, Debug, PartialEq, Eq, clap::Args)]
+pub struct BridgeArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8888", value_name = "ADDR")]
+    pub listen: SocketAddr,
+    /// Name of the tag that holds a member's datacenter.
+    #[arg(long, default_value = "dc", value_name = "TAG")]
+    pub dc_tag: String,
+    /// How long a query waits for an answer.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub query_timeout: Duration,
+    /// Largest accepted request body.
+    #[arg(long, default_value_t = 64 * 1024, value_name = "BYTES")]
+    pub body_limit: usize,
+    /// Do not print events to stdout.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// Runs a stand-alone bridge until SIGINT/SIGTERM: serves the endpoints and the membership
+/// view, and prints every event as one JSON line to stdout (unless `--quiet`). With no
+/// application attached, queries are not answered (504 after `--query-timeout`, so the
+/// node sends no response).
+pub fn run_bridge(args: &BridgeArgs) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("constructr serf-bridge: cannot start a runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async {
+        let config = BridgeConfig::default()
+            .with_dc_tag(args.dc_tag.clone())
+            .with_query_timeout(args.query_timeout)
+            .with_body_limit(args.body_limit);
+        let bridge = Bridge::new(config);
+        if !args.quiet {
+            let mut events = bridge.subscribe();
+            tokio::spawn(async move {
+                while let Some(e) = events.recv().await {
+                    println!("{}", event_json(&e));
+                }
+            });
+        }
+        let listener = match tokio::net::TcpListener::bind(args.listen).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!(
+                    "constructr serf-bridge: cannot listen on {}: {e}",
+                    args.listen
+                );
+                return ExitCode::FAILURE;
+            }
+        };
+        let mut signals = match crate::node::Signals::new() {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("constructr serf-bridge: cannot listen for signals: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        eprintln!("constructr serf-bridge: listening on {}", args.listen);
+        match bridge
+            .serve(listener, async move { signals.next().await })
+            .await
+        {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("constructr serf-bridge: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
