@@ -15,6 +15,8 @@
 //! - [`sim`] (feature `sim`): deterministic simulation of many nodes with faults on virtual time.
 //! - [`driver`] (feature `tokio`): runs a machine against real backends.
 //! - [`conformance`] (feature `conformance`): the checks every backend must pass.
+//! - [`scenarios`] (feature `scenarios`): whole nodes against a running service, the way
+//!   users break it; every backend runs them.
 //! - [`plumbing`] (feature `plumbing`): what network drivers share (secrets, failover).
 #![deny(missing_docs)]
 
@@ -37,6 +39,8 @@ pub mod tls;
 pub mod conformance;
 #[cfg(feature = "tokio")]
 pub mod driver;
+#[cfg(feature = "scenarios")]
+pub mod scenarios;
 
 pub use cluster::{Cluster, ClusterError, ClusterEvent};
 pub use coordination::{

@@ -129,11 +129,7 @@ pub fn split_image(image: &str) -> (String, String) {
     }
 }
 
-/// A cluster name unique to this test run: `{what}-{random}`.
-pub fn unique_cluster_name(what: &str) -> ClusterName {
-    let n: u32 = rand::random();
-    ClusterName::new(format!("{what}-{n:08x}")).expect("valid cluster name")
-}
+pub use constructr_core::scenarios::unique_cluster_name;
 
 /// Short settings for tests (validated): refresh 1 s, TTL 3 s, join timeout 5 s,
 /// coordination timeout 700 ms, one retry after 300 ms.
@@ -162,24 +158,7 @@ pub fn init_tracing() {
         .try_init();
 }
 
-/// Polls `check` every 100 ms until it returns `Some`, or panics with `what` after `timeout`.
-pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
+pub use constructr_core::scenarios::eventually;
 
 #[cfg(test)]
 mod tests {

@@ -194,3 +194,73 @@ impl Service {
         }
     }
 }
+
+/// A started service of a known [`Backend`], for the scenario suite of
+/// [`constructr_core::scenarios`].
+pub struct ScenarioService {
+    /// Which backend runs.
+    pub backend: Backend,
+    /// The running service.
+    pub service: Service,
+}
+
+impl ScenarioService {
+    /// Starts `backend` and waits until it serves requests.
+    pub async fn start(backend: Backend) -> Self {
+        Self {
+            backend,
+            service: Service::start(backend).await,
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl constructr_core::scenarios::ScenarioBackend for ScenarioService {
+    fn name(&self) -> String {
+        self.backend.name().to_owned()
+    }
+
+    fn coordination(&self) -> Arc<dyn Coordination> {
+        self.service.coordination()
+    }
+
+    /// The suite's defaults on etcd; on Consul, TTLs of at least Consul's minimum of 10 s:
+    /// refresh 5 s × ttl-factor 2, lock TTL = join timeout 8 s + 2 × 1 s.
+    fn settings(&self, cluster: constructr_core::ClusterName) -> constructr_core::Settings {
+        let mut s = crate::fast_settings(cluster);
+        if !self.backend.is_etcd() {
+            s.refresh_interval = Duration::from_secs(5);
+            s.ttl_factor = 2.0;
+            s.join_timeout = Duration::from_secs(8);
+            s.coordination_timeout = Duration::from_secs(1);
+            s.retry_delay = Duration::from_millis(500);
+        }
+        s
+    }
+
+    fn expiry_bound(&self, ttl: Duration) -> Duration {
+        self.service.expiry_bound(ttl)
+    }
+
+    async fn stop(&self) {
+        self.service.stop().await
+    }
+
+    async fn start_again(&self) {
+        self.service.start_again().await
+    }
+
+    fn keeps_data(&self) -> bool {
+        self.backend != Backend::Consul
+    }
+
+    async fn put_raw(&self, key: &str, value: &[u8]) {
+        match &self.service {
+            Service::Etcd(_) | Service::EtcdCluster(_) => {
+                let mut client = self.service.etcd_client().await;
+                client.put(key, value, None).await.expect("put a raw key");
+            }
+            Service::Consul(consul) => consul.raw().put(key.trim_start_matches('/'), value).await,
+        }
+    }
+}

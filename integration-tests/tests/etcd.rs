@@ -12,11 +12,11 @@ use constructr_core::conformance::{self, ConformanceBackend};
 use constructr_core::entry;
 use constructr_core::local::LocalCluster;
 use constructr_core::{
-    AddMode, AddOutcome, ClusterId, Coordination, CoordinationError, Event, Failure, LockOutcome,
-    NodeId, Scope, Settings, State, WaitOutcome,
+    AddMode, AddOutcome, Coordination, CoordinationError, Failure, LockOutcome, NodeId, Scope,
+    Settings, State, WaitOutcome,
 };
 use constructr_etcd::{EtcdConfig, EtcdCoordination, EtcdError, lease_ttl_secs};
-use etcd_client::{GetOptions, PutOptions};
+use etcd_client::PutOptions;
 use integration_tests::etcd::{EtcdCluster3, EtcdNode};
 use integration_tests::nodes::{
     all_registered, assert_one_cluster, node_id, registered_nodes, sorted_ids, spawn_nodes,
@@ -74,167 +74,6 @@ async fn conformance_suite_passes_against_real_etcd() {
         raw: node.client().await,
     };
     conformance::run_all(&backend).await;
-}
-
-#[tokio::test]
-async fn twenty_nodes_started_at_once_form_exactly_one_cluster() {
-    require_docker!();
-    init_tracing();
-    let node = EtcdNode::start().await;
-    let etcd = coordination(&node.config());
-    let settings = fast_settings(unique_cluster_name("twenty"));
-    let scope = settings.scope().unwrap();
-    let local = LocalCluster::new();
-
-    let start = Instant::now();
-    let handles = spawn_nodes(20, &settings, &etcd, &local);
-    all_registered(&handles, Duration::from_secs(30)).await;
-    println!(
-        "20 nodes against real etcd: all registered after {} ms",
-        start.elapsed().as_millis()
-    );
-
-    assert_one_cluster(&local, 20);
-    assert_eq!(registered_nodes(&etcd, &scope).await, sorted_ids(&handles));
-    // The layout an operator sees with `etcdctl get --prefix`.
-    let mut raw = node.client().await;
-    let keys = raw
-        .get(
-            entry::nodes_prefix(&scope),
-            Some(GetOptions::new().with_prefix().with_keys_only()),
-        )
-        .await
-        .unwrap();
-    assert_eq!(keys.kvs().len(), 20);
-    assert!(
-        keys.kvs()
-            .iter()
-            .all(|kv| kv.key_str().unwrap().starts_with("/constructr-it/twenty-"))
-    );
-    let epoch = raw.get(entry::epoch_key(&scope), None).await.unwrap();
-    assert_eq!(epoch.kvs().len(), 1, "the epoch marker is set");
-}
-
-#[tokio::test]
-async fn lock_holder_stopped_before_registering_lets_exactly_one_other_node_seed() {
-    require_docker!();
-    init_tracing();
-    let node = EtcdNode::start().await;
-    let etcd = coordination(&node.config());
-    let settings = fast_settings(unique_cluster_name("lock-holder"));
-    let scope = settings.scope().unwrap();
-    let local = LocalCluster::new();
-
-    // A node takes the lock and is never heard of again.
-    let ghost = NodeId::new("ghost.test:2552", 1);
-    let LockOutcome::Acquired(ghost_token) = etcd
-        .lock(&scope, &ghost, settings.lock_ttl())
-        .await
-        .unwrap()
-    else {
-        panic!("lock on a fresh scope");
-    };
-    let lock_lease = Duration::from_secs(lease_ttl_secs(settings.lock_ttl()) as u64);
-
-    let start = Instant::now();
-    let handles = spawn_nodes(5, &settings, &etcd, &local);
-    all_registered(&handles, lock_lease + Duration::from_secs(20)).await;
-    let elapsed = start.elapsed();
-    println!(
-        "lock TTL {:?} (lease {lock_lease:?}): 5 nodes registered after {} ms",
-        settings.lock_ttl(),
-        elapsed.as_millis()
-    );
-    assert!(
-        elapsed + Duration::from_millis(500) >= lock_lease,
-        "a node seeded while the ghost still held the lock ({elapsed:?})"
-    );
-    assert_one_cluster(&local, 5);
-    assert_eq!(registered_nodes(&etcd, &scope).await, sorted_ids(&handles));
-
-    // The ghost's late seeding is fenced off.
-    let r = etcd.get_nodes(&scope).await.unwrap();
-    let late = AddMode::Seed {
-        lock: ghost_token,
-        cluster: constructr_core::ClusterId(42),
-        expected_epoch_version: r.epoch.map(|e| e.version),
-    };
-    assert_eq!(
-        etcd.add_self(&scope, &ghost, Duration::from_secs(5), &late)
-            .await
-            .unwrap(),
-        AddOutcome::Refused
-    );
-}
-
-#[tokio::test]
-async fn aborted_node_entry_expires_within_ttl_plus_bound() {
-    require_docker!();
-    init_tracing();
-    let node = EtcdNode::start().await;
-    let etcd = coordination(&node.config());
-    let settings = fast_settings(unique_cluster_name("abort"));
-    let scope = settings.scope().unwrap();
-    let local = LocalCluster::new();
-    let handles = spawn_nodes(3, &settings, &etcd, &local);
-    all_registered(&handles, Duration::from_secs(20)).await;
-
-    let victim = handles[2].node().clone();
-    handles[2].abort();
-    let aborted = Instant::now();
-    let bound =
-        Duration::from_secs(lease_ttl_secs(settings.ttl()) as u64) + EtcdCoordination::EXPIRY_BOUND;
-    eventually(
-        bound + Duration::from_secs(5),
-        "the aborted node's entry expires",
-        || async { (!registered_nodes(&etcd, &scope).await.contains(&victim)).then_some(()) },
-    )
-    .await;
-    let gone_after = aborted.elapsed();
-    println!(
-        "aborted node's entry gone {} ms after the abort (TTL {:?}, stated bound TTL + {:?})",
-        gone_after.as_millis(),
-        settings.ttl(),
-        EtcdCoordination::EXPIRY_BOUND
-    );
-    assert!(
-        gone_after <= bound,
-        "entry outlived TTL + bound: {gone_after:?} > {bound:?}"
-    );
-    // The others keep refreshing.
-    assert_eq!(
-        registered_nodes(&etcd, &scope).await,
-        sorted_ids(&handles[..2])
-    );
-}
-
-#[tokio::test]
-async fn gracefully_shut_down_node_is_removed_at_once() {
-    require_docker!();
-    init_tracing();
-    let node = EtcdNode::start().await;
-    let etcd = coordination(&node.config());
-    let settings = fast_settings(unique_cluster_name("graceful"));
-    let scope = settings.scope().unwrap();
-    let local = LocalCluster::new();
-    let mut handles = spawn_nodes(3, &settings, &etcd, &local);
-    all_registered(&handles, Duration::from_secs(20)).await;
-
-    let leaving = handles.remove(0);
-    let id = leaving.node().clone();
-    leaving.shutdown();
-    let started = Instant::now();
-    tokio::time::timeout(Duration::from_secs(5), leaving.stopped())
-        .await
-        .expect("shutdown completes")
-        .expect("clean shutdown");
-    let took = started.elapsed();
-    // One read right after the shutdown returned: no waiting for a TTL.
-    let nodes = registered_nodes(&etcd, &scope).await;
-    assert!(!nodes.contains(&id), "entry still there after shutdown");
-    assert_eq!(nodes, sorted_ids(&handles));
-    assert_eq!(local.cluster_of(&id), None);
-    println!("graceful shutdown took {} ms", took.as_millis());
 }
 
 /// Settings that ride out an etcd election or restart of a few seconds: no retry count
@@ -302,76 +141,6 @@ async fn leader_killed_during_bootstrap_still_forms_one_cluster() {
         start.elapsed().as_millis()
     );
     assert_one_cluster(&local, 10);
-    assert_eq!(registered_nodes(&etcd, &scope).await, sorted_ids(&handles));
-}
-
-#[tokio::test]
-async fn etcd_restart_while_refreshing_recovers_without_rebootstrap() {
-    require_docker!();
-    init_tracing();
-    let node = EtcdNode::start().await;
-    let etcd = coordination(&node.config());
-    let settings = patient_settings("restart");
-    let scope = settings.scope().unwrap();
-    let local = LocalCluster::new();
-    let handles = spawn_nodes(3, &settings, &etcd, &local);
-    all_registered(&handles, Duration::from_secs(20)).await;
-    let mut events: Vec<_> = handles.iter().map(|h| h.events()).collect();
-
-    let down = Instant::now();
-    node.restart().await;
-    let downtime = down.elapsed();
-    // Events up to now happened while etcd was down (or before).
-    let mut seen = Vec::new();
-    for rx in &mut events {
-        while let Ok(e) = rx.try_recv() {
-            seen.push(e.event);
-        }
-    }
-
-    // Every node completes a refresh after etcd is back.
-    let mut refreshed = vec![false; handles.len()];
-    eventually(
-        Duration::from_secs(15),
-        "a refresh of every node after the restart",
-        || {
-            for (i, rx) in events.iter_mut().enumerate() {
-                while let Ok(e) = rx.try_recv() {
-                    if let Event::StateChanged {
-                        from: State::Refreshing,
-                        to: State::RefreshScheduled,
-                    } = e.event
-                    {
-                        refreshed[i] = true;
-                    }
-                    seen.push(e.event);
-                }
-            }
-            let done = refreshed.iter().all(|r| *r);
-            async move { done.then_some(()) }
-        },
-    )
-    .await;
-    println!(
-        "etcd down for {} ms; all nodes refreshed again; events: {} retries",
-        downtime.as_millis(),
-        seen.iter()
-            .filter(|e| matches!(e, Event::Retrying { .. }))
-            .count()
-    );
-    for e in &seen {
-        if let Event::StateChanged { to, .. } = e {
-            assert!(
-                !matches!(
-                    to,
-                    State::Resetting | State::GettingNodes | State::Locking | State::Failed
-                ),
-                "a node re-bootstrapped or failed: {seen:?}"
-            );
-        }
-    }
-    assert!(handles.iter().all(|h| h.state().is_registered()));
-    assert_one_cluster(&local, 3);
     assert_eq!(registered_nodes(&etcd, &scope).await, sorted_ids(&handles));
 }
 
@@ -444,47 +213,6 @@ async fn wait_for_change_from_a_compacted_revision_reports_changed() {
     .expect("a compacted start revision resolves at once")
     .unwrap();
     assert_eq!(out, WaitOutcome::Changed);
-}
-
-#[tokio::test]
-async fn garbage_keys_under_the_prefix_do_not_disturb_bootstrap() {
-    require_docker!();
-    init_tracing();
-    let node = EtcdNode::start().await;
-    let etcd = coordination(&node.config());
-    let settings = fast_settings(unique_cluster_name("garbage"));
-    let scope = settings.scope().unwrap();
-    let nodes = entry::nodes_prefix(&scope);
-    let mut raw = node.client().await;
-    for (k, v) in [
-        (format!("{nodes}not-base64!"), b"{\"address\":1}".to_vec()),
-        (
-            format!("{nodes}bm9kZS0wLnRlc3Q6MjU1Mg"),
-            b"\xff\xfe garbage".to_vec(),
-        ),
-        (
-            format!("{nodes}eHl6"),
-            br#"{"address":"10.9.9.9:1","incarnation":1}"#.to_vec(),
-        ),
-        (format!("{}/unrelated", scope.base()), b"hello".to_vec()),
-        (format!("{}/nodes", scope.base()), b"no slash".to_vec()),
-        // An epoch marker nobody can read must not block seeding forever.
-        (entry::epoch_key(&scope), b"not an epoch".to_vec()),
-    ] {
-        raw.put(k, v, None).await.unwrap();
-    }
-    let r = etcd
-        .get_nodes(&scope)
-        .await
-        .expect("garbage is not an error");
-    assert!(r.nodes.is_empty(), "{r:?}");
-    assert_eq!(r.epoch.map(|e| e.cluster), Some(ClusterId::UNREADABLE));
-
-    let local = LocalCluster::new();
-    let handles = spawn_nodes(5, &settings, &etcd, &local);
-    all_registered(&handles, Duration::from_secs(20)).await;
-    assert_one_cluster(&local, 5);
-    assert_eq!(registered_nodes(&etcd, &scope).await, sorted_ids(&handles));
 }
 
 #[tokio::test]
