@@ -9,7 +9,7 @@ use std::fmt;
 use std::time::Duration;
 
 use constructr_core::Settings;
-use constructr_core::plumbing::{Secret, display_url};
+use constructr_core::plumbing::{Secret, check_endpoints, display_url};
 pub use constructr_core::tls::PemSource;
 use serde::{Deserialize, Serialize};
 
@@ -141,17 +141,15 @@ impl ConsulConfig {
 
     /// Checks the rules that can be checked without I/O.
     pub fn validate(&self) -> Result<(), ConsulError> {
-        if self.addresses.is_empty() {
-            return Err(ConsulError::config("at least one address is required"));
-        }
-        if self.addresses.iter().any(|a| a.trim().is_empty()) {
-            return Err(ConsulError::config("an address is empty"));
-        }
-        if self.connect_timeout.is_zero() || self.request_timeout.is_zero() {
-            return Err(ConsulError::config(
-                "connect-timeout and request-timeout must be greater than zero",
-            ));
-        }
+        check_endpoints(
+            "address",
+            &self.addresses,
+            self.tls.is_some(),
+            "(an empty `[tls]` trusts the built-in web roots)",
+            self.connect_timeout,
+            self.request_timeout,
+        )
+        .map_err(ConsulError::config)?;
         if self.lock_delay > Duration::from_secs(60) {
             return Err(ConsulError::config(
                 "lock-delay must be at most 60s (Consul's maximum)",
@@ -177,37 +175,12 @@ impl ConsulConfig {
                 "datacenter must be a non-empty name of letters, digits, `-`, `_` and `.`",
             ));
         }
-        match &self.tls {
-            Some(tls) => {
-                if let Some(a) = self
-                    .addresses
-                    .iter()
-                    .find(|a| a.trim().starts_with("http://"))
-                {
-                    return Err(ConsulError::config(format!(
-                        "TLS is configured but address {} uses http://",
-                        display_url(a)
-                    )));
-                }
-                if tls.cert.is_some() != tls.key.is_some() {
-                    return Err(ConsulError::config(
-                        "TLS client cert and key must be given together",
-                    ));
-                }
-            }
-            None => {
-                if let Some(a) = self
-                    .addresses
-                    .iter()
-                    .find(|a| a.trim().starts_with("https://"))
-                {
-                    return Err(ConsulError::config(format!(
-                        "address {} uses https:// but no TLS settings are given (an empty `[tls]` \
-                         trusts the built-in web roots)",
-                        display_url(a)
-                    )));
-                }
-            }
+        if let Some(tls) = &self.tls
+            && tls.cert.is_some() != tls.key.is_some()
+        {
+            return Err(ConsulError::config(
+                "TLS client cert and key must be given together",
+            ));
         }
         Ok(())
     }

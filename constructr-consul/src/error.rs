@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use constructr_core::CoordinationError;
+use constructr_core::coordination::ErrorKind;
 
 /// An error of the Consul backend.
 ///
@@ -162,26 +163,18 @@ fn short(body: &str) -> String {
 }
 
 impl From<ConsulError> for CoordinationError {
-    /// The message is the whole chain (the state machine keeps only messages); the
-    /// `ConsulError` stays available as the source.
+    /// The message is the whole chain; the `ConsulError` stays available as the source.
     fn from(e: ConsulError) -> Self {
-        let message = constructr_core::error_chain(&e);
-        match e {
-            ConsulError::Timeout { .. } => CoordinationError::Timeout,
-            ConsulError::Unavailable { .. } => CoordinationError::Unavailable {
-                message,
-                source: Some(Box::new(e)),
-            },
-            ConsulError::Unauthorized { .. } => CoordinationError::Unauthorized { message },
-            ConsulError::Config { .. } | ConsulError::UnsupportedTtl { .. } => {
-                CoordinationError::Invalid { message }
-            }
-            ConsulError::Rejected { status: 400, .. } => CoordinationError::Invalid { message },
-            _ => CoordinationError::Permanent {
-                message,
-                source: Some(Box::new(e)),
-            },
-        }
+        let kind = match &e {
+            ConsulError::Timeout { .. } => ErrorKind::Timeout,
+            ConsulError::Unavailable { .. } => ErrorKind::Unavailable,
+            ConsulError::Unauthorized { .. } => ErrorKind::Unauthorized,
+            ConsulError::Config { .. }
+            | ConsulError::UnsupportedTtl { .. }
+            | ConsulError::Rejected { status: 400, .. } => ErrorKind::Invalid,
+            _ => ErrorKind::Permanent,
+        };
+        CoordinationError::of_kind(kind, e)
     }
 }
 

@@ -137,7 +137,67 @@ pub enum CoordinationError {
     },
 }
 
+/// The kinds of [`CoordinationError`], for matching on what went wrong and for drivers
+/// that map their own errors onto it ([`CoordinationError::of_kind`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// [`CoordinationError::Unavailable`]: transient.
+    Unavailable,
+    /// [`CoordinationError::Timeout`]: transient.
+    Timeout,
+    /// [`CoordinationError::Unauthorized`]: permanent.
+    Unauthorized,
+    /// [`CoordinationError::Invalid`]: permanent.
+    Invalid,
+    /// [`CoordinationError::Permanent`]: permanent.
+    Permanent,
+}
+
 impl CoordinationError {
+    /// A driver's `error` as the coordination error of `kind`. The message is the error's
+    /// whole chain ([`error_chain`]: the state machine keeps messages, not error values);
+    /// `Unavailable` and `Permanent` keep the error as their source.
+    ///
+    /// ```
+    /// use constructr_core::{CoordinationError, coordination::ErrorKind};
+    ///
+    /// let io = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+    /// let e = CoordinationError::of_kind(ErrorKind::Unavailable, io);
+    /// assert!(e.is_retryable());
+    /// assert_eq!(e.kind(), ErrorKind::Unavailable);
+    /// ```
+    pub fn of_kind<E>(kind: ErrorKind, error: E) -> Self
+    where
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        let message = error_chain(&error);
+        match kind {
+            ErrorKind::Unavailable => Self::Unavailable {
+                message,
+                source: Some(Box::new(error)),
+            },
+            ErrorKind::Timeout => Self::Timeout,
+            ErrorKind::Unauthorized => Self::Unauthorized { message },
+            ErrorKind::Invalid => Self::Invalid { message },
+            ErrorKind::Permanent => Self::Permanent {
+                message,
+                source: Some(Box::new(error)),
+            },
+        }
+    }
+
+    /// Which kind of error this is.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Self::Unavailable { .. } => ErrorKind::Unavailable,
+            Self::Timeout => ErrorKind::Timeout,
+            Self::Unauthorized { .. } => ErrorKind::Unauthorized,
+            Self::Invalid { .. } => ErrorKind::Invalid,
+            Self::Permanent { .. } => ErrorKind::Permanent,
+        }
+    }
+
     /// A transient error with a message.
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self::Unavailable {

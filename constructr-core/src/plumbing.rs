@@ -126,6 +126,59 @@ pub fn display_url(url: &str) -> String {
     }
 }
 
+/// Checks a driver's endpoint list and timeouts without I/O; the message says which rule
+/// is broken (the driver wraps it in its configuration error). `noun` names an entry
+/// (`endpoint`, `address`); `tls` says whether TLS settings are given; `tls_hint` ends the
+/// message for an `https://` entry without them.
+///
+/// Rules: at least one entry, none empty, both timeouts above zero, no `http://` entry with
+/// TLS and no `https://` entry without it (entries are shown without user info).
+///
+/// ```
+/// use std::time::Duration;
+/// use constructr_core::plumbing::check_endpoints;
+///
+/// let s = Duration::from_secs(1);
+/// assert!(check_endpoints("endpoint", &["http://a:2379".into()], false, "", s, s).is_ok());
+/// let e = check_endpoints("endpoint", &["https://u:pw@a:2379".into()], false, "(set `ca`)", s, s);
+/// assert_eq!(e.unwrap_err(), "endpoint https://a:2379 uses https:// but no TLS settings are given (set `ca`)");
+/// ```
+pub fn check_endpoints(
+    noun: &str,
+    endpoints: &[String],
+    tls: bool,
+    tls_hint: &str,
+    connect_timeout: std::time::Duration,
+    request_timeout: std::time::Duration,
+) -> Result<(), String> {
+    if endpoints.is_empty() {
+        return Err(format!("at least one {noun} is required"));
+    }
+    if endpoints.iter().any(|e| e.trim().is_empty()) {
+        return Err(format!("an {noun} is empty"));
+    }
+    if connect_timeout.is_zero() || request_timeout.is_zero() {
+        return Err("connect-timeout and request-timeout must be greater than zero".into());
+    }
+    let scheme = |s: &str| endpoints.iter().find(|e| e.trim().starts_with(s));
+    if tls {
+        if let Some(e) = scheme("http://") {
+            return Err(format!(
+                "TLS is configured but {noun} {} uses http://",
+                display_url(e)
+            ));
+        }
+    } else if let Some(e) = scheme("https://") {
+        return Err(format!(
+            "{noun} {} uses https:// but no TLS settings are given {tls_hint}",
+            display_url(e)
+        )
+        .trim_end()
+        .to_owned());
+    }
+    Ok(())
+}
+
 /// A non-empty list of endpoints of one service and which of them is current, with the
 /// failover policy of this module's documentation.
 #[derive(Debug)]

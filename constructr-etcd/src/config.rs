@@ -6,7 +6,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use constructr_core::plumbing::{Secret, display_url};
+use constructr_core::plumbing::{Secret, check_endpoints, display_url};
 pub use constructr_core::tls::PemSource;
 use serde::{Deserialize, Serialize};
 
@@ -102,17 +102,15 @@ impl EtcdConfig {
 
     /// Checks the rules that can be checked without I/O.
     pub fn validate(&self) -> Result<(), EtcdError> {
-        if self.endpoints.is_empty() {
-            return Err(EtcdError::config("at least one endpoint is required"));
-        }
-        if self.endpoints.iter().any(|e| e.trim().is_empty()) {
-            return Err(EtcdError::config("an endpoint is empty"));
-        }
-        if self.connect_timeout.is_zero() || self.request_timeout.is_zero() {
-            return Err(EtcdError::config(
-                "connect-timeout and request-timeout must be greater than zero",
-            ));
-        }
+        check_endpoints(
+            "endpoint",
+            &self.endpoints,
+            self.tls.is_some(),
+            "(at least `ca`)",
+            self.connect_timeout,
+            self.request_timeout,
+        )
+        .map_err(EtcdError::config)?;
         match (&self.user, &self.password) {
             (Some(u), Some(_)) if u.is_empty() => {
                 return Err(EtcdError::config("user must not be empty"));
@@ -124,28 +122,12 @@ impl EtcdConfig {
             }
             _ => {}
         }
-        match &self.tls {
-            Some(tls) => {
-                if let Some(e) = self.endpoints.iter().find(|e| e.starts_with("http://")) {
-                    return Err(EtcdError::config(format!(
-                        "TLS is configured but endpoint {} uses http://",
-                        display_url(e)
-                    )));
-                }
-                if tls.cert.is_some() != tls.key.is_some() {
-                    return Err(EtcdError::config(
-                        "TLS client cert and key must be given together",
-                    ));
-                }
-            }
-            None => {
-                if let Some(e) = self.endpoints.iter().find(|e| e.starts_with("https://")) {
-                    return Err(EtcdError::config(format!(
-                        "endpoint {} uses https:// but no TLS settings (at least `ca`) are given",
-                        display_url(e)
-                    )));
-                }
-            }
+        if let Some(tls) = &self.tls
+            && tls.cert.is_some() != tls.key.is_some()
+        {
+            return Err(EtcdError::config(
+                "TLS client cert and key must be given together",
+            ));
         }
         Ok(())
     }

@@ -1,6 +1,7 @@
 //! `EtcdError`: what can go wrong talking to etcd, and how it maps to [`CoordinationError`].
 
 use constructr_core::CoordinationError;
+use constructr_core::coordination::ErrorKind;
 
 /// An error of the etcd backend.
 ///
@@ -152,23 +153,16 @@ fn classify_status(endpoint: String, status: &tonic::Status) -> EtcdError {
 }
 
 impl From<EtcdError> for CoordinationError {
-    /// The message is the whole chain (the state machine keeps only messages); the
-    /// `EtcdError` stays available as the source.
+    /// The message is the whole chain; the `EtcdError` stays available as the source.
     fn from(e: EtcdError) -> Self {
-        let message = constructr_core::error_chain(&e);
-        match e {
-            EtcdError::Timeout { .. } => CoordinationError::Timeout,
-            EtcdError::Unavailable { .. } => CoordinationError::Unavailable {
-                message,
-                source: Some(Box::new(e)),
-            },
-            EtcdError::Unauthorized { .. } => CoordinationError::Unauthorized { message },
-            EtcdError::Config { .. } => CoordinationError::Invalid { message },
-            _ => CoordinationError::Permanent {
-                message,
-                source: Some(Box::new(e)),
-            },
-        }
+        let kind = match &e {
+            EtcdError::Timeout { .. } => ErrorKind::Timeout,
+            EtcdError::Unavailable { .. } => ErrorKind::Unavailable,
+            EtcdError::Unauthorized { .. } => ErrorKind::Unauthorized,
+            EtcdError::Config { .. } => ErrorKind::Invalid,
+            _ => ErrorKind::Permanent,
+        };
+        CoordinationError::of_kind(kind, e)
     }
 }
 

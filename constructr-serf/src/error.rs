@@ -1,6 +1,7 @@
 //! `SerfError`: what can go wrong talking to a Serf agent, and how it maps to [`CoordinationError`].
 
 use constructr_core::CoordinationError;
+use constructr_core::coordination::ErrorKind;
 
 /// An error of the Serf RPC client or the Serf backend.
 ///
@@ -93,23 +94,16 @@ impl SerfError {
 }
 
 impl From<SerfError> for CoordinationError {
+    /// The message is the whole chain; the `SerfError` stays available as the source.
     fn from(e: SerfError) -> Self {
-        let message = constructr_core::error_chain(&e);
-        match e {
-            SerfError::Timeout { .. } => CoordinationError::Timeout,
-            SerfError::Io { .. } | SerfError::ConnectionClosed { .. } => {
-                CoordinationError::Unavailable {
-                    message,
-                    source: Some(Box::new(e)),
-                }
-            }
-            SerfError::Unauthorized { .. } => CoordinationError::Unauthorized { message },
-            SerfError::Config { .. } => CoordinationError::Invalid { message },
-            _ => CoordinationError::Permanent {
-                message,
-                source: Some(Box::new(e)),
-            },
-        }
+        let kind = match &e {
+            SerfError::Timeout { .. } => ErrorKind::Timeout,
+            SerfError::Io { .. } | SerfError::ConnectionClosed { .. } => ErrorKind::Unavailable,
+            SerfError::Unauthorized { .. } => ErrorKind::Unauthorized,
+            SerfError::Config { .. } => ErrorKind::Invalid,
+            _ => ErrorKind::Permanent,
+        };
+        CoordinationError::of_kind(kind, e)
     }
 }
 
