@@ -32,18 +32,15 @@ fn empty_registry_seeds_after_lock_and_reread_then_refreshes() {
         AttemptId(1),
         Reply::Nodes(Ok(registry(&[], epoch(OLD_CLUSTER, 4), 4))),
     );
-    assert_eq!(
-        events(&mut m),
-        vec![changed(State::GettingNodes, State::Locking)]
-    );
-    assert_eq!(
-        actions(&mut m),
+    expect_step(
+        &mut m,
+        vec![changed(State::GettingNodes, State::Locking)],
         vec![Action::Lock {
             attempt: AttemptId(2),
             ttl: settings().lock_ttl(),
-        }]
+        }],
+        Some(at(100) + COORDINATION_TIMEOUT),
     );
-    assert_eq!(m.poll_timeout(), Some(at(100) + COORDINATION_TIMEOUT));
 
     // Acquired: re-read before seeding.
     m.handle_reply(
@@ -51,12 +48,12 @@ fn empty_registry_seeds_after_lock_and_reread_then_refreshes() {
         AttemptId(2),
         Reply::Lock(Ok(LockOutcome::Acquired(token()))),
     );
-    assert_eq!(
-        events(&mut m),
-        vec![changed(State::Locking, State::VerifyingEmpty)]
+    expect_step(
+        &mut m,
+        vec![changed(State::Locking, State::VerifyingEmpty)],
+        vec![get_nodes(3)],
+        Some(at(200) + COORDINATION_TIMEOUT),
     );
-    assert_eq!(actions(&mut m), vec![get_nodes(3)]);
-    assert_eq!(m.poll_timeout(), Some(at(200) + COORDINATION_TIMEOUT));
 
     // Still empty (the marker moved on meanwhile): join self.
     m.handle_reply(
@@ -64,23 +61,20 @@ fn empty_registry_seeds_after_lock_and_reread_then_refreshes() {
         AttemptId(3),
         Reply::Nodes(Ok(registry(&[], epoch(OLD_CLUSTER, 9), 9))),
     );
-    assert_eq!(
-        events(&mut m),
-        vec![changed(State::VerifyingEmpty, State::Joining)]
+    expect_step(
+        &mut m,
+        vec![changed(State::VerifyingEmpty, State::Joining)],
+        vec![join(4, vec![me()])],
+        Some(at(300) + JOIN_TIMEOUT),
     );
-    assert_eq!(actions(&mut m), vec![join(4, vec![me()])]);
-    assert_eq!(m.poll_timeout(), Some(at(300) + JOIN_TIMEOUT));
     let cluster = m.cluster().expect("a seeding node knows its new cluster");
     assert_ne!(cluster, OLD_CLUSTER);
 
     // Member of its own cluster: the fenced registration, expecting the re-read's marker.
     m.handle_reply(at(400), AttemptId(4), Reply::Joined(Ok(())));
-    assert_eq!(
-        events(&mut m),
-        vec![changed(State::Joining, State::AddingSelf)]
-    );
-    assert_eq!(
-        actions(&mut m),
+    expect_step(
+        &mut m,
+        vec![changed(State::Joining, State::AddingSelf)],
         vec![Action::AddSelf {
             attempt: AttemptId(5),
             ttl: ttl(),
@@ -89,9 +83,9 @@ fn empty_registry_seeds_after_lock_and_reread_then_refreshes() {
                 cluster,
                 expected_epoch_version: Some(9),
             },
-        }]
+        }],
+        Some(at(400) + COORDINATION_TIMEOUT),
     );
-    assert_eq!(m.poll_timeout(), Some(at(400) + COORDINATION_TIMEOUT));
 
     m.handle_reply(at(500), AttemptId(5), Reply::AddSelf(Ok(AddOutcome::Added)));
     assert_eq!(
@@ -104,12 +98,12 @@ fn empty_registry_seeds_after_lock_and_reread_then_refreshes() {
     assert!(m.state().is_registered());
 
     m.handle_timeout(due);
-    assert_eq!(
-        events(&mut m),
-        vec![changed(State::RefreshScheduled, State::Refreshing)]
+    expect_step(
+        &mut m,
+        vec![changed(State::RefreshScheduled, State::Refreshing)],
+        vec![refresh(6)],
+        Some(due + COORDINATION_TIMEOUT),
     );
-    assert_eq!(actions(&mut m), vec![refresh(6)]);
-    assert_eq!(m.poll_timeout(), Some(due + COORDINATION_TIMEOUT));
 
     let later = due + Duration::from_millis(100);
     m.handle_reply(
@@ -117,12 +111,12 @@ fn empty_registry_seeds_after_lock_and_reread_then_refreshes() {
         AttemptId(6),
         Reply::Refresh(Ok(RefreshOutcome::Refreshed)),
     );
-    assert_eq!(
-        events(&mut m),
-        vec![changed(State::Refreshing, State::RefreshScheduled)]
+    expect_step(
+        &mut m,
+        vec![changed(State::Refreshing, State::RefreshScheduled)],
+        vec![],
+        Some(later + REFRESH_INTERVAL),
     );
-    assert_eq!(actions(&mut m), vec![]);
-    assert_eq!(m.poll_timeout(), Some(later + REFRESH_INTERVAL));
     assert_eq!(m.cluster(), Some(cluster));
 }
 
@@ -170,12 +164,12 @@ fn non_empty_registry_joins_the_others_without_own_stale_entry() {
             5,
         ))),
     );
-    assert_eq!(
-        events(&mut m),
-        vec![changed(State::GettingNodes, State::Joining)]
+    expect_step(
+        &mut m,
+        vec![changed(State::GettingNodes, State::Joining)],
+        vec![join(2, vec![node(2), node(3)])],
+        Some(at(100) + JOIN_TIMEOUT),
     );
-    assert_eq!(actions(&mut m), vec![join(2, vec![node(2), node(3)])]);
-    assert_eq!(m.poll_timeout(), Some(at(100) + JOIN_TIMEOUT));
     assert_eq!(m.cluster(), Some(THEIR_CLUSTER));
 
     m.handle_reply(at(200), AttemptId(2), Reply::Joined(Ok(())));
@@ -195,12 +189,12 @@ fn non_empty_registry_joins_the_others_without_own_stale_entry() {
     );
 
     m.handle_reply(at(300), AttemptId(3), Reply::AddSelf(Ok(AddOutcome::Added)));
-    assert_eq!(
-        events(&mut m),
-        vec![changed(State::AddingSelf, State::RefreshScheduled)]
+    expect_step(
+        &mut m,
+        vec![changed(State::AddingSelf, State::RefreshScheduled)],
+        vec![],
+        Some(at(300) + REFRESH_INTERVAL),
     );
-    assert_eq!(actions(&mut m), vec![]);
-    assert_eq!(m.poll_timeout(), Some(at(300) + REFRESH_INTERVAL));
 }
 
 #[test]

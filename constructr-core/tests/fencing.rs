@@ -44,12 +44,12 @@ fn refused_seed_registration_leaves_and_starts_over() {
     assert_eq!(m.poll_timeout(), Some(at(100) + COORDINATION_TIMEOUT));
 
     m.handle_reply(at(200), AttemptId(6), Reply::Left(Ok(())));
-    assert_eq!(
-        events(&mut m),
-        vec![changed(State::Resetting, State::GettingNodes)]
+    expect_step(
+        &mut m,
+        vec![changed(State::Resetting, State::GettingNodes)],
+        vec![get_nodes(7)],
+        Some(at(200) + COORDINATION_TIMEOUT),
     );
-    assert_eq!(actions(&mut m), vec![get_nodes(7)]);
-    assert_eq!(m.poll_timeout(), Some(at(200) + COORDINATION_TIMEOUT));
 
     // The node that took the lock over registered: join it, as a member.
     m.handle_reply(

@@ -87,9 +87,12 @@ fn abort_on_join_timeout_fails() {
     s.abort_on_join_timeout = true;
     let mut m = joining(s);
     m.handle_timeout(t0() + JOIN_TIMEOUT);
-    assert_eq!(events(&mut m), vec![changed(State::Joining, State::Failed)]);
-    assert_eq!(actions(&mut m), vec![]);
-    assert_eq!(m.poll_timeout(), None);
+    expect_step(
+        &mut m,
+        vec![changed(State::Joining, State::Failed)],
+        vec![],
+        None,
+    );
     assert_eq!(m.failure(), Some(&Failure::JoinTimeout));
 }
 
@@ -119,12 +122,12 @@ fn unrelated_cluster_events_do_not_move_the_join_deadline() {
 fn self_up_while_joining_counts_as_joined() {
     let mut m = joining(settings());
     m.handle_cluster_event(at(500), ClusterEvent::SelfUp);
-    assert_eq!(
-        events(&mut m),
-        vec![changed(State::Joining, State::AddingSelf)]
+    expect_step(
+        &mut m,
+        vec![changed(State::Joining, State::AddingSelf)],
+        vec![add_self_as_member(3)],
+        Some(at(500) + COORDINATION_TIMEOUT),
     );
-    assert_eq!(actions(&mut m), vec![add_self_as_member(3)]);
-    assert_eq!(m.poll_timeout(), Some(at(500) + COORDINATION_TIMEOUT));
 
     // The join's own reply arriving afterwards is stale.
     m.handle_reply(at(600), AttemptId(2), Reply::Joined(Ok(())));
@@ -143,9 +146,7 @@ fn self_up_outside_joining_is_ignored() {
     let mut m = machine(settings());
     drive(&mut m, t0(), Script::Member, State::RefreshScheduled);
     m.handle_cluster_event(at(1), ClusterEvent::SelfUp);
-    assert_eq!(events(&mut m), vec![]);
-    assert_eq!(actions(&mut m), vec![]);
-    assert_eq!(m.poll_timeout(), Some(t0() + REFRESH_INTERVAL));
+    expect_step(&mut m, vec![], vec![], Some(t0() + REFRESH_INTERVAL));
 }
 
 #[test]

@@ -24,18 +24,15 @@ fn lose_lock_race(settings: constructr_core::Settings) -> Machine {
 #[test]
 fn held_by_other_waits_for_a_change_with_watch() {
     let mut m = lose_lock_race(settings());
-    assert_eq!(
-        events(&mut m),
-        vec![changed(State::Locking, State::WaitingForNodes)]
-    );
-    assert_eq!(
-        actions(&mut m),
+    expect_step(
+        &mut m,
+        vec![changed(State::Locking, State::WaitingForNodes)],
         vec![Action::WaitForChange {
             attempt: AttemptId(3),
             after: Some(4),
-        }]
+        }],
+        Some(at(200) + RETRY_DELAY),
     );
-    assert_eq!(m.poll_timeout(), Some(at(200) + RETRY_DELAY));
 }
 
 #[test]
@@ -43,12 +40,12 @@ fn held_by_other_only_polls_without_watch() {
     let mut s = settings();
     s.watch = false;
     let mut m = lose_lock_race(s);
-    assert_eq!(
-        events(&mut m),
-        vec![changed(State::Locking, State::WaitingForNodes)]
+    expect_step(
+        &mut m,
+        vec![changed(State::Locking, State::WaitingForNodes)],
+        vec![],
+        Some(at(200) + RETRY_DELAY),
     );
-    assert_eq!(actions(&mut m), vec![]);
-    assert_eq!(m.poll_timeout(), Some(at(200) + RETRY_DELAY));
 }
 
 #[test]
@@ -61,12 +58,12 @@ fn change_reply_rereads_the_nodes_at_once() {
         AttemptId(3),
         Reply::Changed(Ok(WaitOutcome::Changed)),
     );
-    assert_eq!(
-        events(&mut m),
-        vec![changed(State::WaitingForNodes, State::GettingNodes)]
+    expect_step(
+        &mut m,
+        vec![changed(State::WaitingForNodes, State::GettingNodes)],
+        vec![get_nodes(4)],
+        Some(at(300) + COORDINATION_TIMEOUT),
     );
-    assert_eq!(actions(&mut m), vec![get_nodes(4)]);
-    assert_eq!(m.poll_timeout(), Some(at(300) + COORDINATION_TIMEOUT));
 }
 
 #[test]
@@ -111,12 +108,12 @@ fn wait_timer_rereads_the_nodes() {
 
     let due = at(200) + RETRY_DELAY;
     m.handle_timeout(due);
-    assert_eq!(
-        events(&mut m),
-        vec![changed(State::WaitingForNodes, State::GettingNodes)]
+    expect_step(
+        &mut m,
+        vec![changed(State::WaitingForNodes, State::GettingNodes)],
+        vec![get_nodes(3)],
+        Some(due + COORDINATION_TIMEOUT),
     );
-    assert_eq!(actions(&mut m), vec![get_nodes(3)]);
-    assert_eq!(m.poll_timeout(), Some(due + COORDINATION_TIMEOUT));
 }
 
 #[test]

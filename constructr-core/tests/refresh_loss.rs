@@ -26,27 +26,24 @@ fn missing_entry_of_a_seed_is_added_again_as_member_of_its_cluster() {
         AttemptId(6),
         Reply::Refresh(Ok(RefreshOutcome::Missing)),
     );
-    assert_eq!(
-        events(&mut m),
-        vec![changed(State::Refreshing, State::AddingSelf)]
-    );
-    assert_eq!(
-        actions(&mut m),
+    expect_step(
+        &mut m,
+        vec![changed(State::Refreshing, State::AddingSelf)],
         vec![Action::AddSelf {
             attempt: AttemptId(7),
             ttl: ttl(),
             mode: AddMode::Join { cluster: Some(own) },
-        }]
+        }],
+        Some(now + COORDINATION_TIMEOUT),
     );
-    assert_eq!(m.poll_timeout(), Some(now + COORDINATION_TIMEOUT));
 
     m.handle_reply(now, AttemptId(7), Reply::AddSelf(Ok(AddOutcome::Added)));
-    assert_eq!(
-        events(&mut m),
-        vec![changed(State::AddingSelf, State::RefreshScheduled)]
+    expect_step(
+        &mut m,
+        vec![changed(State::AddingSelf, State::RefreshScheduled)],
+        vec![],
+        Some(now + REFRESH_INTERVAL),
     );
-    assert_eq!(actions(&mut m), vec![]);
-    assert_eq!(m.poll_timeout(), Some(now + REFRESH_INTERVAL));
     assert_eq!(m.cluster(), Some(own));
 }
 
@@ -109,10 +106,10 @@ fn refreshed_entry_schedules_the_next_refresh() {
         AttemptId(4),
         Reply::Refresh(Ok(RefreshOutcome::Refreshed)),
     );
-    assert_eq!(
-        events(&mut m),
-        vec![changed(State::Refreshing, State::RefreshScheduled)]
+    expect_step(
+        &mut m,
+        vec![changed(State::Refreshing, State::RefreshScheduled)],
+        vec![],
+        Some(now + REFRESH_INTERVAL),
     );
-    assert_eq!(actions(&mut m), vec![]);
-    assert_eq!(m.poll_timeout(), Some(now + REFRESH_INTERVAL));
 }

@@ -73,12 +73,12 @@ fn retryable_errors_are_retried_then_retries_exhausted_fails() {
     assert_eq!(a, get_nodes(3));
 
     m.handle_reply(now, AttemptId(3), Reply::Nodes(Err(unavailable())));
-    assert_eq!(
-        events(&mut m),
-        vec![changed(State::GettingNodes, State::Failed)]
+    expect_step(
+        &mut m,
+        vec![changed(State::GettingNodes, State::Failed)],
+        vec![],
+        None,
     );
-    assert_eq!(actions(&mut m), vec![]);
-    assert_eq!(m.poll_timeout(), None);
     assert!(m.state().is_terminal());
     assert_eq!(
         m.failure(),
@@ -165,12 +165,12 @@ fn retry_count_resets_after_each_success() {
 fn assert_fails_permanently_at_once(error: CoordinationError, summary: ErrorSummary) {
     let mut m = started(settings());
     m.handle_reply(at(100), AttemptId(1), Reply::Nodes(Err(error)));
-    assert_eq!(
-        events(&mut m),
-        vec![changed(State::GettingNodes, State::Failed)]
+    expect_step(
+        &mut m,
+        vec![changed(State::GettingNodes, State::Failed)],
+        vec![],
+        None,
     );
-    assert_eq!(actions(&mut m), vec![]);
-    assert_eq!(m.poll_timeout(), None);
     assert_eq!(
         m.failure(),
         Some(&Failure::Permanent {

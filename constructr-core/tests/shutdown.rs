@@ -15,28 +15,28 @@ fn registered() -> Machine {
 fn registered_node_leaves_removes_its_entry_and_stops() {
     let mut m = registered();
     m.shutdown(at(100));
-    assert_eq!(
-        events(&mut m),
-        vec![changed(State::RefreshScheduled, State::Leaving)]
+    expect_step(
+        &mut m,
+        vec![changed(State::RefreshScheduled, State::Leaving)],
+        vec![leave(4)],
+        Some(at(100) + COORDINATION_TIMEOUT),
     );
-    assert_eq!(actions(&mut m), vec![leave(4)]);
-    assert_eq!(m.poll_timeout(), Some(at(100) + COORDINATION_TIMEOUT));
 
     m.handle_reply(at(200), AttemptId(4), Reply::Left(Ok(())));
-    assert_eq!(
-        events(&mut m),
-        vec![changed(State::Leaving, State::RemovingSelf)]
+    expect_step(
+        &mut m,
+        vec![changed(State::Leaving, State::RemovingSelf)],
+        vec![remove_self(5)],
+        Some(at(200) + COORDINATION_TIMEOUT),
     );
-    assert_eq!(actions(&mut m), vec![remove_self(5)]);
-    assert_eq!(m.poll_timeout(), Some(at(200) + COORDINATION_TIMEOUT));
 
     m.handle_reply(at(300), AttemptId(5), Reply::RemoveSelf(Ok(())));
-    assert_eq!(
-        events(&mut m),
-        vec![changed(State::RemovingSelf, State::Stopped)]
+    expect_step(
+        &mut m,
+        vec![changed(State::RemovingSelf, State::Stopped)],
+        vec![],
+        None,
     );
-    assert_eq!(actions(&mut m), vec![]);
-    assert_eq!(m.poll_timeout(), None);
     assert!(m.state().is_terminal());
     assert_eq!(m.failure(), None);
 }
@@ -81,12 +81,12 @@ fn shutdown_while_adding_self_removes_the_possibly_written_entry() {
 fn shutdown_before_joining_stops_at_once() {
     let mut m = started(settings());
     m.shutdown(at(10));
-    assert_eq!(
-        events(&mut m),
-        vec![changed(State::GettingNodes, State::Stopped)]
+    expect_step(
+        &mut m,
+        vec![changed(State::GettingNodes, State::Stopped)],
+        vec![],
+        None,
     );
-    assert_eq!(actions(&mut m), vec![]);
-    assert_eq!(m.poll_timeout(), None);
     // Late replies change nothing.
     m.handle_reply(at(20), AttemptId(1), Reply::Nodes(Ok(empty(1))));
     m.handle_timeout(at(10) + COORDINATION_TIMEOUT);
@@ -128,12 +128,12 @@ fn shutdown_while_waiting_for_nodes_stops_at_once() {
     events(&mut m);
     actions(&mut m);
     m.shutdown(at(3));
-    assert_eq!(
-        events(&mut m),
-        vec![changed(State::WaitingForNodes, State::Stopped)]
+    expect_step(
+        &mut m,
+        vec![changed(State::WaitingForNodes, State::Stopped)],
+        vec![],
+        None,
     );
-    assert_eq!(actions(&mut m), vec![]);
-    assert_eq!(m.poll_timeout(), None);
     m.handle_reply(
         at(4),
         AttemptId(3),
@@ -159,12 +159,12 @@ fn shutdown_while_joining_leaves_without_removing() {
     assert_eq!(actions(&mut m), vec![]);
 
     m.handle_reply(at(200), AttemptId(3), Reply::Left(Ok(())));
-    assert_eq!(
-        events(&mut m),
-        vec![changed(State::Leaving, State::Stopped)]
+    expect_step(
+        &mut m,
+        vec![changed(State::Leaving, State::Stopped)],
+        vec![],
+        None,
     );
-    assert_eq!(actions(&mut m), vec![]);
-    assert_eq!(m.poll_timeout(), None);
 }
 
 #[test]
@@ -234,12 +234,12 @@ fn remove_self_failing_all_retries_still_stops() {
         assert_eq!(actions(&mut m), vec![remove_self(attempt + 1)]);
     }
     m.handle_reply(now, AttemptId(7), Reply::RemoveSelf(Err(unavailable())));
-    assert_eq!(
-        events(&mut m),
-        vec![changed(State::RemovingSelf, State::Stopped)]
+    expect_step(
+        &mut m,
+        vec![changed(State::RemovingSelf, State::Stopped)],
+        vec![],
+        None,
     );
-    assert_eq!(actions(&mut m), vec![]);
-    assert_eq!(m.poll_timeout(), None);
     assert_eq!(m.failure(), None);
 }
 

@@ -25,9 +25,12 @@ fn request_timeout_retries_with_a_new_attempt_after_retry_delay() {
 
     let retry = timed_out + RETRY_DELAY;
     m.handle_timeout(retry);
-    assert_eq!(events(&mut m), vec![]);
-    assert_eq!(actions(&mut m), vec![get_nodes(2)]);
-    assert_eq!(m.poll_timeout(), Some(retry + COORDINATION_TIMEOUT));
+    expect_step(
+        &mut m,
+        vec![],
+        vec![get_nodes(2)],
+        Some(retry + COORDINATION_TIMEOUT),
+    );
 }
 
 #[test]

@@ -246,3 +246,17 @@ pub fn drive(m: &mut Machine, now: Instant, script: Script, target: State) -> Op
     }
     panic!("did not reach {target:?}; in {:?}", m.state());
 }
+
+/// Asserts one step of the machine: the events and the actions it queued (drained), and
+/// when it next wants to be polled.
+#[track_caller]
+pub fn expect_step(
+    m: &mut Machine,
+    events: Vec<Event>,
+    actions: Vec<Action>,
+    timeout: Option<Instant>,
+) {
+    assert_eq!(self::events(m), events, "events");
+    assert_eq!(self::actions(m), actions, "actions");
+    assert_eq!(m.poll_timeout(), timeout, "poll_timeout");
+}
