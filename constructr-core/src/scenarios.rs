@@ -85,6 +85,18 @@ pub trait ScenarioBackend: Send + Sync {
     /// Writes `value` verbatim under the core key `key` (as in [`crate::entry`]), without a
     /// TTL, as a third party writing garbage would.
     async fn put_raw(&self, key: &str, value: &[u8]);
+
+    /// A client that has the endpoint URLs `first` in front of the service's own, with
+    /// connect and request timeouts of `timeout`; `None` if the backend takes no endpoint
+    /// list (the failover scenario then passes without checking anything).
+    fn coordination_behind(
+        &self,
+        first: &[String],
+        timeout: Duration,
+    ) -> Option<Arc<dyn Coordination>> {
+        let _ = (first, timeout);
+        None
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -530,4 +542,51 @@ pub async fn backend_restart_while_refreshing_recovers_without_rebootstrap<
         backend.name(),
         backend.keeps_data()
     );
+}
+
+/// A refused endpoint and a hung one (it accepts TCP connections and never answers) in
+/// front of the live service: the first request fails over within the timeouts, the next
+/// goes straight to the endpoint that answered, and nodes bootstrap through the list.
+pub async fn dead_and_hung_endpoints_before_the_live_one_are_skipped<
+    B: ScenarioBackend + ?Sized,
+>(
+    backend: &B,
+) {
+    let hung = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let hung_url = format!("http://{}", hung.local_addr().expect("local address"));
+    let refused = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        format!("http://{}", l.local_addr().expect("local address"))
+    }; // dropped: connection refused from now on
+    let timeout = Duration::from_millis(300);
+    let Some(c) = backend.coordination_behind(&[refused, hung_url], timeout) else {
+        println!("{}: no endpoint list, nothing to fail over", backend.name());
+        return;
+    };
+    let settings = scenario_settings(backend, "failover");
+    let scope = settings.scope().expect("scope");
+    let first = Instant::now();
+    c.get_nodes(&scope)
+        .await
+        .expect("failover to the live endpoint");
+    println!(
+        "{}: first request with a refused and a hung endpoint first: {} ms",
+        backend.name(),
+        first.elapsed().as_millis()
+    );
+    // Connections the hung endpoint received (accepted and dropped here).
+    hung.set_nonblocking(true).expect("non-blocking");
+    let attempts = || std::iter::from_fn(|| hung.accept().ok()).count();
+    let before = attempts();
+    c.get_nodes(&scope).await.expect("get_nodes");
+    assert_eq!(
+        attempts(),
+        0,
+        "the next request tried the hung endpoint again ({before} connection(s) before)"
+    );
+    let local = LocalCluster::new();
+    let handles = spawn_nodes(3, &settings, &c, &local);
+    all_registered(&handles, settings.lock_ttl() * 2 + Duration::from_secs(20)).await;
+    assert_one_cluster(&local, 3);
+    drop(hung);
 }

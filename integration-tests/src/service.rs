@@ -254,6 +254,32 @@ impl constructr_core::scenarios::ScenarioBackend for ScenarioService {
         self.backend != Backend::Consul
     }
 
+    fn coordination_behind(
+        &self,
+        first: &[String],
+        timeout: Duration,
+    ) -> Option<Arc<dyn Coordination>> {
+        let etcd = |mut config: constructr_etcd::EtcdConfig| -> Arc<dyn Coordination> {
+            config.endpoints = first.iter().cloned().chain(config.endpoints).collect();
+            let config = config
+                .with_connect_timeout(timeout)
+                .with_request_timeout(timeout);
+            Arc::new(EtcdCoordination::new(&config).expect("valid config"))
+        };
+        Some(match &self.service {
+            Service::Etcd(node) => etcd(node.config()),
+            Service::EtcdCluster(cluster) => etcd(cluster.config()),
+            Service::Consul(consul) => {
+                let config = consul
+                    .config()
+                    .with_addresses(first.iter().cloned().chain([consul.address()]))
+                    .with_connect_timeout(timeout)
+                    .with_request_timeout(timeout);
+                Arc::new(ConsulCoordination::new(&config).expect("valid config"))
+            }
+        })
+    }
+
     async fn put_raw(&self, key: &str, value: &[u8]) {
         match &self.service {
             Service::Etcd(_) | Service::EtcdCluster(_) => {

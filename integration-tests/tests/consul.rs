@@ -395,29 +395,3 @@ async fn tls_with_client_certificates_from_a_test_ca() {
     println!("no client certificate: {err}");
     assert!(!err.is_retryable(), "{err:?}");
 }
-
-#[tokio::test]
-async fn dead_addresses_in_the_list_are_skipped() {
-    require_docker!();
-    init_tracing();
-    let node = ConsulNode::start().await;
-    let refused = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        format!("http://{}", l.local_addr().unwrap())
-    }; // dropped: connection refused from now on
-    let config = node
-        .config()
-        .with_addresses([refused, node.address()])
-        .with_connect_timeout(Duration::from_millis(300));
-    let consul = coordination(&config);
-    let settings = consul_settings(unique_cluster_name("failover"));
-    let scope = settings.scope().unwrap();
-    consul
-        .get_nodes(&scope)
-        .await
-        .expect("failover to the live address");
-    let local = LocalCluster::new();
-    let handles = spawn_nodes(3, &settings, &consul, &local);
-    all_registered(&handles, Duration::from_secs(30)).await;
-    assert_one_cluster(&local, 3);
-}

@@ -34,4 +34,5 @@ on_backends!(
     garbage_under_the_prefix_does_not_disturb_bootstrap,
     waiting_nodes_wake_when_the_seed_registers,
     backend_restart_while_refreshing_recovers_without_rebootstrap,
+    dead_and_hung_endpoints_before_the_live_one_are_skipped,
 );
