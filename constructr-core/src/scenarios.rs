@@ -86,6 +86,13 @@ pub trait ScenarioBackend: Send + Sync {
     /// TTL, as a third party writing garbage would.
     async fn put_raw(&self, key: &str, value: &[u8]);
 
+    /// Clients of a service that requires credentials (this one with authentication turned
+    /// on, or another one the backend starts and keeps in [`Credentials::keep`]); `None` if
+    /// the backend has no credentials (the credentials scenario then checks nothing).
+    async fn with_credentials(&self) -> Option<Credentials> {
+        None
+    }
+
     /// A client that has the endpoint URLs `first` in front of the service's own, with
     /// connect and request timeouts of `timeout`; `None` if the backend takes no endpoint
     /// list (the failover scenario then passes without checking anything).
@@ -97,6 +104,19 @@ pub trait ScenarioBackend: Send + Sync {
         let _ = (first, timeout);
         None
     }
+}
+
+/// Clients of a service that requires credentials, for
+/// [`wrong_credentials_are_a_permanent_error_that_never_shows_the_secret`].
+pub struct Credentials {
+    /// A client with credentials the service accepts for the scenario's key prefix.
+    pub right: Arc<dyn Coordination>,
+    /// A client with credentials the service refuses.
+    pub wrong: Arc<dyn Coordination>,
+    /// The secret (password, token) of `wrong`: no error or `Debug` may contain it.
+    pub wrong_secret: String,
+    /// Whatever must live as long as the clients (a service started for them).
+    pub keep: Box<dyn std::any::Any + Send + Sync>,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -589,4 +609,63 @@ pub async fn dead_and_hung_endpoints_before_the_live_one_are_skipped<
     all_registered(&handles, settings.lock_ttl() * 2 + Duration::from_secs(20)).await;
     assert_one_cluster(&local, 3);
     drop(hung);
+}
+
+/// Wrong credentials: a clear `Unauthorized` error, not retryable, whose text and `Debug`
+/// never contain the secret; a node with them stops at once with a permanent failure
+/// instead of retrying forever. The right credentials bootstrap a cluster.
+pub async fn wrong_credentials_are_a_permanent_error_that_never_shows_the_secret<
+    B: ScenarioBackend + ?Sized,
+>(
+    backend: &B,
+) {
+    let Some(creds) = backend.with_credentials().await else {
+        println!("{}: no credentials, nothing to refuse", backend.name());
+        return;
+    };
+    let settings = scenario_settings(backend, "auth");
+    let scope = settings.scope().expect("scope");
+    let err = creds
+        .wrong
+        .lock(&scope, &node_id(9), settings.lock_ttl())
+        .await
+        .expect_err("wrong credentials are refused");
+    let shown = format!("{err} {err:?}");
+    println!("{}: wrong credentials: {err}", backend.name());
+    assert!(
+        matches!(err, crate::CoordinationError::Unauthorized { .. }),
+        "{err:?}"
+    );
+    assert!(!err.is_retryable());
+    assert!(
+        !shown.contains(&creds.wrong_secret),
+        "the secret shows: {shown}"
+    );
+
+    let local = LocalCluster::new();
+    let handle = spawn_nodes(1, &settings, &creds.wrong, &local).remove(0);
+    let failure = tokio::time::timeout(
+        settings.lock_ttl() + Duration::from_secs(5),
+        handle.stopped(),
+    )
+    .await
+    .expect("the node with wrong credentials stops")
+    .expect_err("it fails");
+    assert!(
+        matches!(failure, crate::Failure::Permanent { .. }),
+        "{failure:?}"
+    );
+    assert!(
+        !format!("{failure} {failure:?}").contains(&creds.wrong_secret),
+        "the secret shows in the failure"
+    );
+
+    let handles = spawn_nodes(3, &settings, &creds.right, &local);
+    all_registered(&handles, settings.lock_ttl() * 2 + Duration::from_secs(20)).await;
+    assert_one_cluster(&local, 3);
+    assert_eq!(
+        registered_nodes(&*creds.right, &scope).await,
+        sorted_ids(&handles)
+    );
+    drop(creds.keep);
 }

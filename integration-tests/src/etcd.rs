@@ -206,17 +206,22 @@ impl EtcdNode {
 
     /// Enables authentication with a `root` user of password `root_password`.
     pub async fn enable_auth(&self, root_password: &str) {
-        let mut c = self.client().await;
-        c.user_add("root", root_password, None)
-            .await
-            .expect("add root user");
-        // The root role exists in etcd >= 3.4 only after it is added; ignore "already exists".
-        let _ = c.role_add("root").await;
-        c.user_grant_role("root", "root")
-            .await
-            .expect("grant root role");
-        c.auth_enable().await.expect("enable auth");
+        enable_auth(self.client().await, root_password).await
     }
+}
+
+/// Enables authentication on the etcd behind `c` with a `root` user of password
+/// `root_password`.
+pub async fn enable_auth(mut c: etcd_client::Client, root_password: &str) {
+    c.user_add("root", root_password, None)
+        .await
+        .expect("add root user");
+    // The root role exists in etcd >= 3.4 only after it is added; ignore "already exists".
+    let _ = c.role_add("root").await;
+    c.user_grant_role("root", "root")
+        .await
+        .expect("grant root role");
+    c.auth_enable().await.expect("enable auth");
 }
 
 /// Three etcd members on their own Docker network, each reachable from the test at a fixed

@@ -254,6 +254,58 @@ impl constructr_core::scenarios::ScenarioBackend for ScenarioService {
         self.backend != Backend::Consul
     }
 
+    /// etcd: turns authentication on for this service (user `root`). Consul: starts another
+    /// agent with ACLs (default deny) and a token for the scenario prefix and sessions.
+    async fn with_credentials(&self) -> Option<constructr_core::scenarios::Credentials> {
+        Some(match &self.service {
+            Service::Etcd(_) | Service::EtcdCluster(_) => {
+                crate::etcd::enable_auth(self.service.etcd_client().await, "root-pw-3e1f").await;
+                let config = match &self.service {
+                    Service::Etcd(node) => node.config(),
+                    Service::EtcdCluster(cluster) => cluster.config(),
+                    Service::Consul(_) => unreachable!("etcd"),
+                };
+                let client = |password: &str| -> Arc<dyn Coordination> {
+                    let c = config.clone().with_user("root", password);
+                    Arc::new(EtcdCoordination::new(&c).expect("valid config"))
+                };
+                let wrong_secret = "WRONG-pw-77aa".to_owned();
+                constructr_core::scenarios::Credentials {
+                    right: client("root-pw-3e1f"),
+                    wrong: client(&wrong_secret),
+                    wrong_secret,
+                    keep: Box::new(()),
+                }
+            }
+            Service::Consul(_) => {
+                let node = ConsulNode::start_with(crate::consul::ConsulOptions {
+                    acl_master_token: Some("root-secret-4f1a".into()),
+                    ..crate::consul::ConsulOptions::default()
+                })
+                .await;
+                let token = node
+                    .raw()
+                    .create_token(
+                        "constructr",
+                        r#"key_prefix "constructr-it/" { policy = "write" }
+                           session_prefix "" { policy = "write" }"#,
+                    )
+                    .await;
+                let client = |token: &str| -> Arc<dyn Coordination> {
+                    let c = constructr_consul::ConsulConfig::new(node.address()).with_token(token);
+                    Arc::new(ConsulCoordination::new(&c).expect("valid config"))
+                };
+                let wrong_secret = "00000000-dead-beef-0000-000000000000".to_owned();
+                constructr_core::scenarios::Credentials {
+                    right: client(&token),
+                    wrong: client(&wrong_secret),
+                    wrong_secret,
+                    keep: Box::new(node),
+                }
+            }
+        })
+    }
+
     fn coordination_behind(
         &self,
         first: &[String],

@@ -35,4 +35,5 @@ on_backends!(
     waiting_nodes_wake_when_the_seed_registers,
     backend_restart_while_refreshing_recovers_without_rebootstrap,
     dead_and_hung_endpoints_before_the_live_one_are_skipped,
+    wrong_credentials_are_a_permanent_error_that_never_shows_the_secret,
 );
