@@ -118,7 +118,7 @@ impl ConsulError {
         }
         // reqwest's messages name the URL; ours carries no secrets (the token is a header).
         let detail = constructr_core::error_chain(err);
-        if detail.contains("certificate") || detail.contains("Certificate") {
+        if constructr_core::plumbing::is_certificate_failure(&detail) {
             return Self::TlsHandshake { address, detail };
         }
         Self::Unavailable { address, detail }

@@ -179,6 +179,20 @@ pub fn check_endpoints(
     Ok(())
 }
 
+/// Whether a transport error's text (its whole chain) says that a TLS handshake failed over
+/// a certificate: the server's is not trusted (another CA, wrong name, expired) or the
+/// server refused ours. Retrying cannot fix that, so drivers report it as permanent.
+///
+/// ```
+/// use constructr_core::plumbing::is_certificate_failure;
+/// assert!(is_certificate_failure("transport error: invalid peer certificate: UnknownIssuer"));
+/// assert!(is_certificate_failure("received fatal alert: BadCertificate"));
+/// assert!(!is_certificate_failure("tcp connect error: Connection refused"));
+/// ```
+pub fn is_certificate_failure(detail: &str) -> bool {
+    detail.contains("certificate") || detail.contains("Certificate")
+}
+
 /// A non-empty list of endpoints of one service and which of them is current, with the
 /// failover policy of this module's documentation.
 #[derive(Debug)]

@@ -86,6 +86,12 @@ pub trait ScenarioBackend: Send + Sync {
     /// TTL, as a third party writing garbage would.
     async fn put_raw(&self, key: &str, value: &[u8]);
 
+    /// Clients of a service that speaks TLS and asks for client certificates (started by
+    /// the backend and kept in [`TlsClients::keep`]); `None` if the backend has no TLS.
+    async fn with_tls(&self) -> Option<TlsClients> {
+        None
+    }
+
     /// Clients of a service that requires credentials (this one with authentication turned
     /// on, or another one the backend starts and keeps in [`Credentials::keep`]); `None` if
     /// the backend has no credentials (the credentials scenario then checks nothing).
@@ -116,6 +122,19 @@ pub struct Credentials {
     /// The secret (password, token) of `wrong`: no error or `Debug` may contain it.
     pub wrong_secret: String,
     /// Whatever must live as long as the clients (a service started for them).
+    pub keep: Box<dyn std::any::Any + Send + Sync>,
+}
+
+/// Clients of a service that speaks TLS and asks for client certificates, for
+/// [`tls_with_client_certificates_and_refused_handshakes`].
+pub struct TlsClients {
+    /// The service's CA and a client certificate it accepts.
+    pub trusted: Arc<dyn Coordination>,
+    /// Another CA (and a client certificate of that CA): the server is not trusted.
+    pub untrusted_ca: Arc<dyn Coordination>,
+    /// The service's CA but no client certificate.
+    pub no_client_certificate: Arc<dyn Coordination>,
+    /// Whatever must live as long as the clients (the service started for them).
     pub keep: Box<dyn std::any::Any + Send + Sync>,
 }
 
@@ -668,4 +687,57 @@ pub async fn wrong_credentials_are_a_permanent_error_that_never_shows_the_secret
         sorted_ids(&handles)
     );
     drop(creds.keep);
+}
+
+/// TLS with client certificates: nodes bootstrap through it; a server certificate of
+/// another CA is refused with a permanent error (retrying cannot fix a certificate, so a
+/// node with it stops at once instead of waiting forever); a missing client certificate is
+/// refused.
+pub async fn tls_with_client_certificates_and_refused_handshakes<B: ScenarioBackend + ?Sized>(
+    backend: &B,
+) {
+    let Some(tls) = backend.with_tls().await else {
+        println!("{}: no TLS, nothing to check", backend.name());
+        return;
+    };
+    let settings = scenario_settings(backend, "tls");
+    let scope = settings.scope().expect("scope");
+    let local = LocalCluster::new();
+    let handles = spawn_nodes(3, &settings, &tls.trusted, &local);
+    all_registered(&handles, settings.lock_ttl() * 2 + Duration::from_secs(20)).await;
+    assert_one_cluster(&local, 3);
+    assert_eq!(
+        registered_nodes(&*tls.trusted, &scope).await,
+        sorted_ids(&handles)
+    );
+
+    // The client checks the server's certificate itself: always a clear, permanent error.
+    let err = tls
+        .untrusted_ca
+        .get_nodes(&scope)
+        .await
+        .expect_err("a server certificate of another CA is refused");
+    println!(
+        "{}: a server certificate of another CA: {err}",
+        backend.name()
+    );
+    assert!(
+        !err.is_retryable(),
+        "{}: an untrusted server certificate is retried as if the service were down: {err:?}",
+        backend.name()
+    );
+    // The server refuses a missing client certificate with an alert after the client's side
+    // of the TLS 1.3 handshake; whether the client reads that alert or only sees the
+    // connection close is a race, so only the refusal itself is certain.
+    let err = tls
+        .no_client_certificate
+        .get_nodes(&scope)
+        .await
+        .expect_err("a missing client certificate is refused");
+    println!(
+        "{}: no client certificate: {err} (retryable: {})",
+        backend.name(),
+        err.is_retryable()
+    );
+    drop(tls.keep);
 }

@@ -30,6 +30,15 @@ pub enum EtcdError {
         /// etcd's or the transport's message.
         detail: String,
     },
+    /// The TLS handshake failed over a certificate: etcd's is not trusted (another CA, wrong
+    /// name, expired) or etcd refused ours (`--client-cert-auth`). Retrying will not help.
+    #[error("TLS handshake with etcd at {endpoint} failed: {detail}")]
+    TlsHandshake {
+        /// The endpoint (without any user info).
+        endpoint: String,
+        /// rustls' or the transport's reason, e.g. `invalid peer certificate: UnknownIssuer`.
+        detail: String,
+    },
     /// The request did not complete within the configured request timeout. Retrying may help.
     #[error("etcd request to {endpoint} timed out")]
     Timeout {
@@ -87,6 +96,18 @@ impl EtcdError {
 
     /// Classifies an `etcd-client` error of a request sent to `endpoint`.
     pub(crate) fn classify(endpoint: &str, err: etcd_client::Error) -> Self {
+        match Self::classify_inner(endpoint, err) {
+            // A broken handshake reaches us as a transport error or an `Unavailable` status.
+            Self::Unavailable { endpoint, detail }
+                if constructr_core::plumbing::is_certificate_failure(&detail) =>
+            {
+                Self::TlsHandshake { endpoint, detail }
+            }
+            other => other,
+        }
+    }
+
+    fn classify_inner(endpoint: &str, err: etcd_client::Error) -> Self {
         use etcd_client::Error as E;
         let endpoint = endpoint.to_owned();
         match err {
@@ -172,6 +193,22 @@ mod tests {
 
     fn status(code: tonic::Code, msg: &str) -> etcd_client::Error {
         etcd_client::Error::GRpcStatus(tonic::Status::new(code, msg))
+    }
+
+    #[test]
+    fn an_untrusted_server_certificate_is_a_permanent_tls_error() {
+        let e = EtcdError::classify(
+            "https://etcd:2379",
+            status(
+                tonic::Code::Unavailable,
+                "invalid peer certificate: BadSignature",
+            ),
+        );
+        assert!(matches!(e, EtcdError::TlsHandshake { .. }), "{e:?}");
+        assert!(!e.is_retryable() && !e.is_endpoint_failure());
+        let c = CoordinationError::from(e);
+        assert!(!c.is_retryable(), "{c:?}");
+        assert!(c.to_string().contains("TLS handshake"), "{c}");
     }
 
     #[test]

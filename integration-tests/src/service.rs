@@ -254,6 +254,64 @@ impl constructr_core::scenarios::ScenarioBackend for ScenarioService {
         self.backend != Backend::Consul
     }
 
+    /// Starts another service with TLS and client certificates of a fresh test CA (etcd: a
+    /// single member, also for the 3-member backend).
+    async fn with_tls(&self) -> Option<constructr_core::scenarios::TlsClients> {
+        let other = crate::tls::TestPki::generate();
+        Some(if self.backend.is_etcd() {
+            use constructr_etcd::{EtcdTlsConfig, PemSource};
+            let node = EtcdNode::start_tls(crate::tls::TestPki::generate()).await;
+            let client = |c: &constructr_etcd::EtcdConfig| -> Arc<dyn Coordination> {
+                Arc::new(EtcdCoordination::new(c).expect("valid config"))
+            };
+            let mut untrusted = node.config();
+            untrusted.tls = Some(
+                EtcdTlsConfig::new(PemSource::Pem(other.ca_pem.clone())).with_client_identity(
+                    PemSource::Pem(other.client_cert_pem.clone()),
+                    PemSource::Pem(other.client_key_pem.clone()),
+                ),
+            );
+            let mut anonymous = node.config();
+            if let Some(tls) = &mut anonymous.tls {
+                tls.cert = None;
+                tls.key = None;
+            }
+            constructr_core::scenarios::TlsClients {
+                trusted: client(&node.config()),
+                untrusted_ca: client(&untrusted),
+                no_client_certificate: client(&anonymous),
+                keep: Box::new(node),
+            }
+        } else {
+            use constructr_consul::{ConsulTlsConfig, PemSource};
+            let node = ConsulNode::start_with(crate::consul::ConsulOptions {
+                tls: Some(crate::tls::TestPki::generate()),
+                ..crate::consul::ConsulOptions::default()
+            })
+            .await;
+            let client = |c: &constructr_consul::ConsulConfig| -> Arc<dyn Coordination> {
+                Arc::new(ConsulCoordination::new(c).expect("valid config"))
+            };
+            let untrusted = node.config().with_tls(
+                ConsulTlsConfig::new(PemSource::Pem(other.ca_pem.clone())).with_client_identity(
+                    PemSource::Pem(other.client_cert_pem.clone()),
+                    PemSource::Pem(other.client_key_pem.clone()),
+                ),
+            );
+            let mut anonymous = node.config();
+            if let Some(tls) = &mut anonymous.tls {
+                tls.cert = None;
+                tls.key = None;
+            }
+            constructr_core::scenarios::TlsClients {
+                trusted: client(&node.config()),
+                untrusted_ca: client(&untrusted),
+                no_client_certificate: client(&anonymous),
+                keep: Box::new(node),
+            }
+        })
+    }
+
     /// etcd: turns authentication on for this service (user `root`). Consul: starts another
     /// agent with ACLs (default deny) and a token for the scenario prefix and sessions.
     async fn with_credentials(&self) -> Option<constructr_core::scenarios::Credentials> {

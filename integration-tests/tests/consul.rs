@@ -1,6 +1,7 @@
-//! The Consul backend against a real Consul agent in Docker: the conformance suite,
-//! bootstrapping many nodes, lock expiry, entry expiry, Consul restarts (persistent server and
-//! dev agent), the watch, ACLs with default deny, TLS and address failover.
+//! What is specific to the Consul backend, against a real Consul agent in Docker: the
+//! conformance suite, a persistent server's restart, the blocking-query watch, and ACLs with
+//! default deny (anonymous reads, a token outside its prefix). The scenarios every backend
+//! runs are in `scenarios.rs`.
 //!
 //! Every test starts its own agent and uses its own cluster name; they run in parallel.
 //! Consul sessions have a minimum TTL of 10 s and end between TTL and 2 × TTL, so these
@@ -10,9 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use constructr_consul::{
-    ConsulConfig, ConsulCoordination, ConsulError, ConsulTlsConfig, PemSource,
-};
+use constructr_consul::{ConsulConfig, ConsulCoordination, ConsulError};
 use constructr_core::conformance::{self, ConformanceBackend};
 use constructr_core::entry;
 use constructr_core::local::LocalCluster;
@@ -24,7 +23,6 @@ use integration_tests::consul::{ConsulNode, ConsulOptions};
 use integration_tests::nodes::{
     all_registered, assert_one_cluster, node_id, registered_nodes, sorted_ids, spawn_nodes,
 };
-use integration_tests::tls::TestPki;
 use integration_tests::{eventually, init_tracing, require_docker, unique_cluster_name};
 use tokio::time::Instant;
 
@@ -339,54 +337,4 @@ async fn acl_default_deny_needs_a_token_with_prefix_and_session_policy() {
         matches!(err, CoordinationError::Unauthorized { .. }),
         "{err:?}"
     );
-}
-
-#[tokio::test]
-async fn tls_with_client_certificates_from_a_test_ca() {
-    require_docker!();
-    init_tracing();
-    let node = ConsulNode::start_with(ConsulOptions {
-        tls: Some(TestPki::generate()),
-        ..ConsulOptions::default()
-    })
-    .await;
-    let consul = coordination(&node.config());
-    let settings = consul_settings(unique_cluster_name("tls"));
-    let scope = settings.scope().unwrap();
-    let local = LocalCluster::new();
-    let handles = spawn_nodes(3, &settings, &consul, &local);
-    all_registered(&handles, Duration::from_secs(30)).await;
-    assert_one_cluster(&local, 3);
-    assert_eq!(
-        registered_nodes(&consul, &scope).await,
-        sorted_ids(&handles)
-    );
-
-    // Another CA: the server certificate is not trusted.
-    let other = TestPki::generate();
-    let untrusted = node.config().with_tls(
-        ConsulTlsConfig::new(PemSource::Pem(other.ca_pem.clone())).with_client_identity(
-            PemSource::Pem(other.client_cert_pem.clone()),
-            PemSource::Pem(other.client_key_pem.clone()),
-        ),
-    );
-    let err = coordination(&untrusted)
-        .get_nodes(&scope)
-        .await
-        .unwrap_err();
-    println!("untrusted server certificate: {err}");
-    assert!(!err.is_retryable(), "{err:?}");
-    assert!(err.to_string().contains("certificate"), "{err}");
-    // Without a client certificate Consul (verify_incoming_https) refuses the handshake.
-    let mut anonymous = node.config();
-    if let Some(tls) = &mut anonymous.tls {
-        tls.cert = None;
-        tls.key = None;
-    }
-    let err = coordination(&anonymous)
-        .get_nodes(&scope)
-        .await
-        .unwrap_err();
-    println!("no client certificate: {err}");
-    assert!(!err.is_retryable(), "{err:?}");
 }

@@ -1,6 +1,7 @@
-//! The etcd backend against real etcd in Docker: the conformance suite, bootstrapping many
-//! nodes, lock expiry, entry expiry, etcd faults (leader kill, restart, dead endpoints),
-//! garbage, authentication and TLS.
+//! What is specific to the etcd backend, against real etcd in Docker: the conformance suite,
+//! a leader killed during bootstrap, watches across restarts and compactions, and what
+//! etcd says to missing or wrong credentials. The scenarios every backend runs are in
+//! `scenarios.rs`.
 //!
 //! Every test starts its own etcd and uses its own cluster name; they run in parallel.
 
@@ -21,7 +22,6 @@ use integration_tests::etcd::{EtcdCluster3, EtcdNode};
 use integration_tests::nodes::{
     all_registered, assert_one_cluster, node_id, registered_nodes, sorted_ids, spawn_nodes,
 };
-use integration_tests::tls::TestPki;
 use integration_tests::{
     eventually, fast_settings, init_tracing, require_docker, unique_cluster_name,
 };
@@ -253,46 +253,4 @@ async fn wrong_password_is_a_permanent_unauthorized_error() {
         anonymous.check(&scope).await,
         Err(EtcdError::Unauthorized { .. })
     ));
-}
-
-#[tokio::test]
-async fn tls_with_client_certificates_from_a_test_ca() {
-    require_docker!();
-    init_tracing();
-    let node = EtcdNode::start_tls(TestPki::generate()).await;
-    let etcd = coordination(&node.config());
-    let settings = fast_settings(unique_cluster_name("tls"));
-    let scope = settings.scope().unwrap();
-    let local = LocalCluster::new();
-    let handles = spawn_nodes(3, &settings, &etcd, &local);
-    all_registered(&handles, Duration::from_secs(20)).await;
-    assert_one_cluster(&local, 3);
-    assert_eq!(registered_nodes(&etcd, &scope).await, sorted_ids(&handles));
-
-    // Another CA: the server certificate is not trusted.
-    let other = TestPki::generate();
-    let mut untrusted = node.config();
-    untrusted.tls = Some(
-        constructr_etcd::EtcdTlsConfig::new(constructr_etcd::PemSource::Pem(other.ca_pem.clone()))
-            .with_client_identity(
-                constructr_etcd::PemSource::Pem(other.client_cert_pem.clone()),
-                constructr_etcd::PemSource::Pem(other.client_key_pem.clone()),
-            ),
-    );
-    let err = coordination(&untrusted)
-        .get_nodes(&scope)
-        .await
-        .unwrap_err();
-    println!("untrusted server certificate: {err}");
-    // Without a client certificate etcd (--client-cert-auth) refuses the handshake.
-    let mut anonymous = node.config();
-    if let Some(tls) = &mut anonymous.tls {
-        tls.cert = None;
-        tls.key = None;
-    }
-    let err = coordination(&anonymous)
-        .get_nodes(&scope)
-        .await
-        .unwrap_err();
-    println!("no client certificate: {err}");
 }

@@ -36,4 +36,5 @@ on_backends!(
     backend_restart_while_refreshing_recovers_without_rebootstrap,
     dead_and_hung_endpoints_before_the_live_one_are_skipped,
     wrong_credentials_are_a_permanent_error_that_never_shows_the_secret,
+    tls_with_client_certificates_and_refused_handshakes,
 );
