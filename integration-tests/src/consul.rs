@@ -261,6 +261,17 @@ pub struct RawConsul {
 }
 
 impl RawConsul {
+    /// A token for constructr under the tests' key prefix (`constructr-it/`): write on the
+    /// keys, write on sessions.
+    pub async fn constructr_token(&self) -> String {
+        self.create_token(
+            "constructr",
+            r#"key_prefix "constructr-it/" { policy = "write" }
+               session_prefix "" { policy = "write" }"#,
+        )
+        .await
+    }
+
     fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         let r = self.http.request(method, format!("{}{path}", self.base));
         match &self.token {

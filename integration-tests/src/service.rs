@@ -341,14 +341,7 @@ impl constructr_core::scenarios::ScenarioBackend for ScenarioService {
                     ..crate::consul::ConsulOptions::default()
                 })
                 .await;
-                let token = node
-                    .raw()
-                    .create_token(
-                        "constructr",
-                        r#"key_prefix "constructr-it/" { policy = "write" }
-                           session_prefix "" { policy = "write" }"#,
-                    )
-                    .await;
+                let token = node.raw().constructr_token().await;
                 let client = |token: &str| -> Arc<dyn Coordination> {
                     let c = constructr_consul::ConsulConfig::new(node.address()).with_token(token);
                     Arc::new(ConsulCoordination::new(&c).expect("valid config"))

@@ -268,14 +268,7 @@ async fn acl_default_deny_needs_a_token_with_prefix_and_session_policy() {
     .await;
     let settings = consul_settings(unique_cluster_name("acl"));
     let scope = settings.scope().unwrap();
-    let token = node
-        .raw()
-        .create_token(
-            "constructr",
-            r#"key_prefix "constructr-it/" { policy = "write" }
-               session_prefix "" { policy = "write" }"#,
-        )
-        .await;
+    let token = node.raw().constructr_token().await;
     let plain = ConsulConfig::new(node.address());
 
     // A token Consul does not know: a clear, permanent error.
