@@ -171,3 +171,14 @@ fn main() -> ExitCode {
         }),
     }
 }
+
+/// A tokio runtime (all drivers enabled) for a command, or the exit code after saying on
+/// stderr why there is none.
+pub(crate) fn runtime(
+    builder: &mut tokio::runtime::Builder,
+) -> Result<tokio::runtime::Runtime, ExitCode> {
+    builder.enable_all().build().map_err(|e| {
+        eprintln!("error: cannot start the runtime: {e}");
+        ExitCode::FAILURE
+    })
+}

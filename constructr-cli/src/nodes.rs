@@ -7,15 +7,9 @@ use constructr::{Coordination, Settings};
 use crate::backend::{self, BackendArgs};
 
 pub fn run(args: &BackendArgs, settings: Settings, json: bool) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match crate::runtime(&mut tokio::runtime::Builder::new_current_thread()) {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     rt.block_on(async {
         let scope = settings.scope().expect("validated");

@@ -83,16 +83,9 @@ pub struct BridgeArgs {
 /// application attached, queries are not answered (504 after `--query-timeout`, so the
 /// node sends no response).
 pub fn run_bridge(args: &BridgeArgs) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    let rt = match crate::runtime(tokio::runtime::Builder::new_multi_thread().worker_threads(2)) {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("constructr serf-bridge: cannot start a runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     rt.block_on(async {
         let config = BridgeConfig::default()
