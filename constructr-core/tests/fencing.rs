@@ -4,92 +4,62 @@
 mod common;
 
 use common::*;
+use constructr_core::State::*;
 use constructr_core::{
-    Action, AddMode, AddOutcome, AttemptId, Event, LockOutcome, LockToken, Reply, State,
+    Action, AttemptId, ClusterError, ClusterId, Event, LockOutcome, LockToken, Machine, Reply,
 };
 
 #[test]
 fn refused_seed_registration_leaves_and_starts_over() {
     let mut m = machine(settings());
-    let add = drive(&mut m, t0(), Script::Seed, State::AddingSelf).expect("AddSelf");
+    let add = drive(&mut m, t0(), Script::Seed, AddingSelf);
     let old_cluster = m.cluster().expect("seeded cluster");
-    assert_eq!(
-        add,
-        Action::AddSelf {
-            attempt: AttemptId(5),
-            ttl: ttl(),
-            mode: AddMode::Seed {
-                lock: token(),
-                cluster: old_cluster,
-                expected_epoch_version: None,
-            },
-        }
-    );
+    assert_eq!(add, Some(add_seed(5, token(), old_cluster, None)));
 
-    m.handle_reply(
-        at(100),
-        AttemptId(5),
-        Reply::AddSelf(Ok(AddOutcome::Refused)),
+    m.handle_reply(at(100), AttemptId(5), refused());
+    step(
+        &mut m,
+        vec![Event::SeedRefused, changed(AddingSelf, Resetting)],
+        vec![leave(6)],
     );
-    assert_eq!(
-        events(&mut m),
-        vec![
-            Event::SeedRefused,
-            changed(State::AddingSelf, State::Resetting)
-        ]
-    );
-    assert_eq!(actions(&mut m), vec![leave(6)]);
-    assert_eq!(m.state(), State::Resetting);
+    assert_eq!(m.state(), Resetting);
     assert_eq!(m.cluster(), None);
     assert_eq!(m.poll_timeout(), Some(at(100) + COORDINATION_TIMEOUT));
 
-    m.handle_reply(at(200), AttemptId(6), Reply::Left(Ok(())));
-    expect_step(
-        &mut m,
-        vec![changed(State::Resetting, State::GettingNodes)],
-        vec![get_nodes(7)],
-        Some(at(200) + COORDINATION_TIMEOUT),
-    );
+    m.handle_reply(at(200), AttemptId(6), left());
+    transition(&mut m, Resetting, GettingNodes, &[get_nodes(7)]);
+    assert_eq!(m.poll_timeout(), Some(at(200) + COORDINATION_TIMEOUT));
 
     // The node that took the lock over registered: join it, as a member.
-    m.handle_reply(
-        at(300),
-        AttemptId(7),
-        Reply::Nodes(Ok(registry(&[node(2)], epoch(THEIR_CLUSTER, 8), 8))),
-    );
-    m.handle_reply(at(400), AttemptId(8), Reply::Joined(Ok(())));
+    m.handle_reply(at(300), AttemptId(7), nodes(theirs(&[node(2)], 8)));
+    m.handle_reply(at(400), AttemptId(8), joined());
     assert_eq!(
         actions(&mut m),
-        vec![
-            join(8, vec![node(2)]),
-            Action::AddSelf {
-                attempt: AttemptId(9),
-                ttl: ttl(),
-                mode: AddMode::Join {
-                    cluster: Some(THEIR_CLUSTER),
-                },
-            },
-        ]
+        vec![join(8, vec![node(2)]), add_member(9, Some(THEIR_CLUSTER))]
     );
+}
+
+/// A seed whose registration `AddSelf { 5 }` was refused at `at(1)`: in `Resetting`, with
+/// `LeaveCluster { 6 }` queued (events drained); and the cluster it had seeded.
+fn refused_seed() -> (Machine, ClusterId) {
+    let (mut m, _) = driven(settings(), Script::Seed, AddingSelf);
+    let seeded = m.cluster().expect("seeded cluster");
+    m.handle_reply(at(1), AttemptId(5), refused());
+    events(&mut m);
+    (m, seeded)
 }
 
 #[test]
 fn after_a_refused_seed_a_new_seed_uses_the_new_lock_token() {
-    let mut m = machine(settings());
-    drive(&mut m, t0(), Script::Seed, State::AddingSelf);
-    let old_cluster = m.cluster().expect("cluster");
-    m.handle_reply(at(1), AttemptId(5), Reply::AddSelf(Ok(AddOutcome::Refused)));
-    m.handle_reply(at(2), AttemptId(6), Reply::Left(Ok(())));
+    let (mut m, old_cluster) = refused_seed();
+    m.handle_reply(at(2), AttemptId(6), left());
     // Still empty: lock again, with a new token this time.
     let new_token = LockToken("lock-2".into());
-    m.handle_reply(at(3), AttemptId(7), Reply::Nodes(Ok(empty(10))));
-    m.handle_reply(
-        at(4),
-        AttemptId(8),
-        Reply::Lock(Ok(LockOutcome::Acquired(new_token.clone()))),
-    );
-    m.handle_reply(at(5), AttemptId(9), Reply::Nodes(Ok(empty(11))));
-    m.handle_reply(at(6), AttemptId(10), Reply::Joined(Ok(())));
+    m.handle_reply(at(3), AttemptId(7), nodes(empty(10)));
+    let acquired_anew = Reply::Lock(Ok(LockOutcome::Acquired(new_token.clone())));
+    m.handle_reply(at(4), AttemptId(8), acquired_anew);
+    m.handle_reply(at(5), AttemptId(9), nodes(empty(11)));
+    m.handle_reply(at(6), AttemptId(10), joined());
     let new_cluster = m.cluster().expect("new cluster");
     assert_ne!(new_cluster, old_cluster);
     assert_eq!(
@@ -100,73 +70,44 @@ fn after_a_refused_seed_a_new_seed_uses_the_new_lock_token() {
             lock(8),
             get_nodes(9),
             join(10, vec![me()]),
-            Action::AddSelf {
-                attempt: AttemptId(11),
-                ttl: ttl(),
-                mode: AddMode::Seed {
-                    lock: new_token,
-                    cluster: new_cluster,
-                    expected_epoch_version: None,
-                },
-            },
+            add_seed(11, new_token, new_cluster, None),
         ]
     );
 }
 
 #[test]
 fn failed_leave_after_refusal_still_starts_over() {
-    let mut m = machine(settings());
-    drive(&mut m, t0(), Script::Seed, State::AddingSelf);
-    m.handle_reply(at(1), AttemptId(5), Reply::AddSelf(Ok(AddOutcome::Refused)));
-    events(&mut m);
-    m.handle_reply(
-        at(2),
-        AttemptId(6),
-        Reply::Left(Err(constructr_core::ClusterError::Leave {
-            message: "boom".into(),
-        })),
-    );
-    assert_eq!(
-        events(&mut m),
-        vec![changed(State::Resetting, State::GettingNodes)]
-    );
-    assert_eq!(actions(&mut m), vec![leave(6), get_nodes(7)]);
+    let (mut m, _) = refused_seed();
+    let boom = ClusterError::Leave {
+        message: "boom".into(),
+    };
+    m.handle_reply(at(2), AttemptId(6), Reply::Left(Err(boom)));
+    transition(&mut m, Resetting, GettingNodes, &[leave(6), get_nodes(7)]);
 }
 
 #[test]
 fn unanswered_leave_after_refusal_starts_over_at_its_timeout() {
-    let mut m = machine(settings());
-    drive(&mut m, t0(), Script::Seed, State::AddingSelf);
-    m.handle_reply(at(1), AttemptId(5), Reply::AddSelf(Ok(AddOutcome::Refused)));
+    let (mut m, _) = refused_seed();
     assert_eq!(actions(&mut m), vec![leave(6)]);
-    events(&mut m);
     m.handle_timeout(at(1) + COORDINATION_TIMEOUT);
-    assert_eq!(
-        events(&mut m),
-        vec![changed(State::Resetting, State::GettingNodes)]
-    );
-    assert_eq!(actions(&mut m), vec![get_nodes(7)]);
+    transition(&mut m, Resetting, GettingNodes, &[get_nodes(7)]);
 }
 
 #[test]
 fn seed_registration_retry_keeps_the_same_fence() {
-    let mut m = machine(settings());
-    let add = drive(&mut m, t0(), Script::Seed, State::AddingSelf).expect("AddSelf");
-    let Action::AddSelf { mode, .. } = add else {
+    let (mut m, add) = driven(settings(), Script::Seed, AddingSelf);
+    let Some(Action::AddSelf { mode, .. }) = add else {
         panic!("AddSelf expected")
     };
     // The reply is lost: the request times out, and the retry repeats the same condition
     // (the backend accepts it again if the first write went through).
     m.handle_timeout(t0() + COORDINATION_TIMEOUT);
-    assert_eq!(
-        events(&mut m),
-        vec![Event::Retrying {
-            state: State::AddingSelf,
-            error: timeout_summary(),
-            retry_in: RETRY_DELAY,
-        }]
-    );
-    assert_eq!(actions(&mut m), vec![]);
+    let retrying = Event::Retrying {
+        state: AddingSelf,
+        error: timeout_summary(),
+        retry_in: RETRY_DELAY,
+    };
+    step(&mut m, vec![retrying], vec![]);
     m.handle_timeout(t0() + COORDINATION_TIMEOUT + RETRY_DELAY);
     assert_eq!(
         actions(&mut m),
@@ -180,33 +121,11 @@ fn seed_registration_retry_keeps_the_same_fence() {
 
 #[test]
 fn refused_member_registration_also_resets() {
-    let mut m = machine(settings());
-    let add = drive(&mut m, t0(), Script::Member, State::AddingSelf).expect("AddSelf");
-    assert_eq!(
-        add,
-        Action::AddSelf {
-            attempt: AttemptId(3),
-            ttl: ttl(),
-            mode: AddMode::Join {
-                cluster: Some(THEIR_CLUSTER),
-            },
-        }
-    );
-    m.handle_reply(
-        at(100),
-        AttemptId(3),
-        Reply::AddSelf(Ok(AddOutcome::Refused)),
-    );
-    assert_eq!(
-        events(&mut m),
-        vec![changed(State::AddingSelf, State::Resetting)]
-    );
-    assert_eq!(actions(&mut m), vec![leave(4)]);
+    let (mut m, add) = driven(settings(), Script::Member, AddingSelf);
+    assert_eq!(add, Some(add_member(3, Some(THEIR_CLUSTER))));
+    m.handle_reply(at(100), AttemptId(3), refused());
+    transition(&mut m, AddingSelf, Resetting, &[leave(4)]);
     assert_eq!(m.cluster(), None);
-    m.handle_reply(at(200), AttemptId(4), Reply::Left(Ok(())));
-    assert_eq!(
-        events(&mut m),
-        vec![changed(State::Resetting, State::GettingNodes)]
-    );
-    assert_eq!(actions(&mut m), vec![get_nodes(5)]);
+    m.handle_reply(at(200), AttemptId(4), left());
+    transition(&mut m, Resetting, GettingNodes, &[get_nodes(5)]);
 }

@@ -7,27 +7,21 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use constructr_core::State::{self, *};
 use constructr_core::{
-    Action, AddMode, AttemptId, ClusterError, ClusterEvent, Event, Failure, Machine, Reply, State,
+    AttemptId, ClusterError, ClusterEvent, ErrorSummary, Event, Failure, Machine, Reply, Settings,
 };
 
 /// A member-script machine in `Joining` with `JoinCluster { 2, [node2, node3] }` sent at t0.
-fn joining(settings: constructr_core::Settings) -> Machine {
-    let mut m = machine(settings);
-    let join_action = drive(&mut m, t0(), Script::Member, State::Joining);
+fn joining(settings: Settings) -> Machine {
+    let (m, join_action) = driven(settings, Script::Member, Joining);
     assert_eq!(join_action, Some(join(2, vec![node(2), node(3)])));
     assert_eq!(m.poll_timeout(), Some(t0() + JOIN_TIMEOUT));
     m
 }
 
-fn add_self_as_member(attempt: u64) -> Action {
-    Action::AddSelf {
-        attempt: AttemptId(attempt),
-        ttl: ttl(),
-        mode: AddMode::Join {
-            cluster: Some(THEIR_CLUSTER),
-        },
-    }
+fn add_self_as_member(attempt: u64) -> constructr_core::Action {
+    add_member(attempt, Some(THEIR_CLUSTER))
 }
 
 #[test]
@@ -36,48 +30,27 @@ fn join_timeout_leaves_and_starts_over() {
     let deadline = t0() + JOIN_TIMEOUT;
 
     m.handle_timeout(deadline - Duration::from_millis(1));
-    assert_eq!(events(&mut m), vec![]);
-    assert_eq!(actions(&mut m), vec![]);
+    nothing(&mut m);
 
     m.handle_timeout(deadline);
-    assert_eq!(
-        events(&mut m),
-        vec![changed(State::Joining, State::Resetting)]
-    );
-    assert_eq!(actions(&mut m), vec![leave(3)]);
+    transition(&mut m, Joining, Resetting, &[leave(3)]);
     assert_eq!(m.cluster(), None);
     assert_eq!(m.poll_timeout(), Some(deadline + COORDINATION_TIMEOUT));
 
     // The join answers late: ignored.
-    m.handle_reply(deadline, AttemptId(2), Reply::Joined(Ok(())));
-    assert_eq!(events(&mut m), vec![]);
-    assert_eq!(actions(&mut m), vec![]);
+    m.handle_reply(deadline, AttemptId(2), joined());
+    nothing(&mut m);
 
-    m.handle_reply(
-        deadline + Duration::from_millis(5),
-        AttemptId(3),
-        Reply::Left(Ok(())),
-    );
-    assert_eq!(
-        events(&mut m),
-        vec![changed(State::Resetting, State::GettingNodes)]
-    );
-    assert_eq!(actions(&mut m), vec![get_nodes(4)]);
+    m.handle_reply(deadline + Duration::from_millis(5), AttemptId(3), left());
+    transition(&mut m, Resetting, GettingNodes, &[get_nodes(4)]);
 }
 
 #[test]
 fn seed_join_timeout_also_starts_over_without_the_lock() {
-    let mut m = machine(settings());
-    assert_eq!(
-        drive(&mut m, t0(), Script::Seed, State::Joining),
-        Some(join(4, vec![me()]))
-    );
+    let (mut m, join_action) = driven(settings(), Script::Seed, Joining);
+    assert_eq!(join_action, Some(join(4, vec![me()])));
     m.handle_timeout(t0() + JOIN_TIMEOUT);
-    assert_eq!(
-        events(&mut m),
-        vec![changed(State::Joining, State::Resetting)]
-    );
-    assert_eq!(actions(&mut m), vec![leave(5)]);
+    transition(&mut m, Joining, Resetting, &[leave(5)]);
     assert_eq!(m.cluster(), None);
 }
 
@@ -87,12 +60,8 @@ fn abort_on_join_timeout_fails() {
     s.abort_on_join_timeout = true;
     let mut m = joining(s);
     m.handle_timeout(t0() + JOIN_TIMEOUT);
-    expect_step(
-        &mut m,
-        vec![changed(State::Joining, State::Failed)],
-        vec![],
-        None,
-    );
+    transition(&mut m, Joining, Failed, &[]);
+    assert_eq!(m.poll_timeout(), None);
     assert_eq!(m.failure(), Some(&Failure::JoinTimeout));
 }
 
@@ -109,10 +78,7 @@ fn unrelated_cluster_events_do_not_move_the_join_deadline() {
     .enumerate()
     {
         m.handle_cluster_event(at(1000 * (i as u64 + 1)), event);
-        assert_eq!(events(&mut m), vec![]);
-        assert_eq!(actions(&mut m), vec![]);
-        assert_eq!(m.state(), State::Joining);
-        assert_eq!(m.poll_timeout(), Some(deadline));
+        ignored(&mut m, Joining, Some(deadline));
     }
     m.handle_timeout(deadline);
     assert_eq!(actions(&mut m), vec![leave(3)]);
@@ -122,42 +88,32 @@ fn unrelated_cluster_events_do_not_move_the_join_deadline() {
 fn self_up_while_joining_counts_as_joined() {
     let mut m = joining(settings());
     m.handle_cluster_event(at(500), ClusterEvent::SelfUp);
-    expect_step(
-        &mut m,
-        vec![changed(State::Joining, State::AddingSelf)],
-        vec![add_self_as_member(3)],
-        Some(at(500) + COORDINATION_TIMEOUT),
-    );
+    transition(&mut m, Joining, AddingSelf, &[add_self_as_member(3)]);
+    assert_eq!(m.poll_timeout(), Some(at(500) + COORDINATION_TIMEOUT));
 
     // The join's own reply arriving afterwards is stale.
-    m.handle_reply(at(600), AttemptId(2), Reply::Joined(Ok(())));
-    assert_eq!(events(&mut m), vec![]);
-    assert_eq!(actions(&mut m), vec![]);
+    m.handle_reply(at(600), AttemptId(2), joined());
+    nothing(&mut m);
 }
 
 #[test]
 fn self_up_outside_joining_is_ignored() {
     let mut m = started(settings());
     m.handle_cluster_event(at(1), ClusterEvent::SelfUp);
-    assert_eq!(events(&mut m), vec![]);
-    assert_eq!(actions(&mut m), vec![]);
-    assert_eq!(m.state(), State::GettingNodes);
+    nothing(&mut m);
+    assert_eq!(m.state(), GettingNodes);
 
-    let mut m = machine(settings());
-    drive(&mut m, t0(), Script::Member, State::RefreshScheduled);
+    let (mut m, _) = driven(settings(), Script::Member, RefreshScheduled);
     m.handle_cluster_event(at(1), ClusterEvent::SelfUp);
-    expect_step(&mut m, vec![], vec![], Some(t0() + REFRESH_INTERVAL));
+    nothing(&mut m);
+    assert_eq!(m.poll_timeout(), Some(t0() + REFRESH_INTERVAL));
 }
 
 #[test]
 fn joined_ok_adds_self() {
     let mut m = joining(settings());
-    m.handle_reply(at(500), AttemptId(2), Reply::Joined(Ok(())));
-    assert_eq!(
-        events(&mut m),
-        vec![changed(State::Joining, State::AddingSelf)]
-    );
-    assert_eq!(actions(&mut m), vec![add_self_as_member(3)]);
+    m.handle_reply(at(500), AttemptId(2), joined());
+    transition(&mut m, Joining, AddingSelf, &[add_self_as_member(3)]);
 }
 
 fn join_error() -> Reply {
@@ -166,10 +122,18 @@ fn join_error() -> Reply {
     }))
 }
 
-fn join_error_summary() -> constructr_core::ErrorSummary {
-    constructr_core::ErrorSummary {
+fn join_error_summary() -> ErrorSummary {
+    ErrorSummary {
         retryable: true,
         message: "joining the cluster failed: no seed answered".into(),
+    }
+}
+
+fn retrying(state: State, error: ErrorSummary) -> Event {
+    Event::Retrying {
+        state,
+        error,
+        retry_in: RETRY_DELAY,
     }
 }
 
@@ -177,25 +141,15 @@ fn join_error_summary() -> constructr_core::ErrorSummary {
 fn join_error_is_reported_then_leaves_and_reads_again_after_a_backoff() {
     let mut m = joining(settings());
     m.handle_reply(at(500), AttemptId(2), join_error());
-    assert_eq!(
-        events(&mut m),
-        vec![
-            Event::Retrying {
-                state: State::Joining,
-                error: join_error_summary(),
-                retry_in: RETRY_DELAY,
-            },
-            changed(State::Joining, State::Resetting)
-        ]
+    let reported = retrying(Joining, join_error_summary());
+    step(
+        &mut m,
+        vec![reported, changed(Joining, Resetting)],
+        vec![leave(3)],
     );
-    assert_eq!(actions(&mut m), vec![leave(3)]);
-    m.handle_reply(at(600), AttemptId(3), Reply::Left(Ok(())));
-    assert_eq!(
-        events(&mut m),
-        vec![changed(State::Resetting, State::GettingNodes)]
-    );
+    m.handle_reply(at(600), AttemptId(3), left());
     // Not at once: a join that fails at once must not spin.
-    assert_eq!(actions(&mut m), vec![]);
+    transition(&mut m, Resetting, GettingNodes, &[]);
     assert_eq!(m.poll_timeout(), Some(at(600) + RETRY_DELAY));
     m.handle_timeout(at(600) + RETRY_DELAY);
     assert_eq!(actions(&mut m), vec![get_nodes(4)]);
@@ -211,7 +165,7 @@ fn join_errors_back_off_with_growing_waits_and_exhaust_into_failed() {
     let mut waits = Vec::new();
     loop {
         m.handle_reply(now, AttemptId(attempt), join_error());
-        if m.state() == State::Failed {
+        if m.state() == Failed {
             break;
         }
         let retry_in = events(&mut m)
@@ -223,15 +177,11 @@ fn join_errors_back_off_with_growing_waits_and_exhaust_into_failed() {
             .expect("a Retrying event per join error");
         waits.push(retry_in.as_secs());
         let leave = single(&mut m);
-        m.handle_reply(now, leave.attempt(), Reply::Left(Ok(())));
+        m.handle_reply(now, leave.attempt(), left());
         now = m.poll_timeout().expect("backoff timer");
         m.handle_timeout(now);
         let get = single(&mut m);
-        m.handle_reply(
-            now,
-            get.attempt(),
-            Reply::Nodes(Ok(registry(&[node(2)], epoch(THEIR_CLUSTER, 5), 5))),
-        );
+        m.handle_reply(now, get.attempt(), nodes(theirs(&[node(2)], 5)));
         attempt = single(&mut m).attempt().0;
         assert!(waits.len() < 50, "never failed: {waits:?}");
     }

@@ -9,23 +9,32 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
+use constructr_core::State::*;
 use constructr_core::{
-    Action, AddMode, AddOutcome, AttemptId, ClusterId, CoordinationError, Event, Failure,
-    LockOutcome, Machine, RefreshOutcome, Reply, State,
+    Action, AddMode, AttemptId, ClusterId, CoordinationError, Epoch, Event, Failure, Machine,
+    Registry, Reply, Settings,
 };
 
-/// A registered member of [`THEIR_CLUSTER`] (outage settings) and the time it registered.
-fn member() -> (Machine, Instant) {
-    let mut m = machine(outage_settings());
-    drive(&mut m, t0(), Script::Member, State::RefreshScheduled);
-    (m, t0())
+/// A registered member of [`THEIR_CLUSTER`] (outage settings), registered at `t0`.
+fn member() -> Machine {
+    driven(outage_settings(), Script::Member, RefreshScheduled).0
 }
 
-/// Fires the refresh timer; returns the Refresh action and the time.
-fn refresh_due(m: &mut Machine) -> (Action, Instant) {
-    let now = m.poll_timeout().expect("refresh timer");
-    m.handle_timeout(now);
+/// Fires the machine's timer (the refresh or a retry); returns the one action it issued and
+/// the time.
+fn timer_fires(m: &mut Machine) -> (Action, Instant) {
+    let now = fire(m);
     (single(m), now)
+}
+
+/// A [`member`] whose first refresh was refused: `Degraded`, waiting to retry (events
+/// drained); and the time of the refusal.
+fn degraded() -> (Machine, Instant) {
+    let mut m = member();
+    let (action, now) = timer_fires(&mut m);
+    m.handle_reply(now, action.attempt(), refresh_refused());
+    events(&mut m);
+    (m, now)
 }
 
 fn retry_in(events: &[Event]) -> Duration {
@@ -38,22 +47,43 @@ fn retry_in(events: &[Event]) -> Duration {
         .expect("a Retrying event")
 }
 
+fn refresh_refused() -> Reply {
+    Reply::Refresh(Err(unavailable()))
+}
+
+fn token_revoked() -> CoordinationError {
+    CoordinationError::Unauthorized {
+        message: "token revoked".into(),
+    }
+}
+
+/// An empty registry whose epoch names [`THEIR_CLUSTER`] (version 9, revision 20): every
+/// member's entry expired.
+fn expired_cluster() -> Registry {
+    registry(&[], epoch(THEIR_CLUSTER, 9), 20)
+}
+
+/// The re-seed grace given to [`THEIR_CLUSTER`].
+fn grace_for_theirs(grace: Duration) -> Event {
+    Event::ReseedGrace {
+        cluster: THEIR_CLUSTER,
+        grace,
+    }
+}
+
 #[test]
 fn member_degrades_on_a_failed_refresh_and_keeps_retrying_with_growing_waits() {
-    let (mut m, _) = member();
-    let (mut action, mut now) = refresh_due(&mut m);
+    let mut m = member();
+    let (mut action, mut now) = timer_fires(&mut m);
     let mut waits = Vec::new();
     // Two hours of refused connections.
     for i in 0..500 {
-        m.handle_reply(now, action.attempt(), Reply::Refresh(Err(unavailable())));
+        m.handle_reply(now, action.attempt(), refresh_refused());
         let ev = events(&mut m);
         if i == 0 {
-            assert!(
-                ev.contains(&changed(State::Refreshing, State::Degraded)),
-                "{ev:?}"
-            );
+            assert!(ev.contains(&changed(Refreshing, Degraded)), "{ev:?}");
         }
-        assert_eq!(m.state(), State::Degraded);
+        assert_eq!(m.state(), Degraded);
         assert_eq!(m.cluster(), Some(THEIR_CLUSTER));
         let wait = retry_in(&ev);
         waits.push(wait.as_secs());
@@ -68,19 +98,12 @@ fn member_degrades_on_a_failed_refresh_and_keeps_retrying_with_growing_waits() {
     assert_eq!(m.failure(), None);
 
     // The service is back: the entry is still there.
-    m.handle_reply(
-        now,
-        action.attempt(),
-        Reply::Refresh(Ok(RefreshOutcome::Refreshed)),
-    );
-    assert_eq!(
-        events(&mut m),
-        vec![changed(State::Degraded, State::RefreshScheduled)]
-    );
+    m.handle_reply(now, action.attempt(), refreshed());
+    assert_eq!(events(&mut m), vec![changed(Degraded, RefreshScheduled)]);
     assert_eq!(m.poll_timeout(), Some(now + REFRESH_INTERVAL));
     // The streak is over: the next failure waits the first delay again.
-    let (action, now) = refresh_due(&mut m);
-    m.handle_reply(now, action.attempt(), Reply::Refresh(Err(unavailable())));
+    let (action, now) = timer_fires(&mut m);
+    m.handle_reply(now, action.attempt(), refresh_refused());
     assert_eq!(retry_in(&events(&mut m)), RETRY_DELAY);
 }
 
@@ -89,9 +112,8 @@ fn degraded_member_waits_at_most_one_refresh_interval() {
     let mut s = outage_settings();
     s.refresh_interval = Duration::from_secs(5);
     s.max_retry_delay = Duration::from_secs(60);
-    let mut m = machine(s);
-    drive(&mut m, t0(), Script::Member, State::RefreshScheduled);
-    let (mut action, mut now) = refresh_due(&mut m);
+    let (mut m, _) = driven(s, Script::Member, RefreshScheduled);
+    let (mut action, mut now) = timer_fires(&mut m);
     for _ in 0..10 {
         now += COORDINATION_TIMEOUT;
         m.handle_timeout(now);
@@ -102,27 +124,15 @@ fn degraded_member_waits_at_most_one_refresh_interval() {
         action = single(&mut m);
     }
     assert!(matches!(action, Action::Refresh { .. }));
-    assert_eq!(m.state(), State::Degraded);
+    assert_eq!(m.state(), Degraded);
 }
 
 #[test]
 fn degraded_member_whose_entry_expired_registers_again_under_its_cluster() {
-    let (mut m, _) = member();
-    let (action, now) = refresh_due(&mut m);
-    m.handle_reply(now, action.attempt(), Reply::Refresh(Err(unavailable())));
-    events(&mut m);
-    let now = m.poll_timeout().expect("retry");
-    m.handle_timeout(now);
-    let action = single(&mut m);
-    m.handle_reply(
-        now,
-        action.attempt(),
-        Reply::Refresh(Ok(RefreshOutcome::Missing)),
-    );
-    assert_eq!(
-        events(&mut m),
-        vec![changed(State::Degraded, State::AddingSelf)]
-    );
+    let (mut m, _) = degraded();
+    let (action, now) = timer_fires(&mut m);
+    m.handle_reply(now, action.attempt(), missing());
+    assert_eq!(events(&mut m), vec![changed(Degraded, AddingSelf)]);
     let add = single(&mut m);
     assert_eq!(
         add,
@@ -136,38 +146,29 @@ fn degraded_member_whose_entry_expired_registers_again_under_its_cluster() {
     );
     // The service fails again while re-registering: still a member.
     m.handle_reply(now, add.attempt(), Reply::AddSelf(Err(unavailable())));
-    assert!(events(&mut m).contains(&changed(State::AddingSelf, State::Degraded)));
-    let now = m.poll_timeout().expect("retry");
-    m.handle_timeout(now);
-    let action = single(&mut m);
-    m.handle_reply(
-        now,
-        action.attempt(),
-        Reply::Refresh(Ok(RefreshOutcome::Missing)),
-    );
+    assert!(events(&mut m).contains(&changed(AddingSelf, Degraded)));
+    let (action, now) = timer_fires(&mut m);
+    m.handle_reply(now, action.attempt(), missing());
     let add = single(&mut m);
-    m.handle_reply(now, add.attempt(), Reply::AddSelf(Ok(AddOutcome::Added)));
+    m.handle_reply(now, add.attempt(), added());
     assert_eq!(
         events(&mut m),
         vec![
-            changed(State::Degraded, State::AddingSelf),
-            changed(State::AddingSelf, State::RefreshScheduled)
+            changed(Degraded, AddingSelf),
+            changed(AddingSelf, RefreshScheduled)
         ]
     );
 }
 
 #[test]
 fn permanent_errors_keep_a_member_degraded_at_the_longest_wait() {
-    let (mut m, _) = member();
-    let (mut action, mut now) = refresh_due(&mut m);
+    let mut m = member();
+    let (mut action, mut now) = timer_fires(&mut m);
     for _ in 0..5 {
-        let denied = CoordinationError::Unauthorized {
-            message: "token revoked".into(),
-        };
-        m.handle_reply(now, action.attempt(), Reply::Refresh(Err(denied)));
+        m.handle_reply(now, action.attempt(), Reply::Refresh(Err(token_revoked())));
         let ev = events(&mut m);
         assert_eq!(retry_in(&ev), MAX_RETRY_DELAY);
-        assert_eq!(m.state(), State::Degraded);
+        assert_eq!(m.state(), Degraded);
         now += MAX_RETRY_DELAY;
         m.handle_timeout(now);
         action = single(&mut m);
@@ -178,12 +179,13 @@ fn permanent_errors_keep_a_member_degraded_at_the_longest_wait() {
 fn fail_fast_member_fails_on_a_permanent_error() {
     let mut s = outage_settings();
     s.ignore_refresh_failures = false;
-    let mut m = machine(s);
-    let action = drive(&mut m, t0(), Script::Member, State::Refreshing).expect("Refresh");
-    let denied = CoordinationError::Unauthorized {
-        message: "token revoked".into(),
-    };
-    m.handle_reply(at(1), action.attempt(), Reply::Refresh(Err(denied)));
+    let (mut m, action) = driven(s, Script::Member, Refreshing);
+    let action = action.expect("Refresh");
+    m.handle_reply(
+        at(1),
+        action.attempt(),
+        Reply::Refresh(Err(token_revoked())),
+    );
     assert!(matches!(m.failure(), Some(Failure::Permanent { .. })));
 }
 
@@ -195,14 +197,14 @@ fn bootstrap_rides_out_an_outage_within_the_retry_budget_then_fails() {
     // 60 s of refused connections: still trying.
     while now - t0() < Duration::from_secs(60) {
         m.handle_reply(now, AttemptId(attempt), Reply::Nodes(Err(unavailable())));
-        assert_eq!(m.state(), State::GettingNodes);
+        assert_eq!(m.state(), GettingNodes);
         now = m.poll_timeout().expect("retry timer");
         m.handle_timeout(now);
         attempt = single(&mut m).attempt().0;
     }
     // The service answers: bootstrapping goes on.
-    m.handle_reply(now, AttemptId(attempt), Reply::Nodes(Ok(empty(1))));
-    assert_eq!(m.state(), State::Locking);
+    m.handle_reply(now, AttemptId(attempt), nodes(empty(1)));
+    assert_eq!(m.state(), Locking);
 
     // An outage longer than the budget (5 min) fails, naming the state.
     let lock = single(&mut m);
@@ -210,7 +212,7 @@ fn bootstrap_rides_out_an_outage_within_the_retry_budget_then_fails() {
     let start = now;
     loop {
         m.handle_reply(now, AttemptId(attempt), Reply::Lock(Err(unavailable())));
-        if m.state() == State::Failed {
+        if m.state() == Failed {
             break;
         }
         now = m.poll_timeout().expect("retry timer");
@@ -222,7 +224,7 @@ fn bootstrap_rides_out_an_outage_within_the_retry_budget_then_fails() {
     assert_eq!(
         m.failure(),
         Some(&Failure::RetriesExhausted {
-            state: State::Locking,
+            state: Locking,
             error: unavailable_summary(),
         })
     );
@@ -232,47 +234,24 @@ fn bootstrap_rides_out_an_outage_within_the_retry_budget_then_fails() {
 fn empty_registry_whose_epoch_names_a_cluster_waits_the_grace_and_joins_a_reregistered_member() {
     let s = outage_settings();
     let grace = s.reseed_grace();
-    assert_eq!(
-        grace,
-        REFRESH_INTERVAL + COORDINATION_TIMEOUT * 2 + RETRY_DELAY
-    );
+    let expected_grace = REFRESH_INTERVAL + COORDINATION_TIMEOUT * 2 + RETRY_DELAY;
+    assert_eq!(grace, expected_grace);
     let mut m = started(s);
-    m.handle_reply(
-        at(10),
-        AttemptId(1),
-        Reply::Nodes(Ok(registry(&[], epoch(THEIR_CLUSTER, 9), 20))),
-    );
-    assert_eq!(
-        events(&mut m),
-        vec![
-            Event::ReseedGrace {
-                cluster: THEIR_CLUSTER,
-                grace
-            },
-            changed(State::GettingNodes, State::WaitingForNodes)
-        ]
-    );
+    m.handle_reply(at(10), AttemptId(1), nodes(expired_cluster()));
     // Watching, and polling every retry delay.
-    assert_eq!(
-        actions(&mut m),
-        vec![Action::WaitForChange {
-            attempt: AttemptId(2),
-            after: Some(20),
-        }]
+    step(
+        &mut m,
+        vec![
+            grace_for_theirs(grace),
+            changed(GettingNodes, WaitingForNodes),
+        ],
+        vec![wait_for_change(2, 20)],
     );
     assert_eq!(m.poll_timeout(), Some(at(10) + RETRY_DELAY));
     // An old member re-registers: the watch fires, the node reads and joins it.
-    m.handle_reply(
-        at(900),
-        AttemptId(2),
-        Reply::Changed(Ok(constructr_core::WaitOutcome::Changed)),
-    );
+    m.handle_reply(at(900), AttemptId(2), watch_fired());
     assert_eq!(actions(&mut m), vec![get_nodes(3)]);
-    m.handle_reply(
-        at(910),
-        AttemptId(3),
-        Reply::Nodes(Ok(registry(&[node(2)], epoch(THEIR_CLUSTER, 21), 21))),
-    );
+    m.handle_reply(at(910), AttemptId(3), nodes(theirs(&[node(2)], 21)));
     assert_eq!(actions(&mut m), vec![join(4, vec![node(2)])]);
     assert_eq!(m.cluster(), Some(THEIR_CLUSTER));
 }
@@ -287,21 +266,17 @@ fn grace_runs_once_across_rereads_then_the_node_seeds() {
     let mut attempt = 1;
     let mut graces = 0;
     loop {
-        m.handle_reply(
-            now,
-            AttemptId(attempt),
-            Reply::Nodes(Ok(registry(&[], epoch(THEIR_CLUSTER, 9), 20))),
-        );
+        m.handle_reply(now, AttemptId(attempt), nodes(expired_cluster()));
         graces += events(&mut m)
             .iter()
             .filter(|e| matches!(e, Event::ReseedGrace { .. }))
             .count();
         let acts = actions(&mut m);
-        if m.state() == State::Locking {
+        if m.state() == Locking {
             assert_eq!(acts.len(), 1);
             break;
         }
-        assert_eq!(m.state(), State::WaitingForNodes);
+        assert_eq!(m.state(), WaitingForNodes);
         let wake = m.poll_timeout().expect("timer");
         assert!(wake <= deadline, "the wait never passes the grace deadline");
         now = wake;
@@ -311,39 +286,29 @@ fn grace_runs_once_across_rereads_then_the_node_seeds() {
     assert_eq!(graces, 1, "the grace is not restarted by re-reads");
     assert!(now >= deadline);
     // Losing the lock race does not restart the grace either.
-    let lock = AttemptId(attempt + 1);
-    m.handle_reply(now, lock, Reply::Lock(Ok(LockOutcome::HeldByOther)));
-    now = m.poll_timeout().expect("wait timer");
-    m.handle_timeout(now);
+    m.handle_reply(now, AttemptId(attempt + 1), held_by_other());
+    now = fire(&mut m);
     let get = actions(&mut m)
         .into_iter()
         .find(|a| matches!(a, Action::GetNodes { .. }))
         .expect("re-read");
-    m.handle_reply(
-        now,
-        get.attempt(),
-        Reply::Nodes(Ok(registry(&[], epoch(THEIR_CLUSTER, 9), 20))),
-    );
-    assert_eq!(m.state(), State::Locking);
+    m.handle_reply(now, get.attempt(), nodes(expired_cluster()));
+    assert_eq!(m.state(), Locking);
 }
 
 #[test]
 fn no_grace_without_an_epoch_or_for_an_unreadable_one() {
     for epoch in [None, epoch(ClusterId::UNREADABLE, 3)] {
         let mut m = started(outage_settings());
-        m.handle_reply(
-            at(10),
-            AttemptId(1),
-            Reply::Nodes(Ok(registry(&[], epoch, 4))),
-        );
-        assert_eq!(m.state(), State::Locking, "{epoch:?}");
+        m.handle_reply(at(10), AttemptId(1), nodes(registry(&[], epoch, 4)));
+        assert_eq!(m.state(), Locking, "{epoch:?}");
     }
 }
 
 /// Drives a seed to its fenced registration; returns the AddSelf action.
 fn seeding() -> (Machine, Action) {
-    let mut m = machine(outage_settings());
-    let add = drive(&mut m, t0(), Script::Seed, State::AddingSelf).expect("AddSelf");
+    let (m, add) = driven(outage_settings(), Script::Seed, AddingSelf);
+    let add = add.expect("AddSelf");
     assert!(matches!(
         add,
         Action::AddSelf {
@@ -360,47 +325,36 @@ fn seeding() -> (Machine, Action) {
 fn seed_refused_after_an_uncertain_try() -> (Machine, Action, ClusterId, Instant) {
     let (mut m, add) = seeding();
     let cluster = m.cluster().expect("seeded cluster");
-    let now = t0() + COORDINATION_TIMEOUT;
-    m.handle_timeout(now);
+    m.handle_timeout(t0() + COORDINATION_TIMEOUT);
     events(&mut m);
-    let now = m.poll_timeout().expect("retry");
-    m.handle_timeout(now);
-    let retry = single(&mut m);
-    m.handle_reply(
-        now,
-        retry.attempt(),
-        Reply::AddSelf(Ok(AddOutcome::Refused)),
-    );
-    assert_eq!(
-        events(&mut m),
-        vec![changed(State::AddingSelf, State::ConfirmingSeed)]
-    );
+    let (retry, now) = timer_fires(&mut m);
+    m.handle_reply(now, retry.attempt(), refused());
+    assert_eq!(events(&mut m), vec![changed(AddingSelf, ConfirmingSeed)]);
     let read = single(&mut m);
     assert_eq!(read, get_nodes(add.attempt().0 + 2));
     (m, read, cluster, now)
+}
+
+/// `nodes` registered in `cluster`, epoch version and revision 12.
+fn registered_in(cluster: ClusterId, nodes: &[constructr_core::NodeId]) -> Registry {
+    let epoch = Epoch {
+        cluster,
+        version: 12,
+    };
+    registry(nodes, Some(epoch), 12)
 }
 
 #[test]
 fn seed_whose_committed_registration_reply_was_lost_recognises_it_and_stays() {
     // The write committed, the reply was lost (timeout); the lock expired meanwhile.
     let (mut m, read, cluster, now) = seed_refused_after_an_uncertain_try();
-    m.handle_reply(
-        now,
-        read.attempt(),
-        Reply::Nodes(Ok(registry(
-            &[me(), node(2)],
-            Some(constructr_core::Epoch {
-                cluster,
-                version: 12,
-            }),
-            12,
-        ))),
-    );
+    let committed = registered_in(cluster, &[me(), node(2)]);
+    m.handle_reply(now, read.attempt(), nodes(committed));
     assert_eq!(
         events(&mut m),
         vec![
             Event::SeedConfirmed,
-            changed(State::ConfirmingSeed, State::RefreshScheduled)
+            changed(ConfirmingSeed, RefreshScheduled)
         ]
     );
     assert_eq!(m.cluster(), Some(cluster));
@@ -411,24 +365,10 @@ fn seed_whose_committed_registration_reply_was_lost_recognises_it_and_stays() {
 fn seed_paused_past_its_entry_ttl_after_its_committed_write_registers_again_as_member() {
     let (mut m, read, cluster, now) = seed_refused_after_an_uncertain_try();
     // The epoch names its cluster, but its entry expired while it was paused.
-    m.handle_reply(
-        now,
-        read.attempt(),
-        Reply::Nodes(Ok(registry(
-            &[],
-            Some(constructr_core::Epoch {
-                cluster,
-                version: 12,
-            }),
-            12,
-        ))),
-    );
+    m.handle_reply(now, read.attempt(), nodes(registered_in(cluster, &[])));
     assert_eq!(
         events(&mut m),
-        vec![
-            Event::SeedConfirmed,
-            changed(State::ConfirmingSeed, State::AddingSelf)
-        ]
+        vec![Event::SeedConfirmed, changed(ConfirmingSeed, AddingSelf)]
     );
     let add = single(&mut m);
     assert!(
@@ -444,54 +384,36 @@ fn seed_paused_past_its_entry_ttl_after_its_committed_write_registers_again_as_m
 fn seed_whose_uncertain_registration_is_not_there_starts_over() {
     let (mut m, read, _, now) = seed_refused_after_an_uncertain_try();
     // Someone else seeded: this node's entry is not there.
-    m.handle_reply(
-        now,
-        read.attempt(),
-        Reply::Nodes(Ok(registry(&[node(2)], epoch(THEIR_CLUSTER, 5), 5))),
-    );
+    m.handle_reply(now, read.attempt(), nodes(theirs(&[node(2)], 5)));
     assert_eq!(
         events(&mut m),
-        vec![
-            Event::SeedRefused,
-            changed(State::ConfirmingSeed, State::Resetting)
-        ]
+        vec![Event::SeedRefused, changed(ConfirmingSeed, Resetting)]
     );
     assert!(matches!(single(&mut m), Action::LeaveCluster { .. }));
 }
 
 #[test]
 fn shutdown_of_a_degraded_member_removes_its_entry() {
-    let (mut m, _) = member();
-    let (action, now) = refresh_due(&mut m);
-    m.handle_reply(now, action.attempt(), Reply::Refresh(Err(unavailable())));
-    events(&mut m);
+    let (mut m, now) = degraded();
     m.shutdown(now);
-    assert_eq!(
-        events(&mut m),
-        vec![changed(State::Degraded, State::Leaving)]
-    );
+    assert_eq!(events(&mut m), vec![changed(Degraded, Leaving)]);
     let leave = single(&mut m);
-    m.handle_reply(now, leave.attempt(), Reply::Left(Ok(())));
+    m.handle_reply(now, leave.attempt(), left());
     assert!(matches!(single(&mut m), Action::RemoveSelf { .. }));
 }
 
 #[test]
 fn compat_settings_keep_constructrs_fail_fast_for_members() {
-    let mut s = constructr_core::Settings::constructr_compat();
-    s.coordination_timeout = COORDINATION_TIMEOUT;
-    s.join_timeout = JOIN_TIMEOUT;
-    s.refresh_interval = REFRESH_INTERVAL;
-    let mut m = machine(s);
-    let mut action = drive(&mut m, t0(), Script::Member, State::Refreshing).expect("Refresh");
+    let s = with_test_timings(Settings::constructr_compat());
+    let (mut m, action) = driven(s, Script::Member, Refreshing);
+    let mut action = action.expect("Refresh");
     let mut now = t0() + REFRESH_INTERVAL;
     for _ in 0..3 {
-        m.handle_reply(now, action.attempt(), Reply::Refresh(Err(unavailable())));
-        if m.state() == State::Failed {
+        m.handle_reply(now, action.attempt(), refresh_refused());
+        if m.state() == Failed {
             break;
         }
-        now = m.poll_timeout().expect("retry");
-        m.handle_timeout(now);
-        action = single(&mut m);
+        (action, now) = timer_fires(&mut m);
     }
     assert!(matches!(
         m.failure(),
@@ -505,29 +427,16 @@ fn a_node_that_locked_before_the_cluster_formed_gives_the_grace_on_its_reread() 
     // followed, and the re-read under the lock found the (now formed) cluster's epoch with
     // every entry expired. Seeding there would split the cluster.
     let mut m = started(outage_settings());
-    m.handle_reply(at(1), AttemptId(1), Reply::Nodes(Ok(empty(1))));
+    m.handle_reply(at(1), AttemptId(1), nodes(empty(1)));
     assert!(matches!(single(&mut m), Action::Lock { .. }));
-    m.handle_reply(
-        at(2),
-        AttemptId(2),
-        Reply::Lock(Ok(LockOutcome::Acquired(token()))),
-    );
+    m.handle_reply(at(2), AttemptId(2), acquired());
     assert_eq!(actions(&mut m), vec![get_nodes(3)]);
     events(&mut m);
-    m.handle_reply(
-        at(3),
-        AttemptId(3),
-        Reply::Nodes(Ok(registry(&[], epoch(THEIR_CLUSTER, 9), 20))),
-    );
+    m.handle_reply(at(3), AttemptId(3), nodes(expired_cluster()));
+    let grace = grace_for_theirs(outage_settings().reseed_grace());
     assert_eq!(
         events(&mut m),
-        vec![
-            Event::ReseedGrace {
-                cluster: THEIR_CLUSTER,
-                grace: outage_settings().reseed_grace()
-            },
-            changed(State::VerifyingEmpty, State::WaitingForNodes)
-        ]
+        vec![grace, changed(VerifyingEmpty, WaitingForNodes)]
     );
     assert!(matches!(single(&mut m), Action::WaitForChange { .. }));
 }
@@ -539,30 +448,24 @@ fn a_failed_request_during_the_grace_restarts_it_once_the_service_answers() {
     let s = outage_settings();
     let grace = s.reseed_grace();
     let mut m = started(s);
-    let old = || Reply::Nodes(Ok(registry(&[], epoch(THEIR_CLUSTER, 9), 20)));
-    m.handle_reply(at(0), AttemptId(1), old());
+    m.handle_reply(at(0), AttemptId(1), nodes(expired_cluster()));
     actions(&mut m);
     // The wait is over; the re-read fails for longer than the grace.
-    let mut now = m.poll_timeout().expect("wait timer");
-    m.handle_timeout(now);
-    let mut attempt = single(&mut m).attempt();
+    let (get, mut now) = timer_fires(&mut m);
+    let mut attempt = get.attempt();
     while now < at(0) + grace * 3 {
         m.handle_reply(now, attempt, Reply::Nodes(Err(unavailable())));
-        now = m.poll_timeout().expect("retry timer");
-        m.handle_timeout(now);
-        attempt = single(&mut m).attempt();
+        let (get, then) = timer_fires(&mut m);
+        (attempt, now) = (get.attempt(), then);
     }
     events(&mut m);
     // The service answers: the grace starts over instead of seeding at once.
-    m.handle_reply(now, attempt, old());
+    m.handle_reply(now, attempt, nodes(expired_cluster()));
     assert_eq!(
         events(&mut m),
         vec![
-            Event::ReseedGrace {
-                cluster: THEIR_CLUSTER,
-                grace
-            },
-            changed(State::GettingNodes, State::WaitingForNodes)
+            grace_for_theirs(grace),
+            changed(GettingNodes, WaitingForNodes)
         ]
     );
 }

@@ -9,8 +9,9 @@ use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
 use constructr_core::{
-    Action, AddOutcome, AttemptId, ClusterId, CoordinationError, Epoch, ErrorSummary, Event,
-    LockOutcome, LockToken, Machine, NodeId, RefreshOutcome, Registry, Reply, Settings, State,
+    Action, AddMode, AddOutcome, AttemptId, ClusterId, CoordinationError, Epoch, ErrorSummary,
+    Event, LockOutcome, LockToken, Machine, NodeId, RefreshOutcome, Registry, Reply, Settings,
+    State, WaitOutcome,
 };
 
 static BASE: LazyLock<Instant> = LazyLock::new(Instant::now);
@@ -34,36 +35,36 @@ pub const SEED: u64 = 7;
 /// The cluster named by the registry's epoch in the member scripts.
 pub const THEIR_CLUSTER: ClusterId = ClusterId(0xC1);
 
-/// ConstructR's fail-fast behaviour (2 retries at fixed waits, no re-seed grace, members
-/// fail once retries are used up) with distinct, explicit durations and no jitter, so every
-/// wait is exact. The outage behaviour has its own tests with [`outage_settings`].
-pub fn settings() -> Settings {
-    let mut s = Settings::default();
-    s.coordination_timeout = COORDINATION_TIMEOUT;
-    s.join_timeout = JOIN_TIMEOUT;
+/// The cap of the growing retry waits in [`outage_settings`].
+pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(16);
+
+/// `base` with the coordination, join and refresh durations of the scripts.
+pub fn with_test_timings(mut base: Settings) -> Settings {
+    base.coordination_timeout = COORDINATION_TIMEOUT;
+    base.join_timeout = JOIN_TIMEOUT;
+    base.refresh_interval = REFRESH_INTERVAL;
+    base
+}
+
+/// constructr's defaults (degrade, time budget, growing waits, re-seed grace) with the
+/// durations of [`with_test_timings`], [`RETRY_DELAY`], a 16 s wait cap and no jitter.
+pub fn outage_settings() -> Settings {
+    let mut s = with_test_timings(Settings::default());
     s.retry_delay = RETRY_DELAY;
-    s.max_retry_delay = RETRY_DELAY;
-    s.nr_of_retries = Some(2);
-    s.ignore_refresh_failures = false;
-    s.reseed_grace = Some(Duration::ZERO);
-    s.refresh_interval = REFRESH_INTERVAL;
+    s.max_retry_delay = MAX_RETRY_DELAY;
     s.retry_jitter = 0.0;
     s
 }
 
-/// The cap of the growing retry waits in [`outage_settings`].
-pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(16);
-
-/// constructr's defaults (degrade, time budget, growing waits, re-seed grace) with the
-/// durations of [`settings`], a 16 s wait cap and no jitter.
-pub fn outage_settings() -> Settings {
-    let mut s = Settings::default();
-    s.coordination_timeout = COORDINATION_TIMEOUT;
-    s.join_timeout = JOIN_TIMEOUT;
-    s.retry_delay = RETRY_DELAY;
-    s.max_retry_delay = MAX_RETRY_DELAY;
-    s.refresh_interval = REFRESH_INTERVAL;
-    s.retry_jitter = 0.0;
+/// ConstructR's fail-fast behaviour (2 retries at fixed waits, no re-seed grace, members
+/// fail once retries are used up) with the durations of [`outage_settings`] and no jitter,
+/// so every wait is exact. The outage behaviour has its own tests with [`outage_settings`].
+pub fn settings() -> Settings {
+    let mut s = outage_settings();
+    s.max_retry_delay = RETRY_DELAY;
+    s.nr_of_retries = Some(2);
+    s.ignore_refresh_failures = false;
+    s.reseed_grace = Some(Duration::ZERO);
     s
 }
 
@@ -154,6 +155,89 @@ pub fn remove_self(attempt: u64) -> Action {
     }
 }
 
+/// This node's registration as a member of `cluster` (`None`: a registry without epoch).
+pub fn add_member(attempt: u64, cluster: Option<ClusterId>) -> Action {
+    Action::AddSelf {
+        attempt: AttemptId(attempt),
+        ttl: ttl(),
+        mode: AddMode::Join { cluster },
+    }
+}
+
+/// This node's fenced registration as the seed of `cluster`, under `lock`.
+pub fn add_seed(
+    attempt: u64,
+    lock: LockToken,
+    cluster: ClusterId,
+    expected_epoch_version: Option<u64>,
+) -> Action {
+    Action::AddSelf {
+        attempt: AttemptId(attempt),
+        ttl: ttl(),
+        mode: AddMode::Seed {
+            lock,
+            cluster,
+            expected_epoch_version,
+        },
+    }
+}
+
+/// A watch for changes after registry revision `after`.
+pub fn wait_for_change(attempt: u64, after: u64) -> Action {
+    Action::WaitForChange {
+        attempt: AttemptId(attempt),
+        after: Some(after),
+    }
+}
+
+pub fn nodes(registry: Registry) -> Reply {
+    Reply::Nodes(Ok(registry))
+}
+
+/// The lock, acquired with [`token`].
+pub fn acquired() -> Reply {
+    Reply::Lock(Ok(LockOutcome::Acquired(token())))
+}
+
+pub fn held_by_other() -> Reply {
+    Reply::Lock(Ok(LockOutcome::HeldByOther))
+}
+
+pub fn joined() -> Reply {
+    Reply::Joined(Ok(()))
+}
+
+pub fn added() -> Reply {
+    Reply::AddSelf(Ok(AddOutcome::Added))
+}
+
+/// The registration refused by its fence.
+pub fn refused() -> Reply {
+    Reply::AddSelf(Ok(AddOutcome::Refused))
+}
+
+pub fn refreshed() -> Reply {
+    Reply::Refresh(Ok(RefreshOutcome::Refreshed))
+}
+
+/// The refresh found no entry of this node.
+pub fn missing() -> Reply {
+    Reply::Refresh(Ok(RefreshOutcome::Missing))
+}
+
+pub fn left() -> Reply {
+    Reply::Left(Ok(()))
+}
+
+pub fn removed() -> Reply {
+    Reply::RemoveSelf(Ok(()))
+}
+
+/// The watch saw a change.
+pub fn watch_fired() -> Reply {
+    Reply::Changed(Ok(WaitOutcome::Changed))
+}
+
 /// A registry read.
 pub fn registry(nodes: &[NodeId], epoch: Option<Epoch>, revision: u64) -> Registry {
     Registry {
@@ -170,6 +254,11 @@ pub fn empty(revision: u64) -> Registry {
 
 pub fn epoch(cluster: ClusterId, version: u64) -> Option<Epoch> {
     Some(Epoch { cluster, version })
+}
+
+/// `nodes` registered in [`THEIR_CLUSTER`], epoch version and revision `version`.
+pub fn theirs(nodes: &[NodeId], version: u64) -> Registry {
+    registry(nodes, epoch(THEIR_CLUSTER, version), version)
 }
 
 /// The lock token of the scripts.
@@ -225,18 +314,14 @@ pub fn drive(m: &mut Machine, now: Instant, script: Script, target: State) -> Op
         }
         let action = last.take().expect("an action to answer");
         let reply = match (&action, script) {
-            (Action::GetNodes { .. }, Script::Seed) => Reply::Nodes(Ok(empty(1))),
-            (Action::GetNodes { .. }, Script::Member) => Reply::Nodes(Ok(registry(
-                &[node(2), node(3)],
-                epoch(THEIR_CLUSTER, 5),
-                5,
-            ))),
-            (Action::Lock { .. }, _) => Reply::Lock(Ok(LockOutcome::Acquired(token()))),
-            (Action::JoinCluster { .. }, _) => Reply::Joined(Ok(())),
-            (Action::AddSelf { .. }, _) => Reply::AddSelf(Ok(AddOutcome::Added)),
-            (Action::Refresh { .. }, _) => Reply::Refresh(Ok(RefreshOutcome::Refreshed)),
-            (Action::LeaveCluster { .. }, _) => Reply::Left(Ok(())),
-            (Action::RemoveSelf { .. }, _) => Reply::RemoveSelf(Ok(())),
+            (Action::GetNodes { .. }, Script::Seed) => nodes(empty(1)),
+            (Action::GetNodes { .. }, Script::Member) => nodes(theirs(&[node(2), node(3)], 5)),
+            (Action::Lock { .. }, _) => acquired(),
+            (Action::JoinCluster { .. }, _) => joined(),
+            (Action::AddSelf { .. }, _) => added(),
+            (Action::Refresh { .. }, _) => refreshed(),
+            (Action::LeaveCluster { .. }, _) => left(),
+            (Action::RemoveSelf { .. }, _) => removed(),
             (a, _) => panic!("unexpected action {a:?}"),
         };
         m.handle_reply(now, action.attempt(), reply);
@@ -247,8 +332,37 @@ pub fn drive(m: &mut Machine, now: Instant, script: Script, target: State) -> Op
     panic!("did not reach {target:?}; in {:?}", m.state());
 }
 
-/// Asserts one step of the machine: the events and the actions it queued (drained), and
-/// when it next wants to be polled.
+/// A machine created at `t0` and [`drive`]n by `script` into `target`; the action it issued on
+/// entering `target`, if any.
+pub fn driven(settings: Settings, script: Script, target: State) -> (Machine, Option<Action>) {
+    let mut m = machine(settings);
+    let action = drive(&mut m, t0(), script, target);
+    (m, action)
+}
+
+/// Fires the machine's timer at its deadline; returns the deadline.
+pub fn fire(m: &mut Machine) -> Instant {
+    let now = m.poll_timeout().expect("a timer");
+    m.handle_timeout(now);
+    now
+}
+
+/// Asserts one step of the machine: the events and the actions it queued (both drained).
+#[track_caller]
+pub fn step(m: &mut Machine, events: Vec<Event>, actions: Vec<Action>) {
+    assert_eq!(self::events(m), events, "events");
+    assert_eq!(self::actions(m), actions, "actions");
+}
+
+/// Asserts a step that only moved the machine from `from` to `to`: that one event, and
+/// exactly `actions` (both drained).
+#[track_caller]
+pub fn transition(m: &mut Machine, from: State, to: State, actions: &[Action]) {
+    assert_eq!(self::events(m), vec![changed(from, to)], "events");
+    assert_eq!(self::actions(m), actions, "actions");
+}
+
+/// [`step`], and when the machine next wants to be polled.
 #[track_caller]
 pub fn expect_step(
     m: &mut Machine,
@@ -256,7 +370,21 @@ pub fn expect_step(
     actions: Vec<Action>,
     timeout: Option<Instant>,
 ) {
-    assert_eq!(self::events(m), events, "events");
-    assert_eq!(self::actions(m), actions, "actions");
+    step(m, events, actions);
+    assert_eq!(m.poll_timeout(), timeout, "poll_timeout");
+}
+
+/// Asserts that the last call changed nothing visible: no event, no action.
+#[track_caller]
+pub fn nothing(m: &mut Machine) {
+    step(m, vec![], vec![]);
+}
+
+/// Asserts that the last call was ignored: no event, no action, still in `state`, the timer
+/// still at `timeout`.
+#[track_caller]
+pub fn ignored(m: &mut Machine, state: State, timeout: Option<Instant>) {
+    nothing(m);
+    assert_eq!(m.state(), state, "state");
     assert_eq!(m.poll_timeout(), timeout, "poll_timeout");
 }
