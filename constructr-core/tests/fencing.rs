@@ -102,12 +102,11 @@ fn seed_registration_retry_keeps_the_same_fence() {
     // The reply is lost: the request times out, and the retry repeats the same condition
     // (the backend accepts it again if the first write went through).
     m.handle_timeout(t0() + COORDINATION_TIMEOUT);
-    let retrying = Event::Retrying {
-        state: AddingSelf,
-        error: timeout_summary(),
-        retry_in: RETRY_DELAY,
-    };
-    step(&mut m, vec![retrying], vec![]);
+    step(
+        &mut m,
+        vec![retrying(AddingSelf, timeout_summary())],
+        vec![],
+    );
     m.handle_timeout(t0() + COORDINATION_TIMEOUT + RETRY_DELAY);
     assert_eq!(
         actions(&mut m),

@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use constructr_core::State::{self, *};
+use constructr_core::State::*;
 use constructr_core::{
     AttemptId, ClusterError, ClusterEvent, ErrorSummary, Event, Failure, Machine, Reply, Settings,
 };
@@ -126,14 +126,6 @@ fn join_error_summary() -> ErrorSummary {
     ErrorSummary {
         retryable: true,
         message: "joining the cluster failed: no seed answered".into(),
-    }
-}
-
-fn retrying(state: State, error: ErrorSummary) -> Event {
-    Event::Retrying {
-        state,
-        error,
-        retry_in: RETRY_DELAY,
     }
 }
 

@@ -221,13 +221,8 @@ fn bootstrap_rides_out_an_outage_within_the_retry_budget_then_fails() {
     }
     assert!(now - start >= Duration::from_secs(300), "{:?}", now - start);
     assert!(now - start < Duration::from_secs(300) + MAX_RETRY_DELAY);
-    assert_eq!(
-        m.failure(),
-        Some(&Failure::RetriesExhausted {
-            state: Locking,
-            error: unavailable_summary(),
-        })
-    );
+    let failure = exhausted(Locking, unavailable_summary());
+    assert_eq!(m.failure(), Some(&failure));
 }
 
 #[test]

@@ -5,9 +5,9 @@
 mod common;
 
 use common::*;
+use constructr_core::State::{self, *};
 use constructr_core::{
-    Action, AttemptId, CoordinationError, ErrorSummary, Event, Failure, LockOutcome, Machine,
-    Reply, State,
+    Action, AttemptId, CoordinationError, ErrorSummary, Failure, Machine, Reply,
 };
 
 /// The error reply matching `action`'s kind.
@@ -44,14 +44,7 @@ fn fail_and_retry(
     state: State,
 ) -> (Action, std::time::Instant) {
     m.handle_reply(now, action.attempt(), error_reply(action, unavailable()));
-    assert_eq!(
-        events(m),
-        vec![Event::Retrying {
-            state,
-            error: unavailable_summary(),
-            retry_in: RETRY_DELAY,
-        }]
-    );
+    assert_eq!(events(m), vec![retrying(state, unavailable_summary())]);
     assert_eq!(actions(m), vec![]);
     assert_eq!(m.state(), state);
     assert_eq!(m.poll_timeout(), Some(now + RETRY_DELAY));
@@ -67,34 +60,24 @@ fn fail_and_retry(
 #[test]
 fn retryable_errors_are_retried_then_retries_exhausted_fails() {
     let mut m = started(settings());
-    let (a, now) = fail_and_retry(&mut m, at(100), &get_nodes(1), State::GettingNodes);
+    let (a, now) = fail_and_retry(&mut m, at(100), &get_nodes(1), GettingNodes);
     assert_eq!(a, get_nodes(2));
-    let (a, now) = fail_and_retry(&mut m, now, &a, State::GettingNodes);
+    let (a, now) = fail_and_retry(&mut m, now, &a, GettingNodes);
     assert_eq!(a, get_nodes(3));
 
     m.handle_reply(now, AttemptId(3), Reply::Nodes(Err(unavailable())));
-    expect_step(
-        &mut m,
-        vec![changed(State::GettingNodes, State::Failed)],
-        vec![],
-        None,
-    );
+    transition(&mut m, GettingNodes, Failed, &[]);
+    assert_eq!(m.poll_timeout(), None);
     assert!(m.state().is_terminal());
-    assert_eq!(
-        m.failure(),
-        Some(&Failure::RetriesExhausted {
-            state: State::GettingNodes,
-            error: unavailable_summary(),
-        })
-    );
+    let failure = exhausted(GettingNodes, unavailable_summary());
+    assert_eq!(m.failure(), Some(&failure));
 
     // A failed machine ignores everything.
     m.handle_timeout(now + RETRY_DELAY);
-    m.handle_reply(now, AttemptId(3), Reply::Nodes(Ok(empty(1))));
+    m.handle_reply(now, AttemptId(3), nodes(empty(1)));
     m.shutdown(now);
-    assert_eq!(events(&mut m), vec![]);
-    assert_eq!(actions(&mut m), vec![]);
-    assert_eq!(m.state(), State::Failed);
+    nothing(&mut m);
+    assert_eq!(m.state(), Failed);
 }
 
 #[test]
@@ -105,59 +88,37 @@ fn request_timeouts_count_as_retryable_failures() {
         now += COORDINATION_TIMEOUT;
         m.handle_timeout(now);
         if attempt < 3 {
-            assert_eq!(
-                events(&mut m),
-                vec![Event::Retrying {
-                    state: State::GettingNodes,
-                    error: timeout_summary(),
-                    retry_in: RETRY_DELAY,
-                }]
-            );
+            let timed_out = retrying(GettingNodes, timeout_summary());
+            assert_eq!(events(&mut m), vec![timed_out]);
             now += RETRY_DELAY;
             m.handle_timeout(now);
             assert_eq!(actions(&mut m), vec![get_nodes(attempt + 1)]);
         }
     }
-    assert_eq!(
-        events(&mut m),
-        vec![changed(State::GettingNodes, State::Failed)]
-    );
-    assert_eq!(
-        m.failure(),
-        Some(&Failure::RetriesExhausted {
-            state: State::GettingNodes,
-            error: timeout_summary(),
-        })
-    );
+    assert_eq!(events(&mut m), vec![changed(GettingNodes, Failed)]);
+    let failure = exhausted(GettingNodes, timeout_summary());
+    assert_eq!(m.failure(), Some(&failure));
 }
 
 #[test]
 fn retry_count_resets_after_each_success() {
     let mut m = started(settings());
-    let (a, now) = fail_and_retry(&mut m, at(0), &get_nodes(1), State::GettingNodes);
-    let (a, now) = fail_and_retry(&mut m, now, &a, State::GettingNodes);
-    m.handle_reply(now, a.attempt(), Reply::Nodes(Ok(empty(1))));
+    let (a, now) = fail_and_retry(&mut m, at(0), &get_nodes(1), GettingNodes);
+    let (a, now) = fail_and_retry(&mut m, now, &a, GettingNodes);
+    m.handle_reply(now, a.attempt(), nodes(empty(1)));
     assert_eq!(actions(&mut m), vec![lock(4)]);
     events(&mut m);
 
     // Two more failures in the next state are still fine.
-    let (a, now) = fail_and_retry(&mut m, now, &lock(4), State::Locking);
-    let (a, now) = fail_and_retry(&mut m, now, &a, State::Locking);
+    let (a, now) = fail_and_retry(&mut m, now, &lock(4), Locking);
+    let (a, now) = fail_and_retry(&mut m, now, &a, Locking);
     assert_eq!(a, lock(6));
-    m.handle_reply(
-        now,
-        AttemptId(6),
-        Reply::Lock(Ok(LockOutcome::Acquired(token()))),
-    );
-    assert_eq!(
-        events(&mut m),
-        vec![changed(State::Locking, State::VerifyingEmpty)]
-    );
-    assert_eq!(actions(&mut m), vec![get_nodes(7)]);
+    m.handle_reply(now, AttemptId(6), acquired());
+    transition(&mut m, Locking, VerifyingEmpty, &[get_nodes(7)]);
 
     // And two more again.
-    let (a, now) = fail_and_retry(&mut m, now, &get_nodes(7), State::VerifyingEmpty);
-    let (a, _) = fail_and_retry(&mut m, now, &a, State::VerifyingEmpty);
+    let (a, now) = fail_and_retry(&mut m, now, &get_nodes(7), VerifyingEmpty);
+    let (a, _) = fail_and_retry(&mut m, now, &a, VerifyingEmpty);
     assert_eq!(a, get_nodes(9));
     assert_eq!(m.failure(), None);
 }
@@ -165,16 +126,12 @@ fn retry_count_resets_after_each_success() {
 fn assert_fails_permanently_at_once(error: CoordinationError, summary: ErrorSummary) {
     let mut m = started(settings());
     m.handle_reply(at(100), AttemptId(1), Reply::Nodes(Err(error)));
-    expect_step(
-        &mut m,
-        vec![changed(State::GettingNodes, State::Failed)],
-        vec![],
-        None,
-    );
+    transition(&mut m, GettingNodes, Failed, &[]);
+    assert_eq!(m.poll_timeout(), None);
     assert_eq!(
         m.failure(),
         Some(&Failure::Permanent {
-            state: State::GettingNodes,
+            state: GettingNodes,
             error: summary,
         })
     );
@@ -208,7 +165,7 @@ fn invalid_request_fails_at_once() {
 #[test]
 fn permanent_error_after_retries_is_still_permanent() {
     let mut m = started(settings());
-    let (a, now) = fail_and_retry(&mut m, at(0), &get_nodes(1), State::GettingNodes);
+    let (a, now) = fail_and_retry(&mut m, at(0), &get_nodes(1), GettingNodes);
     m.handle_reply(
         now,
         a.attempt(),
@@ -217,80 +174,51 @@ fn permanent_error_after_retries_is_still_permanent() {
     assert_eq!(
         m.failure(),
         Some(&Failure::Permanent {
-            state: State::GettingNodes,
+            state: GettingNodes,
             error: CoordinationError::permanent("gone").summary(),
         })
     );
 }
 
-/// Drives a machine into `state`, then fails its request `nr_of_retries + 1` times.
-fn exhaust_retries_in(script: Script, state: State) {
-    let mut m = machine(settings());
-    let mut action = drive(&mut m, t0(), script, state).expect("an action in this state");
-    let mut now = at(1);
-    for _ in 0..settings().nr_of_retries.expect("set") {
-        (action, now) = fail_and_retry(&mut m, now, &action, state);
+#[test]
+fn retries_exhausted_in_each_state_that_retries_fails() {
+    // Each case: the script that drives the machine into the state, and the state. The
+    // request made there fails `nr_of_retries + 1` times.
+    let cases = [
+        ("while getting nodes", Script::Seed, GettingNodes),
+        ("while locking", Script::Seed, Locking),
+        ("while verifying empty", Script::Seed, VerifyingEmpty),
+        ("while adding self as seed", Script::Seed, AddingSelf),
+        ("while adding self as member", Script::Member, AddingSelf),
+    ];
+    for (case, script, state) in cases {
+        let (mut m, action) = driven(settings(), script, state);
+        let mut action = action.expect("an action in this state");
+        let mut now = at(1);
+        for _ in 0..settings().nr_of_retries.expect("set") {
+            (action, now) = fail_and_retry(&mut m, now, &action, state);
+        }
+        m.handle_reply(now, action.attempt(), error_reply(&action, unavailable()));
+        let failed = vec![changed(state, Failed)];
+        assert_eq!(events(&mut m), failed, "{case}: events");
+        assert_eq!(actions(&mut m), vec![], "{case}: actions");
+        assert_eq!(m.poll_timeout(), None, "{case}: poll_timeout");
+        let failure = exhausted(state, unavailable_summary());
+        assert_eq!(m.failure(), Some(&failure), "{case}: failure");
     }
-    m.handle_reply(now, action.attempt(), error_reply(&action, unavailable()));
-    assert_eq!(
-        events(&mut m),
-        vec![changed(state, State::Failed)],
-        "in {state:?}"
-    );
-    assert_eq!(actions(&mut m), vec![], "in {state:?}");
-    assert_eq!(m.poll_timeout(), None, "in {state:?}");
-    assert_eq!(
-        m.failure(),
-        Some(&Failure::RetriesExhausted {
-            state,
-            error: unavailable_summary(),
-        })
-    );
-}
-
-#[test]
-fn retries_exhausted_while_getting_nodes() {
-    exhaust_retries_in(Script::Seed, State::GettingNodes);
-}
-
-#[test]
-fn retries_exhausted_while_locking() {
-    exhaust_retries_in(Script::Seed, State::Locking);
-}
-
-#[test]
-fn retries_exhausted_while_verifying_empty() {
-    exhaust_retries_in(Script::Seed, State::VerifyingEmpty);
-}
-
-#[test]
-fn retries_exhausted_while_adding_self_as_seed() {
-    exhaust_retries_in(Script::Seed, State::AddingSelf);
-}
-
-#[test]
-fn retries_exhausted_while_adding_self_as_member() {
-    exhaust_retries_in(Script::Member, State::AddingSelf);
 }
 
 #[test]
 fn fail_fast_member_degrades_then_fails_once_retries_are_used_up() {
-    let mut m = machine(settings());
-    let mut action = drive(&mut m, t0(), Script::Member, State::Refreshing).expect("Refresh");
+    let (mut m, action) = driven(settings(), Script::Member, Refreshing);
+    let mut action = action.expect("Refresh");
     let mut now = t0() + REFRESH_INTERVAL;
     for i in 0..2 {
         m.handle_reply(now, action.attempt(), error_reply(&action, unavailable()));
-        let mut expected = vec![Event::Retrying {
-            state: if i == 0 {
-                State::Refreshing
-            } else {
-                State::Degraded
-            },
-            error: unavailable_summary(),
-            retry_in: RETRY_DELAY,
-        }];
+        let state = if i == 0 { Refreshing } else { Degraded };
+        let mut expected = vec![retrying(state, unavailable_summary())];
         if i == 0 {
-            expected.push(changed(State::Refreshing, State::Degraded));
+            expected.push(changed(Refreshing, Degraded));
         }
         assert_eq!(events(&mut m), expected);
         now += RETRY_DELAY;
@@ -299,33 +227,26 @@ fn fail_fast_member_degrades_then_fails_once_retries_are_used_up() {
         assert_eq!(actions(&mut m), vec![action.clone()]);
     }
     m.handle_reply(now, action.attempt(), error_reply(&action, unavailable()));
-    assert_eq!(
-        events(&mut m),
-        vec![changed(State::Degraded, State::Failed)]
-    );
-    assert_eq!(
-        m.failure(),
-        Some(&Failure::RetriesExhausted {
-            state: State::Degraded,
-            error: unavailable_summary(),
-        })
-    );
+    assert_eq!(events(&mut m), vec![changed(Degraded, Failed)]);
+    let failure = exhausted(Degraded, unavailable_summary());
+    assert_eq!(m.failure(), Some(&failure));
+}
+
+/// [`settings`] with `ignore_refresh_failures`.
+fn ignoring_refresh_failures() -> constructr_core::Settings {
+    let mut s = settings();
+    s.ignore_refresh_failures = true;
+    s
 }
 
 #[test]
 fn ignore_refresh_failures_keeps_a_degraded_member_refreshing_forever() {
-    let mut s = settings();
-    s.ignore_refresh_failures = true;
-    let mut m = machine(s);
-    let mut action = drive(&mut m, t0(), Script::Seed, State::Refreshing).expect("Refresh");
+    let (mut m, action) = driven(ignoring_refresh_failures(), Script::Seed, Refreshing);
+    let mut action = action.expect("Refresh");
     assert_eq!(action, refresh(6));
     let mut now = t0() + REFRESH_INTERVAL;
     for i in 0..10u64 {
-        let state = if i == 0 {
-            State::Refreshing
-        } else {
-            State::Degraded
-        };
+        let state = if i == 0 { Refreshing } else { Degraded };
         if i % 2 == 0 {
             m.handle_reply(now, action.attempt(), error_reply(&action, unavailable()));
         } else {
@@ -338,16 +259,12 @@ fn ignore_refresh_failures_keeps_a_degraded_member_refreshing_forever() {
         } else {
             timeout_summary()
         };
-        let mut expected = vec![Event::Retrying {
-            state,
-            error,
-            retry_in: RETRY_DELAY,
-        }];
+        let mut expected = vec![retrying(state, error)];
         if i == 0 {
-            expected.push(changed(State::Refreshing, State::Degraded));
+            expected.push(changed(Refreshing, Degraded));
         }
         assert_eq!(events(&mut m), expected);
-        assert_eq!(m.state(), State::Degraded);
+        assert_eq!(m.state(), Degraded);
         now += RETRY_DELAY;
         m.handle_timeout(now);
         action = with_attempt(&action, action.attempt().0 + 1);
@@ -355,30 +272,21 @@ fn ignore_refresh_failures_keeps_a_degraded_member_refreshing_forever() {
     }
     assert_eq!(action, refresh(16));
     assert_eq!(m.failure(), None);
-    m.handle_reply(
-        now,
-        AttemptId(16),
-        Reply::Refresh(Ok(constructr_core::RefreshOutcome::Refreshed)),
-    );
-    assert_eq!(
-        events(&mut m),
-        vec![changed(State::Degraded, State::RefreshScheduled)]
-    );
+    m.handle_reply(now, AttemptId(16), refreshed());
+    assert_eq!(events(&mut m), vec![changed(Degraded, RefreshScheduled)]);
     assert_eq!(m.poll_timeout(), Some(now + REFRESH_INTERVAL));
 }
 
 #[test]
 fn ignore_refresh_failures_does_not_apply_to_other_states() {
-    let mut s = settings();
-    s.ignore_refresh_failures = true;
-    let mut m = machine(s);
-    let mut action = drive(&mut m, t0(), Script::Member, State::AddingSelf).expect("AddSelf");
+    let (mut m, action) = driven(ignoring_refresh_failures(), Script::Member, AddingSelf);
+    let mut action = action.expect("AddSelf");
     let mut now = at(1);
     for _ in 0..2 {
-        (action, now) = fail_and_retry(&mut m, now, &action, State::AddingSelf);
+        (action, now) = fail_and_retry(&mut m, now, &action, AddingSelf);
     }
     m.handle_reply(now, action.attempt(), error_reply(&action, unavailable()));
-    assert_eq!(m.state(), State::Failed);
+    assert_eq!(m.state(), Failed);
 }
 
 #[test]
@@ -387,11 +295,7 @@ fn zero_retries_fail_on_the_first_error() {
     s.nr_of_retries = Some(0);
     let mut m = started(s);
     m.handle_reply(at(1), AttemptId(1), Reply::Nodes(Err(unavailable())));
-    assert_eq!(
-        events(&mut m),
-        vec![changed(State::GettingNodes, State::Failed)]
-    );
-    assert_eq!(actions(&mut m), vec![]);
+    transition(&mut m, GettingNodes, Failed, &[]);
 }
 
 #[test]

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use common::*;
 use constructr_core::State::{self, *};
-use constructr_core::{AttemptId, CoordinationError, Event, Machine, Reply};
+use constructr_core::{AttemptId, CoordinationError, Machine, Reply};
 
 fn registered() -> Machine {
     driven(settings(), Script::Member, RefreshScheduled).0
@@ -144,11 +144,7 @@ fn remove_self_failing_all_retries_still_stops() {
     assert_eq!(actions(&mut m), vec![leave(4), remove_self(5)]);
     events(&mut m);
     let mut now = at(0);
-    let retrying = Event::Retrying {
-        state: RemovingSelf,
-        error: unavailable_summary(),
-        retry_in: RETRY_DELAY,
-    };
+    let retrying = retrying(RemovingSelf, unavailable_summary());
     for attempt in 5..7 {
         let failed = Reply::RemoveSelf(Err(unavailable()));
         m.handle_reply(now, AttemptId(attempt), failed);

@@ -5,7 +5,6 @@ mod common;
 
 use common::*;
 use constructr_core::AttemptId;
-use constructr_core::Event;
 use constructr_core::State::*;
 
 #[test]
@@ -13,12 +12,11 @@ fn request_timeout_retries_with_a_new_attempt_after_retry_delay() {
     let mut m = started(settings());
     let timed_out = t0() + COORDINATION_TIMEOUT;
     m.handle_timeout(timed_out);
-    let retrying = Event::Retrying {
-        state: GettingNodes,
-        error: timeout_summary(),
-        retry_in: RETRY_DELAY,
-    };
-    step(&mut m, vec![retrying], vec![]);
+    step(
+        &mut m,
+        vec![retrying(GettingNodes, timeout_summary())],
+        vec![],
+    );
     assert_eq!(m.state(), GettingNodes);
     assert_eq!(m.poll_timeout(), Some(timed_out + RETRY_DELAY));
 

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use constructr_core::{
     Action, AddMode, AddOutcome, AttemptId, ClusterId, CoordinationError, Epoch, ErrorSummary,
-    Event, LockOutcome, LockToken, Machine, NodeId, RefreshOutcome, Registry, Reply, Settings,
-    State, WaitOutcome,
+    Event, Failure, LockOutcome, LockToken, Machine, NodeId, RefreshOutcome, Registry, Reply,
+    Settings, State, WaitOutcome,
 };
 
 static BASE: LazyLock<Instant> = LazyLock::new(Instant::now);
@@ -276,6 +276,20 @@ pub fn unavailable_summary() -> ErrorSummary {
 
 pub fn timeout_summary() -> ErrorSummary {
     CoordinationError::Timeout.summary()
+}
+
+/// The event of a retryable failure in `state`: the retry follows after [`RETRY_DELAY`].
+pub fn retrying(state: State, error: ErrorSummary) -> Event {
+    Event::Retrying {
+        state,
+        error,
+        retry_in: RETRY_DELAY,
+    }
+}
+
+/// The failure of a machine whose retries in `state` are used up.
+pub fn exhausted(state: State, error: ErrorSummary) -> Failure {
+    Failure::RetriesExhausted { state, error }
 }
 
 /// Drains the actions and returns the only one.
