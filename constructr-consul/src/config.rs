@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use constructr_core::Settings;
 use constructr_core::plumbing::{Secret, check_endpoints, display_url};
-pub use constructr_core::tls::PemSource;
+pub use constructr_core::tls::{PemSource, TlsConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::error::ConsulError;
@@ -175,12 +175,14 @@ impl ConsulConfig {
                 "datacenter must be a non-empty name of letters, digits, `-`, `_` and `.`",
             ));
         }
-        if let Some(tls) = &self.tls
-            && tls.cert.is_some() != tls.key.is_some()
-        {
-            return Err(ConsulError::config(
-                "TLS client cert and key must be given together",
-            ));
+        if let Some(tls) = &self.tls {
+            tls.check().map_err(ConsulError::config)?;
+            if tls.domain_name.is_some() {
+                return Err(ConsulError::config(
+                    "TLS domain-name is not supported by the Consul backend: \
+                     use an address whose host the server certificate names",
+                ));
+            }
         }
         Ok(())
     }
@@ -238,83 +240,25 @@ impl fmt::Debug for ConsulConfig {
     }
 }
 
-/// TLS settings (rustls). The CA verifies Consul's server certificate (without `ca`, the
-/// built-in web roots do); `cert` + `key` are the client's identity for Consul's
-/// `verify_incoming`.
-#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case", default, deny_unknown_fields)]
-#[non_exhaustive]
-pub struct ConsulTlsConfig {
-    /// CA certificate(s) in PEM. When set, only these are trusted.
-    pub ca: Option<PemSource>,
-    /// Client certificate in PEM.
-    pub cert: Option<PemSource>,
-    /// Client private key in PEM. An inline key is never serialized nor shown by `Debug`.
-    #[serde(skip_serializing_if = "PemSource::is_inline_or_none")]
-    pub key: Option<PemSource>,
-}
-
-impl ConsulTlsConfig {
-    /// TLS verifying the server with this CA.
-    pub fn new(ca: PemSource) -> Self {
-        Self {
-            ca: Some(ca),
-            ..Self::default()
-        }
-    }
-
-    /// Presents a client certificate.
-    pub fn with_client_identity(mut self, cert: PemSource, key: PemSource) -> Self {
-        self.cert = Some(cert);
-        self.key = Some(key);
-        self
-    }
-}
-
-impl fmt::Debug for ConsulTlsConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ConsulTlsConfig")
-            .field("ca", &self.ca)
-            .field("cert", &self.cert)
-            .field("key", &self.key)
-            .finish()
-    }
-}
+/// TLS settings for Consul: the shared [`TlsConfig`]. The CA verifies Consul's server
+/// certificate (without `ca`, the built-in web roots do); `cert` + `key` are the client's
+/// identity for Consul's `verify_incoming`. `domain-name` is not supported (the HTTP
+/// client verifies the address's host): [`ConsulConfig::validate`] refuses it.
+pub type ConsulTlsConfig = TlsConfig;
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// The TLS key's redaction is `TlsConfig`'s own (tested in `constructr-core`).
     #[test]
-    fn debug_hides_token_and_inline_key() {
-        let c = ConsulConfig::new("https://user:pw@consul:8501")
-            .with_token("hunter2-token")
-            .with_tls(
-                ConsulTlsConfig::new(PemSource::File("/ca.pem".into())).with_client_identity(
-                    PemSource::File("/c.pem".into()),
-                    PemSource::Pem("-----BEGIN PRIVATE KEY----- SECRETKEY".into()),
-                ),
-            );
+    fn debug_and_serialization_hide_the_token() {
+        let c = ConsulConfig::new("https://user:pw@consul:8501").with_token("hunter2-token");
         let d = format!("{c:?}");
-        assert!(!d.contains("hunter2"), "{d}");
-        assert!(!d.contains("SECRETKEY"), "{d}");
-        assert!(!d.contains("user:pw"), "{d}");
-        assert!(d.contains("<redacted>") && d.contains("/ca.pem"), "{d}");
-    }
-
-    #[test]
-    fn serialization_skips_secrets() {
-        let c = ConsulConfig::new("https://consul:8501")
-            .with_token("hunter2-token")
-            .with_tls(
-                ConsulTlsConfig::new(PemSource::File("/ca.pem".into())).with_client_identity(
-                    PemSource::File("/c.pem".into()),
-                    PemSource::Pem("SECRETKEY".into()),
-                ),
-            );
+        assert!(!d.contains("hunter2") && !d.contains("user:pw"), "{d}");
+        assert!(d.contains("<redacted>"), "{d}");
         let s = toml::to_string(&c).unwrap();
-        assert!(!s.contains("hunter2") && !s.contains("SECRETKEY"), "{s}");
-        assert!(s.contains("/c.pem"), "{s}");
+        assert!(!s.contains("hunter2"), "{s}");
     }
 
     #[test]
@@ -365,16 +309,21 @@ mod tests {
                 .validate()
                 .is_ok()
         );
-        let tls = ConsulTlsConfig {
-            cert: Some(PemSource::Pem("x".into())),
-            ..ConsulTlsConfig::default()
-        };
+        let mut tls = ConsulTlsConfig::default();
+        tls.cert = Some(PemSource::Pem("x".into()));
         assert!(
             ConsulConfig::new("a:8501")
                 .with_tls(tls)
                 .validate()
                 .is_err(),
             "cert without key"
+        );
+        assert!(
+            ConsulConfig::new("https://a:8501")
+                .with_tls(ConsulTlsConfig::default().with_domain_name("consul.internal"))
+                .validate()
+                .is_err(),
+            "domain-name, which the HTTP client cannot honour"
         );
         assert!(ConsulConfig::new("a").with_token("").validate().is_err());
         assert!(ConsulConfig::new("a").with_token("a b").validate().is_err());

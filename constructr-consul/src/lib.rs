@@ -38,7 +38,8 @@ pub mod coordination;
 pub mod error;
 
 pub use config::{
-    ConsulConfig, ConsulTlsConfig, MAX_SESSION_TTL, MIN_SESSION_TTL, PemSource, validate_settings,
+    ConsulConfig, ConsulTlsConfig, MAX_SESSION_TTL, MIN_SESSION_TTL, PemSource, TlsConfig,
+    validate_settings,
 };
 pub use constructr_core::plumbing::Secret;
 pub use coordination::{ConsulCoordination, session_ttl_secs};

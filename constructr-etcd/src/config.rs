@@ -7,7 +7,7 @@ use std::fmt;
 use std::time::Duration;
 
 use constructr_core::plumbing::{Secret, check_endpoints, display_url};
-pub use constructr_core::tls::PemSource;
+pub use constructr_core::tls::{PemSource, TlsConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::error::EtcdError;
@@ -122,12 +122,8 @@ impl EtcdConfig {
             }
             _ => {}
         }
-        if let Some(tls) = &self.tls
-            && tls.cert.is_some() != tls.key.is_some()
-        {
-            return Err(EtcdError::config(
-                "TLS client cert and key must be given together",
-            ));
+        if let Some(tls) = &self.tls {
+            tls.check().map_err(EtcdError::config)?;
         }
         Ok(())
     }
@@ -153,90 +149,24 @@ impl fmt::Debug for EtcdConfig {
     }
 }
 
-/// TLS settings (rustls). The CA verifies etcd's server certificate; `cert` + `key` are the
-/// client's identity for etcd's `--client-cert-auth`.
-#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case", default, deny_unknown_fields)]
-#[non_exhaustive]
-pub struct EtcdTlsConfig {
-    /// CA certificate(s) in PEM. Required: this backend trusts no built-in roots.
-    pub ca: Option<PemSource>,
-    /// Client certificate in PEM.
-    pub cert: Option<PemSource>,
-    /// Client private key in PEM. An inline key is never serialized nor shown by `Debug`.
-    #[serde(skip_serializing_if = "PemSource::is_inline_or_none")]
-    pub key: Option<PemSource>,
-    /// Server name to verify instead of the endpoint's host.
-    pub domain_name: Option<String>,
-}
-
-impl EtcdTlsConfig {
-    /// TLS verifying the server with this CA.
-    pub fn new(ca: PemSource) -> Self {
-        Self {
-            ca: Some(ca),
-            ..Self::default()
-        }
-    }
-
-    /// Presents a client certificate.
-    pub fn with_client_identity(mut self, cert: PemSource, key: PemSource) -> Self {
-        self.cert = Some(cert);
-        self.key = Some(key);
-        self
-    }
-
-    /// Verifies the server certificate for this name.
-    pub fn with_domain_name(mut self, name: impl Into<String>) -> Self {
-        self.domain_name = Some(name.into());
-        self
-    }
-}
-
-impl fmt::Debug for EtcdTlsConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("EtcdTlsConfig")
-            .field("ca", &self.ca)
-            .field("cert", &self.cert)
-            .field("key", &self.key)
-            .field("domain_name", &self.domain_name)
-            .finish()
-    }
-}
+/// TLS settings for etcd: the shared [`TlsConfig`]. The CA (required: this backend trusts
+/// no built-in roots) verifies etcd's server certificate; `cert` + `key` are the client's
+/// identity for etcd's `--client-cert-auth`.
+pub type EtcdTlsConfig = TlsConfig;
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// The TLS key's redaction is `TlsConfig`'s own (tested in `constructr-core`).
     #[test]
-    fn debug_hides_password_and_inline_key() {
-        let c = EtcdConfig::new(["https://user:pw@etcd:2379"])
-            .with_user("root", "hunter2")
-            .with_tls(
-                EtcdTlsConfig::new(PemSource::File("/ca.pem".into())).with_client_identity(
-                    PemSource::File("/c.pem".into()),
-                    PemSource::Pem("-----BEGIN PRIVATE KEY----- SECRETKEY".into()),
-                ),
-            );
+    fn debug_and_serialization_hide_the_password() {
+        let c = EtcdConfig::new(["https://user:pw@etcd:2379"]).with_user("root", "hunter2");
         let d = format!("{c:?}");
-        assert!(!d.contains("hunter2"), "{d}");
-        assert!(!d.contains("SECRETKEY"), "{d}");
-        assert!(!d.contains("user:pw"), "{d}");
-        assert!(d.contains("root") && d.contains("/ca.pem"), "{d}");
-    }
-
-    #[test]
-    fn serialization_skips_secrets() {
-        let c = EtcdConfig::new(["https://etcd:2379"])
-            .with_user("root", "hunter2")
-            .with_tls(
-                EtcdTlsConfig::new(PemSource::File("/ca.pem".into())).with_client_identity(
-                    PemSource::File("/c.pem".into()),
-                    PemSource::Pem("SECRETKEY".into()),
-                ),
-            );
+        assert!(!d.contains("hunter2") && !d.contains("user:pw"), "{d}");
+        assert!(d.contains("root"), "{d}");
         let s = serde_json::to_string(&c).unwrap();
-        assert!(!s.contains("hunter2") && !s.contains("SECRETKEY"), "{s}");
+        assert!(!s.contains("hunter2"), "{s}");
     }
 
     #[test]

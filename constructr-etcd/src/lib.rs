@@ -31,7 +31,7 @@ pub mod config;
 pub mod coordination;
 pub mod error;
 
-pub use config::{EtcdConfig, EtcdTlsConfig, PemSource};
+pub use config::{EtcdConfig, EtcdTlsConfig, PemSource, TlsConfig};
 pub use constructr_core::plumbing::Secret;
 pub use coordination::{EtcdCoordination, lease_ttl_secs};
 pub use error::EtcdError;
