@@ -93,9 +93,22 @@ pub enum ConsulError {
 }
 
 impl ConsulError {
+    /// What kind of coordination error this is ([`CoordinationError::kind`] of its mapping).
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Self::Timeout { .. } => ErrorKind::Timeout,
+            Self::Unavailable { .. } => ErrorKind::Unavailable,
+            Self::Unauthorized { .. } => ErrorKind::Unauthorized,
+            Self::Config { .. }
+            | Self::UnsupportedTtl { .. }
+            | Self::Rejected { status: 400, .. } => ErrorKind::Invalid,
+            _ => ErrorKind::Permanent,
+        }
+    }
+
     /// Whether retrying the same request (possibly on another address) may succeed.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Self::Unavailable { .. } | Self::Timeout { .. })
+        self.kind().is_retryable()
     }
 
     pub(crate) fn config(message: impl Into<String>) -> Self {
@@ -165,16 +178,7 @@ fn short(body: &str) -> String {
 impl From<ConsulError> for CoordinationError {
     /// The message is the whole chain; the `ConsulError` stays available as the source.
     fn from(e: ConsulError) -> Self {
-        let kind = match &e {
-            ConsulError::Timeout { .. } => ErrorKind::Timeout,
-            ConsulError::Unavailable { .. } => ErrorKind::Unavailable,
-            ConsulError::Unauthorized { .. } => ErrorKind::Unauthorized,
-            ConsulError::Config { .. }
-            | ConsulError::UnsupportedTtl { .. }
-            | ConsulError::Rejected { status: 400, .. } => ErrorKind::Invalid,
-            _ => ErrorKind::Permanent,
-        };
-        CoordinationError::of_kind(kind, e)
+        CoordinationError::of_kind(e.kind(), e)
     }
 }
 

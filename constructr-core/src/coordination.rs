@@ -154,6 +154,16 @@ pub enum ErrorKind {
     Permanent,
 }
 
+impl ErrorKind {
+    /// Whether retrying may succeed: `Unavailable` and `Timeout`.
+    ///
+    /// Drivers define their own `is_retryable` through it, so that a driver error and the
+    /// coordination error it maps to always agree.
+    pub fn is_retryable(self) -> bool {
+        matches!(self, Self::Unavailable | Self::Timeout)
+    }
+}
+
 impl CoordinationError {
     /// A driver's `error` as the coordination error of `kind`. The message is the error's
     /// whole chain ([`error_chain`]: the state machine keeps messages, not error values);

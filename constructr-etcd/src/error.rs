@@ -71,9 +71,20 @@ pub enum EtcdError {
 }
 
 impl EtcdError {
+    /// What kind of coordination error this is ([`CoordinationError::kind`] of its mapping).
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Self::Timeout { .. } => ErrorKind::Timeout,
+            Self::Unavailable { .. } => ErrorKind::Unavailable,
+            Self::Unauthorized { .. } => ErrorKind::Unauthorized,
+            Self::Config { .. } => ErrorKind::Invalid,
+            _ => ErrorKind::Permanent,
+        }
+    }
+
     /// Whether retrying the same request (possibly on another endpoint) may succeed.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Self::Unavailable { .. } | Self::Timeout { .. })
+        self.kind().is_retryable()
     }
 
     /// Whether the error says the endpoint itself is unusable right now, so the request should
@@ -176,14 +187,7 @@ fn classify_status(endpoint: String, status: &tonic::Status) -> EtcdError {
 impl From<EtcdError> for CoordinationError {
     /// The message is the whole chain; the `EtcdError` stays available as the source.
     fn from(e: EtcdError) -> Self {
-        let kind = match &e {
-            EtcdError::Timeout { .. } => ErrorKind::Timeout,
-            EtcdError::Unavailable { .. } => ErrorKind::Unavailable,
-            EtcdError::Unauthorized { .. } => ErrorKind::Unauthorized,
-            EtcdError::Config { .. } => ErrorKind::Invalid,
-            _ => ErrorKind::Permanent,
-        };
-        CoordinationError::of_kind(kind, e)
+        CoordinationError::of_kind(e.kind(), e)
     }
 }
 

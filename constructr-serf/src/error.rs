@@ -72,12 +72,20 @@ fn while_doing(command: &Option<String>) -> String {
 }
 
 impl SerfError {
+    /// What kind of coordination error this is ([`CoordinationError::kind`] of its mapping).
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Self::Timeout { .. } => ErrorKind::Timeout,
+            Self::Io { .. } | Self::ConnectionClosed { .. } => ErrorKind::Unavailable,
+            Self::Unauthorized { .. } => ErrorKind::Unauthorized,
+            Self::Config { .. } => ErrorKind::Invalid,
+            _ => ErrorKind::Permanent,
+        }
+    }
+
     /// Whether retrying the same request may succeed.
     pub fn is_retryable(&self) -> bool {
-        matches!(
-            self,
-            Self::Io { .. } | Self::ConnectionClosed { .. } | Self::Timeout { .. }
-        )
+        self.kind().is_retryable()
     }
 
     pub(crate) fn protocol(message: impl Into<String>) -> Self {
@@ -96,14 +104,7 @@ impl SerfError {
 impl From<SerfError> for CoordinationError {
     /// The message is the whole chain; the `SerfError` stays available as the source.
     fn from(e: SerfError) -> Self {
-        let kind = match &e {
-            SerfError::Timeout { .. } => ErrorKind::Timeout,
-            SerfError::Io { .. } | SerfError::ConnectionClosed { .. } => ErrorKind::Unavailable,
-            SerfError::Unauthorized { .. } => ErrorKind::Unauthorized,
-            SerfError::Config { .. } => ErrorKind::Invalid,
-            _ => ErrorKind::Permanent,
-        };
-        CoordinationError::of_kind(kind, e)
+        CoordinationError::of_kind(e.kind(), e)
     }
 }
 
