@@ -24,6 +24,29 @@ async fn start(config: BridgeConfig) -> Running {
     }
 }
 
+impl Running {
+    /// Sends `method` to `path` (under the bridge's base URL), with `member` as JSON body.
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        member: Option<&serde_json::Value>,
+    ) -> reqwest::Response {
+        let request = self.http.request(method, format!("{}{path}", self.base));
+        let request = match member {
+            Some(m) => request.json(m),
+            None => request,
+        };
+        request.send().await.unwrap()
+    }
+
+    /// The JSON the bridge answers to a GET of `path`.
+    async fn view(&self, path: &str) -> serde_json::Value {
+        let resp = self.send(reqwest::Method::GET, path, None).await;
+        resp.json().await.unwrap()
+    }
+}
+
 async fn recv(rx: &mut mpsc::Receiver<BridgeEvent>) -> BridgeEvent {
     tokio::time::timeout(Duration::from_secs(5), rx.recv())
         .await
@@ -37,16 +60,13 @@ fn member(name: &str, dc: &str) -> serde_json::Value {
 
 #[tokio::test]
 async fn member_lifecycle_status_codes_events_and_view() {
+    use reqwest::Method;
     let r = start(BridgeConfig::default()).await;
     let mut rx = r.bridge.subscribe();
 
     let resp = r
-        .http
-        .post(format!("{}/dc/dc1/members", r.base))
-        .json(&member("n 1", "dc1"))
-        .send()
-        .await
-        .unwrap();
+        .send(Method::POST, "/dc/dc1/members", Some(&member("n 1", "dc1")))
+        .await;
     assert_eq!(resp.status(), 201);
     assert_eq!(resp.headers()["location"], "/dc/dc1/members/n%201");
     assert_eq!(
@@ -59,12 +79,12 @@ async fn member_lifecycle_status_codes_events_and_view() {
 
     // An update with unchanged tags: 200 echo, no event.
     let resp = r
-        .http
-        .put(format!("{}/dc/dc1/members/n%201", r.base))
-        .json(&member("n 1", "dc1"))
-        .send()
-        .await
-        .unwrap();
+        .send(
+            Method::PUT,
+            "/dc/dc1/members/n%201",
+            Some(&member("n 1", "dc1")),
+        )
+        .await;
     assert_eq!(resp.status(), 200);
     assert_eq!(
         resp.json::<serde_json::Value>().await.unwrap(),
@@ -74,12 +94,8 @@ async fn member_lifecycle_status_codes_events_and_view() {
     let mut changed = member("n 1", "dc1");
     changed["tags"]["version"] = json!("2");
     let resp = r
-        .http
-        .put(format!("{}/dc/dc1/members/n%201", r.base))
-        .json(&changed)
-        .send()
-        .await
-        .unwrap();
+        .send(Method::PUT, "/dc/dc1/members/n%201", Some(&changed))
+        .await;
     assert_eq!(resp.status(), 200);
     match recv(&mut rx).await {
         BridgeEvent::MemberUpdated { member, .. } => assert_eq!(member.tags["version"], "2"),
@@ -90,70 +106,40 @@ async fn member_lifecycle_status_codes_events_and_view() {
 
     // Failure, then the view shows it failed, per dc and overall.
     let resp = r
-        .http
-        .post(format!("{}/dc/dc1/failures", r.base))
-        .json(&changed)
-        .send()
-        .await
-        .unwrap();
+        .send(Method::POST, "/dc/dc1/failures", Some(&changed))
+        .await;
     assert_eq!(resp.status(), 204);
     assert!(matches!(
         recv(&mut rx).await,
         BridgeEvent::MemberFailed { .. }
     ));
-    let view: serde_json::Value = r
-        .http
-        .get(format!("{}/dc/dc1/members", r.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let view = r.view("/dc/dc1/members").await;
     assert_eq!(view[0]["status"], "failed");
     assert_eq!(view[0]["name"], "n 1");
     assert_eq!(r.bridge.members_in("dc1")[0].status, MemberState::Failed);
 
     // Another dc, a member without tags.
+    let bare = json!({"name": "bare", "address": "10.0.0.9", "role": "", "tags": {}});
     let resp = r
-        .http
-        .post(format!("{}/dc/default/members", r.base))
-        .json(&json!({"name": "bare", "address": "10.0.0.9", "role": "", "tags": {}}))
-        .send()
-        .await
-        .unwrap();
+        .send(Method::POST, "/dc/default/members", Some(&bare))
+        .await;
     assert_eq!(resp.status(), 201);
     recv(&mut rx).await;
-    let all: serde_json::Value = r
-        .http
-        .get(format!("{}/members", r.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let all = r.view("/members").await;
     assert_eq!(all["default"][0]["status"], "alive");
     assert_eq!(all["dc1"][0]["status"], "failed");
 
     // Leave (with and without body) and reap: 204 each, removed from the view.
     let resp = r
-        .http
-        .delete(format!("{}/dc/dc1/members/n%201", r.base))
-        .json(&changed)
-        .send()
-        .await
-        .unwrap();
+        .send(Method::DELETE, "/dc/dc1/members/n%201", Some(&changed))
+        .await;
     assert_eq!(resp.status(), 204);
     assert!(
         matches!(recv(&mut rx).await, BridgeEvent::MemberLeft { member, .. } if member.name == "n 1")
     );
     let resp = r
-        .http
-        .delete(format!("{}/dc/default/members/bare?reap=true", r.base))
-        .send()
-        .await
-        .unwrap();
+        .send(Method::DELETE, "/dc/default/members/bare?reap=true", None)
+        .await;
     assert_eq!(resp.status(), 204);
     assert!(
         matches!(recv(&mut rx).await, BridgeEvent::MemberReaped { member, .. } if member.address == "10.0.0.9")
@@ -238,105 +224,30 @@ async fn user_events_and_queries() {
 async fn malformed_requests_get_4xx_with_a_message() {
     let r = start(BridgeConfig::default().with_body_limit(1024)).await;
     let mut rx = r.bridge.subscribe();
-    let cases: Vec<(reqwest::Method, String, Vec<u8>, u16, &str)> = vec![
-        (
-            reqwest::Method::POST,
-            "/dc/dc1/members".into(),
-            b"{not json".to_vec(),
-            400,
-            "not a member JSON",
-        ),
-        (
-            reqwest::Method::POST,
-            "/dc/dc1/members".into(),
-            br#"{"name":"a"}"#.to_vec(),
-            400,
-            "address",
-        ),
-        (
-            reqwest::Method::POST,
-            "/dc/dc1/members".into(),
-            br#"{"name":"","address":"x"}"#.to_vec(),
-            400,
-            "empty",
-        ),
-        (
-            reqwest::Method::POST,
-            "/dc/dc1/members".into(),
-            br#"{"name":"a","address":"x","extra":1}"#.to_vec(),
-            400,
-            "extra",
-        ),
-        (
-            reqwest::Method::POST,
-            "/dc/dc1/members".into(),
-            br#"[1,2]"#.to_vec(),
-            400,
-            "member JSON",
-        ),
-        (
-            reqwest::Method::POST,
-            "/dc/dc1/members".into(),
-            br#"{"name":"a","address":"x","tags":{"dc":"dc2"}}"#.to_vec(),
-            400,
-            "posted under /dc/dc1",
-        ),
-        (
-            reqwest::Method::PUT,
-            "/dc/dc1/members/b".into(),
-            br#"{"name":"a","address":"x"}"#.to_vec(),
-            400,
-            "path names member",
-        ),
-        (
-            reqwest::Method::DELETE,
-            "/dc/dc1/members/a?reap=maybe".into(),
-            vec![],
-            400,
-            "reap",
-        ),
-        (
-            reqwest::Method::POST,
-            "/dc/dc1/events/e?ltime=soon".into(),
-            vec![],
-            400,
-            "ltime",
-        ),
-        (
-            reqwest::Method::POST,
-            "/dc/dc1/failures".into(),
-            b"".to_vec(),
-            400,
-            "member JSON",
-        ),
-        (
-            reqwest::Method::GET,
-            "/nope".into(),
-            vec![],
-            404,
-            "no such endpoint",
-        ),
-        (
-            reqwest::Method::PATCH,
-            "/dc/dc1/members/a".into(),
-            vec![],
-            405,
-            "not allowed",
-        ),
-        (
-            reqwest::Method::POST,
-            "/dc/dc1/events/big".into(),
-            vec![b'x'; 4096],
-            413,
-            "",
-        ),
+    // (method, path, body, status, a part of the message)
+    #[rustfmt::skip]
+    let cases: [(&str, &str, &[u8], u16, &str); 13] = [
+        ("POST", "/dc/dc1/members", b"{not json", 400, "not a member JSON"),
+        ("POST", "/dc/dc1/members", br#"{"name":"a"}"#, 400, "address"),
+        ("POST", "/dc/dc1/members", br#"{"name":"","address":"x"}"#, 400, "empty"),
+        ("POST", "/dc/dc1/members", br#"{"name":"a","address":"x","extra":1}"#, 400, "extra"),
+        ("POST", "/dc/dc1/members", b"[1,2]", 400, "member JSON"),
+        ("POST", "/dc/dc1/members", br#"{"name":"a","address":"x","tags":{"dc":"dc2"}}"#, 400, "posted under /dc/dc1"),
+        ("PUT", "/dc/dc1/members/b", br#"{"name":"a","address":"x"}"#, 400, "path names member"),
+        ("DELETE", "/dc/dc1/members/a?reap=maybe", b"", 400, "reap"),
+        ("POST", "/dc/dc1/events/e?ltime=soon", b"", 400, "ltime"),
+        ("POST", "/dc/dc1/failures", b"", 400, "member JSON"),
+        ("GET", "/nope", b"", 404, "no such endpoint"),
+        ("PATCH", "/dc/dc1/members/a", b"", 405, "not allowed"),
+        ("POST", "/dc/dc1/events/big", &[b'x'; 4096], 413, ""),
     ];
     for (method, path, body, status, message) in cases {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
         let resp = r
             .http
             .request(method.clone(), format!("{}{path}", r.base))
             .header("content-type", "application/json")
-            .body(body)
+            .body(body.to_vec())
             .send()
             .await
             .unwrap();
