@@ -39,14 +39,8 @@ fn cluster_of(agents: usize, bin: &std::path::Path, prefix: &str) -> Vec<Agent> 
     let join = first.bind;
     let mut all = vec![first];
     for i in 1..agents {
-        all.push(Agent::start(
-            bin,
-            &format!("{prefix}-{i}"),
-            AgentOptions {
-                join: Some(join),
-                ..Default::default()
-            },
-        ));
+        let options = AgentOptions::default().joining(join);
+        all.push(Agent::start(bin, &format!("{prefix}-{i}"), options));
     }
     all
 }

@@ -28,14 +28,7 @@ async fn every_command_against_a_real_agent() {
     let Some(bin) = support::serf_bin() else {
         return;
     };
-    let a = Agent::start(
-        &bin,
-        "rpc-a",
-        AgentOptions {
-            tags: vec![("dc".into(), "dc1".into())],
-            ..Default::default()
-        },
-    );
+    let a = Agent::start(&bin, "rpc-a", AgentOptions::default().tag("dc", "dc1"));
     let mut b = Agent::start(&bin, "rpc-b", AgentOptions::default());
     let ca = client(&a);
     let cb = client(&b);
@@ -220,14 +213,8 @@ async fn auth_key_is_required_and_checked() {
     let Some(bin) = support::serf_bin() else {
         return;
     };
-    let a = Agent::start(
-        &bin,
-        "rpc-auth",
-        AgentOptions {
-            rpc_auth: Some("s3cret".into()),
-            ..Default::default()
-        },
-    );
+    let options = AgentOptions::default().with_rpc_auth("s3cret");
+    let a = Agent::start(&bin, "rpc-auth", options);
     let good = SerfClient::new(SerfConfig::new(a.rpc.to_string()).with_auth_key("s3cret")).unwrap();
     assert_eq!(good.members().await.unwrap().len(), 1);
     let mut s = good.stream("user").await.unwrap();
@@ -265,14 +252,8 @@ async fn client_and_stream_reconnect_after_agent_restart() {
     let Some(bin) = support::serf_bin() else {
         return;
     };
-    let mut a = Agent::start(
-        &bin,
-        "rpc-restart",
-        AgentOptions {
-            rpc_auth: Some("k".into()),
-            ..Default::default()
-        },
-    );
+    let options = AgentOptions::default().with_rpc_auth("k");
+    let mut a = Agent::start(&bin, "rpc-restart", options);
     let c = SerfClient::new(
         SerfConfig::new(a.rpc.to_string())
             .with_auth_key("k")

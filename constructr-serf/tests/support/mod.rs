@@ -133,6 +133,32 @@ pub struct AgentOptions {
     pub rpc_auth: Option<String>,
 }
 
+impl AgentOptions {
+    /// With the tag `key=value` as well.
+    pub fn tag(mut self, key: &str, value: &str) -> Self {
+        self.tags.push((key.into(), value.into()));
+        self
+    }
+
+    /// Joining the agent at `bind` at start.
+    pub fn joining(mut self, bind: SocketAddr) -> Self {
+        self.join = Some(bind);
+        self
+    }
+
+    /// With `command` as the event handler.
+    pub fn with_handler(mut self, command: String) -> Self {
+        self.event_handler = Some(command);
+        self
+    }
+
+    /// With the RPC auth key `key`.
+    pub fn with_rpc_auth(mut self, key: &str) -> Self {
+        self.rpc_auth = Some(key.into());
+        self
+    }
+}
+
 /// A running `serf agent`, killed on drop.
 pub struct Agent {
     pub name: String,
