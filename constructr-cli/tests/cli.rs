@@ -10,18 +10,48 @@ fn json(out: &[u8]) -> serde_json::Value {
     serde_json::from_slice(out).expect("stdout is one JSON object")
 }
 
-#[test]
-fn demo_json_reports_one_cluster_of_all_nodes() {
-    let out = constructr()
-        .args(["demo", "--nodes", "12", "--json"])
-        .output()
-        .expect("runs");
+/// Runs `constructr args`, which must exit 0; its output.
+fn succeed(args: &[&str]) -> std::process::Output {
+    let out = constructr().args(args).output().expect("runs");
     assert!(
         out.status.success(),
-        "{}",
+        "constructr {args:?}: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    let v = json(&out.stdout);
+    out
+}
+
+/// A settings file `name` holding `text`, in a directory of this test process.
+fn settings_file(name: &str, text: &str) -> String {
+    let dir = std::env::temp_dir().join(format!("constructr-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join(name);
+    std::fs::write(&file, text).unwrap();
+    file.to_str().unwrap().to_owned()
+}
+
+/// Runs `constructr --config <a file holding text> args` (at most 30 s); exit code and stderr.
+fn with_settings(text: &str, args: &[&str]) -> (Option<i32>, String) {
+    // One file per call: the tests run in parallel.
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let file = settings_file(&format!("settings-{n}.toml"), text);
+    let out = constructr()
+        .args(["--config", &file])
+        .args(args)
+        .timeout(std::time::Duration::from_secs(30))
+        .output()
+        .expect("runs");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn demo_json_reports_one_cluster_of_all_nodes() {
+    let v = json(&succeed(&["demo", "--nodes", "12", "--json"]).stdout);
     assert_eq!(v["clusters"], 1);
     assert_eq!(v["members"], 12);
     assert_eq!(v["registered"], 12);
@@ -33,11 +63,7 @@ fn demo_json_reports_one_cluster_of_all_nodes() {
 
 #[test]
 fn demo_prints_a_timeline_and_summary() {
-    let out = constructr()
-        .args(["demo", "--nodes", "3"])
-        .output()
-        .expect("runs");
-    assert!(out.status.success());
+    let out = succeed(&["demo", "--nodes", "3"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("GettingNodes -> Locking"), "{text}");
     assert!(text.contains("AddingSelf -> RefreshScheduled"), "{text}");
@@ -46,17 +72,9 @@ fn demo_prints_a_timeline_and_summary() {
 
 #[test]
 fn sim_json_reports_trials_and_islands() {
-    let out = constructr()
-        .args([
-            "sim", "--trials", "50", "--nodes", "5", "--faults", "--seed", "9", "--json",
-        ])
-        .output()
-        .expect("runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    let out = succeed(&[
+        "sim", "--trials", "50", "--nodes", "5", "--faults", "--seed", "9", "--json",
+    ]);
     let v = json(&out.stdout);
     assert_eq!(v["trials"], 50);
     assert_eq!(v["islands"], 0);
@@ -73,57 +91,37 @@ fn sim_json_reports_trials_and_islands() {
 
 #[test]
 fn invalid_settings_file_exits_2_naming_the_rule() {
-    let dir = std::env::temp_dir().join(format!("constructr-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("bad.toml");
-    std::fs::write(&file, "ttl-factor = 1.1\nrefresh-interval = \"30s\"\n").unwrap();
-    let out = constructr()
-        .args(["--config", file.to_str().unwrap(), "demo"])
-        .output()
-        .expect("runs");
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("ttl-factor 1.1 is too small"));
-
-    std::fs::write(&file, "no-such-key = 1\n").unwrap();
-    let out = constructr()
-        .args(["--config", file.to_str().unwrap(), "demo"])
-        .output()
-        .expect("runs");
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown field"));
-
-    std::fs::write(&file, "retry-delay = \"soon\"\n").unwrap();
-    let out = constructr()
-        .args(["--config", file.to_str().unwrap(), "demo"])
-        .output()
-        .expect("runs");
-    assert_eq!(out.status.code(), Some(2));
+    for (text, rule) in [
+        (
+            "ttl-factor = 1.1\nrefresh-interval = \"30s\"\n",
+            "ttl-factor 1.1 is too small",
+        ),
+        ("no-such-key = 1\n", "unknown field"),
+        // Any message: the duration does not parse.
+        ("retry-delay = \"soon\"\n", ""),
+    ] {
+        let (code, stderr) = with_settings(text, &["demo"]);
+        assert_eq!(code, Some(2), "{text}: {stderr}");
+        assert!(stderr.contains(rule), "{text}: {stderr}");
+    }
 }
 
 #[test]
 fn settings_file_and_cluster_flag_are_applied() {
-    let dir = std::env::temp_dir().join(format!("constructr-cli-ok-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("ok.toml");
-    std::fs::write(
-        &file,
+    let file = settings_file(
+        "ok.toml",
         "coordination-timeout = \"1s\"\nretry-delay = \"200ms\"\n",
-    )
-    .unwrap();
-    let out = constructr()
-        .args([
-            "--config",
-            file.to_str().unwrap(),
-            "--cluster",
-            "orders",
-            "demo",
-            "--nodes",
-            "4",
-            "--json",
-        ])
-        .output()
-        .expect("runs");
-    assert!(out.status.success());
+    );
+    let out = succeed(&[
+        "--config",
+        &file,
+        "--cluster",
+        "orders",
+        "demo",
+        "--nodes",
+        "4",
+        "--json",
+    ]);
     assert_eq!(json(&out.stdout)["members"], 4);
 }
 
@@ -150,24 +148,30 @@ fn bad_arguments_get_clap_errors() {
 }
 
 #[test]
-fn serf_handler_refuses_a_malformed_member_line_with_exit_2() {
-    let out = constructr()
-        .args(["serf-handler", "--bridge", "http://127.0.0.1:9"])
-        .env("SERF_EVENT", "member-join")
-        .env("SERF_SELF_NAME", "n1")
-        .write_stdin("n2\t10.0.0.2 no tabs here\n")
-        .output()
-        .expect("runs");
-    assert_eq!(out.status.code(), Some(2));
-    assert!(out.stdout.is_empty());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("nothing forwarded"));
+fn serf_handler_refuses_malformed_input_with_exit_2() {
+    // (case, SERF_EVENT, standard input, what the handler says)
+    #[rustfmt::skip]
+    let cases = [
+        ("a member line without tabs", "member-join", "n2\t10.0.0.2 no tabs here\n", "nothing forwarded"),
+        ("an event Serf never sends", "member-fail", "", "unknown SERF_EVENT \"member-fail\""),
+    ];
+    for (case, event, stdin, says) in cases {
+        let out = constructr()
+            .args(["serf-handler", "--bridge", "http://127.0.0.1:9"])
+            .env("SERF_EVENT", event)
+            .env("SERF_SELF_NAME", "n1")
+            .write_stdin(stdin)
+            .output()
+            .expect("runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{case}: {stderr}");
+        assert!(out.stdout.is_empty(), "{case}: nothing on stdout");
+        assert!(stderr.contains(says), "{case}: {stderr}");
+    }
 }
 
 #[test]
 fn non_finite_or_huge_settings_exit_2_instead_of_hanging() {
-    let dir = std::env::temp_dir().join(format!("constructr-cli-inf-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("inf.toml");
     for (text, rule) in [
         (
             "ttl-factor = inf\n",
@@ -184,14 +188,8 @@ fn non_finite_or_huge_settings_exit_2_instead_of_hanging() {
             "retry-delay must be at least 1 ms",
         ),
     ] {
-        std::fs::write(&file, text).unwrap();
-        let out = constructr()
-            .args(["--config", file.to_str().unwrap(), "demo", "--nodes", "3"])
-            .timeout(std::time::Duration::from_secs(30))
-            .output()
-            .expect("runs");
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{text}: {stderr}");
+        let (code, stderr) = with_settings(text, &["demo", "--nodes", "3"]);
+        assert_eq!(code, Some(2), "{text}: {stderr}");
         assert!(stderr.contains(rule), "{text}: {stderr}");
     }
 }
@@ -199,40 +197,15 @@ fn non_finite_or_huge_settings_exit_2_instead_of_hanging() {
 #[test]
 fn compat_preset_applies_to_every_command() {
     // ConstructR mode: no watch, fixed waits; the demo still forms one cluster.
-    let out = constructr()
-        .args(["--compat", "constructr", "demo", "--nodes", "3", "--json"])
-        .output()
-        .expect("runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = succeed(&["--compat", "constructr", "demo", "--nodes", "3", "--json"]);
     assert_eq!(json(&out.stdout)["clusters"], 1);
     // It is a global option: accepted after the subcommand as well.
-    let out = constructr()
-        .args(["sim", "--trials", "5", "--compat", "constructr", "--json"])
-        .output()
-        .expect("runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeed(&["sim", "--trials", "5", "--compat", "constructr", "--json"]);
 }
 
 #[test]
 fn check_json_reports_every_property_holding_for_two_nodes() {
-    let out = constructr()
-        .args(["check", "--nodes", "2", "--max-faults", "0", "--json"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v = json(&out.stdout);
+    let v = json(&succeed(&["check", "--nodes", "2", "--max-faults", "0", "--json"]).stdout);
     assert_eq!(v["nodes"], 2);
     assert_eq!(v["complete"], true);
     assert!(v["unique_states"].as_u64().unwrap() > 100);
