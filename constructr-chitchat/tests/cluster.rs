@@ -26,6 +26,15 @@ fn node(cluster_id: &str) -> ChitchatCluster {
     ChitchatCluster::new(config, rand::random()).expect("valid config")
 }
 
+/// A node of `cluster_id` that seeded it (joined itself).
+async fn seed(cluster_id: &str) -> ChitchatCluster {
+    let seed = node(cluster_id);
+    seed.join(std::slice::from_ref(seed.node()))
+        .await
+        .expect("seeding");
+    seed
+}
+
 fn addresses(members: &Members) -> Vec<String> {
     members
         .iter()
@@ -51,12 +60,9 @@ async fn wait_members(cluster: &ChitchatCluster, n: usize) -> Members {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn joiners_become_members_of_the_seed_and_see_each_other() {
-    let seed = node("join-test");
+    let seed = seed("join-test").await;
     let a = node("join-test");
     let b = node("join-test");
-    seed.join(std::slice::from_ref(seed.node()))
-        .await
-        .expect("seeding");
     let seeds = [seed.node().clone()];
     let (ra, rb) = tokio::join!(
         tokio::time::timeout(Duration::from_secs(10), a.join(&seeds)),
@@ -92,10 +98,7 @@ async fn joiners_become_members_of_the_seed_and_see_each_other() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_seed_of_another_incarnation_does_not_count() {
-    let seed = node("incarnation-test");
-    seed.join(std::slice::from_ref(seed.node()))
-        .await
-        .expect("seeding");
+    let seed = seed("incarnation-test").await;
     let joiner = node("incarnation-test");
     let stale = NodeId::new(seed.node().address.clone(), seed.node().incarnation ^ 1);
     let r = tokio::time::timeout(Duration::from_secs(2), joiner.join(&[stale])).await;
@@ -108,11 +111,8 @@ async fn a_seed_of_another_incarnation_does_not_count() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leave_then_join_again_starts_a_new_generation() {
-    let seed = node("rejoin-test");
+    let seed = seed("rejoin-test").await;
     let a = node("rejoin-test");
-    seed.join(std::slice::from_ref(seed.node()))
-        .await
-        .expect("seeding");
     let seeds = [seed.node().clone()];
     a.join(&seeds).await.expect("join");
     let first = a.chitchat_id().await.expect("running").generation_id;
