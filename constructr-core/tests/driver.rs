@@ -8,17 +8,24 @@ use std::time::{Duration, Instant};
 use constructr_core::driver::{NodeHandle, spawn};
 use constructr_core::local::LocalCluster;
 use constructr_core::memory::{Fault, MemoryCoordination};
-use constructr_core::{ClusterName, Failure, NodeId, Settings, State};
+use constructr_core::{
+    AddMode, AddOutcome, ClusterName, Coordination, CoordinationError, Failure, LockOutcome,
+    NodeId, RefreshOutcome, Registry, Scope, Settings, SettingsError, State,
+};
 
 const BOUND: Duration = Duration::from_secs(5);
+
+fn ms(millis: u64) -> Duration {
+    Duration::from_millis(millis)
+}
 
 fn settings() -> Settings {
     let mut s = Settings::default();
     s.cluster_name = ClusterName::new("driver").expect("valid");
-    s.coordination_timeout = Duration::from_millis(200);
-    s.join_timeout = Duration::from_secs(1);
-    s.retry_delay = Duration::from_millis(100);
-    s.refresh_interval = Duration::from_millis(200);
+    s.coordination_timeout = ms(200);
+    s.join_timeout = ms(1_000);
+    s.retry_delay = ms(100);
+    s.refresh_interval = ms(200);
     // Minimum: 1 + (0.2 × 3 + 0.1 × 1.2 × 2) / 0.2 = 5.2.
     s.ttl_factor = 6.0;
     s
@@ -28,6 +35,21 @@ fn node(i: u16) -> NodeId {
     NodeId::new(
         format!("127.0.0.1:{}", 2550 + i),
         0x5EED_0000 + u64::from(i),
+    )
+}
+
+/// Spawns `node(0)` with `settings` on `coordination`, as a member of `cluster`.
+fn spawn_node0(
+    settings: Settings,
+    coordination: Arc<dyn Coordination>,
+    cluster: &LocalCluster,
+) -> Result<NodeHandle, SettingsError> {
+    spawn(
+        settings,
+        node(0),
+        coordination,
+        Arc::new(cluster.node(node(0))),
+        1,
     )
 }
 
@@ -286,54 +308,41 @@ impl Overlap {
     }
 }
 
+/// What a coordination call answers.
+type Answer<T> = Result<T, CoordinationError>;
+
 #[async_trait::async_trait]
-impl constructr_core::Coordination for Overlap {
-    fn check_settings(&self, s: &Settings) -> Result<(), constructr_core::SettingsError> {
+impl Coordination for Overlap {
+    fn check_settings(&self, s: &Settings) -> Result<(), SettingsError> {
         if s.ttl() < self.min_ttl {
-            return Err(constructr_core::SettingsError::Backend {
+            return Err(SettingsError::Backend {
                 backend: "picky",
                 rule: format!("entry TTL {:?} is below {:?}", s.ttl(), self.min_ttl),
             });
         }
         Ok(())
     }
-    async fn get_nodes(
-        &self,
-        scope: &constructr_core::Scope,
-    ) -> Result<constructr_core::Registry, constructr_core::CoordinationError> {
+    async fn get_nodes(&self, scope: &Scope) -> Answer<Registry> {
         self.call(self.inner.get_nodes(scope)).await
     }
-    async fn lock(
-        &self,
-        scope: &constructr_core::Scope,
-        holder: &NodeId,
-        ttl: Duration,
-    ) -> Result<constructr_core::LockOutcome, constructr_core::CoordinationError> {
+    async fn lock(&self, scope: &Scope, holder: &NodeId, ttl: Duration) -> Answer<LockOutcome> {
         self.call(self.inner.lock(scope, holder, ttl)).await
     }
     async fn add_self(
         &self,
-        scope: &constructr_core::Scope,
+        scope: &Scope,
         node: &NodeId,
         ttl: Duration,
-        mode: &constructr_core::AddMode,
-    ) -> Result<constructr_core::AddOutcome, constructr_core::CoordinationError> {
-        self.call(self.inner.add_self(scope, node, ttl, mode)).await
+        condition: &AddMode,
+    ) -> Answer<AddOutcome> {
+        self.call(self.inner.add_self(scope, node, ttl, condition))
+            .await
     }
-    async fn refresh(
-        &self,
-        scope: &constructr_core::Scope,
-        node: &NodeId,
-        ttl: Duration,
-    ) -> Result<constructr_core::RefreshOutcome, constructr_core::CoordinationError> {
+    async fn refresh(&self, scope: &Scope, node: &NodeId, ttl: Duration) -> Answer<RefreshOutcome> {
         assert!(!self.panic_on_refresh, "backend bug in refresh");
         self.call(self.inner.refresh(scope, node, ttl)).await
     }
-    async fn remove_self(
-        &self,
-        scope: &constructr_core::Scope,
-        node: &NodeId,
-    ) -> Result<(), constructr_core::CoordinationError> {
+    async fn remove_self(&self, scope: &Scope, node: &NodeId) -> Answer<()> {
         self.call(self.inner.remove_self(scope, node)).await
     }
 }
@@ -341,15 +350,7 @@ impl constructr_core::Coordination for Overlap {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_timed_out_call_is_dropped_before_its_retry_starts() {
     let backend = Arc::new(Overlap::new(3, false));
-    let cluster = LocalCluster::new();
-    let h = spawn(
-        settings(),
-        node(0),
-        backend.clone(),
-        Arc::new(cluster.node(node(0))),
-        1,
-    )
-    .expect("valid");
+    let h = spawn_node0(settings(), backend.clone(), &LocalCluster::new()).expect("valid");
     let state = tokio::time::timeout(BOUND, h.registered())
         .await
         .expect("registered after three hung calls");
@@ -365,15 +366,7 @@ async fn a_timed_out_call_is_dropped_before_its_retry_starts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panicking_backend_fails_the_node_with_the_panic_message() {
     let backend = Arc::new(Overlap::new(0, true));
-    let cluster = LocalCluster::new();
-    let h = spawn(
-        settings(),
-        node(0),
-        backend,
-        Arc::new(cluster.node(node(0))),
-        1,
-    )
-    .expect("valid");
+    let h = spawn_node0(settings(), backend, &LocalCluster::new()).expect("valid");
     let result = tokio::time::timeout(BOUND, h.stopped())
         .await
         .expect("ended, no hang");
@@ -392,15 +385,7 @@ async fn spawn_refuses_settings_the_backend_cannot_serve() {
         min_ttl: Duration::from_secs(10),
         ..Overlap::new(0, false)
     };
-    let cluster = LocalCluster::new();
-    let err = spawn(
-        settings(),
-        node(0),
-        Arc::new(picky),
-        Arc::new(cluster.node(node(0))),
-        1,
-    )
-    .expect_err("refused");
+    let err = spawn_node0(settings(), Arc::new(picky), &LocalCluster::new()).expect_err("refused");
     assert!(err.to_string().contains("below 10s"), "{err}");
 }
 
@@ -409,14 +394,7 @@ async fn join_only_node_waits_for_a_seed_then_joins_it() {
     let w = World::new();
     let mut s = settings();
     s.new_cluster_enabled = false;
-    let joiner = spawn(
-        s,
-        node(0),
-        Arc::new(w.coordination.clone()),
-        Arc::new(w.cluster.node(node(0))),
-        1,
-    )
-    .expect("valid");
+    let joiner = spawn_node0(s, Arc::new(w.coordination.clone()), &w.cluster).expect("valid");
     // Alone, it never seeds: no registration, no cluster, however long.
     tokio::time::sleep(settings().ttl()).await;
     assert!(w.registered_nodes().is_empty());

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use constructr_core::memory::{Fault, ManualClock, MemoryCoordination};
 use constructr_core::{
     AddMode, AddOutcome, ClusterId, ClusterName, Coordination, CoordinationError, LockOutcome,
-    NodeId, RefreshOutcome, Scope,
+    LockToken, NodeId, RefreshOutcome, Scope,
 };
 
 const TTL: Duration = Duration::from_secs(60);
@@ -19,16 +19,27 @@ fn node(n: u8) -> NodeId {
     NodeId::new(format!("10.0.0.{n}:2552"), u64::from(n))
 }
 
-/// `node` takes the lock and registers as the seed of cluster 7.
-async fn seed(c: &MemoryCoordination, node: &NodeId) {
-    let LockOutcome::Acquired(lock) = c.lock(&scope(), node, TTL).await.expect("lock") else {
-        panic!("lock not acquired")
-    };
-    let mode = AddMode::Seed {
+/// The registration of the seed of cluster 7 under `lock`.
+fn seed_of_7(lock: LockToken) -> AddMode {
+    AddMode::Seed {
         lock,
         cluster: ClusterId(7),
         expected_epoch_version: None,
-    };
+    }
+}
+
+/// `node` asks for the lock; its token if it got it.
+async fn try_lock(c: &MemoryCoordination, node: &NodeId) -> Option<LockToken> {
+    match c.lock(&scope(), node, TTL).await.expect("lock") {
+        LockOutcome::Acquired(token) => Some(token),
+        LockOutcome::HeldByOther => None,
+    }
+}
+
+/// `node` takes the lock and registers as the seed of cluster 7.
+async fn seed(c: &MemoryCoordination, node: &NodeId) {
+    let lock = try_lock(c, node).await.expect("lock not acquired");
+    let mode = seed_of_7(lock);
     assert_eq!(
         c.add_self(&scope(), node, TTL, &mode).await.expect("add"),
         AddOutcome::Added
@@ -46,10 +57,7 @@ async fn retryable_fail_gives_unavailable_without_applying() {
     );
     assert!(err.is_retryable());
     // Not applied: another node gets the lock.
-    assert!(matches!(
-        c.lock(&scope(), &node(2), TTL).await.expect("lock"),
-        LockOutcome::Acquired(_)
-    ));
+    assert!(try_lock(&c, &node(2)).await.is_some());
 }
 
 #[tokio::test]
@@ -76,15 +84,9 @@ async fn faults_apply_to_the_next_n_calls_only() {
 #[tokio::test]
 async fn failed_registration_is_not_written() {
     let c = MemoryCoordination::default();
-    let LockOutcome::Acquired(lock) = c.lock(&scope(), &node(1), TTL).await.expect("lock") else {
-        panic!("lock")
-    };
+    let lock = try_lock(&c, &node(1)).await.expect("lock");
     c.inject(Fault::Fail { retryable: true }, 1);
-    let mode = AddMode::Seed {
-        lock,
-        cluster: ClusterId(7),
-        expected_epoch_version: None,
-    };
+    let mode = seed_of_7(lock);
     assert!(c.add_self(&scope(), &node(1), TTL, &mode).await.is_err());
     let r = c.get_nodes(&scope()).await.expect("get");
     assert!(r.nodes.is_empty());
@@ -99,14 +101,8 @@ async fn drop_reply_applies_but_never_answers() {
         tokio::time::timeout(Duration::from_millis(200), c.lock(&scope(), &node(1), TTL)).await;
     assert!(out.is_err(), "the reply was not dropped: {out:?}");
     // Applied: node 1 holds the lock.
-    assert_eq!(
-        c.lock(&scope(), &node(2), TTL).await.expect("lock"),
-        LockOutcome::HeldByOther
-    );
-    assert!(matches!(
-        c.lock(&scope(), &node(1), TTL).await.expect("lock"),
-        LockOutcome::Acquired(_)
-    ));
+    assert_eq!(try_lock(&c, &node(2)).await, None, "held by node 1");
+    assert!(try_lock(&c, &node(1)).await.is_some());
 }
 
 #[tokio::test]
@@ -123,23 +119,13 @@ async fn delay_applies_then_answers_late() {
 #[tokio::test]
 async fn expire_lock_lets_another_node_lock_and_fences_the_old_holder() {
     let c = MemoryCoordination::default();
-    let LockOutcome::Acquired(old) = c.lock(&scope(), &node(1), TTL).await.expect("lock") else {
-        panic!("lock")
-    };
-    assert_eq!(
-        c.lock(&scope(), &node(2), TTL).await.expect("lock"),
-        LockOutcome::HeldByOther
-    );
+    let old = try_lock(&c, &node(1)).await.expect("lock");
+    assert_eq!(try_lock(&c, &node(2)).await, None, "held by node 1");
     c.expire_lock(&scope());
-    let LockOutcome::Acquired(new) = c.lock(&scope(), &node(2), TTL).await.expect("lock") else {
-        panic!("lock not acquired after expire_lock")
-    };
+    let new = try_lock(&c, &node(2)).await;
+    let new = new.expect("lock not acquired after expire_lock");
     assert_ne!(old, new, "a token was reused for a later holder");
-    let mode = AddMode::Seed {
-        lock: old,
-        cluster: ClusterId(7),
-        expected_epoch_version: None,
-    };
+    let mode = seed_of_7(old);
     assert_eq!(
         c.add_self(&scope(), &node(1), TTL, &mode)
             .await
@@ -177,11 +163,7 @@ fn ttls_run_on_the_injected_clock() {
     let LockOutcome::Acquired(lock) = c.lock_at(t0, &s, &node(1), ttl) else {
         panic!("lock")
     };
-    let mode = AddMode::Seed {
-        lock,
-        cluster: ClusterId(7),
-        expected_epoch_version: None,
-    };
+    let mode = seed_of_7(lock);
     assert_eq!(
         c.add_self_at(t0, &s, &node(1), ttl, &mode),
         AddOutcome::Added

@@ -1,7 +1,7 @@
 //! Randomized simulation: exactly one cluster forms under concurrency and faults.
 
 use constructr_core::machine::Mutations;
-use constructr_core::sim::{SimConfig, run_trial, run_trials};
+use constructr_core::sim::{SimConfig, SimReport, run_trial, run_trials};
 
 fn threads() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get())
@@ -16,7 +16,31 @@ fn base_seed() -> u64 {
         .unwrap_or(0x00C0_FFEE)
 }
 
-fn assert_clean(report: &constructr_core::sim::SimReport) {
+/// Runs `trials` trials of `config` from [`base_seed`] and prints what they found under
+/// `label`.
+fn run(label: &str, config: &SimConfig, trials: u64) -> SimReport {
+    let report = run_trials(config, base_seed(), trials, threads());
+    eprintln!(
+        "{label}: {} of {} trials failed, islands={} failed_machines={} clusters_lost={}",
+        report.failed_seeds.len(),
+        report.trials,
+        report.islands,
+        report.failed_machines,
+        report.clusters_lost
+    );
+    report
+}
+
+/// Asserts that some failing trial's message contains `what`.
+fn assert_some_failure_mentions(report: &SimReport, what: &str) {
+    assert!(
+        report.failures.iter().any(|f| f.contains(what)),
+        "no failure mentions {what:?}: {:?}",
+        report.failures
+    );
+}
+
+fn assert_clean(report: &SimReport) {
     assert!(
         report.failed_seeds.is_empty(),
         "{} of {} trials failed; first failing seed {} ({}); replay with CONSTRUCTR_SIM_REPLAY={}",
@@ -60,22 +84,9 @@ fn twenty_thousand_faulty_trials_form_exactly_one_cluster_and_outages_cost_no_me
 fn without_the_reseed_grace_outages_cost_members_their_cluster() {
     let mut config = SimConfig::default();
     config.settings.reseed_grace = Some(std::time::Duration::ZERO);
-    let report = run_trials(&config, base_seed(), 4_000, threads());
-    eprintln!(
-        "no grace: {} of {} trials failed, clusters_lost={}",
-        report.failed_seeds.len(),
-        report.trials,
-        report.clusters_lost
-    );
+    let report = run("no grace", &config, 4_000);
     assert!(report.clusters_lost > 0, "the grace made no difference");
-    assert!(
-        report
-            .failures
-            .iter()
-            .any(|f| f.contains("left their cluster")),
-        "{:?}",
-        report.failures
-    );
+    assert_some_failure_mentions(&report, "left their cluster");
 }
 
 /// With ConstructR's fail-fast (2 retries at fixed waits, members fail), outages make
@@ -86,21 +97,8 @@ fn with_fail_fast_retries_outages_fail_machines() {
     config.settings.nr_of_retries = Some(2);
     config.settings.ignore_refresh_failures = false;
     config.settings.max_retry_delay = config.settings.retry_delay;
-    let report = run_trials(&config, base_seed(), 4_000, threads());
-    eprintln!(
-        "fail-fast: {} of {} trials failed, failed_machines={}",
-        report.failed_seeds.len(),
-        report.trials,
-        report.failed_machines
-    );
-    assert!(
-        report
-            .failures
-            .iter()
-            .any(|f| f.contains("machines failed")),
-        "{:?}",
-        report.failures
-    );
+    let report = run("fail-fast", &config, 4_000);
+    assert_some_failure_mentions(&report, "machines failed");
 }
 
 #[test]
@@ -124,13 +122,7 @@ fn without_fencing_the_simulation_finds_split_clusters() {
         unfenced_backend: true,
         ..SimConfig::default()
     };
-    let report = run_trials(&config, base_seed(), 5_000, threads());
-    eprintln!(
-        "unfenced: {} of {} trials failed, islands={}",
-        report.failed_seeds.len(),
-        report.trials,
-        report.islands
-    );
+    let report = run("unfenced", &config, 5_000);
     assert!(
         !report.failed_seeds.is_empty(),
         "the simulation did not notice that fencing was removed"
@@ -143,18 +135,14 @@ fn without_fencing_the_simulation_finds_split_clusters() {
 /// re-read itself: `tests/lock_contention.rs`).
 #[test]
 fn without_reread_after_lock_more_seed_registrations_are_refused() {
-    let with = run_trials(&SimConfig::default(), base_seed(), 3_000, threads());
-    let without = run_trials(
-        &SimConfig {
-            mutations: Mutations {
-                skip_reread_after_lock: true,
-            },
-            ..SimConfig::default()
+    let with = run("with re-read", &SimConfig::default(), 3_000);
+    let skip_reread = SimConfig {
+        mutations: Mutations {
+            skip_reread_after_lock: true,
         },
-        base_seed(),
-        3_000,
-        threads(),
-    );
+        ..SimConfig::default()
+    };
+    let without = run("without re-read", &skip_reread, 3_000);
     eprintln!(
         "seed registrations refused: with re-read {}, without {}",
         with.seeds_refused, without.seeds_refused
@@ -176,6 +164,6 @@ fn simulation_runs_with_tiny_ttls() {
     config.settings.join_timeout = std::time::Duration::from_millis(50);
     config.settings.ttl_factor = 4.0;
     config.settings.validate().expect("valid");
-    let report = run_trials(&config, base_seed(), 40, threads());
+    let report = run("tiny TTLs", &config, 40);
     assert_eq!(report.trials, 40);
 }
