@@ -9,6 +9,33 @@ fn parse(toml_text: &str) -> Result<Settings, toml::de::Error> {
     toml::from_str(toml_text)
 }
 
+/// ConstructR's settings with the given retry jitter and TTL factor.
+fn compat(retry_jitter: f64, ttl_factor: f64) -> Settings {
+    let mut s = Settings::constructr_compat();
+    s.retry_jitter = retry_jitter;
+    s.ttl_factor = ttl_factor;
+    s
+}
+
+/// The TTL factor and the minimum that `s.validate()` names as too small.
+fn too_small(s: &Settings) -> (f64, f64) {
+    match s.validate() {
+        Err(SettingsError::TtlFactorTooSmall {
+            ttl_factor,
+            minimum,
+        }) => (ttl_factor, minimum),
+        other => panic!("expected TtlFactorTooSmall, got {other:?}"),
+    }
+}
+
+#[track_caller]
+fn assert_close(actual: f64, expected: f64) {
+    assert!(
+        (actual - expected).abs() < 1e-9,
+        "{actual} is not {expected}"
+    );
+}
+
 #[test]
 fn defaults_are_constructrs_timings_with_outage_tolerance() {
     let s = Settings::default();
@@ -122,20 +149,11 @@ fn invalid_cluster_name_in_toml_is_rejected() {
 
 #[test]
 fn ttl_factor_too_small_names_the_computed_minimum() {
-    let mut s = Settings::constructr_compat();
-    s.retry_jitter = 0.0;
-    s.ttl_factor = 1.2;
+    let mut s = compat(0.0, 1.2);
     // 1 + (3s × (1 + 2) + 3s × 2) / 30s = 1.5
-    match s.validate() {
-        Err(SettingsError::TtlFactorTooSmall {
-            ttl_factor,
-            minimum,
-        }) => {
-            assert_eq!(ttl_factor, 1.2);
-            assert!((minimum - 1.5).abs() < 1e-9, "minimum {minimum}");
-        }
-        other => panic!("expected TtlFactorTooSmall, got {other:?}"),
-    }
+    let (ttl_factor, minimum) = too_small(&s);
+    assert_eq!(ttl_factor, 1.2);
+    assert_close(minimum, 1.5);
     let msg = s.validate().unwrap_err().to_string();
     assert!(msg.contains("ttl-factor 1.2 is too small"), "{msg}");
     assert!(msg.contains("1.500"), "{msg}");
@@ -146,16 +164,8 @@ fn ttl_factor_too_small_names_the_computed_minimum() {
 
 #[test]
 fn ttl_factor_minimum_includes_the_jitter() {
-    let mut s = Settings::constructr_compat();
-    s.retry_jitter = 0.2;
-    s.ttl_factor = 1.5;
     // 1 + (9s + 3s × 1.2 × 2) / 30s = 1.54
-    match s.validate() {
-        Err(SettingsError::TtlFactorTooSmall { minimum, .. }) => {
-            assert!((minimum - 1.54).abs() < 1e-9, "minimum {minimum}");
-        }
-        other => panic!("expected TtlFactorTooSmall, got {other:?}"),
-    }
+    assert_close(too_small(&compat(0.2, 1.5)).1, 1.54);
 }
 
 #[test]
@@ -163,10 +173,10 @@ fn ttl_factor_minimum_counts_growing_waits_and_one_retry_by_default() {
     let mut s = Settings::default();
     s.retry_jitter = 0.0;
     // r = 1: 1 + (3s × 2 + 3s) / 30s = 1.3
-    assert!((s.minimum_ttl_factor() - 1.3).abs() < 1e-9);
+    assert_close(s.minimum_ttl_factor(), 1.3);
     s.nr_of_retries = Some(3);
     // waits 3 + 6 + 12 s: 1 + (12s + 21s) / 30s = 2.1
-    assert!((s.minimum_ttl_factor() - 2.1).abs() < 1e-9);
+    assert_close(s.minimum_ttl_factor(), 2.1);
 }
 
 #[test]
@@ -197,24 +207,36 @@ fn huge_ttl_factor_is_rejected_as_too_long() {
     );
 }
 
+/// Sets one duration setting.
+type SetDuration = fn(&mut Settings, Duration);
+
+/// Every duration setting by its TOML key, and how to set it.
+const DURATIONS: [(&str, SetDuration); 7] = [
+    ("coordination-timeout", |s, d| s.coordination_timeout = d),
+    ("join-timeout", |s, d| s.join_timeout = d),
+    ("refresh-interval", |s, d| s.refresh_interval = d),
+    ("retry-delay", |s, d| s.retry_delay = d),
+    ("max-retry-delay", |s, d| s.max_retry_delay = d),
+    ("retry-budget", |s, d| s.retry_budget = d),
+    ("reseed-grace", |s, d| s.reseed_grace = Some(d)),
+];
+
+/// The defaults with the duration setting `name` (see [`DURATIONS`]) set to `d`.
+fn with_duration(name: &str, d: Duration) -> Settings {
+    let (_, set) = DURATIONS
+        .iter()
+        .find(|(key, _)| *key == name)
+        .expect("a duration setting");
+    let mut s = Settings::default();
+    set(&mut s, d);
+    s
+}
+
 #[test]
 fn durations_beyond_a_year_are_rejected() {
-    type Set = fn(&mut Settings);
     let long = Duration::from_secs(400 * 24 * 3600);
-    let cases: [(&str, Set); 7] = [
-        ("coordination-timeout", |s| {
-            s.coordination_timeout = Duration::MAX
-        }),
-        ("join-timeout", |s| s.join_timeout = Duration::MAX),
-        ("refresh-interval", |s| s.refresh_interval = Duration::MAX),
-        ("retry-delay", |s| s.retry_delay = Duration::MAX),
-        ("max-retry-delay", |s| s.max_retry_delay = Duration::MAX),
-        ("retry-budget", |s| s.retry_budget = Duration::MAX),
-        ("reseed-grace", |s| s.reseed_grace = Some(Duration::MAX)),
-    ];
-    for (name, set) in cases {
-        let mut s = Settings::default();
-        set(&mut s);
+    for (name, _) in DURATIONS {
+        let s = with_duration(name, Duration::MAX);
         assert_eq!(s.validate(), Err(SettingsError::TooLong { name }), "{name}");
     }
     let s: Settings = parse(r#"join-timeout = "400days""#).expect("parses");
@@ -266,18 +288,14 @@ fn retry_waits_double_up_to_the_cap_and_members_to_the_refresh_interval() {
 
 #[test]
 fn zero_durations_are_rejected() {
-    type Set = fn(&mut Settings);
-    let cases: [(&str, Set); 4] = [
-        ("coordination-timeout", |s| {
-            s.coordination_timeout = Duration::ZERO
-        }),
-        ("join-timeout", |s| s.join_timeout = Duration::ZERO),
-        ("refresh-interval", |s| s.refresh_interval = Duration::ZERO),
-        ("retry-delay", |s| s.retry_delay = Duration::ZERO),
+    let must_not_be_zero = [
+        "coordination-timeout",
+        "join-timeout",
+        "refresh-interval",
+        "retry-delay",
     ];
-    for (name, set) in cases {
-        let mut s = Settings::default();
-        set(&mut s);
+    for name in must_not_be_zero {
+        let s = with_duration(name, Duration::ZERO);
         assert_eq!(s.validate(), Err(SettingsError::Zero { name }), "{name}");
         assert_eq!(
             s.validate().unwrap_err().to_string(),
@@ -357,12 +375,16 @@ fn key_prefix_with_dot_dot_is_rejected() {
 fn scope_base_formats() {
     let orders = || ClusterName::new("orders").expect("valid");
     let base = |prefix: &str| Scope::new(prefix, orders()).expect(prefix).base();
-    assert_eq!(base("/constructr"), "/constructr/orders");
-    assert_eq!(base("constructr"), "/constructr/orders");
-    assert_eq!(base("/constructr/"), "/constructr/orders");
-    assert_eq!(base("/a/b"), "/a/b/orders");
-    assert_eq!(base(""), "/orders");
-    assert_eq!(base("/"), "/orders");
+    for (prefix, expected) in [
+        ("/constructr", "/constructr/orders"),
+        ("constructr", "/constructr/orders"),
+        ("/constructr/", "/constructr/orders"),
+        ("/a/b", "/a/b/orders"),
+        ("", "/orders"),
+        ("/", "/orders"),
+    ] {
+        assert_eq!(base(prefix), expected, "prefix {prefix:?}");
+    }
     let scope = Scope::new("/constructr", orders()).expect("valid");
     assert_eq!(scope.prefix(), "/constructr");
     assert_eq!(scope.cluster().as_str(), "orders");
