@@ -14,6 +14,12 @@ const ALL_REGISTERED: &str = "one cluster with every node registered";
 const RESEED: &str = "a re-seed after the whole cluster died";
 const LIVENESS: &str = "every node ends registered or terminal";
 
+/// One cluster of every node is reached, and so is a re-seed after the whole cluster died.
+const FORMED_AND_RESEEDED: [(&str, Verdict); 2] = [
+    (ALL_REGISTERED, Verdict::Reached),
+    (RESEED, Verdict::Reached),
+];
+
 fn run(config: CheckConfig) -> CheckReport {
     let report = check(config, &CheckOptions::default()).expect("valid configuration");
     eprintln!(
@@ -50,12 +56,20 @@ fn assert_all_hold(report: &CheckReport) {
     assert_eq!(report.properties.len(), PROPERTIES.len());
 }
 
+/// Asserts that every property holds (see [`assert_all_hold`]) and that each named one has
+/// the given verdict.
+#[track_caller]
+fn assert_verdicts(report: &CheckReport, expected: &[(&str, Verdict)]) {
+    assert_all_hold(report);
+    for &(name, want) in expected {
+        assert_eq!(verdict(report, name), want, "{name}");
+    }
+}
+
 #[test]
 fn two_nodes_with_up_to_two_faults_keep_every_property() {
     let report = run(CheckConfig::new(2, 2));
-    assert_all_hold(&report);
-    assert_eq!(verdict(&report, ALL_REGISTERED), Verdict::Reached);
-    assert_eq!(verdict(&report, RESEED), Verdict::Reached);
+    assert_verdicts(&report, &FORMED_AND_RESEEDED);
     assert!(
         report.unique_states > 1_000_000,
         "suspiciously small: {report:?}"
@@ -64,26 +78,24 @@ fn two_nodes_with_up_to_two_faults_keep_every_property() {
 
 #[test]
 fn three_nodes_with_one_fault_keep_every_property() {
-    let report = run(CheckConfig::new(3, 1));
-    assert_all_hold(&report);
-    assert_eq!(verdict(&report, ALL_REGISTERED), Verdict::Reached);
-    assert_eq!(verdict(&report, RESEED), Verdict::Reached);
+    assert_verdicts(&run(CheckConfig::new(3, 1)), &FORMED_AND_RESEEDED);
 }
 
 #[test]
 fn three_nodes_without_faults_always_form_one_cluster_of_all() {
     let report = run(CheckConfig::new(3, 0));
-    assert_all_hold(&report);
-    assert_eq!(verdict(&report, ALL_REGISTERED), Verdict::Reached);
     // Nothing dies without faults, so nothing is re-seeded.
-    assert_eq!(verdict(&report, RESEED), Verdict::NotReached);
+    let expected = [
+        (ALL_REGISTERED, Verdict::Reached),
+        (RESEED, Verdict::NotReached),
+    ];
+    assert_verdicts(&report, &expected);
 }
 
 #[test]
 fn two_nodes_through_two_outages_keep_their_cluster() {
     let report = run(CheckConfig::new(2, 2).with_faults(&[FaultKind::Outage]));
-    assert_all_hold(&report);
-    assert_eq!(verdict(&report, OUTAGE), Verdict::Holds);
+    assert_verdicts(&report, &[(OUTAGE, Verdict::Holds)]);
 }
 
 /// The outage issue's scenario: a newcomer starts at any time, also during one of two
@@ -95,9 +107,8 @@ fn a_newcomer_during_an_outage_joins_the_older_cluster() {
         .with_late_nodes(1)
         .with_faults(&[FaultKind::Outage]);
     let report = run(config.clone());
-    assert_all_hold(&report);
-    assert_eq!(verdict(&report, OUTAGE), Verdict::Holds);
-    assert_eq!(verdict(&report, ALL_REGISTERED), Verdict::Reached);
+    let expected = [(OUTAGE, Verdict::Holds), (ALL_REGISTERED, Verdict::Reached)];
+    assert_verdicts(&report, &expected);
     let without_grace = run(config.with_mutation(Some(Mutation::NoReseedGrace)));
     let trace = assert_counterexample(&without_grace, OUTAGE);
     assert!(trace.iter().any(|l| l.contains("n2: starts")), "{trace:#?}");
@@ -183,24 +194,15 @@ fn a_horizon_too_short_for_recovery_is_a_liveness_violation() {
 fn depth_first_explores_the_same_state_space() {
     let config = CheckConfig::new(2, 1);
     let bfs = run(config.clone());
-    let dfs = check(
-        config.clone(),
-        &CheckOptions {
-            depth_first: true,
-            ..CheckOptions::default()
-        },
-    )
-    .unwrap();
+    let depth_first = CheckOptions {
+        depth_first: true,
+        ..CheckOptions::default()
+    };
+    let dfs = check(config.clone(), &depth_first).unwrap();
     assert!(dfs.complete);
     assert_eq!(bfs.unique_states, dfs.unique_states);
     assert_all_hold(&dfs);
-    let mutated = check(
-        config.with_mutation(Some(Mutation::UnfencedSeedWrite)),
-        &CheckOptions {
-            depth_first: true,
-            ..CheckOptions::default()
-        },
-    )
-    .unwrap();
+    let unfenced = config.with_mutation(Some(Mutation::UnfencedSeedWrite));
+    let mutated = check(unfenced, &depth_first).unwrap();
     assert_counterexample(&mutated, ONE_CLUSTER);
 }
