@@ -4,44 +4,34 @@
 
 use std::time::Duration;
 
-use constructr_consul::{ConsulConfig, ConsulCoordination, ConsulTlsConfig, PemSource};
-use testcontainers::core::{IntoContainerPort as _, WaitFor};
-use testcontainers::runners::AsyncRunner as _;
-use testcontainers::{ContainerAsync, GenericImage, ImageExt as _};
+use constructr_consul::{ConsulConfig, ConsulCoordination};
+use testcontainers::{GenericImage, ImageExt as _};
 
+use crate::container::{CONSUL_IMAGE, Restartable, STARTUP, random_suffix, start_on_free_port};
 use crate::tls::TestPki;
-
-/// Environment variable naming the Consul image (`name:tag`).
-pub const CONSUL_IMAGE_ENV: &str = "CONSTRUCTR_CONSUL_IMAGE";
-/// The official image, used when nothing else is configured.
-pub const CONSUL_DEFAULT_IMAGE: &str = "hashicorp/consul:1.8.7";
 
 const HTTP_PORT: u16 = 8500;
 const HTTPS_PORT: u16 = 8501;
-const READY: &str = "Consul agent running!";
-const STARTUP: Duration = Duration::from_secs(60);
 
 fn image() -> GenericImage {
-    let (name, tag) = crate::image_from_env(CONSUL_IMAGE_ENV, CONSUL_DEFAULT_IMAGE);
     // The locally built image's ENTRYPOINT is the consul binary, the official image's an
     // entrypoint script that passes `agent ...` on to it: a command starting with `agent`
     // works with both.
-    GenericImage::new(name, tag).with_wait_for(WaitFor::message_on_stdout(READY))
+    CONSUL_IMAGE.generic()
 }
 
-fn image_hint() -> String {
-    let (name, tag) = crate::image_from_env(CONSUL_IMAGE_ENV, CONSUL_DEFAULT_IMAGE);
-    format!(
-        "could not start Consul image {name}:{tag}. Without registry access build it with \
-         `bash scripts/images.sh` and export {CONSUL_IMAGE_ENV} (see target/test-images.env)"
-    )
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free local port")
-        .port()
+/// [`crate::fast_settings`] valid for Consul: refresh 5 s × ttl-factor 2 = TTL 10 s (Consul's
+/// minimum), lock TTL = join timeout 8 s + 2 × coordination timeout 1 s = 10 s.
+pub fn consul_settings(cluster: constructr_core::ClusterName) -> constructr_core::Settings {
+    let mut s = crate::fast_settings(cluster);
+    s.refresh_interval = Duration::from_secs(5);
+    s.ttl_factor = 2.0;
+    s.join_timeout = Duration::from_secs(8);
+    s.coordination_timeout = Duration::from_secs(1);
+    s.retry_delay = Duration::from_millis(500);
+    s.validate().expect("valid settings");
+    constructr_consul::validate_settings(&s).expect("valid for Consul");
+    s
 }
 
 /// How the agent keeps its data.
@@ -69,7 +59,7 @@ pub struct ConsulOptions {
 /// One Consul agent, reachable from the test at a fixed `127.0.0.1` port that survives
 /// restarts.
 pub struct ConsulNode {
-    container: ContainerAsync<GenericImage>,
+    container: Restartable,
     host_port: u16,
     mode: ConsulMode,
     master_token: Option<String>,
@@ -118,59 +108,41 @@ impl ConsulNode {
                 "-hcl=acl {{ enabled = true, default_policy = \"deny\", tokens {{ master = \"{master}\" }} }}"
             ));
         }
-        let mut copies = Vec::new();
-        if let Some(pki) = &options.tls {
+        if options.tls.is_some() {
             args.push(format!(
                 "-hcl=ports {{ http = -1, https = {HTTPS_PORT} }} \
                  ca_file = \"/certs/ca.pem\" cert_file = \"/certs/server.pem\" \
                  key_file = \"/certs/server-key.pem\" verify_incoming_https = true"
             ));
-            copies = vec![
-                ("/certs/ca.pem", pki.ca_pem.clone()),
-                ("/certs/server.pem", pki.server_cert_pem.clone()),
-                ("/certs/server-key.pem", pki.server_key_pem.clone()),
-            ];
         }
         let container_port = if options.tls.is_some() {
             HTTPS_PORT
         } else {
             HTTP_PORT
         };
-        let mut last_error = String::new();
-        // A fixed host port can be taken by someone else between picking and binding it.
-        for _ in 0..3 {
-            let host_port = free_port();
-            let mut request = image()
-                .with_container_name(format!("constructr-consul-{:08x}", rand::random::<u32>()));
-            for (path, pem) in &copies {
-                request = request.with_copy_to(*path, pem.clone().into_bytes());
+        let (container, host_port) = start_on_free_port(&CONSUL_IMAGE, container_port, || {
+            let mut request =
+                image().with_container_name(format!("constructr-consul-{}", random_suffix()));
+            if let Some(pki) = &options.tls {
+                request = pki.copy_server_files(request);
             }
-            let request = request
-                .with_cmd(args.clone())
-                .with_mapped_port(host_port, container_port.tcp())
-                .with_startup_timeout(STARTUP);
-            match request.start().await {
-                Ok(container) => {
-                    let node = Self {
-                        container,
-                        host_port,
-                        mode,
-                        master_token: options.acl_master_token.clone(),
-                        pki: options.tls,
-                    };
-                    node.wait_ready().await;
-                    return node;
-                }
-                Err(e) => last_error = e.to_string(),
-            }
-        }
-        panic!("{}: {last_error}", image_hint());
+            request.with_cmd(args.clone())
+        })
+        .await;
+        let node = Self {
+            container,
+            host_port,
+            mode,
+            master_token: options.acl_master_token,
+            pki: options.tls,
+        };
+        node.wait_ready().await;
+        node
     }
 
     /// `http(s)://127.0.0.1:{port}`.
     pub fn address(&self) -> String {
-        let scheme = if self.pki.is_some() { "https" } else { "http" };
-        format!("{scheme}://127.0.0.1:{}", self.host_port)
+        crate::container::local_url(self.pki.is_some(), self.host_port)
     }
 
     /// How this agent keeps its data.
@@ -188,12 +160,7 @@ impl ConsulNode {
             config = config.with_token(t.clone());
         }
         if let Some(pki) = &self.pki {
-            config = config.with_tls(
-                ConsulTlsConfig::new(PemSource::Pem(pki.ca_pem.clone())).with_client_identity(
-                    PemSource::Pem(pki.client_cert_pem.clone()),
-                    PemSource::Pem(pki.client_key_pem.clone()),
-                ),
-            );
+            config = config.with_tls(pki.client_tls());
         }
         config
     }
@@ -231,24 +198,15 @@ impl ConsulNode {
         }
     }
 
-    /// Stops Consul abruptly (SIGKILL) and starts it again on the same port; returns once it
-    /// has a leader again. A dev agent comes back empty, a persistent server with its data.
-    pub async fn restart(&self) {
-        self.stop().await;
-        self.start_again().await;
-    }
-
     /// Stops Consul abruptly (SIGKILL).
     pub async fn stop(&self) {
-        self.container
-            .stop_with_timeout(Some(0))
-            .await
-            .expect("stop Consul");
+        self.container.stop().await
     }
 
-    /// Starts a stopped Consul again on the same port; returns once it has a leader.
+    /// Starts a stopped Consul again on the same port; returns once it has a leader. A dev
+    /// agent comes back empty, a persistent server with its data.
     pub async fn start_again(&self) {
-        self.container.start().await.expect("start Consul again");
+        self.container.start().await;
         self.wait_ready().await;
     }
 }
@@ -302,69 +260,55 @@ impl RawConsul {
             .ok_or_else(|| format!("session create answer without ID: {text}"))
     }
 
+    /// Sends `request` (`what` for messages); panics unless Consul answers with success.
+    async fn send_ok(&self, request: reqwest::RequestBuilder, what: &str) -> reqwest::Response {
+        let resp = request
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        ok(resp, what).await
+    }
+
     /// Writes `value` under `key` (no leading `/`), locked by a fresh TTL session so it
     /// expires like a node entry.
     pub async fn put_with_session(&self, key: &str, value: &[u8], ttl: Duration) {
         let session = self.try_create_session(ttl).await.expect("create session");
-        let resp = self
-            .request(
-                reqwest::Method::PUT,
-                &format!("/v1/kv/{}?acquire={session}", encode_key(key)),
-            )
-            .body(value.to_vec())
-            .send()
-            .await
-            .expect("put");
-        assert!(resp.status().is_success(), "put {key}: {}", resp.status());
+        let path = format!("/v1/kv/{}?acquire={session}", encode_key(key));
+        let request = self
+            .request(reqwest::Method::PUT, &path)
+            .body(value.to_vec());
+        let resp = self.send_ok(request, &format!("put {key}")).await;
         assert_eq!(resp.text().await.unwrap().trim(), "true", "acquire {key}");
     }
 
     /// Writes `value` under `key` (no leading `/`) without a session.
     pub async fn put(&self, key: &str, value: &[u8]) {
-        let resp = self
-            .request(reqwest::Method::PUT, &format!("/v1/kv/{}", encode_key(key)))
-            .body(value.to_vec())
-            .send()
-            .await
-            .expect("put");
-        assert!(resp.status().is_success(), "put {key}: {}", resp.status());
+        let path = format!("/v1/kv/{}", encode_key(key));
+        let request = self
+            .request(reqwest::Method::PUT, &path)
+            .body(value.to_vec());
+        self.send_ok(request, &format!("put {key}")).await;
     }
 
     /// Deletes every key under `prefix` (no leading `/`), whoever holds them.
     pub async fn delete_prefix(&self, prefix: &str) {
-        let resp = self
-            .request(
-                reqwest::Method::DELETE,
-                &format!("/v1/kv/{}?recurse", encode_key(prefix)),
-            )
-            .send()
-            .await
-            .expect("delete");
-        assert!(
-            resp.status().is_success(),
-            "delete {prefix}: {}",
-            resp.status()
-        );
+        let path = format!("/v1/kv/{}?recurse", encode_key(prefix));
+        let request = self.request(reqwest::Method::DELETE, &path);
+        self.send_ok(request, &format!("delete {prefix}")).await;
     }
 
     /// The keys under `prefix` (no leading `/`).
     pub async fn keys(&self, prefix: &str) -> Vec<String> {
+        let path = format!("/v1/kv/{}?keys", encode_key(prefix));
         let resp = self
-            .request(
-                reqwest::Method::GET,
-                &format!("/v1/kv/{}?keys", encode_key(prefix)),
-            )
+            .request(reqwest::Method::GET, &path)
             .send()
             .await
             .expect("list keys");
         if resp.status() == reqwest::StatusCode::NOT_FOUND {
             return Vec::new();
         }
-        assert!(
-            resp.status().is_success(),
-            "keys {prefix}: {}",
-            resp.status()
-        );
+        let resp = ok(resp, &format!("keys {prefix}")).await;
         let mut keys: Vec<String> = resp.json().await.expect("key list");
         keys.sort();
         keys
@@ -372,11 +316,8 @@ impl RawConsul {
 
     /// Number of sessions Consul knows.
     pub async fn session_count(&self) -> usize {
-        let resp = self
-            .request(reqwest::Method::GET, "/v1/session/list")
-            .send()
-            .await
-            .expect("list sessions");
+        let request = self.request(reqwest::Method::GET, "/v1/session/list");
+        let resp = self.send_ok(request, "list sessions").await;
         let v: Vec<serde_json::Value> = resp.json().await.expect("session list");
         v.len()
     }
@@ -385,33 +326,23 @@ impl RawConsul {
     /// Needs the master token.
     pub async fn create_token(&self, name: &str, rules: &str) -> String {
         let policy = serde_json::json!({ "Name": name, "Rules": rules });
-        let resp = self
-            .request(reqwest::Method::PUT, "/v1/acl/policy")
-            .json(&policy)
-            .send()
-            .await
-            .expect("create policy");
-        assert!(
-            resp.status().is_success(),
-            "create policy: {} {}",
-            resp.status(),
-            resp.text().await.unwrap_or_default()
-        );
+        let request = self.request(reqwest::Method::PUT, "/v1/acl/policy");
+        self.send_ok(request.json(&policy), "create policy").await;
         let token = serde_json::json!({ "Description": name, "Policies": [{ "Name": name }] });
-        let resp = self
-            .request(reqwest::Method::PUT, "/v1/acl/token")
-            .json(&token)
-            .send()
-            .await
-            .expect("create token");
-        assert!(
-            resp.status().is_success(),
-            "create token: {}",
-            resp.status()
-        );
+        let request = self.request(reqwest::Method::PUT, "/v1/acl/token");
+        let resp = self.send_ok(request.json(&token), "create token").await;
         let v: serde_json::Value = resp.json().await.expect("token answer");
         v["SecretID"].as_str().expect("SecretID").to_owned()
     }
+}
+
+/// `resp`, which must be a success (else a panic with `what`, the status and the body).
+async fn ok(resp: reqwest::Response, what: &str) -> reqwest::Response {
+    let status = resp.status();
+    if !status.is_success() {
+        panic!("{what}: {status} {}", resp.text().await.unwrap_or_default());
+    }
+    resp
 }
 
 /// Percent-encodes a key's segments, keeping the `/` separators.

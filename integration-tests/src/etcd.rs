@@ -3,30 +3,23 @@
 
 use std::time::Duration;
 
-use constructr_etcd::{EtcdConfig, EtcdTlsConfig, PemSource};
-use testcontainers::core::{IntoContainerPort as _, WaitFor};
+use constructr_etcd::EtcdConfig;
+use testcontainers::core::IntoContainerPort as _;
 use testcontainers::runners::AsyncRunner as _;
 use testcontainers::{ContainerAsync, GenericImage, ImageExt as _};
 
+use crate::container::{
+    ETCD_IMAGE, Restartable, STARTUP, free_port, random_suffix, start_on_free_port, with_retries,
+};
 use crate::tls::TestPki;
-
-/// Environment variable naming the etcd image (`name:tag`).
-pub const ETCD_IMAGE_ENV: &str = "CONSTRUCTR_ETCD_IMAGE";
-/// The official image, used when nothing else is configured.
-pub const ETCD_DEFAULT_IMAGE: &str = "quay.io/coreos/etcd:v3.5.16";
 
 const CLIENT_PORT: u16 = 2379;
 const PEER_PORT: u16 = 2380;
-const READY: &str = "ready to serve client requests";
-const STARTUP: Duration = Duration::from_secs(60);
 
 fn image() -> GenericImage {
-    let (name, tag) = crate::image_from_env(ETCD_IMAGE_ENV, ETCD_DEFAULT_IMAGE);
     // The official image has no ENTRYPOINT (its CMD is the binary), the locally built one
     // has: name the binary explicitly so both work.
-    GenericImage::new(name, tag)
-        .with_entrypoint("/usr/local/bin/etcd")
-        .with_wait_for(WaitFor::message_on_stderr(READY))
+    ETCD_IMAGE.generic().with_entrypoint("/usr/local/bin/etcd")
 }
 
 /// Test members skip fsync (etcd >= 3.5; older versions ignore the variable with a
@@ -34,35 +27,16 @@ fn image() -> GenericImage {
 /// and election timings. Data still survives a container restart (the host's page cache).
 const NO_FSYNC: (&str, &str) = ("ETCD_UNSAFE_NO_FSYNC", "true");
 
-fn image_hint() -> String {
-    let (name, tag) = crate::image_from_env(ETCD_IMAGE_ENV, ETCD_DEFAULT_IMAGE);
-    format!(
-        "could not start etcd image {name}:{tag}. Without registry access build it with \
-         `bash scripts/images.sh` and export {ETCD_IMAGE_ENV} (see target/test-images.env)"
-    )
-}
-
 /// A scope nobody writes to, for readiness probes.
 fn probe_scope() -> constructr_core::Scope {
     constructr_core::Scope::new("/constructr-probe", crate::unique_cluster_name("ready"))
         .expect("valid scope")
 }
 
-fn random_suffix() -> String {
-    format!("{:08x}", rand::random::<u32>())
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free local port")
-        .port()
-}
-
 /// One etcd member, reachable from the test at a fixed `127.0.0.1` port that survives
 /// restarts.
 pub struct EtcdNode {
-    container: ContainerAsync<GenericImage>,
+    container: Restartable,
     host_port: u16,
     pki: Option<TestPki>,
 }
@@ -80,12 +54,9 @@ impl EtcdNode {
     }
 
     async fn start_inner(pki: Option<TestPki>) -> Self {
-        let mut last_error = String::new();
-        // A fixed host port can be taken by someone else between picking and binding it.
-        for _ in 0..3 {
+        let scheme = if pki.is_some() { "https" } else { "http" };
+        let (container, host_port) = start_on_free_port(&ETCD_IMAGE, CLIENT_PORT, || {
             let name = format!("constructr-etcd-{}", random_suffix());
-            let host_port = free_port();
-            let scheme = if pki.is_some() { "https" } else { "http" };
             let mut args = vec![
                 "--name".to_owned(),
                 name.clone(),
@@ -103,7 +74,7 @@ impl EtcdNode {
                 format!("{name}=http://127.0.0.1:{PEER_PORT}"),
             ];
             let mut request = image()
-                .with_container_name(name.clone())
+                .with_container_name(name)
                 .with_env_var(NO_FSYNC.0, NO_FSYNC.1);
             if let Some(pki) = &pki {
                 args.extend([
@@ -112,41 +83,23 @@ impl EtcdNode {
                     "--trusted-ca-file=/certs/ca.pem".into(),
                     "--client-cert-auth".into(),
                 ]);
-                request = request
-                    .with_copy_to("/certs/ca.pem", pki.ca_pem.clone().into_bytes())
-                    .with_copy_to(
-                        "/certs/server.pem",
-                        pki.server_cert_pem.clone().into_bytes(),
-                    )
-                    .with_copy_to(
-                        "/certs/server-key.pem",
-                        pki.server_key_pem.clone().into_bytes(),
-                    );
+                request = pki.copy_server_files(request);
             }
-            let request = request
-                .with_cmd(args)
-                .with_mapped_port(host_port, CLIENT_PORT.tcp())
-                .with_startup_timeout(STARTUP);
-            match request.start().await {
-                Ok(container) => {
-                    let node = Self {
-                        container,
-                        host_port,
-                        pki,
-                    };
-                    node.wait_ready().await;
-                    return node;
-                }
-                Err(e) => last_error = e.to_string(),
-            }
-        }
-        panic!("{}: {last_error}", image_hint());
+            request.with_cmd(args)
+        })
+        .await;
+        let node = Self {
+            container,
+            host_port,
+            pki,
+        };
+        node.wait_ready().await;
+        node
     }
 
     /// `http(s)://127.0.0.1:{port}`.
     pub fn endpoint(&self) -> String {
-        let scheme = if self.pki.is_some() { "https" } else { "http" };
-        format!("{scheme}://127.0.0.1:{}", self.host_port)
+        crate::container::local_url(self.pki.is_some(), self.host_port)
     }
 
     /// A backend configuration for this member (with the client certificate when TLS is on).
@@ -155,12 +108,7 @@ impl EtcdNode {
             .with_connect_timeout(Duration::from_secs(1))
             .with_request_timeout(Duration::from_millis(500));
         match &self.pki {
-            Some(pki) => config.with_tls(
-                EtcdTlsConfig::new(PemSource::Pem(pki.ca_pem.clone())).with_client_identity(
-                    PemSource::Pem(pki.client_cert_pem.clone()),
-                    PemSource::Pem(pki.client_key_pem.clone()),
-                ),
-            ),
+            Some(pki) => config.with_tls(pki.client_tls()),
             None => config,
         }
     }
@@ -191,16 +139,13 @@ impl EtcdNode {
 
     /// Stops etcd abruptly (SIGKILL); its container, data and port stay.
     pub async fn stop(&self) {
-        self.container
-            .stop_with_timeout(Some(0))
-            .await
-            .expect("stop etcd");
+        self.container.stop().await
     }
 
     /// Starts a stopped etcd again on the same data and port; returns once it serves
     /// requests.
     pub async fn start_again(&self) {
-        self.container.start().await.expect("start etcd again");
+        self.container.start().await;
         self.wait_ready().await;
     }
 
@@ -235,18 +180,9 @@ pub struct EtcdCluster3 {
 impl EtcdCluster3 {
     /// Starts three members at once and waits until all serve requests.
     pub async fn start() -> Self {
-        let mut last_error = String::new();
-        // A fixed host port can be taken by someone else between picking and binding it.
-        for _ in 0..3 {
-            match Self::try_start().await {
-                Ok(cluster) => {
-                    cluster.wait_all_ready().await;
-                    return cluster;
-                }
-                Err(e) => last_error = e,
-            }
-        }
-        panic!("{}: {last_error}", image_hint());
+        let cluster = with_retries(|| ETCD_IMAGE.hint(), Self::try_start).await;
+        cluster.wait_all_ready().await;
+        cluster
     }
 
     async fn try_start() -> Result<Self, String> {

@@ -7,7 +7,7 @@
 //! - [`etcd::EtcdNode`] (one member) and [`etcd::EtcdCluster3`] (three members on their own
 //!   Docker network), with fault injection (restart, kill, stop and start all).
 //! - [`consul::ConsulNode`] (a dev agent or a persistent single server, optionally with ACLs
-//!   or HTTPS), with fault injection (restart).
+//!   or HTTPS), with fault injection (stop and start again).
 //! - [`service::Service`]: any of those behind one interface (start, stop, start again,
 //!   delete keys), for scenarios that run once per backend.
 //! - [`process`]: real `constructr node` processes against a service, with their `--json`
@@ -22,7 +22,9 @@ use std::time::Duration;
 
 use constructr_core::{ClusterName, Settings};
 
+pub mod checks;
 pub mod consul;
+pub mod container;
 pub mod etcd;
 pub mod nodes;
 pub mod process;
@@ -146,6 +148,14 @@ pub fn fast_settings(cluster: ClusterName) -> Settings {
     s.retry_jitter = 0.2;
     s.validate().expect("fast test settings are valid");
     s
+}
+
+/// The environment variable `var` of a measuring run, `""` when unset or blank.
+pub fn env_setting(var: &str) -> String {
+    std::env::var(var)
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .unwrap_or_default()
 }
 
 /// Installs a test-friendly tracing subscriber once (`RUST_LOG` filters it).

@@ -9,7 +9,7 @@
 use std::io::{BufRead as _, BufReader, Read as _};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, LazyLock, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use constructr_core::{ClusterName, Coordination, CoordinationError, Registry, Scope};
@@ -408,6 +408,11 @@ impl Setup {
         self.start_with(port, &[])
     }
 
+    /// Starts a process (see [`Setup::start`]) on each of `ports`.
+    pub fn start_all(&self, ports: &[u16]) -> Vec<NodeProcess> {
+        ports.iter().map(|&port| self.start(port)).collect()
+    }
+
     /// As [`Setup::start`], with extra `constructr node` options (e.g. `--join-only`).
     pub fn start_with(&self, port: u16, extra: &[&str]) -> NodeProcess {
         let mut args = self.service.backend_args();
@@ -498,6 +503,23 @@ pub async fn poll_until(
     }
 }
 
+/// The gossip addresses of `procs`, sorted.
+pub fn addresses_of(procs: &[NodeProcess]) -> Vec<String> {
+    sorted(procs.iter().map(|p| p.gossip.clone()))
+}
+
+/// Waits (see [`wait_until`]) until every one of `procs` is registered and sees exactly
+/// `expected` as live members; how long it took.
+pub async fn wait_converged(
+    procs: &mut [NodeProcess],
+    expected: &[String],
+    timeout: Duration,
+    what: &str,
+) -> Duration {
+    let mut refs: Vec<&mut NodeProcess> = procs.iter_mut().collect();
+    wait_until(&mut refs, timeout, what, |ps| converged(ps, expected)).await
+}
+
 /// Every process registered and seeing exactly `expected` as live members.
 pub fn converged(procs: &mut [&mut NodeProcess], expected: &[String]) -> bool {
     procs
@@ -507,6 +529,7 @@ pub fn converged(procs: &mut [&mut NodeProcess], expected: &[String]) -> bool {
 
 /// The timings of one backend's settings file (the outage and re-seed tests share them).
 pub struct Profile {
+    /// The settings file: [`KEY_PREFIX`] and the timings below.
     pub toml: &'static str,
     pub refresh_interval: Duration,
     /// Entry TTL: refresh-interval × ttl-factor.
@@ -516,41 +539,71 @@ pub struct Profile {
     pub join_timeout: Duration,
 }
 
-/// etcd: entry TTL 3 s.
-pub const ETCD: Profile = Profile {
-    toml: r#"
-key-prefix = "/constructr-it"
-refresh-interval = "1s"
-ttl-factor = 3.0
-join-timeout = "5s"
-coordination-timeout = "700ms"
-retry-delay = "300ms"
-"#,
-    refresh_interval: Duration::from_secs(1),
-    ttl: Duration::from_secs(3),
-    coordination_timeout: Duration::from_millis(700),
-    retry_delay: Duration::from_millis(300),
-    join_timeout: Duration::from_secs(5),
-};
+impl Profile {
+    /// The profile of refresh interval, join timeout, coordination timeout and retry delay
+    /// (in ms), with a ttl-factor of 3; its settings file says the same.
+    fn new(millis: [u64; 4]) -> Self {
+        let [
+            refresh_interval,
+            join_timeout,
+            coordination_timeout,
+            retry_delay,
+        ] = millis.map(Duration::from_millis);
+        let toml = format!(
+            "\nkey-prefix = \"{KEY_PREFIX}\"\nrefresh-interval = \"{}\"\nttl-factor = 3.0\n\
+             join-timeout = \"{}\"\ncoordination-timeout = \"{}\"\nretry-delay = \"{}\"\n",
+            toml_duration(refresh_interval),
+            toml_duration(join_timeout),
+            toml_duration(coordination_timeout),
+            toml_duration(retry_delay),
+        );
+        Self {
+            toml: toml.leak(),
+            refresh_interval,
+            ttl: refresh_interval * 3,
+            coordination_timeout,
+            retry_delay,
+            join_timeout,
+        }
+    }
+}
 
-/// Consul: session TTLs are at least 10 s (entry TTL 12 s, lock TTL 10 s).
-pub const CONSUL: Profile = Profile {
-    toml: r#"
-key-prefix = "/constructr-it"
-refresh-interval = "4s"
-ttl-factor = 3.0
-join-timeout = "8s"
-coordination-timeout = "1s"
-retry-delay = "300ms"
-"#,
-    refresh_interval: Duration::from_secs(4),
-    ttl: Duration::from_secs(12),
-    coordination_timeout: Duration::from_secs(1),
-    retry_delay: Duration::from_millis(300),
-    join_timeout: Duration::from_secs(8),
-};
+/// `1s`, `700ms`: a duration as a settings file writes it.
+fn toml_duration(d: Duration) -> String {
+    match d.as_millis() {
+        ms if ms % 1000 == 0 => format!("{}s", ms / 1000),
+        ms => format!("{ms}ms"),
+    }
+}
+
+/// etcd: refresh 1 s (entry TTL 3 s), join timeout 5 s, coordination timeout 700 ms, retry
+/// delay 300 ms.
+pub static ETCD: LazyLock<Profile> = LazyLock::new(|| Profile::new([1000, 5000, 700, 300]));
+
+/// Consul: session TTLs are at least 10 s: refresh 4 s (entry TTL 12 s), join timeout 8 s
+/// (lock TTL 10 s), coordination timeout 1 s, retry delay 300 ms.
+pub static CONSUL: LazyLock<Profile> = LazyLock::new(|| Profile::new([4000, 8000, 1000, 300]));
 
 /// The settings profile of `backend`.
 pub fn profile(backend: Backend) -> &'static Profile {
     if backend.is_etcd() { &ETCD } else { &CONSUL }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn profiles_write_their_timings_into_the_settings_file() {
+        assert_eq!(
+            super::ETCD.toml,
+            "\nkey-prefix = \"/constructr-it\"\nrefresh-interval = \"1s\"\nttl-factor = 3.0\n\
+             join-timeout = \"5s\"\ncoordination-timeout = \"700ms\"\nretry-delay = \"300ms\"\n"
+        );
+        assert_eq!(
+            super::CONSUL.toml,
+            "\nkey-prefix = \"/constructr-it\"\nrefresh-interval = \"4s\"\nttl-factor = 3.0\n\
+             join-timeout = \"8s\"\ncoordination-timeout = \"1s\"\nretry-delay = \"300ms\"\n"
+        );
+        assert_eq!(super::ETCD.ttl, std::time::Duration::from_secs(3));
+        assert_eq!(super::CONSUL.ttl, std::time::Duration::from_secs(12));
+    }
 }

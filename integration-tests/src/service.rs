@@ -50,6 +50,14 @@ impl Backend {
         Self::ALL.into_iter().find(|b| b.name() == name)
     }
 
+    /// The backend the environment variable `var` names (see [`Backend::name`]), `etcd` when
+    /// it is unset or blank; panics on an unknown name.
+    pub fn from_env(var: &str) -> Self {
+        let name = crate::env_setting(var);
+        let name = if name.is_empty() { "etcd" } else { &name };
+        Self::from_name(name).unwrap_or_else(|| panic!("{var}: unknown backend {name}"))
+    }
+
     /// Whether this is an etcd backend (else Consul).
     pub fn is_etcd(self) -> bool {
         matches!(self, Backend::Etcd | Backend::EtcdCluster)
@@ -195,6 +203,71 @@ impl Service {
     }
 }
 
+/// A started service as the backend of the conformance suite of
+/// [`constructr_core::conformance`]: raw entries expire with an etcd lease of the suite's
+/// default TTL, or with a Consul session of Consul's minimum TTL.
+pub struct ConformanceService {
+    /// The running service.
+    pub service: Service,
+    coordination: Arc<dyn Coordination>,
+}
+
+impl ConformanceService {
+    /// Starts `backend` and waits until it serves requests.
+    pub async fn start(backend: Backend) -> Self {
+        let service = Service::start(backend).await;
+        Self {
+            coordination: service.coordination(),
+            service,
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl constructr_core::conformance::ConformanceBackend for ConformanceService {
+    type Coordination = Arc<dyn Coordination>;
+
+    fn coordination(&self) -> &Arc<dyn Coordination> {
+        &self.coordination
+    }
+
+    async fn put_raw_entry(&self, scope: &constructr_core::Scope, key_suffix: &str, value: &[u8]) {
+        let key = format!(
+            "{}{key_suffix}",
+            constructr_core::entry::nodes_prefix(scope)
+        );
+        match &self.service {
+            Service::Consul(consul) => {
+                let key = key.trim_start_matches('/');
+                consul.raw().put_with_session(key, value, self.ttl()).await
+            }
+            Service::Etcd(_) | Service::EtcdCluster(_) => {
+                let mut c = self.service.etcd_client().await;
+                let ttl = lease_ttl_secs(self.ttl());
+                let lease = c.lease_grant(ttl, None).await.expect("grant").id();
+                let lease = etcd_client::PutOptions::new().with_lease(lease);
+                c.put(key, value, Some(lease)).await.expect("put raw entry");
+            }
+        }
+    }
+
+    /// etcd: the suite's default of 2 s; Consul: its minimum session TTL.
+    fn ttl(&self) -> Duration {
+        match self.service {
+            Service::Consul(_) => Duration::from_secs(10),
+            Service::Etcd(_) | Service::EtcdCluster(_) => Duration::from_secs(2),
+        }
+    }
+
+    /// Consul ends a session up to one more TTL after it (2 × TTL), plus 1 s.
+    fn expiry_bound(&self) -> Duration {
+        match self.service {
+            Service::Consul(_) => ConsulCoordination::expiry_bound(self.ttl()),
+            Service::Etcd(_) | Service::EtcdCluster(_) => EtcdCoordination::EXPIRY_BOUND,
+        }
+    }
+}
+
 /// A started service of a known [`Backend`], for the scenario suite of
 /// [`constructr_core::scenarios`].
 pub struct ScenarioService {
@@ -224,18 +297,14 @@ impl constructr_core::scenarios::ScenarioBackend for ScenarioService {
         self.service.coordination()
     }
 
-    /// The suite's defaults on etcd; on Consul, TTLs of at least Consul's minimum of 10 s:
-    /// refresh 5 s × ttl-factor 2, lock TTL = join timeout 8 s + 2 × 1 s.
+    /// The suite's defaults on etcd; on Consul, TTLs of at least Consul's minimum of 10 s
+    /// ([`crate::consul::consul_settings`]).
     fn settings(&self, cluster: constructr_core::ClusterName) -> constructr_core::Settings {
-        let mut s = crate::fast_settings(cluster);
-        if !self.backend.is_etcd() {
-            s.refresh_interval = Duration::from_secs(5);
-            s.ttl_factor = 2.0;
-            s.join_timeout = Duration::from_secs(8);
-            s.coordination_timeout = Duration::from_secs(1);
-            s.retry_delay = Duration::from_millis(500);
+        if self.backend.is_etcd() {
+            crate::fast_settings(cluster)
+        } else {
+            crate::consul::consul_settings(cluster)
         }
-        s
     }
 
     fn expiry_bound(&self, ttl: Duration) -> Duration {
@@ -257,58 +326,25 @@ impl constructr_core::scenarios::ScenarioBackend for ScenarioService {
     /// Starts another service with TLS and client certificates of a fresh test CA (etcd: a
     /// single member, also for the 3-member backend).
     async fn with_tls(&self) -> Option<constructr_core::scenarios::TlsClients> {
-        let other = crate::tls::TestPki::generate();
+        let other_ca = crate::tls::TestPki::generate().client_tls();
         Some(if self.backend.is_etcd() {
-            use constructr_etcd::{EtcdTlsConfig, PemSource};
             let node = EtcdNode::start_tls(crate::tls::TestPki::generate()).await;
-            let client = |c: &constructr_etcd::EtcdConfig| -> Arc<dyn Coordination> {
-                Arc::new(EtcdCoordination::new(c).expect("valid config"))
-            };
-            let mut untrusted = node.config();
-            untrusted.tls = Some(
-                EtcdTlsConfig::new(PemSource::Pem(other.ca_pem.clone())).with_client_identity(
-                    PemSource::Pem(other.client_cert_pem.clone()),
-                    PemSource::Pem(other.client_key_pem.clone()),
-                ),
-            );
-            let mut anonymous = node.config();
-            if let Some(tls) = &mut anonymous.tls {
-                tls.cert = None;
-                tls.key = None;
-            }
-            constructr_core::scenarios::TlsClients {
-                trusted: client(&node.config()),
-                untrusted_ca: client(&untrusted),
-                no_client_certificate: client(&anonymous),
-                keep: Box::new(node),
-            }
+            let config = node.config();
+            tls_clients(&config.tls, other_ca, Box::new(node), |tls| {
+                let c = config.clone().with_tls(tls);
+                Arc::new(EtcdCoordination::new(&c).expect("valid config"))
+            })
         } else {
-            use constructr_consul::{ConsulTlsConfig, PemSource};
             let node = ConsulNode::start_with(crate::consul::ConsulOptions {
                 tls: Some(crate::tls::TestPki::generate()),
                 ..crate::consul::ConsulOptions::default()
             })
             .await;
-            let client = |c: &constructr_consul::ConsulConfig| -> Arc<dyn Coordination> {
-                Arc::new(ConsulCoordination::new(c).expect("valid config"))
-            };
-            let untrusted = node.config().with_tls(
-                ConsulTlsConfig::new(PemSource::Pem(other.ca_pem.clone())).with_client_identity(
-                    PemSource::Pem(other.client_cert_pem.clone()),
-                    PemSource::Pem(other.client_key_pem.clone()),
-                ),
-            );
-            let mut anonymous = node.config();
-            if let Some(tls) = &mut anonymous.tls {
-                tls.cert = None;
-                tls.key = None;
-            }
-            constructr_core::scenarios::TlsClients {
-                trusted: client(&node.config()),
-                untrusted_ca: client(&untrusted),
-                no_client_certificate: client(&anonymous),
-                keep: Box::new(node),
-            }
+            let config = node.config();
+            tls_clients(&config.tls, other_ca, Box::new(node), |tls| {
+                let c = config.clone().with_tls(tls);
+                Arc::new(ConsulCoordination::new(&c).expect("valid config"))
+            })
         })
     }
 
@@ -391,5 +427,26 @@ impl constructr_core::scenarios::ScenarioBackend for ScenarioService {
             }
             Service::Consul(consul) => consul.raw().put(key.trim_start_matches('/'), value).await,
         }
+    }
+}
+
+/// The clients of the TLS scenario: with the `trusted` settings of a service, with those of
+/// `other_ca`, and with the trusted CA but no client certificate; `client(tls)` is a client of
+/// the service with `tls`; `keep` is the service.
+fn tls_clients(
+    trusted: &Option<constructr_core::tls::TlsConfig>,
+    other_ca: constructr_core::tls::TlsConfig,
+    keep: Box<dyn std::any::Any + Send + Sync>,
+    client: impl Fn(constructr_core::tls::TlsConfig) -> Arc<dyn Coordination>,
+) -> constructr_core::scenarios::TlsClients {
+    let trusted = trusted.clone().expect("a service with TLS");
+    let mut anonymous = trusted.clone();
+    anonymous.cert = None;
+    anonymous.key = None;
+    constructr_core::scenarios::TlsClients {
+        trusted: client(trusted),
+        untrusted_ca: client(other_ca),
+        no_client_certificate: client(anonymous),
+        keep,
     }
 }

@@ -1,10 +1,12 @@
 //! A throw-away PKI for TLS tests: a CA, a server certificate for `localhost`/`127.0.0.1`
 //! and a client certificate, generated with rcgen for each test.
 
+use constructr_core::tls::{PemSource, TlsConfig};
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, KeyUsagePurpose,
 };
+use testcontainers::{ContainerRequest, GenericImage, ImageExt as _};
 
 /// PEM-encoded test certificates and keys.
 pub struct TestPki {
@@ -62,5 +64,33 @@ impl TestPki {
             client_cert_pem,
             client_key_pem,
         }
+    }
+}
+
+impl TestPki {
+    /// A client's TLS settings: trusting this CA, with the client certificate.
+    pub fn client_tls(&self) -> TlsConfig {
+        TlsConfig::new(PemSource::Pem(self.ca_pem.clone())).with_client_identity(
+            PemSource::Pem(self.client_cert_pem.clone()),
+            PemSource::Pem(self.client_key_pem.clone()),
+        )
+    }
+
+    /// `request` with this CA, the server certificate and its key in the container as
+    /// `/certs/ca.pem`, `/certs/server.pem` and `/certs/server-key.pem`.
+    pub fn copy_server_files(
+        &self,
+        request: ContainerRequest<GenericImage>,
+    ) -> ContainerRequest<GenericImage> {
+        request
+            .with_copy_to("/certs/ca.pem", self.ca_pem.clone().into_bytes())
+            .with_copy_to(
+                "/certs/server.pem",
+                self.server_cert_pem.clone().into_bytes(),
+            )
+            .with_copy_to(
+                "/certs/server-key.pem",
+                self.server_key_pem.clone().into_bytes(),
+            )
     }
 }

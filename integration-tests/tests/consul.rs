@@ -10,19 +10,18 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use constructr_consul::{ConsulConfig, ConsulCoordination, ConsulError};
-use constructr_core::conformance::{self, ConformanceBackend};
-use constructr_core::entry;
+use constructr_core::conformance;
 use constructr_core::local::LocalCluster;
-use constructr_core::{
-    AddMode, AddOutcome, ClusterName, Coordination, CoordinationError, Event, Failure, Scope,
-    Settings, State, WaitOutcome,
+use constructr_core::{ClusterName, Coordination, Event, Failure, Settings, State};
+use integration_tests::checks::{
+    assert_unauthorized, assert_wrong_secret_refused, registration_wakes, spawn_wait_for_change,
 };
-use integration_tests::consul::{ConsulNode, ConsulOptions};
+use integration_tests::consul::{ConsulNode, ConsulOptions, consul_settings};
 use integration_tests::nodes::{
     all_registered, assert_one_cluster, node_id, registered_nodes, sorted_ids, spawn_nodes,
 };
+use integration_tests::service::{Backend, ConformanceService};
 use integration_tests::{eventually, init_tracing, require_docker, unique_cluster_name};
 use tokio::time::Instant;
 
@@ -30,22 +29,13 @@ fn coordination(config: &ConsulConfig) -> Arc<ConsulCoordination> {
     Arc::new(ConsulCoordination::new(config).expect("valid Consul config"))
 }
 
-/// Short settings valid for Consul: refresh 5 s × ttl-factor 2 = TTL 10 s (Consul's minimum),
-/// lock TTL = join timeout 8 s + 2 × coordination timeout 1 s = 10 s.
-fn consul_settings(cluster: ClusterName) -> Settings {
-    let mut s = Settings::default();
-    s.cluster_name = cluster;
-    s.key_prefix = "/constructr-it".into();
-    s.refresh_interval = Duration::from_secs(5);
-    s.ttl_factor = 2.0;
-    s.join_timeout = Duration::from_secs(8);
-    s.coordination_timeout = Duration::from_secs(1);
-    s.nr_of_retries = Some(1);
-    s.retry_delay = Duration::from_millis(500);
-    s.retry_jitter = 0.2;
-    s.validate().expect("valid settings");
-    constructr_consul::validate_settings(&s).expect("valid for Consul");
-    s
+/// `agent` once started, with a client of it.
+async fn with_client(
+    agent: impl Future<Output = ConsulNode>,
+) -> (ConsulNode, Arc<ConsulCoordination>) {
+    let node = agent.await;
+    let consul = coordination(&node.config());
+    (node, consul)
 }
 
 /// Settings whose members ride out a Consul restart (degraded, retrying at most every
@@ -60,54 +50,13 @@ fn patient_settings(cluster: ClusterName) -> Settings {
     s
 }
 
-/// A core key (`/prefix/...`) as a Consul key.
-fn consul_key(key: &str) -> String {
-    key.trim_start_matches('/').to_owned()
-}
-
 // ---------------------------------------------------------------------------------------
-
-struct ConsulConformance {
-    consul: ConsulCoordination,
-    node: ConsulNode,
-}
-
-#[async_trait]
-impl ConformanceBackend for ConsulConformance {
-    type Coordination = ConsulCoordination;
-
-    fn coordination(&self) -> &ConsulCoordination {
-        &self.consul
-    }
-
-    async fn put_raw_entry(&self, scope: &Scope, key_suffix: &str, value: &[u8]) {
-        let key = format!("{}{key_suffix}", consul_key(&entry::nodes_prefix(scope)));
-        self.node
-            .raw()
-            .put_with_session(&key, value, self.ttl())
-            .await;
-    }
-
-    /// Consul's minimum session TTL.
-    fn ttl(&self) -> Duration {
-        Duration::from_secs(10)
-    }
-
-    /// Consul ends a session up to one more TTL after it (2 × TTL), plus 1 s.
-    fn expiry_bound(&self) -> Duration {
-        ConsulCoordination::expiry_bound(self.ttl())
-    }
-}
 
 #[tokio::test]
 async fn conformance_suite_passes_against_real_consul() {
     require_docker!();
     init_tracing();
-    let node = ConsulNode::start().await;
-    let backend = ConsulConformance {
-        consul: ConsulCoordination::new(&node.config()).unwrap(),
-        node,
-    };
+    let backend = ConformanceService::start(Backend::Consul).await;
     let start = Instant::now();
     conformance::run_all(&backend).await;
     println!(
@@ -132,8 +81,7 @@ fn drain(
 async fn persistent_consul_restart_while_refreshing_recovers_without_rebootstrap() {
     require_docker!();
     init_tracing();
-    let node = ConsulNode::start_persistent().await;
-    let consul = coordination(&node.config());
+    let (node, consul) = with_client(ConsulNode::start_persistent()).await;
     let settings = patient_settings(unique_cluster_name("restart"));
     let scope = settings.scope().unwrap();
     let local = LocalCluster::new();
@@ -205,25 +153,17 @@ async fn persistent_consul_restart_while_refreshing_recovers_without_rebootstrap
     );
 }
 
-/// A dev agent keeps everything in memory: after its restart the epoch marker and every
-/// session are gone. Nodes see their entries missing, their member re-registration is refused
-/// (the epoch no longer names their cluster), and they start over: they form exactly one new
-/// cluster, never two side by side.
+/// A blocking query on an empty prefix: Consul's KV index moves with writes anywhere, which
+/// must not wake the watch; a registration under the prefix does.
 #[tokio::test]
 async fn wait_for_change_ignores_writes_elsewhere_and_wakes_on_registration() {
     require_docker!();
     init_tracing();
-    let node = ConsulNode::start().await;
-    let consul = coordination(&node.config());
+    let (node, consul) = with_client(ConsulNode::start()).await;
     let scope = consul_settings(unique_cluster_name("watch"))
         .scope()
         .unwrap();
-    let read = consul.get_nodes(&scope).await.unwrap();
-    let waiter = {
-        let consul = consul.clone();
-        let scope = scope.clone();
-        tokio::spawn(async move { consul.wait_for_change(&scope, read.revision).await })
-    };
+    let waiter = spawn_wait_for_change(&consul, &scope).await;
     // Writes under another prefix move Consul's KV index, which an empty prefix reports.
     let raw = node.raw();
     for i in 0..5 {
@@ -235,25 +175,7 @@ async fn wait_for_change_ignores_writes_elsewhere_and_wakes_on_registration() {
         !waiter.is_finished(),
         "woke without a change under the scope"
     );
-    let n = node_id(1);
-    assert_eq!(
-        consul
-            .add_self(
-                &scope,
-                &n,
-                Duration::from_secs(10),
-                &AddMode::Join { cluster: None }
-            )
-            .await
-            .unwrap(),
-        AddOutcome::Added
-    );
-    let out = tokio::time::timeout(Duration::from_secs(10), waiter)
-        .await
-        .expect("the blocking query woke")
-        .unwrap()
-        .unwrap();
-    assert_eq!(out, WaitOutcome::Changed);
+    registration_wakes(&*consul, &scope, waiter, "the blocking query woke").await;
 }
 
 #[tokio::test]
@@ -275,15 +197,7 @@ async fn acl_default_deny_needs_a_token_with_prefix_and_session_policy() {
     let wrong_secret = "00000000-dead-beef-0000-000000000000";
     let wrong = coordination(&plain.clone().with_token(wrong_secret));
     let err = wrong.get_nodes(&scope).await.unwrap_err();
-    let msg = err.to_string();
-    println!("wrong token: {msg}");
-    assert!(
-        matches!(err, CoordinationError::Unauthorized { .. }),
-        "{err:?}"
-    );
-    assert!(!err.is_retryable());
-    assert!(msg.contains("ACL not found"), "{msg}");
-    assert!(!msg.contains(wrong_secret) && !format!("{err:?}").contains(wrong_secret));
+    assert_wrong_secret_refused(&err, "wrong token", "ACL not found", wrong_secret);
     assert!(matches!(
         wrong.check().await,
         Err(ConsulError::Unauthorized { .. })
@@ -300,10 +214,7 @@ async fn acl_default_deny_needs_a_token_with_prefix_and_session_policy() {
         .await
         .unwrap_err();
     println!("no token: {err}");
-    assert!(
-        matches!(err, CoordinationError::Unauthorized { .. }),
-        "{err:?}"
-    );
+    assert_unauthorized(&err);
     assert!(err.to_string().contains("Permission denied"), "{err}");
     let handle = spawn_nodes(1, &settings, &anonymous, &local).remove(0);
     let failure = tokio::time::timeout(Duration::from_secs(10), handle.stopped())
@@ -326,8 +237,5 @@ async fn acl_default_deny_needs_a_token_with_prefix_and_session_policy() {
         .lock(&other.scope().unwrap(), &node_id(1), other.lock_ttl())
         .await
         .unwrap_err();
-    assert!(
-        matches!(err, CoordinationError::Unauthorized { .. }),
-        "{err:?}"
-    );
+    assert_unauthorized(&err);
 }

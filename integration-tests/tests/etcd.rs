@@ -8,20 +8,20 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use constructr_core::conformance::{self, ConformanceBackend};
-use constructr_core::entry;
+use constructr_core::conformance;
 use constructr_core::local::LocalCluster;
 use constructr_core::{
-    AddMode, AddOutcome, Coordination, CoordinationError, LockOutcome, NodeId, Scope, Settings,
-    State, WaitOutcome,
+    Coordination, CoordinationError, LockOutcome, NodeId, Scope, Settings, State, WaitOutcome,
 };
-use constructr_etcd::{EtcdConfig, EtcdCoordination, EtcdError, lease_ttl_secs};
-use etcd_client::PutOptions;
+use constructr_etcd::{EtcdConfig, EtcdCoordination, EtcdError};
+use integration_tests::checks::{
+    assert_wrong_secret_refused, registration_wakes, spawn_wait_for_change,
+};
 use integration_tests::etcd::{EtcdCluster3, EtcdNode};
 use integration_tests::nodes::{
-    all_registered, assert_one_cluster, node_id, registered_nodes, sorted_ids, spawn_nodes,
+    all_registered, assert_one_cluster, registered_nodes, sorted_ids, spawn_nodes,
 };
+use integration_tests::service::{Backend, ConformanceService};
 use integration_tests::{
     eventually, fast_settings, init_tracing, require_docker, unique_cluster_name,
 };
@@ -31,49 +31,21 @@ fn coordination(config: &EtcdConfig) -> Arc<EtcdCoordination> {
     Arc::new(EtcdCoordination::new(config).expect("valid etcd config"))
 }
 
+/// A fresh member, a client of it and the scope of a fresh cluster `what-...`.
+async fn member_and_scope(what: &str) -> (EtcdNode, Arc<EtcdCoordination>, Scope) {
+    let node = EtcdNode::start().await;
+    let etcd = coordination(&node.config());
+    let scope = fast_settings(unique_cluster_name(what)).scope().unwrap();
+    (node, etcd, scope)
+}
+
 // ---------------------------------------------------------------------------------------
-
-struct EtcdConformance {
-    etcd: EtcdCoordination,
-    raw: etcd_client::Client,
-}
-
-#[async_trait]
-impl ConformanceBackend for EtcdConformance {
-    type Coordination = EtcdCoordination;
-
-    fn coordination(&self) -> &EtcdCoordination {
-        &self.etcd
-    }
-
-    async fn put_raw_entry(&self, scope: &Scope, key_suffix: &str, value: &[u8]) {
-        let mut c = self.raw.clone();
-        let ttl = lease_ttl_secs(self.ttl());
-        let lease = c.lease_grant(ttl, None).await.expect("grant").id();
-        c.put(
-            format!("{}{key_suffix}", entry::nodes_prefix(scope)),
-            value,
-            Some(PutOptions::new().with_lease(lease)),
-        )
-        .await
-        .expect("put raw entry");
-    }
-
-    fn expiry_bound(&self) -> Duration {
-        EtcdCoordination::EXPIRY_BOUND
-    }
-}
 
 #[tokio::test]
 async fn conformance_suite_passes_against_real_etcd() {
     require_docker!();
     init_tracing();
-    let node = EtcdNode::start().await;
-    let backend = EtcdConformance {
-        etcd: EtcdCoordination::new(&node.config()).unwrap(),
-        raw: node.client().await,
-    };
-    conformance::run_all(&backend).await;
+    conformance::run_all(&ConformanceService::start(Backend::Etcd).await).await;
 }
 
 /// Settings that ride out an etcd election or restart of a few seconds: no retry count
@@ -148,48 +120,18 @@ async fn leader_killed_during_bootstrap_still_forms_one_cluster() {
 async fn wait_for_change_resumes_after_etcd_restart() {
     require_docker!();
     init_tracing();
-    let node = EtcdNode::start().await;
-    let etcd = coordination(&node.config());
-    let scope = fast_settings(unique_cluster_name("watch-restart"))
-        .scope()
-        .unwrap();
-    let read = etcd.get_nodes(&scope).await.unwrap();
-    let waiter = {
-        let etcd = etcd.clone();
-        let scope = scope.clone();
-        tokio::spawn(async move { etcd.wait_for_change(&scope, read.revision).await })
-    };
+    let (node, etcd, scope) = member_and_scope("watch-restart").await;
+    let waiter = spawn_wait_for_change(&etcd, &scope).await;
     node.restart().await;
     assert!(!waiter.is_finished(), "woke without a change");
-    let n = node_id(1);
-    assert_eq!(
-        etcd.add_self(
-            &scope,
-            &n,
-            Duration::from_secs(10),
-            &AddMode::Join { cluster: None }
-        )
-        .await
-        .unwrap(),
-        AddOutcome::Added
-    );
-    let out = tokio::time::timeout(Duration::from_secs(10), waiter)
-        .await
-        .expect("watch woke after the restart")
-        .unwrap()
-        .unwrap();
-    assert_eq!(out, WaitOutcome::Changed);
+    registration_wakes(&*etcd, &scope, waiter, "watch woke after the restart").await;
 }
 
 #[tokio::test]
 async fn wait_for_change_from_a_compacted_revision_reports_changed() {
     require_docker!();
     init_tracing();
-    let node = EtcdNode::start().await;
-    let etcd = coordination(&node.config());
-    let scope = fast_settings(unique_cluster_name("compacted"))
-        .scope()
-        .unwrap();
+    let (node, etcd, scope) = member_and_scope("compacted").await;
     let read = etcd.get_nodes(&scope).await.unwrap();
     // Writes elsewhere, then a compaction past the revision of the read: the watch cannot
     // start there any more, and nothing under the scope changed.
@@ -226,15 +168,12 @@ async fn wrong_password_is_a_permanent_unauthorized_error() {
 
     let wrong = coordination(&node.config().with_user("root", "WRONG-pw-77aa"));
     let err = wrong.get_nodes(&scope).await.unwrap_err();
-    let msg = err.to_string();
-    println!("wrong password: {msg}");
-    assert!(
-        matches!(err, CoordinationError::Unauthorized { .. }),
-        "{err:?}"
+    assert_wrong_secret_refused(
+        &err,
+        "wrong password",
+        "authentication failed",
+        "WRONG-pw-77aa",
     );
-    assert!(!err.is_retryable());
-    assert!(msg.contains("authentication failed"), "{msg}");
-    assert!(!msg.contains("WRONG-pw-77aa") && !format!("{err:?}").contains("WRONG-pw-77aa"));
     assert!(matches!(
         wrong.check(&scope).await,
         Err(EtcdError::Unauthorized { .. })

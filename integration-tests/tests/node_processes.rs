@@ -7,32 +7,11 @@
 use std::time::{Duration, Instant};
 
 use integration_tests::process::{
-    NodeProcess, Setup, converged, free_udp_ports, sorted, wait_until,
+    NodeProcess, Setup, addresses_of, converged, free_udp_ports, profile, wait_converged,
+    wait_until,
 };
 use integration_tests::service::Backend;
 
-/// etcd: entry TTL = refresh-interval × ttl-factor = 3 s; a join gives up after 5 s.
-const ETCD_SETTINGS: &str = r#"
-key-prefix = "/constructr-it"
-refresh-interval = "1s"
-ttl-factor = 3.0
-join-timeout = "5s"
-coordination-timeout = "700ms"
-nr-of-retries = 1
-retry-delay = "300ms"
-"#;
-const ETCD_TTL: Duration = Duration::from_secs(3);
-/// Consul: session TTLs are at least 10 s (entry TTL 12 s, lock TTL 10 s).
-const CONSUL_SETTINGS: &str = r#"
-key-prefix = "/constructr-it"
-refresh-interval = "4s"
-ttl-factor = 3.0
-join-timeout = "8s"
-coordination-timeout = "1s"
-nr-of-retries = 1
-retry-delay = "300ms"
-"#;
-const CONSUL_TTL: Duration = Duration::from_secs(12);
 /// Formation, including joins that time out and start over while a dead seed's entry
 /// expires (Consul: up to 2 × TTL + 1 s), on a loaded machine.
 const FORMATION: Duration = Duration::from_secs(90);
@@ -42,12 +21,12 @@ const FAILURE_DETECTION: Duration = Duration::from_secs(15);
 // ---------------------------------------------------------------------------------------
 // Setups
 
-async fn etcd_setup(what: &str) -> Setup {
-    Setup::launch(Backend::Etcd, what, ETCD_SETTINGS, ETCD_TTL).await
-}
-
-async fn consul_setup(what: &str) -> Setup {
-    Setup::launch(Backend::Consul, what, CONSUL_SETTINGS, CONSUL_TTL).await
+/// `backend` with its settings profile (etcd: entry TTL 3 s, a join gives up after 5 s;
+/// Consul: entry TTL 12 s, as its sessions last at least 10 s), one retry.
+async fn setup(backend: Backend, what: &str) -> Setup {
+    let p = profile(backend);
+    let toml = format!("{}nr-of-retries = 1\n", p.toml);
+    Setup::launch(backend, what, &toml, p.ttl).await
 }
 
 // ---------------------------------------------------------------------------------------
@@ -55,21 +34,17 @@ async fn consul_setup(what: &str) -> Setup {
 
 macro_rules! on_both_backends {
     ($($scenario:ident),* $(,)?) => {
-        mod etcd {
+        on_both_backends!(@on etcd, Etcd, "nodes-etcd", $($scenario),*);
+        on_both_backends!(@on consul, Consul, "nodes-consul", $($scenario),*);
+    };
+    (@on $module:ident, $backend:ident, $what:literal, $($scenario:ident),*) => {
+        mod $module {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $scenario() {
                     integration_tests::require_docker!();
-                    super::$scenario(super::etcd_setup("nodes-etcd").await).await;
-                }
-            )*
-        }
-        mod consul {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $scenario() {
-                    integration_tests::require_docker!();
-                    super::$scenario(super::consul_setup("nodes-consul").await).await;
+                    let setup = super::setup(super::Backend::$backend, $what).await;
+                    super::$scenario(setup).await;
                 }
             )*
         }
@@ -87,18 +62,17 @@ on_both_backends!(
 // ---------------------------------------------------------------------------------------
 // Scenarios
 
+/// Waits until `procs` form one cluster of them all (within [`FORMATION`], else panics with
+/// `what`); their sorted addresses and how long it took.
+async fn form(procs: &mut [NodeProcess], what: &str) -> (Vec<String>, Duration) {
+    let all = addresses_of(procs);
+    let took = wait_converged(procs, &all, FORMATION, what).await;
+    (all, took)
+}
+
 async fn five_processes_started_at_once_form_one_cluster_of_five(setup: Setup) {
-    let ports = free_udp_ports(5);
-    let mut procs: Vec<NodeProcess> = ports.iter().map(|&p| setup.start(p)).collect();
-    let all = sorted(procs.iter().map(|p| p.gossip.clone()));
-    let mut refs: Vec<&mut NodeProcess> = procs.iter_mut().collect();
-    let took = wait_until(
-        &mut refs,
-        FORMATION,
-        "5 processes in one cluster of 5",
-        |ps| converged(ps, &all),
-    )
-    .await;
+    let mut procs = setup.start_all(&free_udp_ports(5));
+    let (all, took) = form(&mut procs, "5 processes in one cluster of 5").await;
     println!("5 processes formed one cluster in {took:?}");
     let seeders = procs
         .iter()
@@ -111,15 +85,8 @@ async fn five_processes_started_at_once_form_one_cluster_of_five(setup: Setup) {
 
 async fn a_killed_member_leaves_the_live_set_expires_and_rejoins_the_same_cluster(setup: Setup) {
     let ports = free_udp_ports(3);
-    let mut procs: Vec<NodeProcess> = ports.iter().map(|&p| setup.start(p)).collect();
-    let all = sorted(procs.iter().map(|p| p.gossip.clone()));
-    wait_until(
-        &mut procs.iter_mut().collect::<Vec<_>>(),
-        FORMATION,
-        "3 processes in one cluster of 3",
-        |ps| converged(ps, &all),
-    )
-    .await;
+    let mut procs = setup.start_all(&ports);
+    let (all, _) = form(&mut procs, "3 processes in one cluster of 3").await;
     let epoch = setup.registry().await.epoch.expect("an epoch").cluster;
 
     // kill -9 one member: the others see it leave chitchat's live set ...
@@ -158,13 +125,8 @@ async fn a_killed_member_leaves_the_live_set_expires_and_rejoins_the_same_cluste
 
     // A new process on the same address rejoins the same cluster and does not seed one.
     procs[victim] = setup.start(ports[victim]);
-    wait_until(
-        &mut procs.iter_mut().collect::<Vec<_>>(),
-        FORMATION,
-        "the restarted member back in the cluster of 3",
-        |ps| converged(ps, &all),
-    )
-    .await;
+    let back = "the restarted member back in the cluster of 3";
+    wait_converged(&mut procs, &all, FORMATION, back).await;
     let states = procs[victim].states();
     assert!(
         !states
@@ -182,16 +144,8 @@ async fn a_killed_member_leaves_the_live_set_expires_and_rejoins_the_same_cluste
 }
 
 async fn sigterm_removes_the_entry_at_once_and_exits_zero(setup: Setup) {
-    let ports = free_udp_ports(2);
-    let mut procs: Vec<NodeProcess> = ports.iter().map(|&p| setup.start(p)).collect();
-    let all = sorted(procs.iter().map(|p| p.gossip.clone()));
-    wait_until(
-        &mut procs.iter_mut().collect::<Vec<_>>(),
-        FORMATION,
-        "2 processes in one cluster of 2",
-        |ps| converged(ps, &all),
-    )
-    .await;
+    let mut procs = setup.start_all(&free_udp_ports(2));
+    form(&mut procs, "2 processes in one cluster of 2").await;
 
     let leaving = procs[1].gossip.clone();
     procs[1].sigterm();
@@ -241,15 +195,8 @@ async fn a_seed_killed_before_anyone_joined_it_leaves_exactly_one_cluster_of_thr
 
     // Three more find only the dead seed: their joins time out until its entry expires,
     // then exactly one of them seeds a new cluster and the others join it.
-    let mut procs: Vec<NodeProcess> = ports[1..].iter().map(|&p| setup.start(p)).collect();
-    let three = sorted(procs.iter().map(|p| p.gossip.clone()));
-    let took = wait_until(
-        &mut procs.iter_mut().collect::<Vec<_>>(),
-        FORMATION,
-        "the three in one cluster of 3",
-        |ps| converged(ps, &three),
-    )
-    .await;
+    let mut procs = setup.start_all(&ports[1..]);
+    let (three, took) = form(&mut procs, "the three in one cluster of 3").await;
     println!("three processes formed one cluster {took:?} after the seed was killed");
     assert_eq!(setup.registered_addresses().await, three);
     let epoch = setup.registry().await.epoch.expect("an epoch").cluster;
@@ -281,12 +228,7 @@ async fn join_only_processes_never_seed_and_join_the_first_node_that_may(setup: 
     assert!(setup.registry().await.epoch.is_none(), "nobody seeded");
     // A node that may seed starts: everyone joins its cluster.
     procs.push(setup.start(ports[2]));
-    let all = sorted(procs.iter().map(|p| p.gossip.clone()));
-    let mut refs: Vec<&mut NodeProcess> = procs.iter_mut().collect();
-    let took = wait_until(&mut refs, FORMATION, "one cluster of 3", |ps| {
-        converged(ps, &all)
-    })
-    .await;
+    let (all, took) = form(&mut procs, "one cluster of 3").await;
     println!("join-only nodes joined the seed {took:?} after it started");
     assert_eq!(setup.registered_addresses().await, all);
 }

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use constructr_core::entry;
 use integration_tests::process::{
-    ETCD, NodeProcess, Setup, converged, free_udp_ports, profile, sorted, wait_until,
+    ETCD, Setup, addresses_of, free_udp_ports, profile, wait_converged,
 };
 use integration_tests::service::Backend;
 use integration_tests::{eventually, init_tracing};
@@ -37,15 +37,10 @@ async fn reseed(backend: Backend, toml: &str, ttl: Duration) -> Reseed {
     init_tracing();
     let setup = Setup::launch(backend, "reseed", toml, ttl).await;
     let ports = free_udp_ports(4);
-    let mut procs: Vec<NodeProcess> = ports[..3].iter().map(|&port| setup.start(port)).collect();
-    let old = sorted(procs.iter().map(|p| p.gossip.clone()));
-    wait_until(
-        &mut procs.iter_mut().collect::<Vec<_>>(),
-        Duration::from_secs(90),
-        "3 processes in one cluster of 3",
-        |ps| converged(ps, &old),
-    )
-    .await;
+    let mut procs = setup.start_all(&ports[..3]);
+    let old = addresses_of(&procs);
+    let formed = "3 processes in one cluster of 3";
+    wait_converged(&mut procs, &old, Duration::from_secs(90), formed).await;
     let old_epoch = setup.registry().await.epoch.expect("an epoch").cluster.0;
     let killed = Instant::now();
     for p in &mut procs {
@@ -115,13 +110,10 @@ async fn newcomer_seeds_after_the_grace_once_the_whole_cluster_died() {
 #[ignore = "a measuring run, not a check"]
 async fn measure_reseed_after_the_whole_cluster_died() {
     integration_tests::require_docker!();
-    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
-    let name = var("CONSTRUCTR_RESEED_BACKEND").unwrap_or_else(|| "etcd".into());
-    let backend = Backend::from_name(&name).unwrap_or_else(|| panic!("unknown backend {name}"));
+    let backend = Backend::from_env("CONSTRUCTR_RESEED_BACKEND");
+    let extra = integration_tests::env_setting("CONSTRUCTR_RESEED_SETTINGS_EXTRA");
     let p = profile(backend);
-    let (base, ttl) = (p.toml, p.ttl);
-    let extra = var("CONSTRUCTR_RESEED_SETTINGS_EXTRA").unwrap_or_default();
-    let r = reseed(backend, &format!("{base}{extra}\n"), ttl).await;
+    let r = reseed(backend, &format!("{}{extra}\n", p.toml), p.ttl).await;
     let out = serde_json::json!({
         "backend": backend.name(),
         "settings_extra": extra,
