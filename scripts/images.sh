@@ -257,54 +257,47 @@ EOF
     ETCD_TAG=$ver
 }
 
-build_consul() {
+# build_single NAME SUITE DOCKERFILE_LINES [DIR...] : an image of Debian's
+# package NAME from SUITE with /usr/local/bin/NAME as its ENTRYPOINT, the
+# lines DOCKERFILE_LINES (WORKDIR, EXPOSE, CMD) after it, and the empty
+# directories DIR... in its rootfs; tagged $PREFIX/NAME:<upstream version>,
+# which it leaves in BUILT_VERSION.
+build_single() {
+    local name=$1 suite=$2 lines=$3 ctx dver tag dir
+    shift 3
     apt_setup
-    local ctx="$WORK/consul" ver dver tag
+    ctx="$WORK/$name"
     rm -rf "$ctx"
     make_rootfs "$ctx/rootfs"
-    dver=$(fetch consul bullseye "$ctx/pkg") || die "cannot download consul from bullseye"
-    ver=$(upstream_version "$dver")
-    cp "$ctx/pkg/usr/bin/consul" "$ctx/rootfs/usr/local/bin/"
-    mkdir -p "$ctx/rootfs/consul/data" "$ctx/rootfs/consul/config"
-    copy_libs "$ctx/rootfs" "$ctx/rootfs/usr/local/bin/consul" || die "consul: cannot collect libs"
+    dver=$(fetch "$name" "$suite" "$ctx/pkg") || die "cannot download $name from $suite"
+    BUILT_VERSION=$(upstream_version "$dver")
+    cp "$ctx/pkg/usr/bin/$name" "$ctx/rootfs/usr/local/bin/"
+    for dir in "$@"; do mkdir -p "$ctx/rootfs$dir"; done
+    copy_libs "$ctx/rootfs" "$ctx/rootfs/usr/local/bin/$name" || die "$name: cannot collect libs"
     cat >"$ctx/Dockerfile" <<EOF
 FROM scratch
 COPY rootfs/ /
 ENV PATH=/usr/local/bin HOME=/root
-WORKDIR /consul
-LABEL org.constructr.source="debian bullseye consul $dver"
-EXPOSE 8300 8301 8301/udp 8302 8302/udp 8500 8600 8600/udp
-ENTRYPOINT ["/usr/local/bin/consul"]
-CMD ["agent", "-dev", "-client", "0.0.0.0"]
+LABEL org.constructr.source="debian $suite $name $dver"
+ENTRYPOINT ["/usr/local/bin/$name"]
+$lines
 EOF
-    tag="$PREFIX/consul:$ver"
-    build_image "$tag" "$ctx"
-    smoke "$tag" version || { docker image rm -f "$tag" >/dev/null 2>&1 || true; die "consul image smoke test failed"; }
-    CONSUL_TAG=$ver
+    tag="$PREFIX/$name:$BUILT_VERSION"
+    build_image "$tag" "$ctx" || die "cannot build $tag"
+    smoke "$tag" version || { docker image rm -f "$tag" >/dev/null 2>&1 || true; die "$name image smoke test failed"; }
+}
+
+build_consul() {
+    build_single consul bullseye 'WORKDIR /consul
+EXPOSE 8300 8301 8301/udp 8302 8302/udp 8500 8600 8600/udp
+CMD ["agent", "-dev", "-client", "0.0.0.0"]' /consul/data /consul/config
+    CONSUL_TAG=$BUILT_VERSION
 }
 
 build_serf() {
-    apt_setup
-    local ctx="$WORK/serf" ver dver tag
-    rm -rf "$ctx"
-    make_rootfs "$ctx/rootfs"
-    dver=$(fetch serf trixie "$ctx/pkg") || die "cannot download serf from trixie"
-    ver=$(upstream_version "$dver")
-    cp "$ctx/pkg/usr/bin/serf" "$ctx/rootfs/usr/local/bin/"
-    copy_libs "$ctx/rootfs" "$ctx/rootfs/usr/local/bin/serf" || die "serf: cannot collect libs"
-    cat >"$ctx/Dockerfile" <<EOF
-FROM scratch
-COPY rootfs/ /
-ENV PATH=/usr/local/bin HOME=/root
-LABEL org.constructr.source="debian trixie serf $dver"
-EXPOSE 7373 7946 7946/udp
-ENTRYPOINT ["/usr/local/bin/serf"]
-CMD ["agent", "-bind", "0.0.0.0:7946", "-rpc-addr", "0.0.0.0:7373"]
-EOF
-    tag="$PREFIX/serf:$ver"
-    build_image "$tag" "$ctx"
-    smoke "$tag" version || { docker image rm -f "$tag" >/dev/null 2>&1 || true; die "serf image smoke test failed"; }
-    SERF_TAG=$ver
+    build_single serf trixie 'EXPOSE 7373 7946 7946/udp
+CMD ["agent", "-bind", "0.0.0.0:7946", "-rpc-addr", "0.0.0.0:7373"]'
+    SERF_TAG=$BUILT_VERSION
 }
 
 # ---------------------------------------------------------------------------
