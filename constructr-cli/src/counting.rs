@@ -2,12 +2,11 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
 use async_trait::async_trait;
 use constructr::{
-    AddMode, AddOutcome, Coordination, CoordinationError, LockOutcome, NodeId, RefreshOutcome,
-    Registry, Scope, WaitOutcome,
+    AddMode, AddOutcome, Coordination, CoordinationError, Lease, LockOutcome, NodeId,
+    RefreshOutcome, Registry, Scope, WaitOutcome,
 };
 
 /// Counts every call that reaches the wrapped backend (watches included).
@@ -40,33 +39,21 @@ impl<C: Coordination> Coordination for Counting<C> {
         self.count();
         self.inner.get_nodes(scope).await
     }
-    async fn lock(
-        &self,
-        scope: &Scope,
-        holder: &NodeId,
-        ttl: Duration,
-    ) -> Result<LockOutcome, CoordinationError> {
+    async fn lock(&self, lease: Lease<'_>) -> Result<LockOutcome, CoordinationError> {
         self.count();
-        self.inner.lock(scope, holder, ttl).await
+        self.inner.lock(lease).await
     }
     async fn add_self(
         &self,
-        scope: &Scope,
-        node: &NodeId,
-        ttl: Duration,
+        lease: Lease<'_>,
         mode: &AddMode,
     ) -> Result<AddOutcome, CoordinationError> {
         self.count();
-        self.inner.add_self(scope, node, ttl, mode).await
+        self.inner.add_self(lease, mode).await
     }
-    async fn refresh(
-        &self,
-        scope: &Scope,
-        node: &NodeId,
-        ttl: Duration,
-    ) -> Result<RefreshOutcome, CoordinationError> {
+    async fn refresh(&self, lease: Lease<'_>) -> Result<RefreshOutcome, CoordinationError> {
         self.count();
-        self.inner.refresh(scope, node, ttl).await
+        self.inner.refresh(lease).await
     }
     async fn remove_self(&self, scope: &Scope, node: &NodeId) -> Result<(), CoordinationError> {
         self.count();

@@ -61,8 +61,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use constructr_core::coordination::{
-    AddMode, AddOutcome, Coordination, CoordinationError, LockOutcome, LockToken, RefreshOutcome,
-    Registry, WaitOutcome,
+    AddMode, AddOutcome, Coordination, CoordinationError, Lease, LockOutcome, LockToken,
+    RefreshOutcome, Registry, WaitOutcome,
 };
 use constructr_core::entry;
 use constructr_core::plumbing::spawn_background;
@@ -200,95 +200,6 @@ impl ConsulCoordination {
                 lock_delay,
             })
             .await
-    }
-
-    async fn lock_inner(
-        &self,
-        scope: &Scope,
-        holder: &NodeId,
-        ttl: Duration,
-    ) -> Result<LockOutcome, ConsulError> {
-        check_session_ttl("lock TTL", ttl)?;
-        let keys = Keys::of(scope);
-        let value = entry::encode_node(holder);
-        // The lock can expire or be taken between the read and the acquire; a few rounds
-        // settle it.
-        for _ in 0..3 {
-            if let Some(current) = self.client.kv_get(&keys.lock).await?
-                && let Some(session) = current.session
-            {
-                if current.value != value {
-                    return Ok(LockOutcome::HeldByOther);
-                }
-                // Re-entrant: extend our own lock.
-                if self.client.session_renew(&session).await? {
-                    return Ok(LockOutcome::Acquired(LockToken(session)));
-                }
-                continue; // expired in between
-            }
-            let session = self
-                .create_session(
-                    &format!("constructr lock {scope} by {holder}"),
-                    ttl,
-                    self.lock_delay,
-                )
-                .await?;
-            match self
-                .client
-                .kv_acquire(&keys.lock, value.clone(), &session)
-                .await
-            {
-                Ok(true) => return Ok(LockOutcome::Acquired(LockToken(session))),
-                Ok(false) => {
-                    self.destroy_in_background(session);
-                    // Taken by someone else in between, or Consul's lock delay after the last
-                    // holder's session ended: not ours either way.
-                    match self.client.kv_get(&keys.lock).await? {
-                        Some(KvEntry {
-                            session: Some(_),
-                            value: v,
-                            ..
-                        }) if v == value => continue,
-                        _ => return Ok(LockOutcome::HeldByOther),
-                    }
-                }
-                Err(e) => {
-                    self.destroy_in_background(session);
-                    return Err(e);
-                }
-            }
-        }
-        Err(ConsulError::Unavailable {
-            address: "-".into(),
-            detail: "the lock key kept changing while being locked".into(),
-        })
-    }
-
-    async fn add_self_inner(
-        &self,
-        scope: &Scope,
-        node: &NodeId,
-        ttl: Duration,
-        mode: &AddMode,
-    ) -> Result<AddOutcome, ConsulError> {
-        check_session_ttl("entry TTL", ttl)?;
-        let keys = Keys::of(scope);
-        // Node sessions never have a lock delay: it would keep a restarted node (same
-        // address) from registering.
-        let session = self
-            .create_session(
-                &format!("constructr node {node} in {scope}"),
-                ttl,
-                Duration::ZERO,
-            )
-            .await?;
-        let outcome = self.register(&keys, node, mode, &session).await;
-        if !matches!(outcome, Ok(AddOutcome::Added)) {
-            // Refused: the session holds nothing. Failed: whether the write took effect is
-            // unknown; ending the session removes it, and the caller retries.
-            self.destroy_in_background(session);
-        }
-        outcome
     }
 
     async fn register(
@@ -436,52 +347,6 @@ impl ConsulCoordination {
         })
     }
 
-    async fn refresh_inner(
-        &self,
-        scope: &Scope,
-        node: &NodeId,
-        ttl: Duration,
-    ) -> Result<RefreshOutcome, ConsulError> {
-        check_session_ttl("entry TTL", ttl)?;
-        let keys = Keys::of(scope);
-        let Some(KvEntry {
-            session: Some(session),
-            ..
-        }) = self.own_entry(&keys, node).await?
-        else {
-            // Absent, another incarnation's, or written without a session (never expires:
-            // not ours).
-            return Ok(RefreshOutcome::Missing);
-        };
-        Ok(if self.client.session_renew(&session).await? {
-            RefreshOutcome::Refreshed
-        } else {
-            RefreshOutcome::Missing
-        })
-    }
-
-    async fn remove_self_inner(&self, scope: &Scope, node: &NodeId) -> Result<(), ConsulError> {
-        let keys = Keys::of(scope);
-        let Some(own) = self.own_entry(&keys, node).await? else {
-            return Ok(()); // absent, or another incarnation's
-        };
-        // Delete first (so ending the session sets no lock delay on the key), then end the
-        // session, which held nothing else.
-        if !self
-            .client
-            .kv_delete_cas(&own.key, own.modify_index)
-            .await?
-        {
-            return Ok(()); // changed in between: not ours any more
-        }
-        if let Some(session) = own.session
-            && let Err(e) = self.client.session_destroy(&session).await
-        {
-            tracing::debug!(error = %e, "could not destroy the removed entry's session");
-        }
-        Ok(())
-    }
-
     fn decode(&self, scope: &Scope, keys: &Keys, listing: &Listing) -> Registry {
         let mut registry = Registry {
             nodes: Vec::new(),
@@ -518,13 +383,6 @@ impl ConsulCoordination {
         registry
     }
 
-    async fn get_nodes_inner(&self, scope: &Scope) -> Result<Registry, ConsulError> {
-        let keys = Keys::of(scope);
-        let listing = self.client.kv_list(&keys.base, None).await?;
-        self.remember(&keys.base, listing.index, fingerprint(&listing.entries));
-        Ok(self.decode(scope, &keys, &listing))
-    }
-
     fn remember(&self, base: &str, index: u64, fp: u64) {
         let mut f = self.fingerprints.lock().unwrap_or_else(|p| p.into_inner());
         if f.iter().any(|(b, i, _)| b == base && *i == index) {
@@ -543,12 +401,160 @@ impl ConsulCoordination {
             .find(|(b, i, _)| b == base && *i == index)
             .map(|(_, _, fp)| *fp)
     }
+}
 
-    async fn wait_inner(
+#[async_trait]
+impl Coordination for ConsulCoordination {
+    fn check_settings(&self, settings: &Settings) -> Result<(), SettingsError> {
+        crate::validate_settings(settings).map_err(|e| SettingsError::Backend {
+            backend: "Consul",
+            rule: e.to_string(),
+        })
+    }
+
+    async fn get_nodes(&self, scope: &Scope) -> Result<Registry, CoordinationError> {
+        let keys = Keys::of(scope);
+        let listing = self.client.kv_list(&keys.base, None).await?;
+        self.remember(&keys.base, listing.index, fingerprint(&listing.entries));
+        Ok(self.decode(scope, &keys, &listing))
+    }
+
+    async fn lock(&self, lease: Lease<'_>) -> Result<LockOutcome, CoordinationError> {
+        let Lease {
+            scope,
+            node: holder,
+            ttl,
+        } = lease;
+        check_session_ttl("lock TTL", ttl)?;
+        let keys = Keys::of(scope);
+        let value = entry::encode_node(holder);
+        // The lock can expire or be taken between the read and the acquire; a few rounds
+        // settle it.
+        for _ in 0..3 {
+            if let Some(current) = self.client.kv_get(&keys.lock).await?
+                && let Some(session) = current.session
+            {
+                if current.value != value {
+                    return Ok(LockOutcome::HeldByOther);
+                }
+                // Re-entrant: extend our own lock.
+                if self.client.session_renew(&session).await? {
+                    return Ok(LockOutcome::Acquired(LockToken(session)));
+                }
+                continue; // expired in between
+            }
+            let session = self
+                .create_session(
+                    &format!("constructr lock {scope} by {holder}"),
+                    ttl,
+                    self.lock_delay,
+                )
+                .await?;
+            match self
+                .client
+                .kv_acquire(&keys.lock, value.clone(), &session)
+                .await
+            {
+                Ok(true) => return Ok(LockOutcome::Acquired(LockToken(session))),
+                Ok(false) => {
+                    self.destroy_in_background(session);
+                    // Taken by someone else in between, or Consul's lock delay after the last
+                    // holder's session ended: not ours either way.
+                    match self.client.kv_get(&keys.lock).await? {
+                        Some(KvEntry {
+                            session: Some(_),
+                            value: v,
+                            ..
+                        }) if v == value => continue,
+                        _ => return Ok(LockOutcome::HeldByOther),
+                    }
+                }
+                Err(e) => {
+                    self.destroy_in_background(session);
+                    return Err(e.into());
+                }
+            }
+        }
+        Err(ConsulError::Unavailable {
+            address: "-".into(),
+            detail: "the lock key kept changing while being locked".into(),
+        }
+        .into())
+    }
+
+    async fn add_self(
+        &self,
+        lease: Lease<'_>,
+        mode: &AddMode,
+    ) -> Result<AddOutcome, CoordinationError> {
+        let Lease { scope, node, ttl } = lease;
+        check_session_ttl("entry TTL", ttl)?;
+        let keys = Keys::of(scope);
+        // Node sessions never have a lock delay: it would keep a restarted node (same
+        // address) from registering.
+        let session = self
+            .create_session(
+                &format!("constructr node {node} in {scope}"),
+                ttl,
+                Duration::ZERO,
+            )
+            .await?;
+        let outcome = self.register(&keys, node, mode, &session).await;
+        if !matches!(outcome, Ok(AddOutcome::Added)) {
+            // Refused: the session holds nothing. Failed: whether the write took effect is
+            // unknown; ending the session removes it, and the caller retries.
+            self.destroy_in_background(session);
+        }
+        Ok(outcome?)
+    }
+
+    async fn refresh(&self, lease: Lease<'_>) -> Result<RefreshOutcome, CoordinationError> {
+        let Lease { scope, node, ttl } = lease;
+        check_session_ttl("entry TTL", ttl)?;
+        let keys = Keys::of(scope);
+        let Some(KvEntry {
+            session: Some(session),
+            ..
+        }) = self.own_entry(&keys, node).await?
+        else {
+            // Absent, another incarnation's, or written without a session (never expires:
+            // not ours).
+            return Ok(RefreshOutcome::Missing);
+        };
+        Ok(if self.client.session_renew(&session).await? {
+            RefreshOutcome::Refreshed
+        } else {
+            RefreshOutcome::Missing
+        })
+    }
+
+    async fn remove_self(&self, scope: &Scope, node: &NodeId) -> Result<(), CoordinationError> {
+        let keys = Keys::of(scope);
+        let Some(own) = self.own_entry(&keys, node).await? else {
+            return Ok(()); // absent, or another incarnation's
+        };
+        // Delete first (so ending the session sets no lock delay on the key), then end the
+        // session, which held nothing else.
+        if !self
+            .client
+            .kv_delete_cas(&own.key, own.modify_index)
+            .await?
+        {
+            return Ok(()); // changed in between: not ours any more
+        }
+        if let Some(session) = own.session
+            && let Err(e) = self.client.session_destroy(&session).await
+        {
+            tracing::debug!(error = %e, "could not destroy the removed entry's session");
+        }
+        Ok(())
+    }
+
+    async fn wait_for_change(
         &self,
         scope: &Scope,
         revision: Option<u64>,
-    ) -> Result<WaitOutcome, ConsulError> {
+    ) -> Result<WaitOutcome, CoordinationError> {
         let keys = Keys::of(scope);
         let (mut index, known) = match revision {
             Some(r) => (r, self.remembered(&keys.base, r)),
@@ -572,7 +578,7 @@ impl ConsulCoordination {
                     backoff = (backoff * 2).min(Duration::from_secs(1));
                     continue;
                 }
-                Err(e) => return Err(e),
+                Err(e) => return Err(e.into()),
             };
             backoff = Duration::from_millis(50);
             if listing.index < index {
@@ -590,62 +596,6 @@ impl ConsulCoordination {
                 }
             }
         }
-    }
-}
-
-#[async_trait]
-impl Coordination for ConsulCoordination {
-    fn check_settings(&self, settings: &Settings) -> Result<(), SettingsError> {
-        crate::validate_settings(settings).map_err(|e| SettingsError::Backend {
-            backend: "Consul",
-            rule: e.to_string(),
-        })
-    }
-
-    async fn get_nodes(&self, scope: &Scope) -> Result<Registry, CoordinationError> {
-        Ok(self.get_nodes_inner(scope).await?)
-    }
-
-    async fn lock(
-        &self,
-        scope: &Scope,
-        holder: &NodeId,
-        ttl: Duration,
-    ) -> Result<LockOutcome, CoordinationError> {
-        Ok(self.lock_inner(scope, holder, ttl).await?)
-    }
-
-    async fn add_self(
-        &self,
-        scope: &Scope,
-        node: &NodeId,
-        ttl: Duration,
-        mode: &AddMode,
-    ) -> Result<AddOutcome, CoordinationError> {
-        Ok(self.add_self_inner(scope, node, ttl, mode).await?)
-    }
-
-    /// Renews the session holding `node`'s entry. The session keeps the TTL it was created
-    /// with in `add_self`; `ttl` is only checked to be one Consul supports.
-    async fn refresh(
-        &self,
-        scope: &Scope,
-        node: &NodeId,
-        ttl: Duration,
-    ) -> Result<RefreshOutcome, CoordinationError> {
-        Ok(self.refresh_inner(scope, node, ttl).await?)
-    }
-
-    async fn remove_self(&self, scope: &Scope, node: &NodeId) -> Result<(), CoordinationError> {
-        Ok(self.remove_self_inner(scope, node).await?)
-    }
-
-    async fn wait_for_change(
-        &self,
-        scope: &Scope,
-        revision: Option<u64>,
-    ) -> Result<WaitOutcome, CoordinationError> {
-        Ok(self.wait_inner(scope, revision).await?)
     }
 }
 
@@ -725,18 +675,16 @@ mod tests {
             .unwrap();
         rt.block_on(async {
             for r in [
-                c.lock(&scope, &node, Duration::from_secs(9))
+                c.lock(scope.lease(&node, Duration::from_secs(9)))
                     .await
                     .map(|_| ()),
                 c.add_self(
-                    &scope,
-                    &node,
-                    Duration::from_secs(3),
+                    scope.lease(&node, Duration::from_secs(3)),
                     &AddMode::Join { cluster: None },
                 )
                 .await
                 .map(|_| ()),
-                c.refresh(&scope, &node, Duration::from_secs(100_000))
+                c.refresh(scope.lease(&node, Duration::from_secs(100_000)))
                     .await
                     .map(|_| ()),
             ] {

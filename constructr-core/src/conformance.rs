@@ -97,7 +97,7 @@ pub async fn empty_registry_reads_empty<B: ConformanceBackend>(b: &B) {
 
 async fn seed<B: ConformanceBackend>(b: &B, scope: &Scope, n: &NodeId) -> ClusterId {
     let c = b.coordination();
-    let LockOutcome::Acquired(lock) = c.lock(scope, n, LONG).await.expect("lock") else {
+    let LockOutcome::Acquired(lock) = c.lock(scope.lease(n, LONG)).await.expect("lock") else {
         panic!("seeding: lock not acquired on a fresh scope");
     };
     let r = c.get_nodes(scope).await.expect("get_nodes");
@@ -108,7 +108,9 @@ async fn seed<B: ConformanceBackend>(b: &B, scope: &Scope, n: &NodeId) -> Cluste
         expected_epoch_version: r.epoch.map(|e| e.version),
     };
     assert_eq!(
-        c.add_self(scope, n, LONG, &mode).await.expect("add_self"),
+        c.add_self(scope.lease(n, LONG), &mode)
+            .await
+            .expect("add_self"),
         AddOutcome::Added,
         "seeding: fenced registration with a held lock must be written"
     );
@@ -120,18 +122,18 @@ pub async fn lock_is_exclusive<B: ConformanceBackend>(b: &B) {
     let scope = fresh_scope(b.prefix(), "lock-exclusive");
     let c = b.coordination();
     assert!(matches!(
-        c.lock(&scope, &node(1), LONG).await.expect("lock"),
+        c.lock(scope.lease(&node(1), LONG)).await.expect("lock"),
         LockOutcome::Acquired(_)
     ));
     assert_eq!(
-        c.lock(&scope, &node(2), LONG).await.expect("lock"),
+        c.lock(scope.lease(&node(2), LONG)).await.expect("lock"),
         LockOutcome::HeldByOther,
         "lock_is_exclusive: a second node got the lock"
     );
     // Same address, other incarnation: another holder.
     let restarted = NodeId::new(node(1).address, 1);
     assert_eq!(
-        c.lock(&scope, &restarted, LONG).await.expect("lock"),
+        c.lock(scope.lease(&restarted, LONG)).await.expect("lock"),
         LockOutcome::HeldByOther,
         "lock_is_exclusive: a new incarnation of the holder got the lock"
     );
@@ -141,8 +143,8 @@ pub async fn lock_is_exclusive<B: ConformanceBackend>(b: &B) {
 pub async fn relock_by_holder_returns_same_token<B: ConformanceBackend>(b: &B) {
     let scope = fresh_scope(b.prefix(), "relock");
     let c = b.coordination();
-    let first = c.lock(&scope, &node(1), LONG).await.expect("lock");
-    let second = c.lock(&scope, &node(1), LONG).await.expect("lock");
+    let first = c.lock(scope.lease(&node(1), LONG)).await.expect("lock");
+    let second = c.lock(scope.lease(&node(1), LONG)).await.expect("lock");
     assert!(matches!(first, LockOutcome::Acquired(_)));
     assert_eq!(first, second, "relock_by_holder_returns_same_token");
 }
@@ -151,7 +153,8 @@ pub async fn relock_by_holder_returns_same_token<B: ConformanceBackend>(b: &B) {
 pub async fn seed_registration_is_fenced_by_the_lock<B: ConformanceBackend>(b: &B) {
     let scope = fresh_scope(b.prefix(), "fence");
     let c = b.coordination();
-    let LockOutcome::Acquired(token) = c.lock(&scope, &node(1), LONG).await.expect("lock") else {
+    let LockOutcome::Acquired(token) = c.lock(scope.lease(&node(1), LONG)).await.expect("lock")
+    else {
         panic!("lock not acquired")
     };
     // Node 2 presents node 1's token: refused.
@@ -161,7 +164,7 @@ pub async fn seed_registration_is_fenced_by_the_lock<B: ConformanceBackend>(b: &
         expected_epoch_version: None,
     };
     assert_eq!(
-        c.add_self(&scope, &node(2), LONG, &mode)
+        c.add_self(scope.lease(&node(2), LONG), &mode)
             .await
             .expect("add_self"),
         AddOutcome::Refused,
@@ -179,12 +182,12 @@ pub async fn seed_registration_refused_after_lock_loss<B: ConformanceBackend>(b:
     let scope = fresh_scope(b.prefix(), "lock-loss");
     let c = b.coordination();
     let ttl = b.ttl();
-    let LockOutcome::Acquired(old) = c.lock(&scope, &node(1), ttl).await.expect("lock") else {
+    let LockOutcome::Acquired(old) = c.lock(scope.lease(&node(1), ttl)).await.expect("lock") else {
         panic!("lock not acquired")
     };
     let deadline = tokio::time::Instant::now() + ttl + b.expiry_bound() + Duration::from_secs(5);
     let new = loop {
-        match c.lock(&scope, &node(2), LONG).await.expect("lock") {
+        match c.lock(scope.lease(&node(2), LONG)).await.expect("lock") {
             LockOutcome::Acquired(t) => break t,
             LockOutcome::HeldByOther => {
                 assert!(
@@ -202,7 +205,7 @@ pub async fn seed_registration_refused_after_lock_loss<B: ConformanceBackend>(b:
         expected_epoch_version: None,
     };
     assert_eq!(
-        c.add_self(&scope, &node(1), LONG, &stale)
+        c.add_self(scope.lease(&node(1), LONG), &stale)
             .await
             .expect("add_self"),
         AddOutcome::Refused,
@@ -228,9 +231,7 @@ pub async fn seed_registration_refused_when_epoch_moved<B: ConformanceBackend>(b
     // A member registers: the epoch version moves.
     assert_eq!(
         c.add_self(
-            &scope,
-            &node(2),
-            LONG,
+            scope.lease(&node(2), LONG),
             &AddMode::Join {
                 cluster: Some(cluster)
             }
@@ -246,7 +247,8 @@ pub async fn seed_registration_refused_when_epoch_moved<B: ConformanceBackend>(b
         "join did not change the epoch version"
     );
     // Node 1 still holds the lock but read an older epoch version: a second seeding is refused.
-    let LockOutcome::Acquired(lock) = c.lock(&scope, &node(1), LONG).await.expect("lock") else {
+    let LockOutcome::Acquired(lock) = c.lock(scope.lease(&node(1), LONG)).await.expect("lock")
+    else {
         panic!("holder lost its lock")
     };
     let reseed = AddMode::Seed {
@@ -255,7 +257,7 @@ pub async fn seed_registration_refused_when_epoch_moved<B: ConformanceBackend>(b
         expected_epoch_version: Some(version),
     };
     assert_eq!(
-        c.add_self(&scope, &node(1), LONG, &reseed)
+        c.add_self(scope.lease(&node(1), LONG), &reseed)
             .await
             .expect("add_self"),
         AddOutcome::Refused,
@@ -275,7 +277,8 @@ pub async fn seed_registration_refused_when_epoch_moved<B: ConformanceBackend>(b
 pub async fn seed_registration_retry_is_idempotent<B: ConformanceBackend>(b: &B) {
     let scope = fresh_scope(b.prefix(), "seed-retry");
     let c = b.coordination();
-    let LockOutcome::Acquired(lock) = c.lock(&scope, &node(1), LONG).await.expect("lock") else {
+    let LockOutcome::Acquired(lock) = c.lock(scope.lease(&node(1), LONG)).await.expect("lock")
+    else {
         panic!("lock not acquired")
     };
     let mode = AddMode::Seed {
@@ -285,7 +288,7 @@ pub async fn seed_registration_retry_is_idempotent<B: ConformanceBackend>(b: &B)
     };
     for _ in 0..2 {
         assert_eq!(
-            c.add_self(&scope, &node(1), LONG, &mode)
+            c.add_self(scope.lease(&node(1), LONG), &mode)
                 .await
                 .expect("add_self"),
             AddOutcome::Added,
@@ -305,9 +308,7 @@ pub async fn join_registration_checks_the_epoch<B: ConformanceBackend>(b: &B) {
     let other = ClusterId(cluster.0 ^ 1);
     assert_eq!(
         c.add_self(
-            &scope,
-            &node(2),
-            LONG,
+            scope.lease(&node(2), LONG),
             &AddMode::Join {
                 cluster: Some(other)
             }
@@ -318,17 +319,18 @@ pub async fn join_registration_checks_the_epoch<B: ConformanceBackend>(b: &B) {
         "join_registration_checks_the_epoch: member of another cluster was registered"
     );
     assert_eq!(
-        c.add_self(&scope, &node(2), LONG, &AddMode::Join { cluster: None })
-            .await
-            .expect("add_self"),
+        c.add_self(
+            scope.lease(&node(2), LONG),
+            &AddMode::Join { cluster: None }
+        )
+        .await
+        .expect("add_self"),
         AddOutcome::Refused,
         "join_registration_checks_the_epoch: epoch-less join was registered over an epoch"
     );
     assert_eq!(
         c.add_self(
-            &scope,
-            &node(3),
-            LONG,
+            scope.lease(&node(3), LONG),
             &AddMode::Join {
                 cluster: Some(cluster)
             }
@@ -352,7 +354,7 @@ pub async fn join_registration_recreates_a_lost_epoch<B: ConformanceBackend>(b: 
         cluster: Some(cluster),
     };
     assert_eq!(
-        c.add_self(&scope, &node(1), LONG, &join(cluster))
+        c.add_self(scope.lease(&node(1), LONG), &join(cluster))
             .await
             .expect("add_self"),
         AddOutcome::Added,
@@ -366,14 +368,14 @@ pub async fn join_registration_recreates_a_lost_epoch<B: ConformanceBackend>(b: 
         "join_registration_recreates_a_lost_epoch: marker not re-created"
     );
     assert_eq!(
-        c.add_self(&scope, &node(2), LONG, &join(ClusterId(cluster.0 ^ 1)))
+        c.add_self(scope.lease(&node(2), LONG), &join(ClusterId(cluster.0 ^ 1)))
             .await
             .expect("add_self"),
         AddOutcome::Refused,
         "join_registration_recreates_a_lost_epoch: a second cluster re-created the marker too"
     );
     // A seed that read the registry before the marker came back is refused.
-    let lock = match c.lock(&scope, &node(3), LONG).await.expect("lock") {
+    let lock = match c.lock(scope.lease(&node(3), LONG)).await.expect("lock") {
         LockOutcome::Acquired(t) => t,
         LockOutcome::HeldByOther => panic!("lock free"),
     };
@@ -383,7 +385,7 @@ pub async fn join_registration_recreates_a_lost_epoch<B: ConformanceBackend>(b: 
         expected_epoch_version: None,
     };
     assert_eq!(
-        c.add_self(&scope, &node(3), LONG, &seed)
+        c.add_self(scope.lease(&node(3), LONG), &seed)
             .await
             .expect("add_self"),
         AddOutcome::Refused,
@@ -399,9 +401,7 @@ pub async fn refresh_extends_and_detects_missing<B: ConformanceBackend>(b: &B) {
     let cluster = seed(b, &scope, &node(1)).await;
     assert_eq!(
         c.add_self(
-            &scope,
-            &node(2),
-            ttl,
+            scope.lease(&node(2), ttl),
             &AddMode::Join {
                 cluster: Some(cluster)
             }
@@ -414,7 +414,9 @@ pub async fn refresh_extends_and_detects_missing<B: ConformanceBackend>(b: &B) {
     for _ in 0..3 {
         tokio::time::sleep(ttl / 2).await;
         assert_eq!(
-            c.refresh(&scope, &node(2), ttl).await.expect("refresh"),
+            c.refresh(scope.lease(&node(2), ttl))
+                .await
+                .expect("refresh"),
             RefreshOutcome::Refreshed,
             "refresh_extends_and_detects_missing: refresh of a live entry"
         );
@@ -429,11 +431,13 @@ pub async fn refresh_extends_and_detects_missing<B: ConformanceBackend>(b: &B) {
     // Another incarnation at the same address does not own that entry.
     let other = NodeId::new(node(2).address, 9);
     assert_eq!(
-        c.refresh(&scope, &other, ttl).await.expect("refresh"),
+        c.refresh(scope.lease(&other, ttl)).await.expect("refresh"),
         RefreshOutcome::Missing
     );
     assert_eq!(
-        c.refresh(&scope, &node(9), ttl).await.expect("refresh"),
+        c.refresh(scope.lease(&node(9), ttl))
+            .await
+            .expect("refresh"),
         RefreshOutcome::Missing
     );
 }
@@ -443,7 +447,8 @@ pub async fn entries_expire_after_ttl<B: ConformanceBackend>(b: &B) {
     let scope = fresh_scope(b.prefix(), "expiry");
     let c = b.coordination();
     let ttl = b.ttl();
-    let LockOutcome::Acquired(lock) = c.lock(&scope, &node(1), LONG).await.expect("lock") else {
+    let LockOutcome::Acquired(lock) = c.lock(scope.lease(&node(1), LONG)).await.expect("lock")
+    else {
         panic!("lock")
     };
     let mode = AddMode::Seed {
@@ -452,7 +457,9 @@ pub async fn entries_expire_after_ttl<B: ConformanceBackend>(b: &B) {
         expected_epoch_version: None,
     };
     assert_eq!(
-        c.add_self(&scope, &node(1), ttl, &mode).await.expect("add"),
+        c.add_self(scope.lease(&node(1), ttl), &mode)
+            .await
+            .expect("add"),
         AddOutcome::Added
     );
     let start = tokio::time::Instant::now();
@@ -481,7 +488,9 @@ pub async fn entries_expire_after_ttl<B: ConformanceBackend>(b: &B) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(
-        c.refresh(&scope, &node(1), ttl).await.expect("refresh"),
+        c.refresh(scope.lease(&node(1), ttl))
+            .await
+            .expect("refresh"),
         RefreshOutcome::Missing
     );
 }

@@ -18,6 +18,29 @@ pub struct Registry {
     pub revision: Option<u64>,
 }
 
+/// One node's claim on a key with a time to live: what [`Coordination::lock`],
+/// [`Coordination::add_self`] and [`Coordination::refresh`] act on.
+///
+/// ```
+/// use std::time::Duration;
+/// use constructr_core::{ClusterName, NodeId, Scope};
+///
+/// let scope = Scope::new("/constructr", ClusterName::new("shop").unwrap()).unwrap();
+/// let node = NodeId::new("10.0.0.1:2552", 1);
+/// let lease = scope.lease(&node, Duration::from_secs(30));
+/// assert_eq!(lease.ttl, Duration::from_secs(30));
+/// assert_eq!(lease.node, &node);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Lease<'a> {
+    /// The cluster's registry.
+    pub scope: &'a Scope,
+    /// The node that holds the lock or owns the entry.
+    pub node: &'a NodeId,
+    /// How long the key lives unless refreshed.
+    pub ttl: Duration,
+}
+
 /// The opaque proof of holding the bootstrap lock (etcd: the lock key's create revision,
 /// Consul: the lock session id). Backends check it when writing a fenced registration.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -325,30 +348,18 @@ pub trait Coordination: Send + Sync + 'static {
     /// Reads the registered nodes and the epoch marker of `scope` in one consistent read.
     async fn get_nodes(&self, scope: &Scope) -> Result<Registry, CoordinationError>;
 
-    /// Tries to take the bootstrap lock for `holder` with the given TTL. Re-entrant.
-    async fn lock(
-        &self,
-        scope: &Scope,
-        holder: &NodeId,
-        ttl: Duration,
-    ) -> Result<LockOutcome, CoordinationError>;
+    /// Tries to take the bootstrap lock for `lease.node` with `lease.ttl`. Re-entrant.
+    async fn lock(&self, lease: Lease<'_>) -> Result<LockOutcome, CoordinationError>;
 
-    /// Registers `node` with a TTL under the condition of `mode` (see [`AddMode`]).
+    /// Registers `lease.node` with `lease.ttl` under the condition of `mode` (see [`AddMode`]).
     async fn add_self(
         &self,
-        scope: &Scope,
-        node: &NodeId,
-        ttl: Duration,
+        lease: Lease<'_>,
         mode: &AddMode,
     ) -> Result<AddOutcome, CoordinationError>;
 
-    /// Extends the TTL of `node`'s own entry.
-    async fn refresh(
-        &self,
-        scope: &Scope,
-        node: &NodeId,
-        ttl: Duration,
-    ) -> Result<RefreshOutcome, CoordinationError>;
+    /// Extends the TTL of `lease.node`'s own entry.
+    async fn refresh(&self, lease: Lease<'_>) -> Result<RefreshOutcome, CoordinationError>;
 
     /// Removes `node`'s own entry at once (graceful shutdown).
     async fn remove_self(&self, scope: &Scope, node: &NodeId) -> Result<(), CoordinationError>;
@@ -382,30 +393,18 @@ impl<T: Coordination + ?Sized> Coordination for std::sync::Arc<T> {
     async fn get_nodes(&self, scope: &Scope) -> Result<Registry, CoordinationError> {
         (**self).get_nodes(scope).await
     }
-    async fn lock(
-        &self,
-        scope: &Scope,
-        holder: &NodeId,
-        ttl: Duration,
-    ) -> Result<LockOutcome, CoordinationError> {
-        (**self).lock(scope, holder, ttl).await
+    async fn lock(&self, lease: Lease<'_>) -> Result<LockOutcome, CoordinationError> {
+        (**self).lock(lease).await
     }
     async fn add_self(
         &self,
-        scope: &Scope,
-        node: &NodeId,
-        ttl: Duration,
+        lease: Lease<'_>,
         mode: &AddMode,
     ) -> Result<AddOutcome, CoordinationError> {
-        (**self).add_self(scope, node, ttl, mode).await
+        (**self).add_self(lease, mode).await
     }
-    async fn refresh(
-        &self,
-        scope: &Scope,
-        node: &NodeId,
-        ttl: Duration,
-    ) -> Result<RefreshOutcome, CoordinationError> {
-        (**self).refresh(scope, node, ttl).await
+    async fn refresh(&self, lease: Lease<'_>) -> Result<RefreshOutcome, CoordinationError> {
+        (**self).refresh(lease).await
     }
     async fn remove_self(&self, scope: &Scope, node: &NodeId) -> Result<(), CoordinationError> {
         (**self).remove_self(scope, node).await

@@ -303,15 +303,15 @@ impl Runner {
                 Action::GetNodes { .. } => {
                     bounded(bound, c.get_nodes(&scope)).await.map(Reply::Nodes)
                 }
-                Action::Lock { ttl, .. } => bounded(bound, c.lock(&scope, &node, ttl))
+                Action::Lock { ttl, .. } => bounded(bound, c.lock(scope.lease(&node, ttl)))
                     .await
                     .map(Reply::Lock),
                 Action::AddSelf { ttl, mode, .. } => {
-                    bounded(bound, c.add_self(&scope, &node, ttl, &mode))
+                    bounded(bound, c.add_self(scope.lease(&node, ttl), &mode))
                         .await
                         .map(Reply::AddSelf)
                 }
-                Action::Refresh { ttl, .. } => bounded(bound, c.refresh(&scope, &node, ttl))
+                Action::Refresh { ttl, .. } => bounded(bound, c.refresh(scope.lease(&node, ttl)))
                     .await
                     .map(Reply::Refresh),
                 Action::RemoveSelf { .. } => bounded(bound, c.remove_self(&scope, &node))

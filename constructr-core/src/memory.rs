@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 
 use crate::coordination::{
-    AddMode, AddOutcome, Coordination, CoordinationError, LockOutcome, LockToken, RefreshOutcome,
-    Registry, WaitOutcome,
+    AddMode, AddOutcome, Coordination, CoordinationError, Lease, LockOutcome, LockToken,
+    RefreshOutcome, Registry, WaitOutcome,
 };
 use crate::entry;
 use crate::node::{Epoch, NodeId, Scope};
@@ -390,37 +390,20 @@ impl MemoryCoordination {
     }
 
     /// Takes (or re-takes) the lock at `now`.
-    pub fn lock_at(
-        &self,
-        now: Instant,
-        scope: &Scope,
-        holder: &NodeId,
-        ttl: Duration,
-    ) -> LockOutcome {
-        self.with_scope(scope, |s| s.lock(now, holder, ttl))
+    pub fn lock_at(&self, now: Instant, lease: Lease<'_>) -> LockOutcome {
+        self.with_scope(lease.scope, |s| s.lock(now, lease.node, lease.ttl))
     }
 
-    /// Registers `node` at `now` under the condition of `mode`.
-    pub fn add_self_at(
-        &self,
-        now: Instant,
-        scope: &Scope,
-        node: &NodeId,
-        ttl: Duration,
-        mode: &AddMode,
-    ) -> AddOutcome {
-        self.with_scope(scope, |s| s.add_self(now, node, ttl, mode))
+    /// Registers `lease.node` at `now` under the condition of `mode`.
+    pub fn add_self_at(&self, now: Instant, lease: Lease<'_>, mode: &AddMode) -> AddOutcome {
+        self.with_scope(lease.scope, |s| {
+            s.add_self(now, lease.node, lease.ttl, mode)
+        })
     }
 
-    /// Extends `node`'s entry at `now`.
-    pub fn refresh_at(
-        &self,
-        now: Instant,
-        scope: &Scope,
-        node: &NodeId,
-        ttl: Duration,
-    ) -> RefreshOutcome {
-        self.with_scope(scope, |s| s.refresh(now, node, ttl))
+    /// Extends `lease.node`'s entry at `now`.
+    pub fn refresh_at(&self, now: Instant, lease: Lease<'_>) -> RefreshOutcome {
+        self.with_scope(lease.scope, |s| s.refresh(now, lease.node, lease.ttl))
     }
 
     /// Removes `node`'s entry at `now` (only this incarnation's).
@@ -519,35 +502,20 @@ impl Coordination for MemoryCoordination {
         self.faulty(|now| self.get_nodes_at(now, scope)).await
     }
 
-    async fn lock(
-        &self,
-        scope: &Scope,
-        holder: &NodeId,
-        ttl: Duration,
-    ) -> Result<LockOutcome, CoordinationError> {
-        self.faulty(|now| self.lock_at(now, scope, holder, ttl))
-            .await
+    async fn lock(&self, lease: Lease<'_>) -> Result<LockOutcome, CoordinationError> {
+        self.faulty(|now| self.lock_at(now, lease)).await
     }
 
     async fn add_self(
         &self,
-        scope: &Scope,
-        node: &NodeId,
-        ttl: Duration,
+        lease: Lease<'_>,
         mode: &AddMode,
     ) -> Result<AddOutcome, CoordinationError> {
-        self.faulty(|now| self.add_self_at(now, scope, node, ttl, mode))
-            .await
+        self.faulty(|now| self.add_self_at(now, lease, mode)).await
     }
 
-    async fn refresh(
-        &self,
-        scope: &Scope,
-        node: &NodeId,
-        ttl: Duration,
-    ) -> Result<RefreshOutcome, CoordinationError> {
-        self.faulty(|now| self.refresh_at(now, scope, node, ttl))
-            .await
+    async fn refresh(&self, lease: Lease<'_>) -> Result<RefreshOutcome, CoordinationError> {
+        self.faulty(|now| self.refresh_at(now, lease)).await
     }
 
     async fn remove_self(&self, scope: &Scope, node: &NodeId) -> Result<(), CoordinationError> {

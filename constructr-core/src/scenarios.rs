@@ -292,7 +292,7 @@ pub async fn lock_holder_stopped_before_registering_lets_exactly_one_other_node_
     let scope = settings.scope().expect("scope");
     let ghost = NodeId::new("ghost.test:2552", 1);
     let LockOutcome::Acquired(ghost_token) = c
-        .lock(&scope, &ghost, settings.lock_ttl())
+        .lock(scope.lease(&ghost, settings.lock_ttl()))
         .await
         .expect("lock")
     else {
@@ -329,7 +329,7 @@ pub async fn lock_holder_stopped_before_registering_lets_exactly_one_other_node_
         expected_epoch_version: r.epoch.map(|e| e.version),
     };
     assert_eq!(
-        c.add_self(&scope, &ghost, settings.ttl(), &late)
+        c.add_self(scope.lease(&ghost, settings.ttl()), &late)
             .await
             .expect("add_self"),
         AddOutcome::Refused,
@@ -461,7 +461,7 @@ pub async fn waiting_nodes_wake_when_the_seed_registers<B: ScenarioBackend + ?Si
     let scope = settings.scope().expect("scope");
     let ghost = NodeId::new("ghost.test:2552", 1);
     let LockOutcome::Acquired(token) = c
-        .lock(&scope, &ghost, settings.lock_ttl())
+        .lock(scope.lease(&ghost, settings.lock_ttl()))
         .await
         .expect("lock")
     else {
@@ -479,7 +479,7 @@ pub async fn waiting_nodes_wake_when_the_seed_registers<B: ScenarioBackend + ?Si
         expected_epoch_version: None,
     };
     assert_eq!(
-        c.add_self(&scope, &ghost, settings.ttl(), &seed)
+        c.add_self(scope.lease(&ghost, settings.ttl()), &seed)
             .await
             .expect("add_self"),
         AddOutcome::Added
@@ -646,7 +646,7 @@ pub async fn wrong_credentials_are_a_permanent_error_that_never_shows_the_secret
     let scope = settings.scope().expect("scope");
     let err = creds
         .wrong
-        .lock(&scope, &node_id(9), settings.lock_ttl())
+        .lock(scope.lease(&node_id(9), settings.lock_ttl()))
         .await
         .expect_err("wrong credentials are refused");
     let shown = format!("{err} {err:?}");

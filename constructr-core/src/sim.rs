@@ -738,10 +738,10 @@ impl World<'_> {
         let reply = match action {
             Action::GetNodes { .. } => Reply::Nodes(Ok(self.memory.get_nodes_at(now, &scope))),
             Action::Lock { ttl, .. } => {
-                Reply::Lock(Ok(self.memory.lock_at(now, &scope, &node, ttl)))
+                Reply::Lock(Ok(self.memory.lock_at(now, scope.lease(&node, ttl))))
             }
             Action::AddSelf { ttl, mode, .. } => {
-                let out = self.memory.add_self_at(now, &scope, &node, ttl, &mode);
+                let out = self.memory.add_self_at(now, scope.lease(&node, ttl), &mode);
                 if out == AddOutcome::Added {
                     self.check_registration(&node);
                 }
@@ -749,7 +749,7 @@ impl World<'_> {
                 Reply::AddSelf(Ok(out))
             }
             Action::Refresh { ttl, .. } => {
-                Reply::Refresh(Ok(self.memory.refresh_at(now, &scope, &node, ttl)))
+                Reply::Refresh(Ok(self.memory.refresh_at(now, scope.lease(&node, ttl))))
             }
             Action::RemoveSelf { .. } => {
                 self.memory.remove_self_at(now, &scope, &node);

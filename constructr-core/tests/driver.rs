@@ -9,7 +9,7 @@ use constructr_core::driver::{NodeHandle, spawn};
 use constructr_core::local::LocalCluster;
 use constructr_core::memory::{Fault, MemoryCoordination};
 use constructr_core::{
-    AddMode, AddOutcome, ClusterName, Coordination, CoordinationError, Failure, LockOutcome,
+    AddMode, AddOutcome, ClusterName, Coordination, CoordinationError, Failure, Lease, LockOutcome,
     NodeId, RefreshOutcome, Registry, Scope, Settings, SettingsError, State,
 };
 
@@ -325,22 +325,15 @@ impl Coordination for Overlap {
     async fn get_nodes(&self, scope: &Scope) -> Answer<Registry> {
         self.call(self.inner.get_nodes(scope)).await
     }
-    async fn lock(&self, scope: &Scope, holder: &NodeId, ttl: Duration) -> Answer<LockOutcome> {
-        self.call(self.inner.lock(scope, holder, ttl)).await
+    async fn lock(&self, lease: Lease<'_>) -> Answer<LockOutcome> {
+        self.call(self.inner.lock(lease)).await
     }
-    async fn add_self(
-        &self,
-        scope: &Scope,
-        node: &NodeId,
-        ttl: Duration,
-        condition: &AddMode,
-    ) -> Answer<AddOutcome> {
-        self.call(self.inner.add_self(scope, node, ttl, condition))
-            .await
+    async fn add_self(&self, lease: Lease<'_>, mode: &AddMode) -> Answer<AddOutcome> {
+        self.call(self.inner.add_self(lease, mode)).await
     }
-    async fn refresh(&self, scope: &Scope, node: &NodeId, ttl: Duration) -> Answer<RefreshOutcome> {
+    async fn refresh(&self, lease: Lease<'_>) -> Answer<RefreshOutcome> {
         assert!(!self.panic_on_refresh, "backend bug in refresh");
-        self.call(self.inner.refresh(scope, node, ttl)).await
+        self.call(self.inner.refresh(lease)).await
     }
     async fn remove_self(&self, scope: &Scope, node: &NodeId) -> Answer<()> {
         self.call(self.inner.remove_self(scope, node)).await

@@ -30,7 +30,7 @@ fn seed_of_7(lock: LockToken) -> AddMode {
 
 /// `node` asks for the lock; its token if it got it.
 async fn try_lock(c: &MemoryCoordination, node: &NodeId) -> Option<LockToken> {
-    match c.lock(&scope(), node, TTL).await.expect("lock") {
+    match c.lock(scope().lease(node, TTL)).await.expect("lock") {
         LockOutcome::Acquired(token) => Some(token),
         LockOutcome::HeldByOther => None,
     }
@@ -41,7 +41,9 @@ async fn seed(c: &MemoryCoordination, node: &NodeId) {
     let lock = try_lock(c, node).await.expect("lock not acquired");
     let mode = seed_of_7(lock);
     assert_eq!(
-        c.add_self(&scope(), node, TTL, &mode).await.expect("add"),
+        c.add_self(scope().lease(node, TTL), &mode)
+            .await
+            .expect("add"),
         AddOutcome::Added
     );
 }
@@ -50,7 +52,10 @@ async fn seed(c: &MemoryCoordination, node: &NodeId) {
 async fn retryable_fail_gives_unavailable_without_applying() {
     let c = MemoryCoordination::default();
     c.inject(Fault::Fail { retryable: true }, 1);
-    let err = c.lock(&scope(), &node(1), TTL).await.expect_err("fault");
+    let err = c
+        .lock(scope().lease(&node(1), TTL))
+        .await
+        .expect_err("fault");
     assert!(
         matches!(err, CoordinationError::Unavailable { .. }),
         "{err:?}"
@@ -87,7 +92,11 @@ async fn failed_registration_is_not_written() {
     let lock = try_lock(&c, &node(1)).await.expect("lock");
     c.inject(Fault::Fail { retryable: true }, 1);
     let mode = seed_of_7(lock);
-    assert!(c.add_self(&scope(), &node(1), TTL, &mode).await.is_err());
+    assert!(
+        c.add_self(scope().lease(&node(1), TTL), &mode)
+            .await
+            .is_err()
+    );
     let r = c.get_nodes(&scope()).await.expect("get");
     assert!(r.nodes.is_empty());
     assert_eq!(r.epoch, None);
@@ -97,8 +106,11 @@ async fn failed_registration_is_not_written() {
 async fn drop_reply_applies_but_never_answers() {
     let c = MemoryCoordination::default();
     c.inject(Fault::DropReply, 1);
-    let out =
-        tokio::time::timeout(Duration::from_millis(200), c.lock(&scope(), &node(1), TTL)).await;
+    let out = tokio::time::timeout(
+        Duration::from_millis(200),
+        c.lock(scope().lease(&node(1), TTL)),
+    )
+    .await;
     assert!(out.is_err(), "the reply was not dropped: {out:?}");
     // Applied: node 1 holds the lock.
     assert_eq!(try_lock(&c, &node(2)).await, None, "held by node 1");
@@ -127,7 +139,7 @@ async fn expire_lock_lets_another_node_lock_and_fences_the_old_holder() {
     assert_ne!(old, new, "a token was reused for a later holder");
     let mode = seed_of_7(old);
     assert_eq!(
-        c.add_self(&scope(), &node(1), TTL, &mode)
+        c.add_self(scope().lease(&node(1), TTL), &mode)
             .await
             .expect("add"),
         AddOutcome::Refused
@@ -139,12 +151,16 @@ async fn expire_entry_makes_refresh_return_missing() {
     let c = MemoryCoordination::default();
     seed(&c, &node(1)).await;
     assert_eq!(
-        c.refresh(&scope(), &node(1), TTL).await.expect("refresh"),
+        c.refresh(scope().lease(&node(1), TTL))
+            .await
+            .expect("refresh"),
         RefreshOutcome::Refreshed
     );
     c.expire_entry(&scope(), &node(1).address);
     assert_eq!(
-        c.refresh(&scope(), &node(1), TTL).await.expect("refresh"),
+        c.refresh(scope().lease(&node(1), TTL))
+            .await
+            .expect("refresh"),
         RefreshOutcome::Missing
     );
     let r = c.get_nodes(&scope()).await.expect("get");
@@ -160,23 +176,23 @@ fn ttls_run_on_the_injected_clock() {
     let c = MemoryCoordination::new(Arc::new(clock.clone()));
     let s = scope();
     let ttl = Duration::from_secs(10);
-    let LockOutcome::Acquired(lock) = c.lock_at(t0, &s, &node(1), ttl) else {
+    let LockOutcome::Acquired(lock) = c.lock_at(t0, s.lease(&node(1), ttl)) else {
         panic!("lock")
     };
     let mode = seed_of_7(lock);
     assert_eq!(
-        c.add_self_at(t0, &s, &node(1), ttl, &mode),
+        c.add_self_at(t0, s.lease(&node(1), ttl), &mode),
         AddOutcome::Added
     );
     let almost = t0 + ttl - Duration::from_millis(1);
     assert_eq!(c.get_nodes_at(almost, &s).nodes, vec![node(1)]);
     assert_eq!(
-        c.lock_at(almost, &s, &node(2), ttl),
+        c.lock_at(almost, s.lease(&node(2), ttl)),
         LockOutcome::HeldByOther
     );
     assert!(c.get_nodes_at(t0 + ttl, &s).nodes.is_empty());
     assert!(matches!(
-        c.lock_at(t0 + ttl, &s, &node(2), ttl),
+        c.lock_at(t0 + ttl, s.lease(&node(2), ttl)),
         LockOutcome::Acquired(_)
     ));
 }
@@ -194,7 +210,9 @@ async fn async_api_reads_the_injected_clock() {
     clock.advance(TTL);
     assert!(c.get_nodes(&scope()).await.expect("get").nodes.is_empty());
     assert_eq!(
-        c.refresh(&scope(), &node(1), TTL).await.expect("refresh"),
+        c.refresh(scope().lease(&node(1), TTL))
+            .await
+            .expect("refresh"),
         RefreshOutcome::Missing
     );
 }
@@ -204,6 +222,6 @@ async fn calls_are_counted() {
     let c = MemoryCoordination::default();
     assert_eq!(c.calls(), 0);
     c.get_nodes(&scope()).await.expect("get");
-    c.lock(&scope(), &node(1), TTL).await.expect("lock");
+    c.lock(scope().lease(&node(1), TTL)).await.expect("lock");
     assert_eq!(c.calls(), 2);
 }

@@ -27,8 +27,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use constructr_core::coordination::{
-    AddMode, AddOutcome, Coordination, CoordinationError, LockOutcome, LockToken, RefreshOutcome,
-    Registry, WaitOutcome,
+    AddMode, AddOutcome, Coordination, CoordinationError, Lease, LockOutcome, LockToken,
+    RefreshOutcome, Registry, WaitOutcome,
 };
 use constructr_core::entry;
 use constructr_core::{ClusterId, Epoch, NodeId, Scope};
@@ -85,13 +85,22 @@ impl EtcdCoordination {
             .await
             .map(|_| ())
     }
+}
 
-    async fn lock_inner(
-        &self,
-        scope: &Scope,
-        holder: &NodeId,
-        ttl: Duration,
-    ) -> Result<LockOutcome, EtcdError> {
+fn header_revision(header: Option<&etcd_client::ResponseHeader>) -> Result<i64, EtcdError> {
+    header
+        .map(|h| h.revision())
+        .ok_or_else(|| EtcdError::protocol("response without header"))
+}
+
+#[async_trait]
+impl Coordination for EtcdCoordination {
+    async fn lock(&self, lease: Lease<'_>) -> Result<LockOutcome, CoordinationError> {
+        let Lease {
+            scope,
+            node: holder,
+            ttl,
+        } = lease;
         let key = entry::lock_key(scope);
         let value = entry::encode_node(holder);
         // The lock key can expire between the transaction and the keep-alive; a few rounds
@@ -110,7 +119,7 @@ impl EtcdCoordination {
                 Ok(r) => r,
                 Err(e) => {
                     self.client.revoke_in_background(lease);
-                    return Err(e);
+                    return Err(e.into());
                 }
             };
             if resp.succeeded() {
@@ -138,16 +147,16 @@ impl EtcdCoordination {
         Err(EtcdError::Unavailable {
             endpoint: "-".into(),
             detail: "the lock key kept expiring while being locked".into(),
-        })
+        }
+        .into())
     }
 
-    async fn add_self_inner(
+    async fn add_self(
         &self,
-        scope: &Scope,
-        node: &NodeId,
-        ttl: Duration,
+        lease: Lease<'_>,
         mode: &AddMode,
-    ) -> Result<AddOutcome, EtcdError> {
+    ) -> Result<AddOutcome, CoordinationError> {
+        let Lease { scope, node, ttl } = lease;
         let node_key = entry::node_key(scope, &node.address);
         let epoch_key = entry::epoch_key(scope);
         let lock_key = entry::lock_key(scope);
@@ -252,7 +261,7 @@ impl EtcdCoordination {
                 Ok(r) => r,
                 Err(e) => {
                     self.client.revoke_in_background(lease);
-                    return Err(e);
+                    return Err(e.into());
                 }
             };
             if resp.succeeded() {
@@ -276,11 +285,10 @@ impl EtcdCoordination {
         Ok(AddOutcome::Refused)
     }
 
-    async fn refresh_inner(
-        &self,
-        scope: &Scope,
-        node: &NodeId,
-    ) -> Result<RefreshOutcome, EtcdError> {
+    /// Keeps alive the lease of the node's entry. The lease was granted with the TTL of
+    /// `add_self`; a different `lease.ttl` here does not change it.
+    async fn refresh(&self, lease: Lease<'_>) -> Result<RefreshOutcome, CoordinationError> {
+        let Lease { scope, node, .. } = lease;
         let key = entry::node_key(scope, &node.address);
         let Some(kv) = self.client.get(&key).await? else {
             return Ok(RefreshOutcome::Missing);
@@ -301,7 +309,7 @@ impl EtcdCoordination {
         })
     }
 
-    async fn remove_self_inner(&self, scope: &Scope, node: &NodeId) -> Result<(), EtcdError> {
+    async fn remove_self(&self, scope: &Scope, node: &NodeId) -> Result<(), CoordinationError> {
         let key = entry::node_key(scope, &node.address);
         let txn = Txn::new()
             .when([Compare::value(
@@ -332,7 +340,7 @@ impl EtcdCoordination {
         Ok(())
     }
 
-    async fn get_nodes_inner(&self, scope: &Scope) -> Result<Registry, EtcdError> {
+    async fn get_nodes(&self, scope: &Scope) -> Result<Registry, CoordinationError> {
         let base = format!("{}/", scope.base());
         let nodes_prefix = entry::nodes_prefix(scope);
         let epoch_key = entry::epoch_key(scope);
@@ -377,11 +385,11 @@ impl EtcdCoordination {
         Ok(registry)
     }
 
-    async fn wait_inner(
+    async fn wait_for_change(
         &self,
         scope: &Scope,
         revision: Option<u64>,
-    ) -> Result<WaitOutcome, EtcdError> {
+    ) -> Result<WaitOutcome, CoordinationError> {
         let key = format!("{}/", scope.base());
         let mut options = WatchOptions::new().with_prefix();
         if let Some(r) = revision {
@@ -400,7 +408,7 @@ impl EtcdCoordination {
                     backoff = (backoff * 2).min(Duration::from_secs(1));
                     continue;
                 }
-                Err(e) => return Err(e),
+                Err(e) => return Err(e.into()),
             };
             loop {
                 match stream.message().await {
@@ -415,7 +423,8 @@ impl EtcdCoordination {
                                 return Err(EtcdError::Unauthorized {
                                     endpoint: self.client.endpoint_of(ticket).to_owned(),
                                     detail: reason,
-                                });
+                                }
+                                .into());
                             }
                             tracing::debug!(%reason, "etcd canceled the watch; re-opening");
                             break;
@@ -428,7 +437,7 @@ impl EtcdCoordination {
                     Err(e) => {
                         let e = EtcdError::classify(self.client.endpoint_of(ticket), e);
                         if !e.is_retryable() {
-                            return Err(e);
+                            return Err(e.into());
                         }
                         tracing::debug!(error = %e, "etcd watch stream failed; re-opening");
                         self.client.report_failure(ticket, &e).await;
@@ -439,61 +448,6 @@ impl EtcdCoordination {
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(1));
         }
-    }
-}
-
-fn header_revision(header: Option<&etcd_client::ResponseHeader>) -> Result<i64, EtcdError> {
-    header
-        .map(|h| h.revision())
-        .ok_or_else(|| EtcdError::protocol("response without header"))
-}
-
-#[async_trait]
-impl Coordination for EtcdCoordination {
-    async fn get_nodes(&self, scope: &Scope) -> Result<Registry, CoordinationError> {
-        Ok(self.get_nodes_inner(scope).await?)
-    }
-
-    async fn lock(
-        &self,
-        scope: &Scope,
-        holder: &NodeId,
-        ttl: Duration,
-    ) -> Result<LockOutcome, CoordinationError> {
-        Ok(self.lock_inner(scope, holder, ttl).await?)
-    }
-
-    async fn add_self(
-        &self,
-        scope: &Scope,
-        node: &NodeId,
-        ttl: Duration,
-        mode: &AddMode,
-    ) -> Result<AddOutcome, CoordinationError> {
-        Ok(self.add_self_inner(scope, node, ttl, mode).await?)
-    }
-
-    /// Keeps alive the lease of `node`'s entry. The lease was granted with the TTL of
-    /// `add_self`; a different `ttl` here does not change it.
-    async fn refresh(
-        &self,
-        scope: &Scope,
-        node: &NodeId,
-        _ttl: Duration,
-    ) -> Result<RefreshOutcome, CoordinationError> {
-        Ok(self.refresh_inner(scope, node).await?)
-    }
-
-    async fn remove_self(&self, scope: &Scope, node: &NodeId) -> Result<(), CoordinationError> {
-        Ok(self.remove_self_inner(scope, node).await?)
-    }
-
-    async fn wait_for_change(
-        &self,
-        scope: &Scope,
-        revision: Option<u64>,
-    ) -> Result<WaitOutcome, CoordinationError> {
-        Ok(self.wait_inner(scope, revision).await?)
     }
 }
 

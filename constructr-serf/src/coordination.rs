@@ -55,8 +55,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use constructr_core::{
-    AddMode, AddOutcome, ClusterId, Coordination, CoordinationError, Epoch, LockOutcome, LockToken,
-    NodeId, RefreshOutcome, Registry, Scope, WaitOutcome,
+    AddMode, AddOutcome, ClusterId, Coordination, CoordinationError, Epoch, Lease, LockOutcome,
+    LockToken, NodeId, RefreshOutcome, Registry, Scope, WaitOutcome,
 };
 use tokio::sync::{OnceCell, watch};
 use tokio::time::Instant;
@@ -365,12 +365,12 @@ impl Coordination for SerfCoordination {
         Ok(self.snapshot(scope).await?.registry())
     }
 
-    async fn lock(
-        &self,
-        scope: &Scope,
-        holder: &NodeId,
-        _ttl: Duration,
-    ) -> Result<LockOutcome, CoordinationError> {
+    async fn lock(&self, lease: Lease<'_>) -> Result<LockOutcome, CoordinationError> {
+        let Lease {
+            scope,
+            node: holder,
+            ..
+        } = lease;
         let cand_tag = candidate_tag(scope);
         let mut snap = self.snapshot(scope).await?;
         let value = encode_candidate(holder);
@@ -418,11 +418,10 @@ impl Coordination for SerfCoordination {
 
     async fn add_self(
         &self,
-        scope: &Scope,
-        node: &NodeId,
-        _ttl: Duration,
+        lease: Lease<'_>,
         mode: &AddMode,
     ) -> Result<AddOutcome, CoordinationError> {
+        let Lease { scope, node, .. } = lease;
         let reg_tag = registration_tag(scope);
         let cand_tag = candidate_tag(scope);
         let snap = self.snapshot(scope).await?;
@@ -470,12 +469,8 @@ impl Coordination for SerfCoordination {
         Ok(AddOutcome::Added)
     }
 
-    async fn refresh(
-        &self,
-        scope: &Scope,
-        node: &NodeId,
-        _ttl: Duration,
-    ) -> Result<RefreshOutcome, CoordinationError> {
+    async fn refresh(&self, lease: Lease<'_>) -> Result<RefreshOutcome, CoordinationError> {
+        let Lease { scope, node, .. } = lease;
         let snap = self.snapshot(scope).await?;
         let registered = snap
             .my_tags

@@ -71,7 +71,7 @@ async fn primitives_on_two_agents() {
 
     // The guard: one candidate of two required → nobody seeds.
     assert_eq!(
-        b.lock(&s, &nb, LONG).await.unwrap(),
+        b.lock(s.lease(&nb, LONG)).await.unwrap(),
         LockOutcome::HeldByOther
     );
     assert_eq!(
@@ -84,19 +84,19 @@ async fn primitives_on_two_agents() {
     // Both candidates, stable for the margin: the lowest name (prim-0, a) gets the lock,
     // b never does; re-locking returns the same token.
     let token = eventually(Duration::from_secs(10), "a's lock", || async {
-        let _ = b.lock(&s, &nb, LONG).await.unwrap();
-        match a.lock(&s, &na, LONG).await.unwrap() {
+        let _ = b.lock(s.lease(&nb, LONG)).await.unwrap();
+        match a.lock(s.lease(&na, LONG)).await.unwrap() {
             LockOutcome::Acquired(t) => Some(t),
             LockOutcome::HeldByOther => None,
         }
     })
     .await;
     assert_eq!(
-        b.lock(&s, &nb, LONG).await.unwrap(),
+        b.lock(s.lease(&nb, LONG)).await.unwrap(),
         LockOutcome::HeldByOther
     );
     assert_eq!(
-        a.lock(&s, &na, LONG).await.unwrap(),
+        a.lock(s.lease(&na, LONG)).await.unwrap(),
         LockOutcome::Acquired(token.clone())
     );
 
@@ -107,7 +107,7 @@ async fn primitives_on_two_agents() {
         expected_epoch_version: None,
     };
     assert_eq!(
-        b.add_self(&s, &nb, LONG, &seed_b).await.unwrap(),
+        b.add_self(s.lease(&nb, LONG), &seed_b).await.unwrap(),
         AddOutcome::Refused
     );
 
@@ -119,7 +119,7 @@ async fn primitives_on_two_agents() {
     };
     for _ in 0..2 {
         assert_eq!(
-            a.add_self(&s, &na, LONG, &seed).await.unwrap(),
+            a.add_self(s.lease(&na, LONG), &seed).await.unwrap(),
             AddOutcome::Added
         );
     }
@@ -144,14 +144,14 @@ async fn primitives_on_two_agents() {
         cluster: Some(ClusterId(78)),
     };
     assert_eq!(
-        b.add_self(&s, &nb, LONG, &other).await.unwrap(),
+        b.add_self(s.lease(&nb, LONG), &other).await.unwrap(),
         AddOutcome::Refused
     );
     let join = AddMode::Join {
         cluster: Some(ClusterId(77)),
     };
     assert_eq!(
-        b.add_self(&s, &nb, LONG, &join).await.unwrap(),
+        b.add_self(s.lease(&nb, LONG), &join).await.unwrap(),
         AddOutcome::Added
     );
     let both = eventually(Duration::from_secs(10), "both registered", || async {
@@ -163,23 +163,23 @@ async fn primitives_on_two_agents() {
 
     // refresh: this incarnation only; remove_self: idempotent, other incarnations untouched.
     assert_eq!(
-        b.refresh(&s, &nb, LONG).await.unwrap(),
+        b.refresh(s.lease(&nb, LONG)).await.unwrap(),
         RefreshOutcome::Refreshed
     );
     let restarted = NodeId::new(nb.address.clone(), 99);
     assert_eq!(
-        b.refresh(&s, &restarted, LONG).await.unwrap(),
+        b.refresh(s.lease(&restarted, LONG)).await.unwrap(),
         RefreshOutcome::Missing
     );
     b.remove_self(&s, &restarted).await.unwrap();
     assert_eq!(
-        b.refresh(&s, &nb, LONG).await.unwrap(),
+        b.refresh(s.lease(&nb, LONG)).await.unwrap(),
         RefreshOutcome::Refreshed
     );
     b.remove_self(&s, &nb).await.unwrap();
     b.remove_self(&s, &nb).await.unwrap();
     assert_eq!(
-        b.refresh(&s, &nb, LONG).await.unwrap(),
+        b.refresh(s.lease(&nb, LONG)).await.unwrap(),
         RefreshOutcome::Missing
     );
     eventually(Duration::from_secs(10), "b's removal seen by a", || async {

@@ -30,9 +30,7 @@ pub async fn registration_wakes<C: Coordination>(
 ) {
     let added = coordination
         .add_self(
-            scope,
-            &node_id(1),
-            Duration::from_secs(10),
+            scope.lease(&node_id(1), Duration::from_secs(10)),
             &AddMode::Join { cluster: None },
         )
         .await

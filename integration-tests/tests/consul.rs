@@ -210,7 +210,7 @@ async fn acl_default_deny_needs_a_token_with_prefix_and_session_policy() {
     // Without a token: Consul filters reads (an empty registry) but refuses the lock.
     let anonymous = coordination(&plain);
     let err = anonymous
-        .lock(&scope, &node_id(9), settings.lock_ttl())
+        .lock(scope.lease(&node_id(9), settings.lock_ttl()))
         .await
         .unwrap_err();
     println!("no token: {err}");
@@ -234,7 +234,7 @@ async fn acl_default_deny_needs_a_token_with_prefix_and_session_policy() {
     let mut other = consul_settings(unique_cluster_name("acl"));
     other.key_prefix = "/not-allowed".into();
     let err = right
-        .lock(&other.scope().unwrap(), &node_id(1), other.lock_ttl())
+        .lock(other.scope().unwrap().lease(&node_id(1), other.lock_ttl()))
         .await
         .unwrap_err();
     assert_unauthorized(&err);

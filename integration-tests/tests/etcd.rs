@@ -77,7 +77,7 @@ async fn leader_killed_during_bootstrap_still_forms_one_cluster() {
     // watches) until its lock expires, which must then happen on the new leader.
     let ghost = NodeId::new("ghost.test:2552", 1);
     assert!(matches!(
-        etcd.lock(&scope, &ghost, Duration::from_secs(2))
+        etcd.lock(scope.lease(&ghost, Duration::from_secs(2)))
             .await
             .unwrap(),
         LockOutcome::Acquired(_)

@@ -33,7 +33,7 @@ use async_trait::async_trait;
 use constructr_core::driver::{self, TimedEvent};
 use constructr_core::local::LocalCluster;
 use constructr_core::{
-    AddMode, AddOutcome, ClusterId, ClusterName, Coordination, CoordinationError, Event,
+    AddMode, AddOutcome, ClusterId, ClusterName, Coordination, CoordinationError, Event, Lease,
     LockOutcome, NodeId, RefreshOutcome, Registry, Scope, Settings, State, WaitOutcome, entry,
 };
 use integration_tests::nodes::node_id;
@@ -585,26 +585,19 @@ impl Coordination for LoseSeedReply {
         self.inner.get_nodes(scope).await
     }
 
-    async fn lock(
-        &self,
-        scope: &Scope,
-        holder: &NodeId,
-        ttl: Duration,
-    ) -> Result<LockOutcome, CoordinationError> {
+    async fn lock(&self, lease: Lease<'_>) -> Result<LockOutcome, CoordinationError> {
         self.hold().await;
-        self.inner.lock(scope, holder, ttl).await
+        self.inner.lock(lease).await
     }
 
     async fn add_self(
         &self,
-        scope: &Scope,
-        node: &NodeId,
-        ttl: Duration,
+        lease: Lease<'_>,
         mode: &AddMode,
     ) -> Result<AddOutcome, CoordinationError> {
         if matches!(mode, AddMode::Seed { .. }) && !self.tripped.swap(true, Ordering::SeqCst) {
-            let outcome = self.inner.add_self(scope, node, ttl, mode).await;
-            let registry = self.inner.get_nodes(scope).await.ok();
+            let outcome = self.inner.add_self(lease, mode).await;
+            let registry = self.inner.get_nodes(lease.scope).await.ok();
             self.committed.send_replace(Some(Committed {
                 at: Instant::now(),
                 outcome: outcome.map_err(|e| e.to_string()),
@@ -615,17 +608,12 @@ impl Coordination for LoseSeedReply {
             return Err(CoordinationError::Timeout);
         }
         self.hold().await;
-        self.inner.add_self(scope, node, ttl, mode).await
+        self.inner.add_self(lease, mode).await
     }
 
-    async fn refresh(
-        &self,
-        scope: &Scope,
-        node: &NodeId,
-        ttl: Duration,
-    ) -> Result<RefreshOutcome, CoordinationError> {
+    async fn refresh(&self, lease: Lease<'_>) -> Result<RefreshOutcome, CoordinationError> {
         self.hold().await;
-        self.inner.refresh(scope, node, ttl).await
+        self.inner.refresh(lease).await
     }
 
     async fn remove_self(&self, scope: &Scope, node: &NodeId) -> Result<(), CoordinationError> {
