@@ -1,12 +1,13 @@
 //! A `Coordination` wrapper that counts requests (for the demo's report).
 
+use constructr::coordination::Result;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use constructr::{
-    AddMode, AddOutcome, Coordination, CoordinationError, Lease, LockOutcome, NodeId,
-    RefreshOutcome, Registry, Scope, WaitOutcome,
+    AddMode, AddOutcome, Coordination, Lease, LockOutcome, NodeId, RefreshOutcome, Registry, Scope,
+    WaitOutcome,
 };
 
 /// Counts every call that reaches the wrapped backend (watches included).
@@ -35,35 +36,27 @@ impl<C> Counting<C> {
 
 #[async_trait]
 impl<C: Coordination> Coordination for Counting<C> {
-    async fn get_nodes(&self, scope: &Scope) -> Result<Registry, CoordinationError> {
+    async fn get_nodes(&self, scope: &Scope) -> Result<Registry> {
         self.count();
         self.inner.get_nodes(scope).await
     }
-    async fn lock(&self, lease: Lease<'_>) -> Result<LockOutcome, CoordinationError> {
+    async fn lock(&self, lease: Lease<'_>) -> Result<LockOutcome> {
         self.count();
         self.inner.lock(lease).await
     }
-    async fn add_self(
-        &self,
-        lease: Lease<'_>,
-        mode: &AddMode,
-    ) -> Result<AddOutcome, CoordinationError> {
+    async fn add_self(&self, lease: Lease<'_>, mode: &AddMode) -> Result<AddOutcome> {
         self.count();
         self.inner.add_self(lease, mode).await
     }
-    async fn refresh(&self, lease: Lease<'_>) -> Result<RefreshOutcome, CoordinationError> {
+    async fn refresh(&self, lease: Lease<'_>) -> Result<RefreshOutcome> {
         self.count();
         self.inner.refresh(lease).await
     }
-    async fn remove_self(&self, scope: &Scope, node: &NodeId) -> Result<(), CoordinationError> {
+    async fn remove_self(&self, scope: &Scope, node: &NodeId) -> Result<()> {
         self.count();
         self.inner.remove_self(scope, node).await
     }
-    async fn wait_for_change(
-        &self,
-        scope: &Scope,
-        revision: Option<u64>,
-    ) -> Result<WaitOutcome, CoordinationError> {
+    async fn wait_for_change(&self, scope: &Scope, revision: Option<u64>) -> Result<WaitOutcome> {
         self.count();
         self.inner.wait_for_change(scope, revision).await
     }

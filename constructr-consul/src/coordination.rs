@@ -54,6 +54,7 @@
 //! the first of them re-creating the epoch marker for their cluster (a member's
 //! registration may create a missing marker): the cluster lives on, no re-bootstrap.
 
+use constructr_core::coordination::Result;
 use std::collections::VecDeque;
 use std::hash::{Hash as _, Hasher as _};
 use std::sync::{Arc, Mutex};
@@ -61,8 +62,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use constructr_core::coordination::{
-    AddMode, AddOutcome, Coordination, CoordinationError, Lease, LockOutcome, LockToken,
-    RefreshOutcome, Registry, WaitOutcome,
+    AddMode, AddOutcome, Coordination, Lease, LockOutcome, LockToken, RefreshOutcome, Registry,
+    WaitOutcome,
 };
 use constructr_core::entry;
 use constructr_core::plumbing::spawn_background;
@@ -412,14 +413,14 @@ impl Coordination for ConsulCoordination {
         })
     }
 
-    async fn get_nodes(&self, scope: &Scope) -> Result<Registry, CoordinationError> {
+    async fn get_nodes(&self, scope: &Scope) -> Result<Registry> {
         let keys = Keys::of(scope);
         let listing = self.client.kv_list(&keys.base, None).await?;
         self.remember(&keys.base, listing.index, fingerprint(&listing.entries));
         Ok(self.decode(scope, &keys, &listing))
     }
 
-    async fn lock(&self, lease: Lease<'_>) -> Result<LockOutcome, CoordinationError> {
+    async fn lock(&self, lease: Lease<'_>) -> Result<LockOutcome> {
         let Lease {
             scope,
             node: holder,
@@ -482,11 +483,7 @@ impl Coordination for ConsulCoordination {
         .into())
     }
 
-    async fn add_self(
-        &self,
-        lease: Lease<'_>,
-        mode: &AddMode,
-    ) -> Result<AddOutcome, CoordinationError> {
+    async fn add_self(&self, lease: Lease<'_>, mode: &AddMode) -> Result<AddOutcome> {
         let Lease { scope, node, ttl } = lease;
         check_session_ttl("entry TTL", ttl)?;
         let keys = Keys::of(scope);
@@ -508,7 +505,7 @@ impl Coordination for ConsulCoordination {
         Ok(outcome?)
     }
 
-    async fn refresh(&self, lease: Lease<'_>) -> Result<RefreshOutcome, CoordinationError> {
+    async fn refresh(&self, lease: Lease<'_>) -> Result<RefreshOutcome> {
         let Lease { scope, node, ttl } = lease;
         check_session_ttl("entry TTL", ttl)?;
         let keys = Keys::of(scope);
@@ -528,7 +525,7 @@ impl Coordination for ConsulCoordination {
         })
     }
 
-    async fn remove_self(&self, scope: &Scope, node: &NodeId) -> Result<(), CoordinationError> {
+    async fn remove_self(&self, scope: &Scope, node: &NodeId) -> Result<()> {
         let keys = Keys::of(scope);
         let Some(own) = self.own_entry(&keys, node).await? else {
             return Ok(()); // absent, or another incarnation's
@@ -550,11 +547,7 @@ impl Coordination for ConsulCoordination {
         Ok(())
     }
 
-    async fn wait_for_change(
-        &self,
-        scope: &Scope,
-        revision: Option<u64>,
-    ) -> Result<WaitOutcome, CoordinationError> {
+    async fn wait_for_change(&self, scope: &Scope, revision: Option<u64>) -> Result<WaitOutcome> {
         let keys = Keys::of(scope);
         let (mut index, known) = match revision {
             Some(r) => (r, self.remembered(&keys.base, r)),
@@ -602,7 +595,7 @@ impl Coordination for ConsulCoordination {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use constructr_core::ClusterName;
+    use constructr_core::{ClusterName, CoordinationError};
 
     #[test]
     fn starting_a_node_checks_consuls_session_ttl_limits() {

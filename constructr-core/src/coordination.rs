@@ -6,6 +6,9 @@ use async_trait::async_trait;
 
 use crate::node::{ClusterId, Epoch, NodeId, Scope};
 
+/// The result of a [`Coordination`] call; the error is a [`CoordinationError`] unless named.
+pub type Result<T, E = CoordinationError> = std::result::Result<T, E>;
+
 /// The registered nodes of one cluster, as read in one consistent read.
 #[derive(Clone, Debug, PartialEq, Eq, Default, Hash)]
 pub struct Registry {
@@ -346,23 +349,19 @@ impl std::fmt::Display for ErrorSummary {
 #[async_trait]
 pub trait Coordination: Send + Sync + 'static {
     /// Reads the registered nodes and the epoch marker of `scope` in one consistent read.
-    async fn get_nodes(&self, scope: &Scope) -> Result<Registry, CoordinationError>;
+    async fn get_nodes(&self, scope: &Scope) -> Result<Registry>;
 
     /// Tries to take the bootstrap lock for `lease.node` with `lease.ttl`. Re-entrant.
-    async fn lock(&self, lease: Lease<'_>) -> Result<LockOutcome, CoordinationError>;
+    async fn lock(&self, lease: Lease<'_>) -> Result<LockOutcome>;
 
     /// Registers `lease.node` with `lease.ttl` under the condition of `mode` (see [`AddMode`]).
-    async fn add_self(
-        &self,
-        lease: Lease<'_>,
-        mode: &AddMode,
-    ) -> Result<AddOutcome, CoordinationError>;
+    async fn add_self(&self, lease: Lease<'_>, mode: &AddMode) -> Result<AddOutcome>;
 
     /// Extends the TTL of `lease.node`'s own entry.
-    async fn refresh(&self, lease: Lease<'_>) -> Result<RefreshOutcome, CoordinationError>;
+    async fn refresh(&self, lease: Lease<'_>) -> Result<RefreshOutcome>;
 
     /// Removes `node`'s own entry at once (graceful shutdown).
-    async fn remove_self(&self, scope: &Scope, node: &NodeId) -> Result<(), CoordinationError>;
+    async fn remove_self(&self, scope: &Scope, node: &NodeId) -> Result<()>;
 
     /// Checks the backend's own limits on the node settings (e.g. Consul's session TTLs of
     /// 10 s to 24 h), so that no node starts with settings the backend would refuse later.
@@ -378,11 +377,7 @@ pub trait Coordination: Send + Sync + 'static {
     /// waiting for a seed wake at once. The default returns [`WaitOutcome::Unsupported`]
     /// immediately and the state machine polls after `retry_delay`. Callers bound the wait
     /// themselves (they drop the future); implementations need no timeout of their own.
-    async fn wait_for_change(
-        &self,
-        scope: &Scope,
-        revision: Option<u64>,
-    ) -> Result<WaitOutcome, CoordinationError> {
+    async fn wait_for_change(&self, scope: &Scope, revision: Option<u64>) -> Result<WaitOutcome> {
         let _ = (scope, revision);
         Ok(WaitOutcome::Unsupported)
     }
@@ -390,33 +385,25 @@ pub trait Coordination: Send + Sync + 'static {
 
 #[async_trait]
 impl<T: Coordination + ?Sized> Coordination for std::sync::Arc<T> {
-    async fn get_nodes(&self, scope: &Scope) -> Result<Registry, CoordinationError> {
+    async fn get_nodes(&self, scope: &Scope) -> Result<Registry> {
         (**self).get_nodes(scope).await
     }
-    async fn lock(&self, lease: Lease<'_>) -> Result<LockOutcome, CoordinationError> {
+    async fn lock(&self, lease: Lease<'_>) -> Result<LockOutcome> {
         (**self).lock(lease).await
     }
-    async fn add_self(
-        &self,
-        lease: Lease<'_>,
-        mode: &AddMode,
-    ) -> Result<AddOutcome, CoordinationError> {
+    async fn add_self(&self, lease: Lease<'_>, mode: &AddMode) -> Result<AddOutcome> {
         (**self).add_self(lease, mode).await
     }
-    async fn refresh(&self, lease: Lease<'_>) -> Result<RefreshOutcome, CoordinationError> {
+    async fn refresh(&self, lease: Lease<'_>) -> Result<RefreshOutcome> {
         (**self).refresh(lease).await
     }
-    async fn remove_self(&self, scope: &Scope, node: &NodeId) -> Result<(), CoordinationError> {
+    async fn remove_self(&self, scope: &Scope, node: &NodeId) -> Result<()> {
         (**self).remove_self(scope, node).await
     }
     fn check_settings(&self, settings: &crate::Settings) -> Result<(), crate::SettingsError> {
         (**self).check_settings(settings)
     }
-    async fn wait_for_change(
-        &self,
-        scope: &Scope,
-        revision: Option<u64>,
-    ) -> Result<WaitOutcome, CoordinationError> {
+    async fn wait_for_change(&self, scope: &Scope, revision: Option<u64>) -> Result<WaitOutcome> {
         (**self).wait_for_change(scope, revision).await
     }
 }

@@ -1,6 +1,7 @@
 //! `MemoryCoordination`: a linearizable in-process registry with TTLs on an injected clock
 //! and fault switches.
 
+use crate::coordination::Result;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -466,7 +467,7 @@ impl MemoryCoordination {
     }
 
     /// Applies the next fault around `op`.
-    async fn faulty<T>(&self, op: impl FnOnce(Instant) -> T) -> Result<T, CoordinationError> {
+    async fn faulty<T>(&self, op: impl FnOnce(Instant) -> T) -> Result<T> {
         match self.next_fault() {
             Some(Fault::Fail { retryable: true }) => {
                 Err(CoordinationError::unavailable("injected fault"))
@@ -498,36 +499,28 @@ fn base64_address(address: &str) -> String {
 
 #[async_trait]
 impl Coordination for MemoryCoordination {
-    async fn get_nodes(&self, scope: &Scope) -> Result<Registry, CoordinationError> {
+    async fn get_nodes(&self, scope: &Scope) -> Result<Registry> {
         self.faulty(|now| self.get_nodes_at(now, scope)).await
     }
 
-    async fn lock(&self, lease: Lease<'_>) -> Result<LockOutcome, CoordinationError> {
+    async fn lock(&self, lease: Lease<'_>) -> Result<LockOutcome> {
         self.faulty(|now| self.lock_at(now, lease)).await
     }
 
-    async fn add_self(
-        &self,
-        lease: Lease<'_>,
-        mode: &AddMode,
-    ) -> Result<AddOutcome, CoordinationError> {
+    async fn add_self(&self, lease: Lease<'_>, mode: &AddMode) -> Result<AddOutcome> {
         self.faulty(|now| self.add_self_at(now, lease, mode)).await
     }
 
-    async fn refresh(&self, lease: Lease<'_>) -> Result<RefreshOutcome, CoordinationError> {
+    async fn refresh(&self, lease: Lease<'_>) -> Result<RefreshOutcome> {
         self.faulty(|now| self.refresh_at(now, lease)).await
     }
 
-    async fn remove_self(&self, scope: &Scope, node: &NodeId) -> Result<(), CoordinationError> {
+    async fn remove_self(&self, scope: &Scope, node: &NodeId) -> Result<()> {
         self.faulty(|now| self.remove_self_at(now, scope, node))
             .await
     }
 
-    async fn wait_for_change(
-        &self,
-        scope: &Scope,
-        revision: Option<u64>,
-    ) -> Result<WaitOutcome, CoordinationError> {
+    async fn wait_for_change(&self, scope: &Scope, revision: Option<u64>) -> Result<WaitOutcome> {
         loop {
             let seen = self.changed.version();
             if revision.is_none_or(|r| self.revision(scope) > r) {

@@ -22,13 +22,14 @@
 //! keep-alive stream, so refresh works across etcd restarts and needs no state in this
 //! process.
 
+use constructr_core::coordination::Result;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use constructr_core::coordination::{
-    AddMode, AddOutcome, Coordination, CoordinationError, Lease, LockOutcome, LockToken,
-    RefreshOutcome, Registry, WaitOutcome,
+    AddMode, AddOutcome, Coordination, Lease, LockOutcome, LockToken, RefreshOutcome, Registry,
+    WaitOutcome,
 };
 use constructr_core::entry;
 use constructr_core::{ClusterId, Epoch, NodeId, Scope};
@@ -95,7 +96,7 @@ fn header_revision(header: Option<&etcd_client::ResponseHeader>) -> Result<i64, 
 
 #[async_trait]
 impl Coordination for EtcdCoordination {
-    async fn lock(&self, lease: Lease<'_>) -> Result<LockOutcome, CoordinationError> {
+    async fn lock(&self, lease: Lease<'_>) -> Result<LockOutcome> {
         let Lease {
             scope,
             node: holder,
@@ -151,11 +152,7 @@ impl Coordination for EtcdCoordination {
         .into())
     }
 
-    async fn add_self(
-        &self,
-        lease: Lease<'_>,
-        mode: &AddMode,
-    ) -> Result<AddOutcome, CoordinationError> {
+    async fn add_self(&self, lease: Lease<'_>, mode: &AddMode) -> Result<AddOutcome> {
         let Lease { scope, node, ttl } = lease;
         let node_key = entry::node_key(scope, &node.address);
         let epoch_key = entry::epoch_key(scope);
@@ -287,7 +284,7 @@ impl Coordination for EtcdCoordination {
 
     /// Keeps alive the lease of the node's entry. The lease was granted with the TTL of
     /// `add_self`; a different `lease.ttl` here does not change it.
-    async fn refresh(&self, lease: Lease<'_>) -> Result<RefreshOutcome, CoordinationError> {
+    async fn refresh(&self, lease: Lease<'_>) -> Result<RefreshOutcome> {
         let Lease { scope, node, .. } = lease;
         let key = entry::node_key(scope, &node.address);
         let Some(kv) = self.client.get(&key).await? else {
@@ -309,7 +306,7 @@ impl Coordination for EtcdCoordination {
         })
     }
 
-    async fn remove_self(&self, scope: &Scope, node: &NodeId) -> Result<(), CoordinationError> {
+    async fn remove_self(&self, scope: &Scope, node: &NodeId) -> Result<()> {
         let key = entry::node_key(scope, &node.address);
         let txn = Txn::new()
             .when([Compare::value(
@@ -340,7 +337,7 @@ impl Coordination for EtcdCoordination {
         Ok(())
     }
 
-    async fn get_nodes(&self, scope: &Scope) -> Result<Registry, CoordinationError> {
+    async fn get_nodes(&self, scope: &Scope) -> Result<Registry> {
         let base = format!("{}/", scope.base());
         let nodes_prefix = entry::nodes_prefix(scope);
         let epoch_key = entry::epoch_key(scope);
@@ -385,11 +382,7 @@ impl Coordination for EtcdCoordination {
         Ok(registry)
     }
 
-    async fn wait_for_change(
-        &self,
-        scope: &Scope,
-        revision: Option<u64>,
-    ) -> Result<WaitOutcome, CoordinationError> {
+    async fn wait_for_change(&self, scope: &Scope, revision: Option<u64>) -> Result<WaitOutcome> {
         let key = format!("{}/", scope.base());
         let mut options = WatchOptions::new().with_prefix();
         if let Some(r) = revision {

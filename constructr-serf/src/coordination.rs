@@ -49,14 +49,15 @@
 //! split-brain window at bootstrap is acceptable, or the initial members are known
 //! (`required_members`).
 
+use constructr_core::coordination::Result;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use constructr_core::{
-    AddMode, AddOutcome, ClusterId, Coordination, CoordinationError, Epoch, Lease, LockOutcome,
-    LockToken, NodeId, RefreshOutcome, Registry, Scope, WaitOutcome,
+    AddMode, AddOutcome, ClusterId, Coordination, Epoch, Lease, LockOutcome, LockToken, NodeId,
+    RefreshOutcome, Registry, Scope, WaitOutcome,
 };
 use tokio::sync::{OnceCell, watch};
 use tokio::time::Instant;
@@ -361,11 +362,11 @@ fn snapshot_of(me: String, members: &[Member], reg_tag: &str, cand_tag: &str) ->
 
 #[async_trait]
 impl Coordination for SerfCoordination {
-    async fn get_nodes(&self, scope: &Scope) -> Result<Registry, CoordinationError> {
+    async fn get_nodes(&self, scope: &Scope) -> Result<Registry> {
         Ok(self.snapshot(scope).await?.registry())
     }
 
-    async fn lock(&self, lease: Lease<'_>) -> Result<LockOutcome, CoordinationError> {
+    async fn lock(&self, lease: Lease<'_>) -> Result<LockOutcome> {
         let Lease {
             scope,
             node: holder,
@@ -416,11 +417,7 @@ impl Coordination for SerfCoordination {
         }
     }
 
-    async fn add_self(
-        &self,
-        lease: Lease<'_>,
-        mode: &AddMode,
-    ) -> Result<AddOutcome, CoordinationError> {
+    async fn add_self(&self, lease: Lease<'_>, mode: &AddMode) -> Result<AddOutcome> {
         let Lease { scope, node, .. } = lease;
         let reg_tag = registration_tag(scope);
         let cand_tag = candidate_tag(scope);
@@ -469,7 +466,7 @@ impl Coordination for SerfCoordination {
         Ok(AddOutcome::Added)
     }
 
-    async fn refresh(&self, lease: Lease<'_>) -> Result<RefreshOutcome, CoordinationError> {
+    async fn refresh(&self, lease: Lease<'_>) -> Result<RefreshOutcome> {
         let Lease { scope, node, .. } = lease;
         let snap = self.snapshot(scope).await?;
         let registered = snap
@@ -484,7 +481,7 @@ impl Coordination for SerfCoordination {
         })
     }
 
-    async fn remove_self(&self, scope: &Scope, node: &NodeId) -> Result<(), CoordinationError> {
+    async fn remove_self(&self, scope: &Scope, node: &NodeId) -> Result<()> {
         let reg_tag = registration_tag(scope);
         let cand_tag = candidate_tag(scope);
         let snap = self.snapshot(scope).await?;
@@ -511,11 +508,7 @@ impl Coordination for SerfCoordination {
         Ok(())
     }
 
-    async fn wait_for_change(
-        &self,
-        scope: &Scope,
-        revision: Option<u64>,
-    ) -> Result<WaitOutcome, CoordinationError> {
+    async fn wait_for_change(&self, scope: &Scope, revision: Option<u64>) -> Result<WaitOutcome> {
         self.ensure_watcher();
         let mut changes = self.changes.subscribe();
         loop {

@@ -24,6 +24,7 @@
 //! on the registry itself, not on the name of the state a member is in while the service is
 //! unreachable.
 
+use constructr_core::coordination::Result;
 use std::process::ExitStatus;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -580,21 +581,17 @@ impl LoseSeedReply {
 
 #[async_trait]
 impl Coordination for LoseSeedReply {
-    async fn get_nodes(&self, scope: &Scope) -> Result<Registry, CoordinationError> {
+    async fn get_nodes(&self, scope: &Scope) -> Result<Registry> {
         self.hold().await;
         self.inner.get_nodes(scope).await
     }
 
-    async fn lock(&self, lease: Lease<'_>) -> Result<LockOutcome, CoordinationError> {
+    async fn lock(&self, lease: Lease<'_>) -> Result<LockOutcome> {
         self.hold().await;
         self.inner.lock(lease).await
     }
 
-    async fn add_self(
-        &self,
-        lease: Lease<'_>,
-        mode: &AddMode,
-    ) -> Result<AddOutcome, CoordinationError> {
+    async fn add_self(&self, lease: Lease<'_>, mode: &AddMode) -> Result<AddOutcome> {
         if matches!(mode, AddMode::Seed { .. }) && !self.tripped.swap(true, Ordering::SeqCst) {
             let outcome = self.inner.add_self(lease, mode).await;
             let registry = self.inner.get_nodes(lease.scope).await.ok();
@@ -611,21 +608,17 @@ impl Coordination for LoseSeedReply {
         self.inner.add_self(lease, mode).await
     }
 
-    async fn refresh(&self, lease: Lease<'_>) -> Result<RefreshOutcome, CoordinationError> {
+    async fn refresh(&self, lease: Lease<'_>) -> Result<RefreshOutcome> {
         self.hold().await;
         self.inner.refresh(lease).await
     }
 
-    async fn remove_self(&self, scope: &Scope, node: &NodeId) -> Result<(), CoordinationError> {
+    async fn remove_self(&self, scope: &Scope, node: &NodeId) -> Result<()> {
         self.hold().await;
         self.inner.remove_self(scope, node).await
     }
 
-    async fn wait_for_change(
-        &self,
-        scope: &Scope,
-        revision: Option<u64>,
-    ) -> Result<WaitOutcome, CoordinationError> {
+    async fn wait_for_change(&self, scope: &Scope, revision: Option<u64>) -> Result<WaitOutcome> {
         self.hold().await;
         self.inner.wait_for_change(scope, revision).await
     }
