@@ -62,8 +62,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use constructr_core::coordination::{
-    AddMode, AddOutcome, Coordination, Lease, LockOutcome, LockToken, RefreshOutcome, Registry,
-    WaitOutcome,
+    AddMode, AddOutcome, Coordination, CoordinationError, Lease, LockOutcome, LockToken,
+    RefreshOutcome, Registry, WaitOutcome,
 };
 use constructr_core::entry;
 use constructr_core::plumbing::spawn_background;
@@ -476,11 +476,9 @@ impl Coordination for ConsulCoordination {
                 }
             }
         }
-        Err(ConsulError::Unavailable {
-            address: "-".into(),
-            detail: "the lock key kept changing while being locked".into(),
-        }
-        .into())
+        Err(CoordinationError::unavailable(
+            "the Consul lock key kept changing while being locked",
+        ))
     }
 
     async fn add_self(&self, lease: Lease<'_>, mode: &AddMode) -> Result<AddOutcome> {
@@ -595,7 +593,7 @@ impl Coordination for ConsulCoordination {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use constructr_core::{ClusterName, CoordinationError};
+    use constructr_core::ClusterName;
 
     #[test]
     fn starting_a_node_checks_consuls_session_ttl_limits() {

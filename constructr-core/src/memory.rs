@@ -217,6 +217,10 @@ impl ScopeRegistry {
             return true;
         }
         match mode {
+            // A member whose epoch marker is gone (data loss) re-creates it.
+            AddMode::Join { cluster } => {
+                self.epoch.is_none() || self.epoch.map(|e| e.cluster) == *cluster
+            }
             AddMode::Seed {
                 lock,
                 cluster,
@@ -229,10 +233,6 @@ impl ScopeRegistry {
                 let epoch_ok = self.epoch.map(|e| e.version) == *expected_epoch_version
                     || self.epoch.is_some_and(|e| e.cluster == *cluster);
                 holds_lock && epoch_ok
-            }
-            // A member whose epoch marker is gone (data loss) re-creates it.
-            AddMode::Join { cluster } => {
-                self.epoch.is_none() || self.epoch.map(|e| e.cluster) == *cluster
             }
         }
     }

@@ -269,6 +269,20 @@ impl EtcdClient {
 
     /// Revokes a lease without waiting (cleanup of a lease granted for a refused write); if
     /// this fails the lease expires with its TTL anyway.
+    /// Runs `txn`, written on `lease`; when it fails, the lease (which then holds nothing
+    /// of this request) is revoked in the background.
+    pub(crate) async fn txn_on_lease(
+        self: &Arc<Self>,
+        txn: Txn,
+        lease: i64,
+    ) -> Result<TxnResponse, EtcdError> {
+        let r = self.txn(txn).await;
+        if r.is_err() {
+            self.revoke_in_background(lease);
+        }
+        r
+    }
+
     pub(crate) fn revoke_in_background(self: &Arc<Self>, id: i64) {
         let this = self.clone();
         spawn_background(async move {

@@ -28,8 +28,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use constructr_core::coordination::{
-    AddMode, AddOutcome, Coordination, Lease, LockOutcome, LockToken, RefreshOutcome, Registry,
-    WaitOutcome,
+    AddMode, AddOutcome, Coordination, CoordinationError, Lease, LockOutcome, LockToken,
+    RefreshOutcome, Registry, WaitOutcome,
 };
 use constructr_core::entry;
 use constructr_core::{ClusterId, Epoch, NodeId, Scope};
@@ -116,13 +116,7 @@ impl Coordination for EtcdCoordination {
                     Some(PutOptions::new().with_lease(lease)),
                 )])
                 .or_else([TxnOp::get(key.as_str(), None)]);
-            let resp = match self.client.txn(txn).await {
-                Ok(r) => r,
-                Err(e) => {
-                    self.client.revoke_in_background(lease);
-                    return Err(e.into());
-                }
-            };
+            let resp = self.client.txn_on_lease(txn, lease).await?;
             if resp.succeeded() {
                 // A write transaction bumps the revision once: the new key's create revision.
                 let revision = header_revision(resp.header())?;
@@ -145,11 +139,9 @@ impl Coordination for EtcdCoordination {
                 )));
             }
         }
-        Err(EtcdError::Unavailable {
-            endpoint: "-".into(),
-            detail: "the lock key kept expiring while being locked".into(),
-        }
-        .into())
+        Err(CoordinationError::unavailable(
+            "the etcd lock key kept expiring while being locked",
+        ))
     }
 
     async fn add_self(&self, lease: Lease<'_>, mode: &AddMode) -> Result<AddOutcome> {
@@ -254,13 +246,7 @@ impl Coordination for EtcdCoordination {
             ],
         };
         for txn in attempts {
-            let resp = match self.client.txn(txn).await {
-                Ok(r) => r,
-                Err(e) => {
-                    self.client.revoke_in_background(lease);
-                    return Err(e.into());
-                }
-            };
+            let resp = self.client.txn_on_lease(txn, lease).await?;
             if resp.succeeded() {
                 // Our own earlier registration (same incarnation) was replaced: its lease
                 // now holds no key.
