@@ -530,37 +530,23 @@ impl ConsulClient {
 
     /// Renews a session; `false` if Consul does not know it (expired or destroyed).
     pub(crate) async fn session_renew(&self, id: &str) -> Result<bool, ConsulError> {
-        let a = self
-            .execute(
-                Method::PUT,
-                "v1/session/renew",
-                id,
-                &[],
-                None,
-                self.timeout(),
-            )
-            .await?;
-        match a.status {
-            200 => Ok(true),
-            404 => Ok(false),
-            s => Err(unexpected_status(s)),
-        }
+        self.session_put("v1/session/renew", id).await
     }
 
     /// Destroys a session (its locked keys are deleted); unknown sessions are fine.
     pub(crate) async fn session_destroy(&self, id: &str) -> Result<(), ConsulError> {
+        self.session_put("v1/session/destroy", id).await.map(|_| ())
+    }
+
+    /// `PUT {path}/{id}` of a session operation: `true` on 200, `false` if Consul does not
+    /// know the session (404).
+    async fn session_put(&self, path: &str, id: &str) -> Result<bool, ConsulError> {
         let a = self
-            .execute(
-                Method::PUT,
-                "v1/session/destroy",
-                id,
-                &[],
-                None,
-                self.timeout(),
-            )
+            .execute(Method::PUT, path, id, &[], None, self.timeout())
             .await?;
         match a.status {
-            200 | 404 => Ok(()),
+            200 => Ok(true),
+            404 => Ok(false),
             s => Err(unexpected_status(s)),
         }
     }
