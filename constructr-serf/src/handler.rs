@@ -453,21 +453,21 @@ mod tests {
         assert_eq!(r[1].path, "/dc/z2/members");
     }
 
+    /// Runs the handler on a `member-join` event with `stdin`: (exit code, stdout, stderr).
+    fn run_member_join(config: &HandlerConfig, stdin: &[u8]) -> (u8, String, String) {
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let env = [("SERF_EVENT", "member-join"), ("SERF_SELF_NAME", "a")];
+        let code = run_from_env(config, stdin, env, &mut out, &mut err);
+        let text = |b: Vec<u8>| String::from_utf8(b).unwrap();
+        (code, text(out), text(err))
+    }
+
     #[test]
     fn malformed_input_forwards_nothing_and_exits_2() {
-        let mut out = Vec::new();
-        let mut err = Vec::new();
         // The bridge URL points nowhere: any forwarding attempt would show as exit 1.
         let config = HandlerConfig::new("http://127.0.0.1:1");
-        let code = run_from_env(
-            &config,
-            b"a\t1.1.1.1\t\t\nbroken line\n",
-            [("SERF_EVENT", "member-join"), ("SERF_SELF_NAME", "a")],
-            &mut out,
-            &mut err,
-        );
+        let (code, out, err) = run_member_join(&config, b"a\t1.1.1.1\t\t\nbroken line\n");
         assert_eq!(code, EXIT_MALFORMED);
-        let err = String::from_utf8(err).unwrap();
         assert!(
             err.contains("line 2") && err.contains("nothing forwarded"),
             "{err}"
@@ -477,22 +477,13 @@ mod tests {
 
     #[test]
     fn unreachable_bridge_exits_1_after_retries() {
-        let mut out = Vec::new();
-        let mut err = Vec::new();
         let config = HandlerConfig {
             retries: 1,
             retry_delay: Duration::from_millis(10),
             ..HandlerConfig::new("http://127.0.0.1:1")
         };
-        let code = run_from_env(
-            &config,
-            b"a\t1.1.1.1\t\t\n",
-            [("SERF_EVENT", "member-join"), ("SERF_SELF_NAME", "a")],
-            &mut out,
-            &mut err,
-        );
+        let (code, _, err) = run_member_join(&config, b"a\t1.1.1.1\t\t\n");
         assert_eq!(code, EXIT_FORWARD_FAILED);
-        let err = String::from_utf8(err).unwrap();
         assert!(err.contains("after 2 attempts"), "{err}");
     }
 

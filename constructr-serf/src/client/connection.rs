@@ -166,40 +166,26 @@ impl Conn {
                     Some(Waiter::Once { body, tx, .. }) => Next::Once(tx, body && !no_body_error),
                     Some(Waiter::Stream {
                         command,
-                        started: Some(tx),
+                        started,
                         records,
                         ends_on_done,
                     }) => {
-                        if header.error.is_empty() {
-                            p.insert(
-                                seq,
-                                Waiter::Stream {
-                                    command,
-                                    started: None,
-                                    records,
-                                    ends_on_done,
-                                },
-                            );
-                        }
-                        Next::Started(tx)
-                    }
-                    Some(Waiter::Stream {
-                        command,
-                        started: None,
-                        records,
-                        ends_on_done,
-                    }) => {
-                        let tx = records.clone();
-                        p.insert(
-                            seq,
-                            Waiter::Stream {
+                        let next = match started {
+                            Some(tx) => Next::Started(tx),
+                            None => Next::Record(Some(records.clone()), ends_on_done),
+                        };
+                        // A refused start ends the stream; anything else keeps it open.
+                        if header.error.is_empty() || matches!(next, Next::Record(..)) {
+                            let started = None;
+                            let stream = Waiter::Stream {
                                 command,
-                                started: None,
+                                started,
                                 records,
                                 ends_on_done,
-                            },
-                        );
-                        Next::Record(Some(tx), ends_on_done)
+                            };
+                            p.insert(seq, stream);
+                        }
+                        next
                     }
                     Some(Waiter::Discard) => {
                         p.insert(seq, Waiter::Discard);
