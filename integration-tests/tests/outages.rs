@@ -290,23 +290,24 @@ async fn members_survive_backend_outage(backend: Backend) {
     );
 
     let mut problems = Vec::new();
-    for (i, e) in o.exits.iter().enumerate() {
-        if let Some((status, at)) = e {
-            problems.push(format!(
-                "process {} exited ({status}) {} ms after the outage began",
-                o.name(i),
-                at.as_millis()
-            ));
-        }
-    }
-    for (i, s) in o.started_over.iter().enumerate() {
-        if let Some((state, at)) = s {
-            problems.push(format!(
-                "process {} entered {state} {} ms after the outage began (it had formed the cluster)",
-                o.name(i),
-                at.as_millis()
-            ));
-        }
+    let exits = o
+        .exits
+        .iter()
+        .map(|e| e.as_ref().map(|(s, at)| (format!("exited ({s})"), at)));
+    let restarts = o.started_over.iter().map(|s| {
+        s.as_ref()
+            .map(|(state, at)| (format!("entered {state}"), at))
+    });
+    for (i, (what, at)) in exits
+        .enumerate()
+        .chain(restarts.enumerate())
+        .filter_map(|(i, e)| Some((i, e?)))
+    {
+        problems.push(format!(
+            "process {} {what} {} ms after the outage began",
+            o.name(i),
+            at.as_millis()
+        ));
     }
     for (i, m) in o.members_lost.iter().enumerate() {
         if let Some(m) = m {
