@@ -11,6 +11,7 @@ use std::time::Duration;
 use constructr_core::Settings;
 use constructr_core::plumbing::{Secret, check_endpoints, display_url};
 pub use constructr_core::tls::{PemSource, TlsConfig};
+use derive_setters::Setters;
 use serde::{Deserialize, Serialize};
 
 use crate::error::ConsulError;
@@ -35,21 +36,25 @@ pub const MAX_SESSION_TTL: Duration = Duration::from_secs(86_400);
 ///     .with_request_timeout(Duration::from_secs(2));
 /// assert!(!format!("{config:?}").contains("secret"));
 /// ```
-#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize, Setters)]
 #[serde(rename_all = "kebab-case", default, deny_unknown_fields)]
+#[setters(prefix = "with_", strip_option)]
 #[non_exhaustive]
 pub struct ConsulConfig {
     /// Consul HTTP API addresses (`http://host:8500`, `https://host:8501`, or `host:8500`,
     /// which means https when `tls` is set). Usually the local agent. Requests go to one
     /// address at a time; when it is unreachable or answers with a transient failure the
     /// request moves on to the next one. Default `http://127.0.0.1:8500`.
+    #[setters(skip)] // `with_addresses` takes any iterator of strings
     pub addresses: Vec<String>,
     /// ACL token, sent as `X-Consul-Token`. Never serialized, never shown by `Debug`, never
     /// logged. Its policy needs `key_prefix "<prefix>" { policy = "write" }` and
     /// `session_prefix "" { policy = "write" }`.
     #[serde(skip_serializing)]
+    #[setters(into)]
     pub token: Option<Secret>,
     /// Datacenter to use (`?dc=`); default: the agent's own.
+    #[setters(into)]
     pub datacenter: Option<String>,
     /// TLS (rustls): CA certificate and an optional client certificate and key.
     pub tls: Option<ConsulTlsConfig>,
@@ -100,42 +105,6 @@ impl ConsulConfig {
         S: Into<String>,
     {
         self.addresses = addresses.into_iter().map(Into::into).collect();
-        self
-    }
-
-    /// Sends this ACL token with every request.
-    pub fn with_token(mut self, token: impl Into<Secret>) -> Self {
-        self.token = Some(token.into());
-        self
-    }
-
-    /// Uses this datacenter.
-    pub fn with_datacenter(mut self, datacenter: impl Into<String>) -> Self {
-        self.datacenter = Some(datacenter.into());
-        self
-    }
-
-    /// Uses TLS.
-    pub fn with_tls(mut self, tls: ConsulTlsConfig) -> Self {
-        self.tls = Some(tls);
-        self
-    }
-
-    /// Sets the lock delay of the bootstrap lock.
-    pub fn with_lock_delay(mut self, delay: Duration) -> Self {
-        self.lock_delay = delay;
-        self
-    }
-
-    /// Sets the connect timeout.
-    pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
-        self.connect_timeout = timeout;
-        self
-    }
-
-    /// Sets the per-request timeout.
-    pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
-        self.request_timeout = timeout;
         self
     }
 
