@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use constructr_core::plumbing::{Secret, check_endpoints, display_url};
 pub use constructr_core::tls::{PemSource, TlsConfig};
+use derive_setters::Setters;
 use serde::{Deserialize, Serialize};
 
 use crate::error::EtcdError;
@@ -26,13 +27,15 @@ use crate::error::EtcdError;
 ///     .with_request_timeout(Duration::from_secs(2));
 /// assert!(!format!("{config:?}").contains("s3cret"));
 /// ```
-#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize, Setters)]
 #[serde(rename_all = "kebab-case", default, deny_unknown_fields)]
+#[setters(prefix = "with_", strip_option)]
 #[non_exhaustive]
 pub struct EtcdConfig {
     /// etcd client URLs (`http://host:2379`, `https://host:2379`, or `host:2379`, which
     /// means https when `tls` is set). Requests go to one endpoint at a time; when it is
     /// unavailable the request moves on to the next one. Default `http://127.0.0.1:2379`.
+    #[setters(skip)] // set by `new`
     pub endpoints: Vec<String>,
     /// Maximum time to establish a connection to one endpoint. Default 3 s.
     #[serde(with = "humantime_serde")]
@@ -41,9 +44,11 @@ pub struct EtcdConfig {
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
     /// User name for etcd's authentication (needs `password`).
+    #[setters(skip)] // `with_user` sets it together with `password`
     pub user: Option<String>,
     /// Password of `user`. Never serialized, never shown by `Debug`.
     #[serde(skip_serializing)]
+    #[setters(skip)]
     pub password: Option<Secret>,
     /// TLS (rustls): CA certificate and an optional client certificate and key.
     pub tls: Option<EtcdTlsConfig>,
@@ -79,24 +84,6 @@ impl EtcdConfig {
     pub fn with_user(mut self, user: impl Into<String>, password: impl Into<Secret>) -> Self {
         self.user = Some(user.into());
         self.password = Some(password.into());
-        self
-    }
-
-    /// Uses TLS.
-    pub fn with_tls(mut self, tls: EtcdTlsConfig) -> Self {
-        self.tls = Some(tls);
-        self
-    }
-
-    /// Sets the connect timeout.
-    pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
-        self.connect_timeout = timeout;
-        self
-    }
-
-    /// Sets the per-request timeout.
-    pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
-        self.request_timeout = timeout;
         self
     }
 
