@@ -5,6 +5,7 @@ use std::fmt;
 use std::time::Duration;
 
 use constructr_core::plumbing::Secret;
+use derive_setters::Setters;
 use serde::{Deserialize, Serialize};
 
 use crate::error::SerfError;
@@ -22,14 +23,17 @@ use crate::error::SerfError;
 ///     .with_required_members(3);
 /// assert!(!format!("{config:?}").contains("s3cret"));
 /// ```
-#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize, Setters)]
 #[serde(rename_all = "kebab-case", default, deny_unknown_fields)]
+#[setters(prefix = "with_")]
 #[non_exhaustive]
 pub struct SerfConfig {
     /// The agent's RPC address (`serf agent -rpc-addr`). Default `127.0.0.1:7373`.
+    #[setters(skip)] // set by `new`
     pub rpc_addr: String,
     /// The agent's RPC auth key (`serf agent -rpc-auth`). Never serialized nor shown.
     #[serde(skip_serializing)]
+    #[setters(into, strip_option)]
     pub auth_key: Option<Secret>,
     /// Maximum time to connect, handshake and authenticate. Default 3 s.
     #[serde(with = "humantime_serde")]
@@ -39,9 +43,11 @@ pub struct SerfConfig {
     pub request_timeout: Duration,
     /// First delay between reconnection attempts; doubles up to `reconnect-max`. Default 100 ms.
     #[serde(with = "humantime_serde")]
+    #[setters(skip)]
     pub reconnect_min: Duration,
     /// Longest delay between reconnection attempts. Default 5 s.
     #[serde(with = "humantime_serde")]
+    #[setters(skip)]
     pub reconnect_max: Duration,
     /// Bootstrap guard: how many alive candidates must be tagged before the lowest-named
     /// one may seed. Set it to the initial cluster size. Default 1.
@@ -74,36 +80,6 @@ impl SerfConfig {
             rpc_addr: rpc_addr.into(),
             ..Self::default()
         }
-    }
-
-    /// Authenticates with this RPC auth key.
-    pub fn with_auth_key(mut self, key: impl Into<Secret>) -> Self {
-        self.auth_key = Some(key.into());
-        self
-    }
-
-    /// Sets the per-command timeout.
-    pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
-        self.request_timeout = timeout;
-        self
-    }
-
-    /// Sets the connect timeout.
-    pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
-        self.connect_timeout = timeout;
-        self
-    }
-
-    /// Sets how many candidates must be present before seeding.
-    pub fn with_required_members(mut self, n: usize) -> Self {
-        self.required_members = n;
-        self
-    }
-
-    /// Sets how long the candidate set must be stable before seeding.
-    pub fn with_stability_margin(mut self, margin: Duration) -> Self {
-        self.stability_margin = margin;
-        self
     }
 
     /// Checks the rules that can be checked without I/O.
