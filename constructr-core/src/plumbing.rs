@@ -43,6 +43,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde::{Deserialize, Deserializer};
 
+use crate::CoordinationError;
+use crate::coordination::ErrorKind;
+
 /// A password, token or key: `Debug` and `Display` print `<redacted>`, serde never writes
 /// it out (there is no `Serialize`), and the text is reached only through [`Secret::expose`].
 ///
@@ -294,6 +297,48 @@ where
             true
         }
         Err(_) => false,
+    }
+}
+
+/// A network driver's own error type, and which [`ErrorKind`] of [`CoordinationError`] each
+/// of its errors is.
+///
+/// Implementing it gives the driver's error [`is_retryable`](Self::is_retryable) and
+/// `From<E> for CoordinationError`: the coordination error of [`kind`](Self::kind), whose
+/// message is the whole chain and whose source is the driver's error.
+///
+/// ```
+/// use constructr_core::CoordinationError;
+/// use constructr_core::coordination::ErrorKind;
+/// use constructr_core::plumbing::DriverError;
+///
+/// #[derive(Debug, thiserror::Error)]
+/// #[error("no leader")]
+/// struct NoLeader;
+///
+/// impl DriverError for NoLeader {
+///     fn kind(&self) -> ErrorKind {
+///         ErrorKind::Unavailable
+///     }
+/// }
+///
+/// assert!(NoLeader.is_retryable());
+/// assert!(CoordinationError::from(NoLeader).is_retryable());
+/// ```
+pub trait DriverError: std::error::Error + Send + Sync + 'static {
+    /// What kind of coordination error this is ([`CoordinationError::kind`] of its mapping).
+    fn kind(&self) -> ErrorKind;
+
+    /// Whether retrying the same request (possibly on another endpoint) may succeed.
+    fn is_retryable(&self) -> bool {
+        self.kind().is_retryable()
+    }
+}
+
+impl<E: DriverError> From<E> for CoordinationError {
+    /// The message is the whole chain; the driver's error stays available as the source.
+    fn from(e: E) -> Self {
+        CoordinationError::of_kind(e.kind(), e)
     }
 }
 

@@ -1,7 +1,8 @@
-//! `EtcdError`: what can go wrong talking to etcd, and how it maps to [`CoordinationError`].
+//! `EtcdError`: what can go wrong talking to etcd, and how it maps to
+//! [`CoordinationError`](constructr_core::CoordinationError).
 
-use constructr_core::CoordinationError;
 use constructr_core::coordination::ErrorKind;
+use constructr_core::plumbing::DriverError;
 
 /// An error of the etcd backend.
 ///
@@ -71,22 +72,6 @@ pub enum EtcdError {
 }
 
 impl EtcdError {
-    /// What kind of coordination error this is ([`CoordinationError::kind`] of its mapping).
-    pub fn kind(&self) -> ErrorKind {
-        match self {
-            Self::Timeout { .. } => ErrorKind::Timeout,
-            Self::Unavailable { .. } => ErrorKind::Unavailable,
-            Self::Unauthorized { .. } => ErrorKind::Unauthorized,
-            Self::Config { .. } => ErrorKind::Invalid,
-            _ => ErrorKind::Permanent,
-        }
-    }
-
-    /// Whether retrying the same request (possibly on another endpoint) may succeed.
-    pub fn is_retryable(&self) -> bool {
-        self.kind().is_retryable()
-    }
-
     /// Whether the error says the endpoint itself is unusable right now, so the request should
     /// be retried on the next endpoint.
     pub(crate) fn is_endpoint_failure(&self) -> bool {
@@ -184,15 +169,22 @@ fn classify_status(endpoint: String, status: &tonic::Status) -> EtcdError {
     }
 }
 
-impl From<EtcdError> for CoordinationError {
-    /// The message is the whole chain; the `EtcdError` stays available as the source.
-    fn from(e: EtcdError) -> Self {
-        CoordinationError::of_kind(e.kind(), e)
+impl DriverError for EtcdError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            Self::Timeout { .. } => ErrorKind::Timeout,
+            Self::Unavailable { .. } => ErrorKind::Unavailable,
+            Self::Unauthorized { .. } => ErrorKind::Unauthorized,
+            Self::Config { .. } => ErrorKind::Invalid,
+            _ => ErrorKind::Permanent,
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use constructr_core::CoordinationError;
+
     use super::*;
 
     fn status(code: tonic::Code, msg: &str) -> etcd_client::Error {
