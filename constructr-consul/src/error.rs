@@ -94,16 +94,9 @@ pub enum ConsulError {
 }
 
 impl ConsulError {
-    pub(crate) fn config(message: impl Into<String>) -> Self {
-        Self::Config {
-            message: message.into(),
-        }
-    }
-
-    pub(crate) fn protocol(message: impl Into<String>) -> Self {
-        Self::Protocol {
-            message: message.into(),
-        }
+    constructr_core::plumbing::message_constructors! {
+        pub(crate) fn config => Config;
+        pub(crate) fn protocol => Protocol;
     }
 
     /// Classifies a transport error of a request sent to `address`.

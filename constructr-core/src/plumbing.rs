@@ -342,6 +342,38 @@ impl<E: DriverError> From<E> for CoordinationError {
     }
 }
 
+/// Writes constructors `fn name(message: impl Into<String>) -> Self` for the variants of an
+/// error enum that carry only a `message: String`, inside that enum's `impl` block.
+///
+/// ```
+/// #[derive(Debug)]
+/// enum MyError {
+///     Config { message: String },
+/// }
+///
+/// impl MyError {
+///     constructr_core::plumbing::message_constructors! {
+///         /// A broken configuration rule.
+///         pub fn config => Config;
+///     }
+/// }
+///
+/// assert!(matches!(MyError::config("no endpoint"), MyError::Config { message } if message == "no endpoint"));
+/// ```
+#[macro_export]
+macro_rules! message_constructors {
+    ($($(#[$attr:meta])* $vis:vis fn $name:ident => $variant:ident;)+) => {
+        $(
+            $(#[$attr])*
+            $vis fn $name(message: impl ::std::convert::Into<::std::string::String>) -> Self {
+                Self::$variant { message: message.into() }
+            }
+        )+
+    };
+}
+#[doc(inline)]
+pub use crate::message_constructors;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -72,22 +72,15 @@ pub enum EtcdError {
 }
 
 impl EtcdError {
+    constructr_core::plumbing::message_constructors! {
+        pub(crate) fn config => Config;
+        pub(crate) fn protocol => Protocol;
+    }
+
     /// Whether the error says the endpoint itself is unusable right now, so the request should
     /// be retried on the next endpoint.
     pub(crate) fn is_endpoint_failure(&self) -> bool {
         self.is_retryable()
-    }
-
-    pub(crate) fn protocol(message: impl Into<String>) -> Self {
-        Self::Protocol {
-            message: message.into(),
-        }
-    }
-
-    pub(crate) fn config(message: impl Into<String>) -> Self {
-        Self::Config {
-            message: message.into(),
-        }
     }
 
     /// Classifies an `etcd-client` error of a request sent to `endpoint`.

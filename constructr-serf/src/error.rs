@@ -73,16 +73,9 @@ fn while_doing(command: &Option<String>) -> String {
 }
 
 impl SerfError {
-    pub(crate) fn protocol(message: impl Into<String>) -> Self {
-        Self::Protocol {
-            message: message.into(),
-        }
-    }
-
-    pub(crate) fn config(message: impl Into<String>) -> Self {
-        Self::Config {
-            message: message.into(),
-        }
+    constructr_core::plumbing::message_constructors! {
+        pub(crate) fn config => Config;
+        pub(crate) fn protocol => Protocol;
     }
 }
 
