@@ -1,7 +1,6 @@
 //! `SerfConfig`: how to reach the local Serf agent's RPC, and the bootstrap-guard settings
 //! of the Serf backend.
 
-use std::fmt;
 use std::time::Duration;
 
 use constructr_core::plumbing::Secret;
@@ -13,7 +12,8 @@ use crate::error::SerfError;
 /// How to reach a Serf agent's RPC endpoint, and how the Serf backend guards bootstrap.
 ///
 /// Deserializes from kebab-case fields (`rpc-addr = "127.0.0.1:7373"`,
-/// `stability-margin = "5s"`). The auth key is never serialized and never shown by `Debug`.
+/// `stability-margin = "5s"`). The auth key is never serialized and never shown by `Debug`
+/// (a [`Secret`] prints as `<redacted>`).
 ///
 /// ```
 /// use constructr_serf::SerfConfig;
@@ -23,7 +23,7 @@ use crate::error::SerfError;
 ///     .with_required_members(3);
 /// assert!(!format!("{config:?}").contains("s3cret"));
 /// ```
-#[derive(Clone, PartialEq, Serialize, Deserialize, Setters)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Setters)]
 #[serde(rename_all = "kebab-case", default, deny_unknown_fields)]
 #[setters(prefix = "with_")]
 #[non_exhaustive]
@@ -104,21 +104,6 @@ impl SerfConfig {
     }
 }
 
-impl fmt::Debug for SerfConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SerfConfig")
-            .field("rpc_addr", &self.rpc_addr)
-            .field("auth_key", &self.auth_key)
-            .field("connect_timeout", &self.connect_timeout)
-            .field("request_timeout", &self.request_timeout)
-            .field("reconnect_min", &self.reconnect_min)
-            .field("reconnect_max", &self.reconnect_max)
-            .field("required_members", &self.required_members)
-            .field("stability_margin", &self.stability_margin)
-            .finish()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -133,6 +118,10 @@ mod tests {
         assert_eq!(c.stability_margin, Duration::from_secs(2));
         assert_eq!(c.required_members, 3);
         assert!(!format!("{c:?}").contains("k3y"));
+        assert!(
+            format!("{c:?}").contains("auth_key: Some(<redacted>)"),
+            "{c:?}"
+        );
         assert!(!serde_json::to_string(&c).unwrap().contains("k3y"));
         c.validate().unwrap();
     }
