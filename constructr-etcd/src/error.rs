@@ -184,76 +184,66 @@ mod tests {
         etcd_client::Error::GRpcStatus(tonic::Status::new(code, msg))
     }
 
+    /// Each case: what etcd answers, the `EtcdError` it is classified as, the kind that
+    /// error and its `CoordinationError` have, and what the coordination message says.
     #[test]
-    fn an_untrusted_server_certificate_is_a_permanent_tls_error() {
-        let e = EtcdError::classify(
-            "https://etcd:2379",
-            status(
-                tonic::Code::Unavailable,
+    fn statuses_are_classified_by_code_and_message() {
+        use tonic::Code;
+        type Case = (
+            Code,
+            &'static str,
+            fn(&EtcdError) -> bool,
+            ErrorKind,
+            &'static str,
+        );
+        let cases: [Case; 5] = [
+            (
+                Code::Unavailable,
                 "invalid peer certificate: BadSignature",
+                |e| matches!(e, EtcdError::TlsHandshake { .. }),
+                ErrorKind::Permanent,
+                "TLS handshake",
             ),
-        );
-        assert!(matches!(e, EtcdError::TlsHandshake { .. }), "{e:?}");
-        assert!(!e.is_retryable() && !e.is_endpoint_failure());
-        let c = CoordinationError::from(e);
-        assert!(!c.is_retryable(), "{c:?}");
-        assert!(c.to_string().contains("TLS handshake"), "{c}");
-    }
-
-    #[test]
-    fn bad_password_is_unauthorized_not_retryable() {
-        let e = EtcdError::classify(
-            "http://e:2379",
-            status(
-                tonic::Code::InvalidArgument,
+            (
+                Code::InvalidArgument,
                 "etcdserver: authentication failed, invalid user ID or password",
+                |e| matches!(e, EtcdError::Unauthorized { .. }),
+                ErrorKind::Unauthorized,
+                "authentication failed",
             ),
-        );
-        assert!(matches!(e, EtcdError::Unauthorized { .. }), "{e:?}");
-        assert!(!e.is_retryable());
-        let c = CoordinationError::from(e);
-        assert!(matches!(c, CoordinationError::Unauthorized { .. }));
-        assert!(c.to_string().contains("authentication failed"), "{c}");
-    }
-
-    #[test]
-    fn no_leader_is_unavailable_and_retryable() {
-        let e = EtcdError::classify(
-            "http://e:2379",
-            status(tonic::Code::Unavailable, "etcdserver: no leader"),
-        );
-        assert!(e.is_retryable());
-        assert!(e.is_endpoint_failure());
-        let c = CoordinationError::from(e);
-        assert!(c.is_retryable());
-        assert!(c.to_string().contains("no leader"), "{c}");
-    }
-
-    #[test]
-    fn permission_denied_is_unauthorized() {
-        let e = EtcdError::classify(
-            "x",
-            status(
-                tonic::Code::PermissionDenied,
+            (
+                Code::Unavailable,
+                "etcdserver: no leader",
+                |e| matches!(e, EtcdError::Unavailable { .. }),
+                ErrorKind::Unavailable,
+                "no leader",
+            ),
+            (
+                Code::PermissionDenied,
                 "etcdserver: permission denied",
+                |e| matches!(e, EtcdError::Unauthorized { .. }),
+                ErrorKind::Unauthorized,
+                "permission denied",
             ),
-        );
-        assert!(matches!(e, EtcdError::Unauthorized { .. }));
-    }
-
-    #[test]
-    fn other_invalid_argument_is_permanent() {
-        let e = EtcdError::classify(
-            "x",
-            status(
-                tonic::Code::InvalidArgument,
+            (
+                Code::InvalidArgument,
                 "etcdserver: key is not provided",
+                |e| matches!(e, EtcdError::Rejected { .. }),
+                ErrorKind::Permanent,
+                "key is not provided",
             ),
-        );
-        assert!(matches!(e, EtcdError::Rejected { .. }));
-        let c = CoordinationError::from(e);
-        assert!(matches!(c, CoordinationError::Permanent { .. }));
-        assert!(!c.is_retryable());
+        ];
+        for (code, message, is_expected, kind, says) in cases {
+            let e = EtcdError::classify("https://etcd:2379", status(code, message));
+            assert!(is_expected(&e), "{message}: {e:?}");
+            assert_eq!(e.kind(), kind, "{e:?}");
+            assert_eq!(e.is_retryable(), kind.is_retryable(), "{e:?}");
+            assert_eq!(e.is_endpoint_failure(), kind.is_retryable(), "{e:?}");
+            let c = CoordinationError::from(e);
+            assert_eq!(c.kind(), kind, "{c:?}");
+            assert_eq!(c.is_retryable(), kind.is_retryable(), "{c:?}");
+            assert!(c.to_string().contains(says), "{c}");
+        }
     }
 
     #[test]
