@@ -9,7 +9,7 @@ use std::fmt;
 use std::time::Duration;
 
 use constructr_core::Settings;
-use constructr_core::plumbing::{Secret, check_endpoints, display_url};
+use constructr_core::plumbing::{Secret, check_endpoints, display_urls};
 pub use constructr_core::tls::{PemSource, TlsConfig};
 use derive_setters::Setters;
 use serde::{Deserialize, Serialize};
@@ -191,14 +191,7 @@ pub(crate) fn check_session_ttl(what: &'static str, ttl: Duration) -> Result<(),
 impl fmt::Debug for ConsulConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ConsulConfig")
-            .field(
-                "addresses",
-                &self
-                    .addresses
-                    .iter()
-                    .map(|a| display_url(a))
-                    .collect::<Vec<_>>(),
-            )
+            .field("addresses", &display_urls(&self.addresses))
             .field("token", &self.token)
             .field("datacenter", &self.datacenter)
             .field("tls", &self.tls)

@@ -129,6 +129,17 @@ pub fn display_url(url: &str) -> String {
     }
 }
 
+/// [`display_url`] of each URL of a list, for the `Debug` of a driver's configuration.
+///
+/// ```
+/// use constructr_core::plumbing::display_urls;
+/// let urls = ["https://root:pw@a:2379".to_owned(), "b:2379".to_owned()];
+/// assert_eq!(display_urls(&urls), ["https://a:2379", "b:2379"]);
+/// ```
+pub fn display_urls(urls: &[String]) -> Vec<String> {
+    urls.iter().map(|url| display_url(url)).collect()
+}
+
 /// Checks a driver's endpoint list and timeouts without I/O; the message says which rule
 /// is broken (the driver wraps it in its configuration error). `noun` names an entry
 /// (`endpoint`, `address`); `tls` says whether TLS settings are given; `tls_hint` ends the

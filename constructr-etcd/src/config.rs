@@ -6,7 +6,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use constructr_core::plumbing::{Secret, check_endpoints, display_url};
+use constructr_core::plumbing::{Secret, check_endpoints, display_urls};
 pub use constructr_core::tls::{PemSource, TlsConfig};
 use derive_setters::Setters;
 use serde::{Deserialize, Serialize};
@@ -119,14 +119,7 @@ impl EtcdConfig {
 impl fmt::Debug for EtcdConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("EtcdConfig")
-            .field(
-                "endpoints",
-                &self
-                    .endpoints
-                    .iter()
-                    .map(|e| display_url(e))
-                    .collect::<Vec<_>>(),
-            )
+            .field("endpoints", &display_urls(&self.endpoints))
             .field("connect_timeout", &self.connect_timeout)
             .field("request_timeout", &self.request_timeout)
             .field("user", &self.user)
