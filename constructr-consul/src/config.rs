@@ -5,11 +5,10 @@
 //! [`Scope`](constructr_core::Scope) (`key-prefix` + `cluster-name` in the node settings;
 //! Consul keys have no leading `/`, so the default prefix `/constructr` becomes `constructr/`).
 
-use std::fmt;
 use std::time::Duration;
 
 use constructr_core::Settings;
-use constructr_core::plumbing::{Secret, check_endpoints, display_urls};
+use constructr_core::plumbing::{Secret, check_endpoints, config_debug};
 pub use constructr_core::tls::{PemSource, TlsConfig};
 use derive_setters::Setters;
 use serde::{Deserialize, Serialize};
@@ -188,19 +187,10 @@ pub(crate) fn check_session_ttl(what: &'static str, ttl: Duration) -> Result<(),
     }
 }
 
-impl fmt::Debug for ConsulConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ConsulConfig")
-            .field("addresses", &display_urls(&self.addresses))
-            .field("token", &self.token)
-            .field("datacenter", &self.datacenter)
-            .field("tls", &self.tls)
-            .field("lock_delay", &self.lock_delay)
-            .field("connect_timeout", &self.connect_timeout)
-            .field("request_timeout", &self.request_timeout)
-            .finish()
-    }
-}
+config_debug!(ConsulConfig {
+    addresses;
+    token, datacenter, tls, lock_delay, connect_timeout, request_timeout
+});
 
 /// TLS settings for Consul: the shared [`TlsConfig`]. The CA verifies Consul's server
 /// certificate (without `ca`, the built-in web roots do); `cert` + `key` are the client's

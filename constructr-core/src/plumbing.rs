@@ -140,6 +140,41 @@ pub fn display_urls(urls: &[String]) -> Vec<String> {
     urls.iter().map(|url| display_url(url)).collect()
 }
 
+/// Implements `Debug` for a driver's configuration the way `#[derive(Debug)]` would, except
+/// that its list of URLs is shown through [`display_urls`] (without user info). Name the URL
+/// field first, then the others in the order to show them.
+///
+/// ```
+/// use constructr_core::plumbing::{Secret, config_debug};
+///
+/// struct MyConfig {
+///     urls: Vec<String>,
+///     token: Option<Secret>,
+/// }
+/// config_debug!(MyConfig { urls; token });
+///
+/// let c = MyConfig { urls: vec!["https://u:pw@a:1".into()], token: Some("t0k3n".into()) };
+/// assert_eq!(format!("{c:?}"), r#"MyConfig { urls: ["https://a:1"], token: Some(<redacted>) }"#);
+/// ```
+#[macro_export]
+macro_rules! config_debug {
+    ($config:ident { $urls:ident; $($field:ident),* $(,)? }) => {
+        impl ::std::fmt::Debug for $config {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
+                f.debug_struct(::std::stringify!($config))
+                    .field(
+                        ::std::stringify!($urls),
+                        &$crate::plumbing::display_urls(&self.$urls),
+                    )
+                    $(.field(::std::stringify!($field), &self.$field))*
+                    .finish()
+            }
+        }
+    };
+}
+#[doc(inline)]
+pub use crate::config_debug;
+
 /// Checks a driver's endpoint list and timeouts without I/O; the message says which rule
 /// is broken (the driver wraps it in its configuration error). `noun` names an entry
 /// (`endpoint`, `address`); `tls` says whether TLS settings are given; `tls_hint` ends the

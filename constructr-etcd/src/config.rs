@@ -3,10 +3,9 @@
 //! The key prefix is not configured here: it comes from the core
 //! [`Scope`](constructr_core::Scope) (`key-prefix` + `cluster-name` in the node settings).
 
-use std::fmt;
 use std::time::Duration;
 
-use constructr_core::plumbing::{Secret, check_endpoints, display_urls};
+use constructr_core::plumbing::{Secret, check_endpoints, config_debug};
 pub use constructr_core::tls::{PemSource, TlsConfig};
 use derive_setters::Setters;
 use serde::{Deserialize, Serialize};
@@ -116,18 +115,10 @@ impl EtcdConfig {
     }
 }
 
-impl fmt::Debug for EtcdConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("EtcdConfig")
-            .field("endpoints", &display_urls(&self.endpoints))
-            .field("connect_timeout", &self.connect_timeout)
-            .field("request_timeout", &self.request_timeout)
-            .field("user", &self.user)
-            .field("password", &self.password)
-            .field("tls", &self.tls)
-            .finish()
-    }
-}
+config_debug!(EtcdConfig {
+    endpoints;
+    connect_timeout, request_timeout, user, password, tls
+});
 
 /// TLS settings for etcd: the shared [`TlsConfig`]. The CA (required: this backend trusts
 /// no built-in roots) verifies etcd's server certificate; `cert` + `key` are the client's
