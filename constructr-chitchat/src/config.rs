@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use derive_setters::Setters;
 use serde::{Deserialize, Serialize};
 
 use crate::error::ChitchatError;
@@ -25,19 +26,23 @@ use crate::error::ChitchatError;
 ///     .with_advertise_addr("10.0.0.7:7946".parse().unwrap());
 /// assert_eq!(config.advertised().unwrap().to_string(), "10.0.0.7:7946");
 /// ```
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Setters)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
+#[setters(prefix = "with_", strip_option)]
 #[non_exhaustive]
 pub struct ChitchatClusterConfig {
     /// chitchat's cluster id: nodes with another id reject each other's gossip. Use the
     /// cluster name of the constructr settings.
+    #[setters(skip)] // set by `new`
     pub cluster_id: String,
     /// chitchat's node id, unique in the cluster and stable across restarts (default: the
     /// advertised address). A restart is told apart by the generation, see
     /// [`ChitchatCluster`](crate::ChitchatCluster).
     #[serde(default)]
+    #[setters(into)]
     pub node_name: Option<String>,
     /// Where the gossip socket (UDP) binds, e.g. `0.0.0.0:7946`.
+    #[setters(skip)] // set by `new`
     pub listen_addr: SocketAddr,
     /// The address peers gossip to (default: `listen_addr`, which then must not be an
     /// unspecified address like `0.0.0.0`).
@@ -54,10 +59,12 @@ pub struct ChitchatClusterConfig {
         default = "default_marked_for_deletion_grace_period",
         with = "humantime_serde"
     )]
+    #[setters(skip)]
     pub marked_for_deletion_grace_period: Duration,
     /// Key-values this node publishes from its start (see also
     /// [`ChitchatCluster::set_key_value`](crate::ChitchatCluster::set_key_value)).
     #[serde(default)]
+    #[setters(skip)] // `with_key_value` adds one entry
     pub key_values: BTreeMap<String, String>,
 }
 
@@ -66,16 +73,19 @@ pub struct ChitchatClusterConfig {
 /// A peer is considered dead once no heartbeat arrived for `phi-threshold` times the mean
 /// interval between its heartbeats (smoothed towards `initial-interval` while few samples
 /// exist). Heartbeats travel with gossip, so the mean is about the gossip interval.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Setters)]
 #[serde(rename_all = "kebab-case", default, deny_unknown_fields)]
+#[setters(prefix = "with_")]
 #[non_exhaustive]
 pub struct FailureDetectorSettings {
     /// Phi above which a peer is dead. Default 8.0.
     pub phi_threshold: f64,
     /// Number of heartbeat intervals kept per peer. Default 1000.
+    #[setters(skip)]
     pub sampling_window_size: usize,
     /// Heartbeat intervals longer than this are not sampled. Default 10 s.
     #[serde(with = "humantime_serde")]
+    #[setters(skip)]
     pub max_interval: Duration,
     /// The prior mean interval, used while few samples exist. Default 5 s.
     #[serde(with = "humantime_serde")]
@@ -98,24 +108,6 @@ impl Default for FailureDetectorSettings {
 }
 
 impl FailureDetectorSettings {
-    /// Sets the phi threshold.
-    pub fn with_phi_threshold(mut self, phi_threshold: f64) -> Self {
-        self.phi_threshold = phi_threshold;
-        self
-    }
-
-    /// Sets the prior mean heartbeat interval.
-    pub fn with_initial_interval(mut self, interval: Duration) -> Self {
-        self.initial_interval = interval;
-        self
-    }
-
-    /// Sets how long a dead peer's state is kept.
-    pub fn with_dead_node_grace_period(mut self, period: Duration) -> Self {
-        self.dead_node_grace_period = period;
-        self
-    }
-
     pub(crate) fn to_chitchat(&self) -> chitchat::FailureDetectorConfig {
         chitchat::FailureDetectorConfig::new(
             self.phi_threshold,
@@ -148,30 +140,6 @@ impl ChitchatClusterConfig {
             marked_for_deletion_grace_period: default_marked_for_deletion_grace_period(),
             key_values: BTreeMap::new(),
         }
-    }
-
-    /// Peers reach this node at `addr` (the socket still binds to `listen_addr`).
-    pub fn with_advertise_addr(mut self, addr: SocketAddr) -> Self {
-        self.advertise_addr = Some(addr);
-        self
-    }
-
-    /// Sets chitchat's node id.
-    pub fn with_node_name(mut self, name: impl Into<String>) -> Self {
-        self.node_name = Some(name.into());
-        self
-    }
-
-    /// Sets the interval between gossip rounds.
-    pub fn with_gossip_interval(mut self, interval: Duration) -> Self {
-        self.gossip_interval = interval;
-        self
-    }
-
-    /// Sets the failure detector.
-    pub fn with_failure_detector(mut self, settings: FailureDetectorSettings) -> Self {
-        self.failure_detector = settings;
-        self
     }
 
     /// Publishes a key-value from the start.

@@ -32,6 +32,7 @@ use constructr_core::tls::load_pem;
 
 use crate::config::ConsulConfig;
 use crate::error::{ConsulError, is_acl_denial};
+use constructr_core::plumbing::DriverError;
 
 const TOKEN_HEADER: &str = "X-Consul-Token";
 const INDEX_HEADER: &str = "X-Consul-Index";

@@ -5,12 +5,12 @@
 //! [`Scope`](constructr_core::Scope) (`key-prefix` + `cluster-name` in the node settings;
 //! Consul keys have no leading `/`, so the default prefix `/constructr` becomes `constructr/`).
 
-use std::fmt;
 use std::time::Duration;
 
 use constructr_core::Settings;
-use constructr_core::plumbing::{Secret, check_endpoints, display_url};
+use constructr_core::plumbing::{Secret, check_endpoints, config_debug};
 pub use constructr_core::tls::{PemSource, TlsConfig};
+use derive_setters::Setters;
 use serde::{Deserialize, Serialize};
 
 use crate::error::ConsulError;
@@ -35,21 +35,25 @@ pub const MAX_SESSION_TTL: Duration = Duration::from_secs(86_400);
 ///     .with_request_timeout(Duration::from_secs(2));
 /// assert!(!format!("{config:?}").contains("secret"));
 /// ```
-#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize, Setters)]
 #[serde(rename_all = "kebab-case", default, deny_unknown_fields)]
+#[setters(prefix = "with_", strip_option)]
 #[non_exhaustive]
 pub struct ConsulConfig {
     /// Consul HTTP API addresses (`http://host:8500`, `https://host:8501`, or `host:8500`,
     /// which means https when `tls` is set). Usually the local agent. Requests go to one
     /// address at a time; when it is unreachable or answers with a transient failure the
     /// request moves on to the next one. Default `http://127.0.0.1:8500`.
+    #[setters(skip)] // `with_addresses` takes any iterator of strings
     pub addresses: Vec<String>,
     /// ACL token, sent as `X-Consul-Token`. Never serialized, never shown by `Debug`, never
     /// logged. Its policy needs `key_prefix "<prefix>" { policy = "write" }` and
     /// `session_prefix "" { policy = "write" }`.
     #[serde(skip_serializing)]
+    #[setters(into)]
     pub token: Option<Secret>,
     /// Datacenter to use (`?dc=`); default: the agent's own.
+    #[setters(into)]
     pub datacenter: Option<String>,
     /// TLS (rustls): CA certificate and an optional client certificate and key.
     pub tls: Option<ConsulTlsConfig>,
@@ -100,42 +104,6 @@ impl ConsulConfig {
         S: Into<String>,
     {
         self.addresses = addresses.into_iter().map(Into::into).collect();
-        self
-    }
-
-    /// Sends this ACL token with every request.
-    pub fn with_token(mut self, token: impl Into<Secret>) -> Self {
-        self.token = Some(token.into());
-        self
-    }
-
-    /// Uses this datacenter.
-    pub fn with_datacenter(mut self, datacenter: impl Into<String>) -> Self {
-        self.datacenter = Some(datacenter.into());
-        self
-    }
-
-    /// Uses TLS.
-    pub fn with_tls(mut self, tls: ConsulTlsConfig) -> Self {
-        self.tls = Some(tls);
-        self
-    }
-
-    /// Sets the lock delay of the bootstrap lock.
-    pub fn with_lock_delay(mut self, delay: Duration) -> Self {
-        self.lock_delay = delay;
-        self
-    }
-
-    /// Sets the connect timeout.
-    pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
-        self.connect_timeout = timeout;
-        self
-    }
-
-    /// Sets the per-request timeout.
-    pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
-        self.request_timeout = timeout;
         self
     }
 
@@ -219,26 +187,10 @@ pub(crate) fn check_session_ttl(what: &'static str, ttl: Duration) -> Result<(),
     }
 }
 
-impl fmt::Debug for ConsulConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ConsulConfig")
-            .field(
-                "addresses",
-                &self
-                    .addresses
-                    .iter()
-                    .map(|a| display_url(a))
-                    .collect::<Vec<_>>(),
-            )
-            .field("token", &self.token)
-            .field("datacenter", &self.datacenter)
-            .field("tls", &self.tls)
-            .field("lock_delay", &self.lock_delay)
-            .field("connect_timeout", &self.connect_timeout)
-            .field("request_timeout", &self.request_timeout)
-            .finish()
-    }
-}
+config_debug!(ConsulConfig {
+    addresses;
+    token, datacenter, tls, lock_delay, connect_timeout, request_timeout
+});
 
 /// TLS settings for Consul: the shared [`TlsConfig`]. The CA verifies Consul's server
 /// certificate (without `ca`, the built-in web roots do); `cert` + `key` are the client's

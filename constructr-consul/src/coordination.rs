@@ -73,6 +73,7 @@ use rand::Rng as _;
 use crate::client::{ConsulClient, KvEntry, Listing, SessionSpec, TxnOp, TxnOutcome};
 use crate::config::{ConsulConfig, check_session_ttl};
 use crate::error::ConsulError;
+use constructr_core::plumbing::DriverError;
 
 /// How long one blocking query waits at most before it is re-issued.
 const BLOCKING_WAIT: Duration = Duration::from_secs(30);

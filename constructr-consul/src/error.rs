@@ -1,9 +1,10 @@
-//! `ConsulError`: what can go wrong talking to Consul, and how it maps to [`CoordinationError`].
+//! `ConsulError`: what can go wrong talking to Consul, and how it maps to
+//! [`CoordinationError`](constructr_core::CoordinationError).
 
 use std::time::Duration;
 
-use constructr_core::CoordinationError;
 use constructr_core::coordination::ErrorKind;
+use constructr_core::plumbing::DriverError;
 
 /// An error of the Consul backend.
 ///
@@ -93,34 +94,9 @@ pub enum ConsulError {
 }
 
 impl ConsulError {
-    /// What kind of coordination error this is ([`CoordinationError::kind`] of its mapping).
-    pub fn kind(&self) -> ErrorKind {
-        match self {
-            Self::Timeout { .. } => ErrorKind::Timeout,
-            Self::Unavailable { .. } => ErrorKind::Unavailable,
-            Self::Unauthorized { .. } => ErrorKind::Unauthorized,
-            Self::Config { .. }
-            | Self::UnsupportedTtl { .. }
-            | Self::Rejected { status: 400, .. } => ErrorKind::Invalid,
-            _ => ErrorKind::Permanent,
-        }
-    }
-
-    /// Whether retrying the same request (possibly on another address) may succeed.
-    pub fn is_retryable(&self) -> bool {
-        self.kind().is_retryable()
-    }
-
-    pub(crate) fn config(message: impl Into<String>) -> Self {
-        Self::Config {
-            message: message.into(),
-        }
-    }
-
-    pub(crate) fn protocol(message: impl Into<String>) -> Self {
-        Self::Protocol {
-            message: message.into(),
-        }
+    constructr_core::plumbing::message_constructors! {
+        pub(crate) fn config => Config;
+        pub(crate) fn protocol => Protocol;
     }
 
     /// Classifies a transport error of a request sent to `address`.
@@ -175,15 +151,24 @@ fn short(body: &str) -> String {
     }
 }
 
-impl From<ConsulError> for CoordinationError {
-    /// The message is the whole chain; the `ConsulError` stays available as the source.
-    fn from(e: ConsulError) -> Self {
-        CoordinationError::of_kind(e.kind(), e)
+impl DriverError for ConsulError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            Self::Timeout { .. } => ErrorKind::Timeout,
+            Self::Unavailable { .. } => ErrorKind::Unavailable,
+            Self::Unauthorized { .. } => ErrorKind::Unauthorized,
+            Self::Config { .. }
+            | Self::UnsupportedTtl { .. }
+            | Self::Rejected { status: 400, .. } => ErrorKind::Invalid,
+            _ => ErrorKind::Permanent,
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use constructr_core::CoordinationError;
+
     use super::*;
 
     #[test]

@@ -41,6 +41,6 @@ pub use config::{
     ConsulConfig, ConsulTlsConfig, MAX_SESSION_TTL, MIN_SESSION_TTL, PemSource, TlsConfig,
     validate_settings,
 };
-pub use constructr_core::plumbing::Secret;
+pub use constructr_core::plumbing::{DriverError, Secret};
 pub use coordination::{ConsulCoordination, session_ttl_secs};
 pub use error::ConsulError;

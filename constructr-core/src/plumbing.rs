@@ -43,6 +43,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde::{Deserialize, Deserializer};
 
+use crate::CoordinationError;
+use crate::coordination::ErrorKind;
+
 /// A password, token or key: `Debug` and `Display` print `<redacted>`, serde never writes
 /// it out (there is no `Serialize`), and the text is reached only through [`Secret::expose`].
 ///
@@ -125,6 +128,52 @@ pub fn display_url(url: &str) -> String {
         None => url.to_owned(),
     }
 }
+
+/// [`display_url`] of each URL of a list, for the `Debug` of a driver's configuration.
+///
+/// ```
+/// use constructr_core::plumbing::display_urls;
+/// let urls = ["https://root:pw@a:2379".to_owned(), "b:2379".to_owned()];
+/// assert_eq!(display_urls(&urls), ["https://a:2379", "b:2379"]);
+/// ```
+pub fn display_urls(urls: &[String]) -> Vec<String> {
+    urls.iter().map(|url| display_url(url)).collect()
+}
+
+/// Implements `Debug` for a driver's configuration the way `#[derive(Debug)]` would, except
+/// that its list of URLs is shown through [`display_urls`] (without user info). Name the URL
+/// field first, then the others in the order to show them.
+///
+/// ```
+/// use constructr_core::plumbing::{Secret, config_debug};
+///
+/// struct MyConfig {
+///     urls: Vec<String>,
+///     token: Option<Secret>,
+/// }
+/// config_debug!(MyConfig { urls; token });
+///
+/// let c = MyConfig { urls: vec!["https://u:pw@a:1".into()], token: Some("t0k3n".into()) };
+/// assert_eq!(format!("{c:?}"), r#"MyConfig { urls: ["https://a:1"], token: Some(<redacted>) }"#);
+/// ```
+#[macro_export]
+macro_rules! config_debug {
+    ($config:ident { $urls:ident; $($field:ident),* $(,)? }) => {
+        impl ::std::fmt::Debug for $config {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
+                f.debug_struct(::std::stringify!($config))
+                    .field(
+                        ::std::stringify!($urls),
+                        &$crate::plumbing::display_urls(&self.$urls),
+                    )
+                    $(.field(::std::stringify!($field), &self.$field))*
+                    .finish()
+            }
+        }
+    };
+}
+#[doc(inline)]
+pub use crate::config_debug;
 
 /// Checks a driver's endpoint list and timeouts without I/O; the message says which rule
 /// is broken (the driver wraps it in its configuration error). `noun` names an entry
@@ -296,6 +345,80 @@ where
         Err(_) => false,
     }
 }
+
+/// A network driver's own error type, and which [`ErrorKind`] of [`CoordinationError`] each
+/// of its errors is.
+///
+/// Implementing it gives the driver's error [`is_retryable`](Self::is_retryable) and
+/// `From<E> for CoordinationError`: the coordination error of [`kind`](Self::kind), whose
+/// message is the whole chain and whose source is the driver's error.
+///
+/// ```
+/// use constructr_core::CoordinationError;
+/// use constructr_core::coordination::ErrorKind;
+/// use constructr_core::plumbing::DriverError;
+///
+/// #[derive(Debug, thiserror::Error)]
+/// #[error("no leader")]
+/// struct NoLeader;
+///
+/// impl DriverError for NoLeader {
+///     fn kind(&self) -> ErrorKind {
+///         ErrorKind::Unavailable
+///     }
+/// }
+///
+/// assert!(NoLeader.is_retryable());
+/// assert!(CoordinationError::from(NoLeader).is_retryable());
+/// ```
+pub trait DriverError: std::error::Error + Send + Sync + 'static {
+    /// What kind of coordination error this is ([`CoordinationError::kind`] of its mapping).
+    fn kind(&self) -> ErrorKind;
+
+    /// Whether retrying the same request (possibly on another endpoint) may succeed.
+    fn is_retryable(&self) -> bool {
+        self.kind().is_retryable()
+    }
+}
+
+impl<E: DriverError> From<E> for CoordinationError {
+    /// The message is the whole chain; the driver's error stays available as the source.
+    fn from(e: E) -> Self {
+        CoordinationError::of_kind(e.kind(), e)
+    }
+}
+
+/// Writes constructors `fn name(message: impl Into<String>) -> Self` for the variants of an
+/// error enum that carry only a `message: String`, inside that enum's `impl` block.
+///
+/// ```
+/// #[derive(Debug)]
+/// enum MyError {
+///     Config { message: String },
+/// }
+///
+/// impl MyError {
+///     constructr_core::plumbing::message_constructors! {
+///         /// A broken configuration rule.
+///         pub fn config => Config;
+///     }
+/// }
+///
+/// assert!(matches!(MyError::config("no endpoint"), MyError::Config { message } if message == "no endpoint"));
+/// ```
+#[macro_export]
+macro_rules! message_constructors {
+    ($($(#[$attr:meta])* $vis:vis fn $name:ident => $variant:ident;)+) => {
+        $(
+            $(#[$attr])*
+            $vis fn $name(message: impl ::std::convert::Into<::std::string::String>) -> Self {
+                Self::$variant { message: message.into() }
+            }
+        )+
+    };
+}
+#[doc(inline)]
+pub use crate::message_constructors;
 
 #[cfg(test)]
 mod tests {

@@ -339,6 +339,7 @@ fn is_lease_not_found(s: &tonic::Status) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use constructr_core::plumbing::DriverError;
 
     /// Connection refused on every endpoint: the error names the last one and is retryable.
     #[tokio::test]

@@ -3,11 +3,11 @@
 //! The key prefix is not configured here: it comes from the core
 //! [`Scope`](constructr_core::Scope) (`key-prefix` + `cluster-name` in the node settings).
 
-use std::fmt;
 use std::time::Duration;
 
-use constructr_core::plumbing::{Secret, check_endpoints, display_url};
+use constructr_core::plumbing::{Secret, check_endpoints, config_debug};
 pub use constructr_core::tls::{PemSource, TlsConfig};
+use derive_setters::Setters;
 use serde::{Deserialize, Serialize};
 
 use crate::error::EtcdError;
@@ -26,13 +26,15 @@ use crate::error::EtcdError;
 ///     .with_request_timeout(Duration::from_secs(2));
 /// assert!(!format!("{config:?}").contains("s3cret"));
 /// ```
-#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize, Setters)]
 #[serde(rename_all = "kebab-case", default, deny_unknown_fields)]
+#[setters(prefix = "with_", strip_option)]
 #[non_exhaustive]
 pub struct EtcdConfig {
     /// etcd client URLs (`http://host:2379`, `https://host:2379`, or `host:2379`, which
     /// means https when `tls` is set). Requests go to one endpoint at a time; when it is
     /// unavailable the request moves on to the next one. Default `http://127.0.0.1:2379`.
+    #[setters(skip)] // set by `new`
     pub endpoints: Vec<String>,
     /// Maximum time to establish a connection to one endpoint. Default 3 s.
     #[serde(with = "humantime_serde")]
@@ -41,9 +43,11 @@ pub struct EtcdConfig {
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
     /// User name for etcd's authentication (needs `password`).
+    #[setters(skip)] // `with_user` sets it together with `password`
     pub user: Option<String>,
     /// Password of `user`. Never serialized, never shown by `Debug`.
     #[serde(skip_serializing)]
+    #[setters(skip)]
     pub password: Option<Secret>,
     /// TLS (rustls): CA certificate and an optional client certificate and key.
     pub tls: Option<EtcdTlsConfig>,
@@ -82,24 +86,6 @@ impl EtcdConfig {
         self
     }
 
-    /// Uses TLS.
-    pub fn with_tls(mut self, tls: EtcdTlsConfig) -> Self {
-        self.tls = Some(tls);
-        self
-    }
-
-    /// Sets the connect timeout.
-    pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
-        self.connect_timeout = timeout;
-        self
-    }
-
-    /// Sets the per-request timeout.
-    pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
-        self.request_timeout = timeout;
-        self
-    }
-
     /// Checks the rules that can be checked without I/O.
     pub fn validate(&self) -> Result<(), EtcdError> {
         check_endpoints(
@@ -129,25 +115,10 @@ impl EtcdConfig {
     }
 }
 
-impl fmt::Debug for EtcdConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("EtcdConfig")
-            .field(
-                "endpoints",
-                &self
-                    .endpoints
-                    .iter()
-                    .map(|e| display_url(e))
-                    .collect::<Vec<_>>(),
-            )
-            .field("connect_timeout", &self.connect_timeout)
-            .field("request_timeout", &self.request_timeout)
-            .field("user", &self.user)
-            .field("password", &self.password)
-            .field("tls", &self.tls)
-            .finish()
-    }
-}
+config_debug!(EtcdConfig {
+    endpoints;
+    connect_timeout, request_timeout, user, password, tls
+});
 
 /// TLS settings for etcd: the shared [`TlsConfig`]. The CA (required: this backend trusts
 /// no built-in roots) verifies etcd's server certificate; `cert` + `key` are the client's

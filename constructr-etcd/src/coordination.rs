@@ -38,6 +38,7 @@ use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp, TxnOpResponse, Wat
 use crate::client::EtcdClient;
 use crate::config::EtcdConfig;
 use crate::error::EtcdError;
+use constructr_core::plumbing::DriverError;
 
 /// The etcd backend. One value serves any number of nodes and clusters; clone-free sharing
 /// through `Arc`.

@@ -1,7 +1,8 @@
-//! `EtcdError`: what can go wrong talking to etcd, and how it maps to [`CoordinationError`].
+//! `EtcdError`: what can go wrong talking to etcd, and how it maps to
+//! [`CoordinationError`](constructr_core::CoordinationError).
 
-use constructr_core::CoordinationError;
 use constructr_core::coordination::ErrorKind;
+use constructr_core::plumbing::DriverError;
 
 /// An error of the etcd backend.
 ///
@@ -71,38 +72,15 @@ pub enum EtcdError {
 }
 
 impl EtcdError {
-    /// What kind of coordination error this is ([`CoordinationError::kind`] of its mapping).
-    pub fn kind(&self) -> ErrorKind {
-        match self {
-            Self::Timeout { .. } => ErrorKind::Timeout,
-            Self::Unavailable { .. } => ErrorKind::Unavailable,
-            Self::Unauthorized { .. } => ErrorKind::Unauthorized,
-            Self::Config { .. } => ErrorKind::Invalid,
-            _ => ErrorKind::Permanent,
-        }
-    }
-
-    /// Whether retrying the same request (possibly on another endpoint) may succeed.
-    pub fn is_retryable(&self) -> bool {
-        self.kind().is_retryable()
+    constructr_core::plumbing::message_constructors! {
+        pub(crate) fn config => Config;
+        pub(crate) fn protocol => Protocol;
     }
 
     /// Whether the error says the endpoint itself is unusable right now, so the request should
     /// be retried on the next endpoint.
     pub(crate) fn is_endpoint_failure(&self) -> bool {
         self.is_retryable()
-    }
-
-    pub(crate) fn protocol(message: impl Into<String>) -> Self {
-        Self::Protocol {
-            message: message.into(),
-        }
-    }
-
-    pub(crate) fn config(message: impl Into<String>) -> Self {
-        Self::Config {
-            message: message.into(),
-        }
     }
 
     /// Classifies an `etcd-client` error of a request sent to `endpoint`.
@@ -184,91 +162,88 @@ fn classify_status(endpoint: String, status: &tonic::Status) -> EtcdError {
     }
 }
 
-impl From<EtcdError> for CoordinationError {
-    /// The message is the whole chain; the `EtcdError` stays available as the source.
-    fn from(e: EtcdError) -> Self {
-        CoordinationError::of_kind(e.kind(), e)
+impl DriverError for EtcdError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            Self::Timeout { .. } => ErrorKind::Timeout,
+            Self::Unavailable { .. } => ErrorKind::Unavailable,
+            Self::Unauthorized { .. } => ErrorKind::Unauthorized,
+            Self::Config { .. } => ErrorKind::Invalid,
+            _ => ErrorKind::Permanent,
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use constructr_core::CoordinationError;
+
     use super::*;
 
     fn status(code: tonic::Code, msg: &str) -> etcd_client::Error {
         etcd_client::Error::GRpcStatus(tonic::Status::new(code, msg))
     }
 
+    /// Each case: what etcd answers, the `EtcdError` it is classified as, the kind that
+    /// error and its `CoordinationError` have, and what the coordination message says.
     #[test]
-    fn an_untrusted_server_certificate_is_a_permanent_tls_error() {
-        let e = EtcdError::classify(
-            "https://etcd:2379",
-            status(
-                tonic::Code::Unavailable,
+    fn statuses_are_classified_by_code_and_message() {
+        use tonic::Code;
+        type Case = (
+            Code,
+            &'static str,
+            fn(&EtcdError) -> bool,
+            ErrorKind,
+            &'static str,
+        );
+        let cases: [Case; 5] = [
+            (
+                Code::Unavailable,
                 "invalid peer certificate: BadSignature",
+                |e| matches!(e, EtcdError::TlsHandshake { .. }),
+                ErrorKind::Permanent,
+                "TLS handshake",
             ),
-        );
-        assert!(matches!(e, EtcdError::TlsHandshake { .. }), "{e:?}");
-        assert!(!e.is_retryable() && !e.is_endpoint_failure());
-        let c = CoordinationError::from(e);
-        assert!(!c.is_retryable(), "{c:?}");
-        assert!(c.to_string().contains("TLS handshake"), "{c}");
-    }
-
-    #[test]
-    fn bad_password_is_unauthorized_not_retryable() {
-        let e = EtcdError::classify(
-            "http://e:2379",
-            status(
-                tonic::Code::InvalidArgument,
+            (
+                Code::InvalidArgument,
                 "etcdserver: authentication failed, invalid user ID or password",
+                |e| matches!(e, EtcdError::Unauthorized { .. }),
+                ErrorKind::Unauthorized,
+                "authentication failed",
             ),
-        );
-        assert!(matches!(e, EtcdError::Unauthorized { .. }), "{e:?}");
-        assert!(!e.is_retryable());
-        let c = CoordinationError::from(e);
-        assert!(matches!(c, CoordinationError::Unauthorized { .. }));
-        assert!(c.to_string().contains("authentication failed"), "{c}");
-    }
-
-    #[test]
-    fn no_leader_is_unavailable_and_retryable() {
-        let e = EtcdError::classify(
-            "http://e:2379",
-            status(tonic::Code::Unavailable, "etcdserver: no leader"),
-        );
-        assert!(e.is_retryable());
-        assert!(e.is_endpoint_failure());
-        let c = CoordinationError::from(e);
-        assert!(c.is_retryable());
-        assert!(c.to_string().contains("no leader"), "{c}");
-    }
-
-    #[test]
-    fn permission_denied_is_unauthorized() {
-        let e = EtcdError::classify(
-            "x",
-            status(
-                tonic::Code::PermissionDenied,
+            (
+                Code::Unavailable,
+                "etcdserver: no leader",
+                |e| matches!(e, EtcdError::Unavailable { .. }),
+                ErrorKind::Unavailable,
+                "no leader",
+            ),
+            (
+                Code::PermissionDenied,
                 "etcdserver: permission denied",
+                |e| matches!(e, EtcdError::Unauthorized { .. }),
+                ErrorKind::Unauthorized,
+                "permission denied",
             ),
-        );
-        assert!(matches!(e, EtcdError::Unauthorized { .. }));
-    }
-
-    #[test]
-    fn other_invalid_argument_is_permanent() {
-        let e = EtcdError::classify(
-            "x",
-            status(
-                tonic::Code::InvalidArgument,
+            (
+                Code::InvalidArgument,
                 "etcdserver: key is not provided",
+                |e| matches!(e, EtcdError::Rejected { .. }),
+                ErrorKind::Permanent,
+                "key is not provided",
             ),
-        );
-        assert!(matches!(e, EtcdError::Rejected { .. }));
-        let c = CoordinationError::from(e);
-        assert!(matches!(c, CoordinationError::Permanent { .. }));
-        assert!(!c.is_retryable());
+        ];
+        for (code, message, is_expected, kind, says) in cases {
+            let e = EtcdError::classify("https://etcd:2379", status(code, message));
+            assert!(is_expected(&e), "{message}: {e:?}");
+            assert_eq!(e.kind(), kind, "{e:?}");
+            assert_eq!(e.is_retryable(), kind.is_retryable(), "{e:?}");
+            assert_eq!(e.is_endpoint_failure(), kind.is_retryable(), "{e:?}");
+            let c = CoordinationError::from(e);
+            assert_eq!(c.kind(), kind, "{c:?}");
+            assert_eq!(c.is_retryable(), kind.is_retryable(), "{c:?}");
+            assert!(c.to_string().contains(says), "{c}");
+        }
     }
 
     #[test]

@@ -32,6 +32,6 @@ pub mod coordination;
 pub mod error;
 
 pub use config::{EtcdConfig, EtcdTlsConfig, PemSource, TlsConfig};
-pub use constructr_core::plumbing::Secret;
+pub use constructr_core::plumbing::{DriverError, Secret};
 pub use coordination::{EtcdCoordination, lease_ttl_secs};
 pub use error::EtcdError;

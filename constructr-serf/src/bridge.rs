@@ -36,6 +36,7 @@ use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
 use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
+use derive_setters::Setters;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
@@ -43,11 +44,13 @@ use crate::handler::encode_segment;
 use crate::protocol::MemberInfo;
 
 /// Settings of the bridge.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Setters)]
 #[serde(rename_all = "kebab-case", default, deny_unknown_fields)]
+#[setters(prefix = "with_")]
 #[non_exhaustive]
 pub struct BridgeConfig {
     /// The tag that holds a member's datacenter. Default `dc`.
+    #[setters(into)]
     pub dc_tag: String,
     /// How long a query waits for a subscriber's answer. Default 2 s (keep it below the
     /// handler's `--timeout` and Serf's query timeout).
@@ -71,38 +74,6 @@ impl Default for BridgeConfig {
             subscriber_capacity: 1024,
             body_limit: 64 * 1024,
         }
-    }
-}
-
-impl BridgeConfig {
-    /// Sets the dc tag name.
-    pub fn with_dc_tag(mut self, tag: impl Into<String>) -> Self {
-        self.dc_tag = tag.into();
-        self
-    }
-
-    /// Sets how long a query waits for an answer.
-    pub fn with_query_timeout(mut self, timeout: Duration) -> Self {
-        self.query_timeout = timeout;
-        self
-    }
-
-    /// Sets how long a full subscriber may hold up a request.
-    pub fn with_delivery_timeout(mut self, timeout: Duration) -> Self {
-        self.delivery_timeout = timeout;
-        self
-    }
-
-    /// Sets the queue length per subscriber.
-    pub fn with_subscriber_capacity(mut self, capacity: usize) -> Self {
-        self.subscriber_capacity = capacity;
-        self
-    }
-
-    /// Sets the largest accepted body.
-    pub fn with_body_limit(mut self, bytes: usize) -> Self {
-        self.body_limit = bytes;
-        self
     }
 }
 

@@ -1,10 +1,10 @@
 //! `SerfConfig`: how to reach the local Serf agent's RPC, and the bootstrap-guard settings
 //! of the Serf backend.
 
-use std::fmt;
 use std::time::Duration;
 
 use constructr_core::plumbing::Secret;
+use derive_setters::Setters;
 use serde::{Deserialize, Serialize};
 
 use crate::error::SerfError;
@@ -12,7 +12,8 @@ use crate::error::SerfError;
 /// How to reach a Serf agent's RPC endpoint, and how the Serf backend guards bootstrap.
 ///
 /// Deserializes from kebab-case fields (`rpc-addr = "127.0.0.1:7373"`,
-/// `stability-margin = "5s"`). The auth key is never serialized and never shown by `Debug`.
+/// `stability-margin = "5s"`). The auth key is never serialized and never shown by `Debug`
+/// (a [`Secret`] prints as `<redacted>`).
 ///
 /// ```
 /// use constructr_serf::SerfConfig;
@@ -22,14 +23,17 @@ use crate::error::SerfError;
 ///     .with_required_members(3);
 /// assert!(!format!("{config:?}").contains("s3cret"));
 /// ```
-#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Setters)]
 #[serde(rename_all = "kebab-case", default, deny_unknown_fields)]
+#[setters(prefix = "with_")]
 #[non_exhaustive]
 pub struct SerfConfig {
     /// The agent's RPC address (`serf agent -rpc-addr`). Default `127.0.0.1:7373`.
+    #[setters(skip)] // set by `new`
     pub rpc_addr: String,
     /// The agent's RPC auth key (`serf agent -rpc-auth`). Never serialized nor shown.
     #[serde(skip_serializing)]
+    #[setters(into, strip_option)]
     pub auth_key: Option<Secret>,
     /// Maximum time to connect, handshake and authenticate. Default 3 s.
     #[serde(with = "humantime_serde")]
@@ -39,9 +43,11 @@ pub struct SerfConfig {
     pub request_timeout: Duration,
     /// First delay between reconnection attempts; doubles up to `reconnect-max`. Default 100 ms.
     #[serde(with = "humantime_serde")]
+    #[setters(skip)]
     pub reconnect_min: Duration,
     /// Longest delay between reconnection attempts. Default 5 s.
     #[serde(with = "humantime_serde")]
+    #[setters(skip)]
     pub reconnect_max: Duration,
     /// Bootstrap guard: how many alive candidates must be tagged before the lowest-named
     /// one may seed. Set it to the initial cluster size. Default 1.
@@ -76,36 +82,6 @@ impl SerfConfig {
         }
     }
 
-    /// Authenticates with this RPC auth key.
-    pub fn with_auth_key(mut self, key: impl Into<Secret>) -> Self {
-        self.auth_key = Some(key.into());
-        self
-    }
-
-    /// Sets the per-command timeout.
-    pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
-        self.request_timeout = timeout;
-        self
-    }
-
-    /// Sets the connect timeout.
-    pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
-        self.connect_timeout = timeout;
-        self
-    }
-
-    /// Sets how many candidates must be present before seeding.
-    pub fn with_required_members(mut self, n: usize) -> Self {
-        self.required_members = n;
-        self
-    }
-
-    /// Sets how long the candidate set must be stable before seeding.
-    pub fn with_stability_margin(mut self, margin: Duration) -> Self {
-        self.stability_margin = margin;
-        self
-    }
-
     /// Checks the rules that can be checked without I/O.
     pub fn validate(&self) -> Result<(), SerfError> {
         if self.rpc_addr.trim().is_empty() {
@@ -128,21 +104,6 @@ impl SerfConfig {
     }
 }
 
-impl fmt::Debug for SerfConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SerfConfig")
-            .field("rpc_addr", &self.rpc_addr)
-            .field("auth_key", &self.auth_key)
-            .field("connect_timeout", &self.connect_timeout)
-            .field("request_timeout", &self.request_timeout)
-            .field("reconnect_min", &self.reconnect_min)
-            .field("reconnect_max", &self.reconnect_max)
-            .field("required_members", &self.required_members)
-            .field("stability_margin", &self.stability_margin)
-            .finish()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -157,6 +118,10 @@ mod tests {
         assert_eq!(c.stability_margin, Duration::from_secs(2));
         assert_eq!(c.required_members, 3);
         assert!(!format!("{c:?}").contains("k3y"));
+        assert!(
+            format!("{c:?}").contains("auth_key: Some(<redacted>)"),
+            "{c:?}"
+        );
         assert!(!serde_json::to_string(&c).unwrap().contains("k3y"));
         c.validate().unwrap();
     }

@@ -1,7 +1,8 @@
-//! `SerfError`: what can go wrong talking to a Serf agent, and how it maps to [`CoordinationError`].
+//! `SerfError`: what can go wrong talking to a Serf agent, and how it maps to
+//! [`CoordinationError`](constructr_core::CoordinationError).
 
-use constructr_core::CoordinationError;
 use constructr_core::coordination::ErrorKind;
+use constructr_core::plumbing::DriverError;
 
 /// An error of the Serf RPC client or the Serf backend.
 ///
@@ -72,8 +73,14 @@ fn while_doing(command: &Option<String>) -> String {
 }
 
 impl SerfError {
-    /// What kind of coordination error this is ([`CoordinationError::kind`] of its mapping).
-    pub fn kind(&self) -> ErrorKind {
+    constructr_core::plumbing::message_constructors! {
+        pub(crate) fn config => Config;
+        pub(crate) fn protocol => Protocol;
+    }
+}
+
+impl DriverError for SerfError {
+    fn kind(&self) -> ErrorKind {
         match self {
             Self::Timeout { .. } => ErrorKind::Timeout,
             Self::Io { .. } | Self::ConnectionClosed { .. } => ErrorKind::Unavailable,
@@ -82,34 +89,12 @@ impl SerfError {
             _ => ErrorKind::Permanent,
         }
     }
-
-    /// Whether retrying the same request may succeed.
-    pub fn is_retryable(&self) -> bool {
-        self.kind().is_retryable()
-    }
-
-    pub(crate) fn protocol(message: impl Into<String>) -> Self {
-        Self::Protocol {
-            message: message.into(),
-        }
-    }
-
-    pub(crate) fn config(message: impl Into<String>) -> Self {
-        Self::Config {
-            message: message.into(),
-        }
-    }
-}
-
-impl From<SerfError> for CoordinationError {
-    /// The message is the whole chain; the `SerfError` stays available as the source.
-    fn from(e: SerfError) -> Self {
-        CoordinationError::of_kind(e.kind(), e)
-    }
 }
 
 #[cfg(test)]
 mod tests {
+    use constructr_core::CoordinationError;
+
     use super::*;
 
     #[test]

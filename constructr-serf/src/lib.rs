@@ -26,6 +26,6 @@ pub use client::{
     QueryStream, SerfClient, StreamEvent,
 };
 pub use config::SerfConfig;
-pub use constructr_core::plumbing::Secret;
+pub use constructr_core::plumbing::{DriverError, Secret};
 pub use coordination::SerfCoordination;
 pub use error::SerfError;

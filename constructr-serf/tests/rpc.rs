@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use constructr_serf::{
-    MemberEventKind, MemberFilter, MemberStatus, QueryParams, QueryRecord, SerfClient, SerfConfig,
-    SerfError, StreamEvent,
+    DriverError, MemberEventKind, MemberFilter, MemberStatus, QueryParams, QueryRecord, SerfClient,
+    SerfConfig, SerfError, StreamEvent,
 };
 use support::{Agent, AgentOptions, eventually};
 

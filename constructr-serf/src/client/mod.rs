@@ -46,6 +46,7 @@ use tokio::time::Instant;
 use crate::config::SerfConfig;
 use crate::error::SerfError;
 use crate::wire;
+use constructr_core::plumbing::DriverError;
 
 use connection::{
     AUTH_REQUIRED, Conn, HANDSHAKE_REQUIRED, INVALID_AUTH, Reply, UNSUPPORTED_COMMAND, Waiter,

@@ -7,6 +7,7 @@ use tokio::time::Instant;
 
 use crate::error::SerfError;
 use crate::wire;
+use constructr_core::plumbing::DriverError;
 
 use super::SerfClient;
 use super::connection::Conn;
