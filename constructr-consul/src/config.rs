@@ -74,6 +74,9 @@ pub struct ConsulConfig {
     pub request_timeout: Duration,
 }
 
+/// The end of the message for an `https://` address without TLS settings.
+const TLS_HINT: &str = "(an empty `[tls]` trusts the built-in web roots)";
+
 impl Default for ConsulConfig {
     fn default() -> Self {
         Self {
@@ -109,15 +112,13 @@ impl ConsulConfig {
 
     /// Checks the rules that can be checked without I/O.
     pub fn validate(&self) -> Result<(), ConsulError> {
-        check_endpoints(
-            "address",
-            &self.addresses,
+        let (tls, connect, request) = (
             self.tls.is_some(),
-            "(an empty `[tls]` trusts the built-in web roots)",
             self.connect_timeout,
             self.request_timeout,
-        )
-        .map_err(ConsulError::config)?;
+        );
+        check_endpoints("address", &self.addresses, tls, TLS_HINT, connect, request)
+            .map_err(ConsulError::config)?;
         if self.lock_delay > Duration::from_secs(60) {
             return Err(ConsulError::config(
                 "lock-delay must be at most 60s (Consul's maximum)",
@@ -206,11 +207,14 @@ mod tests {
     #[test]
     fn debug_and_serialization_hide_the_token() {
         let c = ConsulConfig::new("https://user:pw@consul:8501").with_token("hunter2-token");
-        let d = format!("{c:?}");
-        assert!(!d.contains("hunter2") && !d.contains("user:pw"), "{d}");
-        assert!(d.contains("<redacted>"), "{d}");
-        let s = toml::to_string(&c).unwrap();
-        assert!(!s.contains("hunter2"), "{s}");
+        let (debug, toml) = (format!("{c:?}"), toml::to_string(&c).unwrap());
+        for shown in [&debug, &toml] {
+            assert!(!shown.contains("hunter2"), "{shown}");
+        }
+        assert!(
+            !debug.contains("user:pw") && debug.contains("<redacted>"),
+            "{debug}"
+        );
     }
 
     #[test]

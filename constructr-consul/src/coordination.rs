@@ -66,14 +66,13 @@ use constructr_core::coordination::{
     RefreshOutcome, Registry, WaitOutcome,
 };
 use constructr_core::entry;
-use constructr_core::plumbing::spawn_background;
+use constructr_core::plumbing::{Backoff, spawn_background};
 use constructr_core::{ClusterId, Epoch, NodeId, Scope, Settings, SettingsError};
 use rand::Rng as _;
 
 use crate::client::{ConsulClient, KvEntry, Listing, SessionSpec, TxnOp, TxnOutcome};
 use crate::config::{ConsulConfig, check_session_ttl};
 use crate::error::ConsulError;
-use constructr_core::plumbing::DriverError;
 
 /// How long one blocking query waits at most before it is re-issued.
 const BLOCKING_WAIT: Duration = Duration::from_secs(30);
@@ -555,24 +554,17 @@ impl Coordination for ConsulCoordination {
                 (l.index, Some(fingerprint(&l.entries)))
             }
         };
-        let mut backoff = Duration::from_millis(50);
+        let mut backoff = Backoff::default();
         loop {
             // Consul treats index 0 as "do not block".
-            let listing = match self
+            let answer = self
                 .client
                 .kv_list(&keys.base, Some((index.max(1), BLOCKING_WAIT)))
-                .await
-            {
-                Ok(l) => l,
-                Err(e) if e.is_retryable() => {
-                    tracing::debug!(error = %e, "Consul blocking query failed; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
-                    continue;
-                }
-                Err(e) => return Err(e.into()),
+                .await;
+            let Some(listing) = backoff.retry(answer, "a Consul blocking query").await? else {
+                continue;
             };
-            backoff = Duration::from_millis(50);
+            backoff.reset();
             if listing.index < index {
                 // The index went backwards: Consul's state was reset (e.g. restored). The
                 // caller re-reads.

@@ -93,6 +93,22 @@ pub enum ConsulError {
     },
 }
 
+impl DriverError for ConsulError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            // In the order of the variants.
+            Self::Config { .. } | Self::UnsupportedTtl { .. } => ErrorKind::Invalid,
+            Self::TlsFile(_) | Self::Tls { .. } => ErrorKind::Permanent,
+            Self::Unavailable { .. } => ErrorKind::Unavailable,
+            Self::TlsHandshake { .. } => ErrorKind::Permanent,
+            Self::Timeout { .. } => ErrorKind::Timeout,
+            Self::Unauthorized { .. } => ErrorKind::Unauthorized,
+            Self::Rejected { status: 400, .. } => ErrorKind::Invalid,
+            Self::Rejected { .. } | Self::Protocol { .. } => ErrorKind::Permanent,
+        }
+    }
+}
+
 impl ConsulError {
     constructr_core::plumbing::message_constructors! {
         pub(crate) fn config => Config;
@@ -148,20 +164,6 @@ fn short(body: &str) -> String {
     match line.char_indices().nth(300) {
         Some((i, _)) => format!("{}…", &line[..i]),
         None => line,
-    }
-}
-
-impl DriverError for ConsulError {
-    fn kind(&self) -> ErrorKind {
-        match self {
-            Self::Timeout { .. } => ErrorKind::Timeout,
-            Self::Unavailable { .. } => ErrorKind::Unavailable,
-            Self::Unauthorized { .. } => ErrorKind::Unauthorized,
-            Self::Config { .. }
-            | Self::UnsupportedTtl { .. }
-            | Self::Rejected { status: 400, .. } => ErrorKind::Invalid,
-            _ => ErrorKind::Permanent,
-        }
     }
 }
 

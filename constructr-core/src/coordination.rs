@@ -44,6 +44,18 @@ pub struct Lease<'a> {
     pub ttl: Duration,
 }
 
+impl Scope {
+    /// `node`'s claim with `ttl` under this scope: the argument of [`Coordination::lock`],
+    /// [`Coordination::add_self`] and [`Coordination::refresh`].
+    pub fn lease<'a>(&'a self, node: &'a NodeId, ttl: Duration) -> Lease<'a> {
+        Lease {
+            scope: self,
+            node,
+            ttl,
+        }
+    }
+}
+
 /// The opaque proof of holding the bootstrap lock (etcd: the lock key's create revision,
 /// Consul: the lock session id). Backends check it when writing a fenced registration.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]

@@ -151,20 +151,6 @@ impl Scope {
         })
     }
 
-    /// `node`'s claim with `ttl` under this scope (the argument of [`crate::Coordination::lock`],
-    /// `add_self` and `refresh`).
-    pub fn lease<'a>(
-        &'a self,
-        node: &'a NodeId,
-        ttl: std::time::Duration,
-    ) -> crate::coordination::Lease<'a> {
-        crate::coordination::Lease {
-            scope: self,
-            node,
-            ttl,
-        }
-    }
-
     /// The key prefix, e.g. `/constructr` (`/` when the prefix is empty).
     pub fn prefix(&self) -> &str {
         &self.prefix

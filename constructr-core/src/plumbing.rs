@@ -40,6 +40,7 @@ use std::fmt;
 use std::future::Future;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
@@ -419,6 +420,75 @@ macro_rules! message_constructors {
 }
 #[doc(inline)]
 pub use crate::message_constructors;
+
+/// Exponential backoff between the attempts of a long-lived request that fails
+/// transiently (an etcd watch, a Consul blocking query): 50 ms, doubling up to 1 s.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// use std::time::Duration;
+/// use constructr_core::plumbing::Backoff;
+///
+/// let mut backoff = Backoff::default();
+/// assert_eq!(backoff.next_wait(), Duration::from_millis(50));
+/// backoff.wait().await;
+/// assert_eq!(backoff.next_wait(), Duration::from_millis(100));
+/// backoff.reset();
+/// assert_eq!(backoff.next_wait(), Duration::from_millis(50));
+/// # }
+/// ```
+#[cfg(feature = "tokio")]
+#[derive(Clone, Debug)]
+pub struct Backoff {
+    next: Duration,
+}
+
+#[cfg(feature = "tokio")]
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(50);
+    const MAX: Duration = Duration::from_secs(1);
+
+    /// How long the next [`Backoff::wait`] sleeps.
+    pub fn next_wait(&self) -> Duration {
+        self.next
+    }
+
+    /// Sleeps, then doubles the next wait (up to 1 s).
+    pub async fn wait(&mut self) {
+        tokio::time::sleep(self.next).await;
+        self.next = (self.next * 2).min(Self::MAX);
+    }
+
+    /// Starts again from the shortest wait (after a success).
+    pub fn reset(&mut self) {
+        self.next = Self::FIRST;
+    }
+
+    /// `Some(value)` of a success; after a retryable error, logs it (as `what` failed),
+    /// waits and returns `None` (the caller tries again); any other error is returned.
+    pub async fn retry<T, E: DriverError>(
+        &mut self,
+        result: Result<T, E>,
+        what: &str,
+    ) -> Result<Option<T>, E> {
+        match result {
+            Ok(value) => Ok(Some(value)),
+            Err(e) if e.is_retryable() => {
+                tracing::debug!(error = %e, "{what} failed; retrying");
+                self.wait().await;
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+#[cfg(feature = "tokio")]
+impl Default for Backoff {
+    fn default() -> Self {
+        Self { next: Self::FIRST }
+    }
+}
 
 #[cfg(test)]
 mod tests {

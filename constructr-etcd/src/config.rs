@@ -53,6 +53,9 @@ pub struct EtcdConfig {
     pub tls: Option<EtcdTlsConfig>,
 }
 
+/// The end of the message for an `https://` endpoint without TLS settings.
+const TLS_HINT: &str = "(at least `ca`)";
+
 impl Default for EtcdConfig {
     fn default() -> Self {
         Self {
@@ -86,17 +89,9 @@ impl EtcdConfig {
         self
     }
 
-    /// Checks the rules that can be checked without I/O.
+    /// Checks the rules that can be checked without I/O: credentials, endpoints and
+    /// timeouts, TLS files named or given.
     pub fn validate(&self) -> Result<(), EtcdError> {
-        check_endpoints(
-            "endpoint",
-            &self.endpoints,
-            self.tls.is_some(),
-            "(at least `ca`)",
-            self.connect_timeout,
-            self.request_timeout,
-        )
-        .map_err(EtcdError::config)?;
         match (&self.user, &self.password) {
             (Some(u), Some(_)) if u.is_empty() => {
                 return Err(EtcdError::config("user must not be empty"));
@@ -108,6 +103,10 @@ impl EtcdConfig {
             }
             _ => {}
         }
+        let (connect, request) = (self.connect_timeout, self.request_timeout);
+        let tls = self.tls.is_some();
+        check_endpoints("endpoint", &self.endpoints, tls, TLS_HINT, connect, request)
+            .map_err(EtcdError::config)?;
         if let Some(tls) = &self.tls {
             tls.check().map_err(EtcdError::config)?;
         }
@@ -148,17 +147,20 @@ mod tests {
             request-timeout = "1500ms"
             user = "constructr"
             password = "pw"
-            [tls]
-            ca = { file = "/etc/etcd/ca.pem" }
-            cert = { file = "/etc/etcd/client.pem" }
-            key = { file = "/etc/etcd/client-key.pem" }
+            # dotted keys: the same tables as `ca = { file = "..." }`
+            tls.ca.file = "/etc/etcd/ca.pem"
+            tls.cert.file = "/etc/etcd/client.pem"
+            tls.key.file = "/etc/etcd/client-key.pem"
             "#,
         )
         .unwrap();
-        assert_eq!(c.endpoints.len(), 2);
-        assert_eq!(c.request_timeout, Duration::from_millis(1500));
-        assert_eq!(c.connect_timeout, Duration::from_secs(3));
         c.validate().unwrap();
+        let timeouts = (c.request_timeout, c.connect_timeout);
+        assert_eq!(
+            timeouts,
+            (Duration::from_millis(1500), Duration::from_secs(3))
+        );
+        assert_eq!(c.endpoints.len(), 2);
     }
 
     #[test]

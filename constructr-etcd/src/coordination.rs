@@ -38,7 +38,7 @@ use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp, TxnOpResponse, Wat
 use crate::client::EtcdClient;
 use crate::config::EtcdConfig;
 use crate::error::EtcdError;
-use constructr_core::plumbing::DriverError;
+use constructr_core::plumbing::{Backoff, DriverError};
 
 /// The etcd backend. One value serves any number of nodes and clusters; clone-free sharing
 /// through `Arc`.
@@ -98,17 +98,12 @@ fn header_revision(header: Option<&etcd_client::ResponseHeader>) -> Result<i64, 
 #[async_trait]
 impl Coordination for EtcdCoordination {
     async fn lock(&self, lease: Lease<'_>) -> Result<LockOutcome> {
-        let Lease {
-            scope,
-            node: holder,
-            ttl,
-        } = lease;
-        let key = entry::lock_key(scope);
-        let value = entry::encode_node(holder);
+        let key = entry::lock_key(lease.scope);
+        let value = entry::encode_node(lease.node);
         // The lock key can expire between the transaction and the keep-alive; a few rounds
         // settle it.
         for _ in 0..3 {
-            let lease = self.client.grant(lease_ttl_secs(ttl)).await?;
+            let lease = self.client.grant(lease_ttl_secs(lease.ttl)).await?;
             let txn = Txn::new()
                 .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
                 .and_then([TxnOp::put(
@@ -376,19 +371,14 @@ impl Coordination for EtcdCoordination {
             // Everything after the read, so nothing between the read and the watch is missed.
             options = options.with_start_revision(i64::try_from(r).unwrap_or(i64::MAX - 1) + 1);
         }
-        let mut backoff = Duration::from_millis(50);
+        let mut backoff = Backoff::default();
         loop {
             // We resolve on the first event, so no event was seen yet: every (re)open starts
             // from the same revision.
-            let (ticket, mut stream) = match self.client.watch(&key, options.clone()).await {
-                Ok(s) => s,
-                Err(e) if e.is_retryable() => {
-                    tracing::debug!(error = %e, "cannot open an etcd watch; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
-                    continue;
-                }
-                Err(e) => return Err(e.into()),
+            let opened = self.client.watch(&key, options.clone()).await;
+            let Some((ticket, mut stream)) = backoff.retry(opened, "opening an etcd watch").await?
+            else {
+                continue;
             };
             loop {
                 match stream.message().await {
@@ -425,8 +415,7 @@ impl Coordination for EtcdCoordination {
                     }
                 }
             }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(1));
+            backoff.wait().await;
         }
     }
 }

@@ -165,11 +165,15 @@ fn classify_status(endpoint: String, status: &tonic::Status) -> EtcdError {
 impl DriverError for EtcdError {
     fn kind(&self) -> ErrorKind {
         match self {
-            Self::Timeout { .. } => ErrorKind::Timeout,
-            Self::Unavailable { .. } => ErrorKind::Unavailable,
-            Self::Unauthorized { .. } => ErrorKind::Unauthorized,
+            // In the order of the variants.
             Self::Config { .. } => ErrorKind::Invalid,
-            _ => ErrorKind::Permanent,
+            Self::Unavailable { .. } => ErrorKind::Unavailable,
+            Self::Timeout { .. } => ErrorKind::Timeout,
+            Self::Unauthorized { .. } => ErrorKind::Unauthorized,
+            Self::TlsFile(_) | Self::TlsHandshake { .. } | Self::Rejected { .. } => {
+                ErrorKind::Permanent
+            }
+            Self::Protocol { .. } => ErrorKind::Permanent,
         }
     }
 }

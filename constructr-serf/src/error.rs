@@ -82,11 +82,12 @@ impl SerfError {
 impl DriverError for SerfError {
     fn kind(&self) -> ErrorKind {
         match self {
-            Self::Timeout { .. } => ErrorKind::Timeout,
-            Self::Io { .. } | Self::ConnectionClosed { .. } => ErrorKind::Unavailable,
-            Self::Unauthorized { .. } => ErrorKind::Unauthorized,
+            // In the order of the variants.
             Self::Config { .. } => ErrorKind::Invalid,
-            _ => ErrorKind::Permanent,
+            Self::Io { .. } | Self::ConnectionClosed { .. } => ErrorKind::Unavailable,
+            Self::Timeout { .. } => ErrorKind::Timeout,
+            Self::Unauthorized { .. } => ErrorKind::Unauthorized,
+            Self::Agent { .. } | Self::Protocol { .. } => ErrorKind::Permanent,
         }
     }
 }
