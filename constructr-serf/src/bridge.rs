@@ -182,7 +182,7 @@ impl Query {
 struct Inner {
     config: BridgeConfig,
     subscribers: Mutex<Vec<mpsc::Sender<BridgeEvent>>>,
-    view: RwLock<BTreeMap<String, BTreeMap<String, MemberView>>>,
+    view: RwLock<View>,
 }
 
 /// The bridge: membership view, subscribers, and the HTTP routes. Cheap to clone.
@@ -272,24 +272,13 @@ impl Bridge {
             .unwrap_or_default()
     }
 
-    fn with_view<T>(
-        &self,
-        f: impl FnOnce(&mut BTreeMap<String, BTreeMap<String, MemberView>>) -> T,
-    ) -> T {
+    fn with_view<T>(&self, f: impl FnOnce(&mut View) -> T) -> T {
         f(&mut self.inner.view.write().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// Records `member` in datacenter `dc` of the membership view with `status`.
     fn set_member(&self, dc: &str, member: &MemberInfo, status: MemberState) {
-        self.with_view(|v| {
-            v.entry(dc.to_owned()).or_default().insert(
-                member.name.clone(),
-                MemberView {
-                    member: member.clone(),
-                    status,
-                },
-            );
-        });
+        self.with_view(|v| place(v, dc, member, status));
     }
 
     /// Delivers to every subscriber; fails if one stays full beyond the delivery timeout.
@@ -399,6 +388,40 @@ fn parse_member(body: &[u8]) -> Result<MemberInfo, ApiError> {
     Ok(m)
 }
 
+/// The membership view: datacenter → member name → member.
+type View = BTreeMap<String, BTreeMap<String, MemberView>>;
+
+/// Takes member `name` out of the view, from whichever datacenter holds it (a Serf node
+/// name is unique in its cluster); datacenters left empty are dropped.
+fn unplace(v: &mut View, name: &str) -> Option<(String, MemberView)> {
+    let dc = v.iter().find(|(_, ms)| ms.contains_key(name))?.0.clone();
+    let members = v.get_mut(&dc)?;
+    let old = members.remove(name)?;
+    if members.is_empty() {
+        v.remove(&dc);
+    }
+    Some((dc, old))
+}
+
+/// Puts `member` into datacenter `dc` with `status`, out of any other datacenter it was in
+/// (a changed datacenter tag moves it); returns where it was and what it was.
+fn place(
+    v: &mut View,
+    dc: &str,
+    member: &MemberInfo,
+    status: MemberState,
+) -> Option<(String, MemberView)> {
+    let old = unplace(v, &member.name);
+    let view = MemberView {
+        member: member.clone(),
+        status,
+    };
+    v.entry(dc.to_owned())
+        .or_default()
+        .insert(member.name.clone(), view);
+    old
+}
+
 fn check_dc(bridge: &Bridge, dc: &str, m: &MemberInfo) -> Result<(), ApiError> {
     match m.tags.get(&bridge.inner.config.dc_tag) {
         Some(tag) if !tag.is_empty() && tag != dc => Err(ApiError::bad(format!(
@@ -463,18 +486,10 @@ async fn member_updated(
     }
     check_dc(&b, &dc, &m)?;
     let changed = b.with_view(|v| {
-        let slot = v.entry(dc.clone()).or_default();
-        let unchanged = slot
-            .get(&name)
-            .is_some_and(|old| old.member == m && old.status == MemberState::Alive);
-        slot.insert(
-            name.clone(),
-            MemberView {
-                member: m.clone(),
-                status: MemberState::Alive,
-            },
-        );
-        !unchanged
+        let old = place(v, &dc, &m, MemberState::Alive);
+        old.is_none_or(|(old_dc, old)| {
+            old_dc != dc || old.member != m || old.status != MemberState::Alive
+        })
     });
     if changed {
         b.deliver(BridgeEvent::MemberUpdated {
@@ -513,13 +528,9 @@ async fn member_removed(
         }
         Some(m)
     };
-    let known = b.with_view(|v| {
-        let old = v.get_mut(&dc).and_then(|ms| ms.remove(&name));
-        if v.get(&dc).is_some_and(BTreeMap::is_empty) {
-            v.remove(&dc);
-        }
-        old
-    });
+    // Wherever the view has it: a member is in one datacenter, and the one it left
+    // under may be its older one (Serf sends the event with the current tags).
+    let known = b.with_view(|v| unplace(v, &name)).map(|(_, old)| old);
     let member = from_body
         .or(known.map(|k| k.member))
         .unwrap_or_else(|| MemberInfo {

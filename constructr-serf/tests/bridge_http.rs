@@ -147,6 +147,59 @@ async fn member_lifecycle_status_codes_events_and_view() {
     assert!(r.bridge.members().is_empty());
 }
 
+/// Serf sends a member's events under its current `dc` tag: after `serf tags -set dc=dc3`
+/// the update comes under dc3, and its leave and reap too. The member must move, not be
+/// listed twice, and leave no ghost behind in its old datacenter.
+#[tokio::test]
+async fn a_member_that_changes_datacenter_moves_and_leaves_no_ghost() {
+    use reqwest::Method;
+    let r = start(BridgeConfig::default()).await;
+    let mut rx = r.bridge.subscribe();
+    let post = r
+        .send(Method::POST, "/dc/dc1/members", Some(&member("a", "dc1")))
+        .await;
+    assert_eq!(post.status(), 201);
+    recv(&mut rx).await;
+
+    let put = r
+        .send(Method::PUT, "/dc/dc3/members/a", Some(&member("a", "dc3")))
+        .await;
+    assert_eq!(put.status(), 200);
+    assert!(
+        matches!(recv(&mut rx).await, BridgeEvent::MemberUpdated { dc, .. } if dc == "dc3"),
+        "a move is an update under the new datacenter"
+    );
+    let all = r.view("/members").await;
+    assert_eq!(
+        all,
+        json!({"dc3": [{"name": "a", "address": "10.0.0.1", "role": "web",
+        "tags": {"dc": "dc3", "role": "web"}, "status": "alive"}]})
+    );
+    assert_eq!(r.view("/dc/dc1/members").await, json!([]));
+
+    // A failure reported under the new datacenter, then the leave and the reap.
+    let failed = r
+        .send(Method::POST, "/dc/dc3/failures", Some(&member("a", "dc3")))
+        .await;
+    assert_eq!(failed.status(), 204);
+    recv(&mut rx).await;
+    assert_eq!(r.bridge.members().len(), 1, "{:?}", r.bridge.members());
+    let left = r.send(Method::DELETE, "/dc/dc3/members/a", None).await;
+    assert_eq!(left.status(), 204);
+    recv(&mut rx).await;
+    assert!(r.bridge.members().is_empty(), "{:?}", r.bridge.members());
+
+    // A leave that arrives under the old datacenter (a handler that saw the old tags)
+    // removes the member too.
+    r.send(Method::POST, "/dc/dc1/members", Some(&member("b", "dc1")))
+        .await;
+    r.send(Method::PUT, "/dc/dc2/members/b", Some(&member("b", "dc2")))
+        .await;
+    r.send(Method::DELETE, "/dc/dc1/members/b?reap=true", None)
+        .await;
+    assert!(r.bridge.members().is_empty(), "{:?}", r.bridge.members());
+}
+
 #[tokio::test]
 async fn user_events_and_queries() {
     let r = start(BridgeConfig::default().with_query_timeout(Duration::from_millis(300))).await;
