@@ -28,10 +28,11 @@ pub struct HandlerArgs {
     /// Timeout of one request to the bridge.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub timeout: Duration,
-    /// Retries of a request that failed with a connection error, timeout or 5xx.
-    #[arg(long, default_value_t = 2, value_name = "N")]
+    /// Retries of a request that failed with a connection error, timeout or 5xx (the
+    /// default waits 11 s in all: longer than a supervised restart of the bridge).
+    #[arg(long, default_value_t = 8, value_name = "N")]
     pub retries: u32,
-    /// Delay before a retry.
+    /// Delay before the first retry; it doubles with every retry, up to 2 s.
     #[arg(long, default_value = "200ms", value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub retry_delay: Duration,
     /// The agent's `query_response_size_limit` (bytes of the whole response message).

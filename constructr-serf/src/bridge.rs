@@ -319,6 +319,10 @@ impl Bridge {
             .route("/dc/{dc}/queries/{name}", post(query))
             .fallback(not_found)
             .method_not_allowed_fallback(method_not_allowed)
+            .route_layer(axum::middleware::from_fn_with_state(
+                self.clone(),
+                refuse_other_dc_tag,
+            ))
             .layer(DefaultBodyLimit::max(self.inner.config.body_limit))
             .with_state(self.clone())
     }
@@ -420,6 +424,26 @@ fn place(
         .or_default()
         .insert(member.name.clone(), view);
     old
+}
+
+/// Refuses a request from a handler that reads datacenters from another tag than this
+/// bridge ([`crate::handler::DC_TAG_HEADER`]): its paths and this bridge's checks would
+/// disagree about every member. Requests without the header (other clients) pass.
+async fn refuse_other_dc_tag(
+    State(b): State<Bridge>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Result<Response, ApiError> {
+    let theirs = request.headers().get(crate::handler::DC_TAG_HEADER);
+    let ours = &b.inner.config.dc_tag;
+    match theirs {
+        Some(tag) if tag.as_bytes() != ours.as_bytes() => Err(ApiError::bad(format!(
+            "the handler reads datacenters from tag {:?}, this bridge from {ours:?}: \
+             give both the same --dc-tag",
+            String::from_utf8_lossy(tag.as_bytes())
+        ))),
+        _ => Ok(next.run(request).await),
+    }
 }
 
 fn check_dc(bridge: &Bridge, dc: &str, m: &MemberInfo) -> Result<(), ApiError> {

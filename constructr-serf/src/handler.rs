@@ -22,11 +22,18 @@
 //! - Malformed input (a member line without its four tab-separated fields, an unknown
 //!   `SERF_EVENT`, ...) is refused as a whole: nothing is forwarded, one line goes to stderr,
 //!   the exit code is 2. The handler never panics on input.
+//! - `--bridge` must be an `http://` or `https://` URL with a host; anything else is
+//!   refused with exit code 2 before any request.
 //! - Each request has a timeout (`--timeout`, default 5 s) and is retried (`--retries`,
-//!   default 2, after `--retry-delay`) on connection errors, timeouts and 5xx answers. When
-//!   it still fails, or the bridge answers 4xx, the handler says so on stderr and exits 1
-//!   (Serf logs it). Serf runs handlers one at a time with no timeout, so these bounds are
-//!   what keeps a dead bridge from stalling every later event.
+//!   default 8, after `--retry-delay` = 200 ms, doubling up to 2 s: 11 s in all, longer than
+//!   a supervised restart of the bridge) on connection errors, timeouts and 5xx answers.
+//!   A request the bridge refuses (4xx) is reported on stderr and the handler goes on with
+//!   the other members of the event; a bridge still unreachable after every retry ends the
+//!   invocation (the other requests would wait as long). Either way the exit code is 1 and
+//!   Serf logs the handler's stderr. Serf runs handlers one at a time with no timeout, so
+//!   these bounds are what keeps a dead bridge from stalling every later event.
+//! - Every request names the handler's `--dc-tag` (header `x-constructr-dc-tag`); a
+//!   bridge with another `--dc-tag` refuses it (400, saying both tags).
 //! - For a query, the bridge's answer is printed to stdout and becomes this node's
 //!   response. Serf limits a response message to 1024 bytes (`query_response_size_limit`)
 //!   **including** about 45 bytes of framing and the responding node's name, and drops a
@@ -57,9 +64,12 @@ pub struct HandlerConfig {
     pub default_dc: String,
     /// Timeout of one request to the bridge. Default 5 s.
     pub timeout: Duration,
-    /// Retries of a request that failed with a connection error, timeout or 5xx. Default 2.
+    /// Retries of a request that failed with a connection error, timeout or 5xx. Default 8:
+    /// with the default delays the handler waits 11 s in all, which outlasts a supervised
+    /// restart of the bridge (systemd's `RestartSec=1s` plus its start).
     pub retries: u32,
-    /// Delay before a retry. Default 200 ms.
+    /// Delay before the first retry; it doubles with every retry, up to
+    /// [`MAX_RETRY_DELAY`]. Default 200 ms.
     pub retry_delay: Duration,
     /// The agent's `query_response_size_limit` (bytes of the whole response message).
     /// Default 1024.
@@ -73,7 +83,7 @@ impl Default for HandlerConfig {
             dc_tag: "dc".into(),
             default_dc: "default".into(),
             timeout: Duration::from_secs(5),
-            retries: 2,
+            retries: 8,
             retry_delay: Duration::from_millis(200),
             query_response_limit: 1024,
         }
@@ -88,7 +98,33 @@ impl HandlerConfig {
             ..Self::default()
         }
     }
+
+    /// The waits before each retry of one request: `retry_delay`, doubling, capped at
+    /// [`MAX_RETRY_DELAY`].
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use constructr_serf::handler::HandlerConfig;
+    ///
+    /// let waits: Vec<Duration> = HandlerConfig::default().retry_waits().collect();
+    /// assert_eq!(waits.len(), 8);
+    /// assert!(waits.iter().sum::<Duration>() >= Duration::from_secs(10));
+    /// ```
+    pub fn retry_waits(&self) -> impl Iterator<Item = Duration> + use<> {
+        let first = self.retry_delay.min(MAX_RETRY_DELAY);
+        std::iter::successors(Some(first), |d| {
+            Some(d.saturating_mul(2).min(MAX_RETRY_DELAY))
+        })
+        .take(usize::try_from(self.retries).unwrap_or(usize::MAX))
+    }
 }
+
+/// The longest wait between two attempts of one request.
+pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(2);
+
+/// Header naming the tag the handler reads datacenters from, so that the bridge can refuse
+/// a handler whose `--dc-tag` differs from its own.
+pub const DC_TAG_HEADER: &str = "x-constructr-dc-tag";
 
 /// Exit code: everything was forwarded.
 pub const EXIT_OK: u8 = 0;
@@ -110,6 +146,9 @@ pub struct BridgeRequest {
     pub content_type: &'static str,
     /// Whether this is a query (its answer is printed; 503/504 are not retried).
     pub is_query: bool,
+    /// For a member event: the tag its datacenter was read from (sent as
+    /// [`DC_TAG_HEADER`], so the bridge can refuse a mismatch).
+    pub dc_tag: Option<String>,
 }
 
 /// Percent-encodes one path segment (everything but RFC 3986 unreserved characters).
@@ -149,6 +188,7 @@ fn member_request(kind: MemberEventKind, m: &MemberInfo, config: &HandlerConfig)
         body: serde_json::to_vec(m).expect("a member serialises"),
         content_type: "application/json",
         is_query: false,
+        dc_tag: Some(config.dc_tag.clone()),
     }
 }
 
@@ -181,6 +221,7 @@ pub fn requests(input: &HandlerInput, config: &HandlerConfig) -> Vec<BridgeReque
             body: payload.clone(),
             content_type: "application/octet-stream",
             is_query: false,
+            dc_tag: Some(config.dc_tag.clone()),
         }],
         HandlerEvent::Query {
             name,
@@ -196,8 +237,24 @@ pub fn requests(input: &HandlerInput, config: &HandlerConfig) -> Vec<BridgeReque
             body: payload.clone(),
             content_type: "application/octet-stream",
             is_query: true,
+            dc_tag: Some(config.dc_tag.clone()),
         }],
     }
+}
+
+/// Checks that `--bridge` is an `http://` or `https://` URL with a host (and no secrets to
+/// hide: the URL is shown in the message as given).
+pub fn check_bridge_url(base: &str) -> Result<(), String> {
+    let bad =
+        |why: String| format!("--bridge must be an http:// or https:// URL ({why}), got {base:?}");
+    if !(base.starts_with("http://") || base.starts_with("https://")) {
+        return Err(bad("no http:// or https:// scheme".into()));
+    }
+    let url = reqwest::Url::parse(base).map_err(|e| bad(e.to_string()))?;
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(bad("no host".into()));
+    }
+    Ok(())
 }
 
 /// How many bytes of a query answer fit into Serf's response limit for this node.
@@ -251,11 +308,8 @@ where
         }
     };
     let base = config.bridge.trim_end_matches('/');
-    if !(base.starts_with("http://") || base.starts_with("https://")) {
-        let _ = writeln!(
-            stderr,
-            "constructr serf-handler: --bridge must be an http:// or https:// URL, got {base:?}"
-        );
+    if let Err(e) = check_bridge_url(base) {
+        let _ = writeln!(stderr, "constructr serf-handler: {e}");
         return EXIT_MALFORMED;
     }
     let rt = match tokio::runtime::Builder::new_current_thread()
@@ -285,6 +339,10 @@ where
             return EXIT_FORWARD_FAILED;
         }
     };
+    // A refused request (one member the bridge will not take) does not drop the others of
+    // the same event; a bridge that stays unreachable through every retry ends the
+    // invocation, since the remaining requests would wait as long for the same answer.
+    let mut failed = false;
     for req in requests(&input, config) {
         match rt.block_on(forward(&client, base, &req, config)) {
             Ok(answer) => {
@@ -307,11 +365,31 @@ where
                     "constructr serf-handler: {} {}{}: {e}",
                     req.method, base, req.path
                 );
-                return EXIT_FORWARD_FAILED;
+                failed = true;
+                if matches!(e, Failure::Unreachable(_)) {
+                    break;
+                }
             }
         }
     }
-    EXIT_OK
+    if failed { EXIT_FORWARD_FAILED } else { EXIT_OK }
+}
+
+/// Why a request was not forwarded.
+#[derive(Debug)]
+enum Failure {
+    /// The bridge answered and refused this request (4xx; for a query also 503/504).
+    Refused(String),
+    /// The bridge could not be reached, or kept failing, through every retry.
+    Unreachable(String),
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Refused(m) | Self::Unreachable(m) => f.write_str(m),
+        }
+    }
 }
 
 async fn forward(
@@ -319,22 +397,25 @@ async fn forward(
     base: &str,
     req: &BridgeRequest,
     config: &HandlerConfig,
-) -> Result<Vec<u8>, String> {
+) -> Result<Vec<u8>, Failure> {
     let url = format!("{base}{}", req.path);
     let mut attempt = 0;
+    let mut waits = config.retry_waits();
     loop {
-        let result = client
+        let mut request = client
             .request(req.method.clone(), &url)
-            .header(reqwest::header::CONTENT_TYPE, req.content_type)
-            .body(req.body.clone())
-            .send()
-            .await;
+            .header(reqwest::header::CONTENT_TYPE, req.content_type);
+        if let Some(tag) = &req.dc_tag {
+            request = request.header(DC_TAG_HEADER, tag.as_str());
+        }
+        let result = request.body(req.body.clone()).send().await;
         let retryable_error = match result {
             Ok(resp) => {
                 let status = resp.status();
                 let body = resp.bytes().await.map(|b| b.to_vec());
                 if status.is_success() {
-                    return body.map_err(|e| format!("reading the answer: {e}"));
+                    return body
+                        .map_err(|e| Failure::Unreachable(format!("reading the answer: {e}")));
                 }
                 let text: String = body
                     .map(|b| {
@@ -353,20 +434,19 @@ async fn forward(
                             | reqwest::StatusCode::GATEWAY_TIMEOUT
                     );
                 if !status.is_server_error() || no_answer {
-                    return Err(message);
+                    return Err(Failure::Refused(message));
                 }
                 message
             }
             Err(e) => constructr_core::error_chain(&e),
         };
-        if attempt >= config.retries {
-            return Err(format!(
-                "{retryable_error} (after {} attempts)",
-                attempt + 1
-            ));
-        }
         attempt += 1;
-        tokio::time::sleep(config.retry_delay).await;
+        let Some(wait) = waits.next() else {
+            return Err(Failure::Unreachable(format!(
+                "{retryable_error} (after {attempt} attempts)"
+            )));
+        };
+        tokio::time::sleep(wait).await;
     }
 }
 
@@ -460,6 +540,103 @@ mod tests {
         let code = run_from_env(config, stdin, env, &mut out, &mut err);
         let text = |b: Vec<u8>| String::from_utf8(b).unwrap();
         (code, text(out), text(err))
+    }
+
+    /// A stand-in bridge on its own thread (the handler runs its own runtime): records
+    /// every path, answers 400 to paths that contain `refuse` and 201 to the others.
+    fn recording_bridge(
+        listener: std::net::TcpListener,
+        refuse: &'static str,
+    ) -> std::sync::Arc<std::sync::Mutex<Vec<String>>> {
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let record = seen.clone();
+        listener.set_nonblocking(true).unwrap();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                let app = axum::Router::new().fallback(move |uri: axum::http::Uri| {
+                    record.lock().unwrap().push(uri.path().to_owned());
+                    let refused = uri.path().contains(refuse);
+                    async move {
+                        if refused {
+                            axum::http::StatusCode::BAD_REQUEST
+                        } else {
+                            axum::http::StatusCode::CREATED
+                        }
+                    }
+                });
+                axum::serve(listener, app).await.unwrap();
+            });
+        });
+        seen
+    }
+
+    fn free_listener() -> std::net::TcpListener {
+        std::net::TcpListener::bind("127.0.0.1:0").unwrap()
+    }
+
+    #[test]
+    fn a_refused_member_does_not_drop_the_later_members_of_the_event() {
+        let listener = free_listener();
+        let config = HandlerConfig::new(format!("http://{}", listener.local_addr().unwrap()));
+        let seen = recording_bridge(listener, "/b");
+        let stdin = b"a\t1.1.1.1\t\t\nb\t1.1.1.2\t\t\nc\t1.1.1.3\t\t\n";
+        let env = [("SERF_EVENT", "member-update"), ("SERF_SELF_NAME", "a")];
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let code = run_from_env(&config, stdin, env, &mut out, &mut err);
+        let err = String::from_utf8(err).unwrap();
+        assert_eq!(code, EXIT_FORWARD_FAILED, "{err}");
+        let seen = seen.lock().unwrap().clone();
+        let paths = [
+            "/dc/default/members/a",
+            "/dc/default/members/b",
+            "/dc/default/members/c",
+        ];
+        assert_eq!(seen, paths, "{err}");
+        assert!(err.contains("members/b") && err.contains("400"), "{err}");
+        assert!(!err.contains("members/c"), "{err}");
+    }
+
+    #[test]
+    fn the_default_retries_outlast_a_supervised_bridge_restart() {
+        // The bridge is down for 3 s (systemd's RestartSec=1s plus a slow start).
+        let port = free_listener().local_addr().unwrap().port();
+        let config = HandlerConfig::new(format!("http://127.0.0.1:{port}"));
+        let restart = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs(3));
+            let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+            recording_bridge(listener, "nothing")
+        });
+        let (code, _, err) = run_member_join(&config, b"a\t1.1.1.1\t\t\n");
+        assert_eq!(code, EXIT_OK, "{err}");
+        let seen = restart.join().unwrap();
+        assert_eq!(*seen.lock().unwrap(), ["/dc/default/members"]);
+    }
+
+    #[test]
+    fn an_invalid_bridge_url_is_refused_with_exit_2_before_any_request() {
+        for url in [
+            "http://exa mple",
+            "http://",
+            "https://[::1",
+            "ftp://bridge",
+            "bridge:8888",
+        ] {
+            let (code, out, err) = run_member_join(&HandlerConfig::new(url), b"a\t1.1.1.1\t\t\n");
+            assert_eq!(code, EXIT_MALFORMED, "{url}: {err}");
+            assert!(
+                err.contains("--bridge must be") && out.is_empty(),
+                "{url}: {err}"
+            );
+            assert!(
+                !err.contains("attempts"),
+                "{url}: nothing may be sent: {err}"
+            );
+        }
     }
 
     #[test]

@@ -200,6 +200,35 @@ async fn a_member_that_changes_datacenter_moves_and_leaves_no_ghost() {
     assert!(r.bridge.members().is_empty(), "{:?}", r.bridge.members());
 }
 
+/// A handler started with another `--dc-tag` than the bridge would file every member
+/// under the wrong datacenter; the bridge refuses its requests and says why.
+#[tokio::test]
+async fn a_handler_with_another_dc_tag_is_refused_with_the_reason() {
+    let r = start(BridgeConfig::default()).await;
+    let post = |tag: Option<&'static str>| {
+        let mut request = r
+            .http
+            .post(format!("{}/dc/dc1/members", r.base))
+            .json(&member("a", "dc1"));
+        if let Some(tag) = tag {
+            request = request.header(constructr_serf::handler::DC_TAG_HEADER, tag);
+        }
+        request.send()
+    };
+    let refused = post(Some("datacenter")).await.unwrap();
+    assert_eq!(refused.status(), 400);
+    let body: serde_json::Value = refused.json().await.unwrap();
+    let text = body["error"].as_str().unwrap();
+    assert!(
+        text.contains("\"datacenter\"") && text.contains("--dc-tag"),
+        "{text}"
+    );
+    assert!(r.bridge.members().is_empty());
+    // The same tag, and a client that does not say (not a handler of ours): accepted.
+    assert_eq!(post(Some("dc")).await.unwrap().status(), 201);
+    assert_eq!(post(None).await.unwrap().status(), 201);
+}
+
 #[tokio::test]
 async fn user_events_and_queries() {
     let r = start(BridgeConfig::default().with_query_timeout(Duration::from_millis(300))).await;
