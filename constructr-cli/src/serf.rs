@@ -68,7 +68,7 @@ pub struct BridgeArgs {
     /// Name of the tag that holds a member's datacenter.
     #[arg(long, default_value = "dc", value_name = "TAG")]
     pub dc_tag: String,
-    /// How long a query waits for an answer.
+    /// How long a query waits for an answer (`POST /queries/{id}/response`).
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub query_timeout: Duration,
     /// Largest accepted request body.
@@ -80,9 +80,10 @@ pub struct BridgeArgs {
 }
 
 /// Runs a stand-alone bridge until SIGINT/SIGTERM: serves the endpoints and the membership
-/// view, and prints every event as one JSON line to stdout (unless `--quiet`). With no
-/// application attached, queries are not answered (504 after `--query-timeout`, so the
-/// node sends no response).
+/// view, and prints every event as one JSON line to stdout (unless `--quiet`). A query
+/// waits up to `--query-timeout` for `POST /queries/{id}/response` (e.g. from a `GET
+/// /events` subscriber); unanswered, it gets 504 and the node sends no response. With
+/// `--quiet` and no `/events` subscriber, queries get 503 at once.
 pub fn run_bridge(args: &BridgeArgs) -> ExitCode {
     let rt = match crate::runtime(tokio::runtime::Builder::new_multi_thread().worker_threads(2)) {
         Ok(rt) => rt,

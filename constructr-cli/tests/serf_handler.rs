@@ -221,3 +221,87 @@ async fn three_agents_with_the_handler_and_the_bridge() {
     assert!(view.get("default").is_none(), "{view}");
     assert_eq!(bridge.members_in("dc2")[0].status, MemberState::Failed);
 }
+
+/// A child process that is killed when the test ends, failed or not.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The stand-alone `constructr serf-bridge` answers `serf query` through a subscriber in
+/// another language: an SSE client of `GET /events` sees the query with its id and answers
+/// with `POST /queries/{id}/response` (before, the bridge answered 504 at once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serf_query_is_answered_by_an_sse_subscriber_of_the_cli_bridge() {
+    let Some(bin) = support::serf_bin() else {
+        return;
+    };
+    let port = support::free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let _bridge = KillOnDrop(
+        std::process::Command::new(env!("CARGO_BIN_EXE_constructr"))
+            .args(["serf-bridge", "--listen", &format!("127.0.0.1:{port}")])
+            .args(["--query-timeout", "6s", "--quiet"])
+            .spawn()
+            .unwrap(),
+    );
+    let http = reqwest::Client::new();
+    let mut events = None;
+    for _ in 0..100 {
+        if let Ok(r) = http.get(format!("{base}/events")).send().await {
+            events = Some(r);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut events = events.expect("the bridge listens");
+    let handler = format!(
+        "{} serf-handler --bridge {base} --timeout 8s",
+        env!("CARGO_BIN_EXE_constructr")
+    );
+    let a1 = Agent::start(
+        &bin,
+        "sse-q1",
+        AgentOptions::default().with_handler(handler),
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // `serf query` itself, against the agent that runs the handler.
+    let asked = tokio::process::Command::new(&bin)
+        .arg("query")
+        .arg(format!("-rpc-addr={}", a1.rpc))
+        .args(["-timeout=10s", "load", "cpu?"])
+        .output();
+    let answer = async {
+        let mut text = String::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            // The query's frame: `event: query` then `data: {...,"id":N,...}`.
+            if let Some(frame) = text.split("\n\n").find(|f| f.contains("event: query")) {
+                let data = frame.lines().find_map(|l| l.strip_prefix("data:")).unwrap();
+                let query: serde_json::Value = serde_json::from_str(data.trim()).unwrap();
+                assert_eq!(query["payload"], "cpu?", "{query}");
+                let id = query["id"].as_u64().unwrap();
+                let url = format!("{base}/queries/{id}/response");
+                let resp = http.post(url).body("0.42").send().await.unwrap();
+                assert_eq!(resp.status(), 204);
+                return;
+            }
+            let chunk = tokio::time::timeout_at(deadline, events.chunk())
+                .await
+                .unwrap_or_else(|_| panic!("no query event; agent log:\n{}", a1.log_text()));
+            text.push_str(&String::from_utf8_lossy(&chunk.unwrap().unwrap()));
+        }
+    };
+    let (asked, ()) = tokio::join!(asked, answer);
+    let out = String::from_utf8_lossy(&asked.unwrap().stdout).into_owned();
+    assert!(
+        out.contains("Response from 'sse-q1': 0.42"),
+        "{out}\nagent log:\n{}",
+        a1.log_text()
+    );
+}

@@ -26,7 +26,8 @@
 //! handler retries and Serf logs the failure: events are not dropped silently. A dropped
 //! receiver unsubscribes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -162,6 +163,8 @@ pub struct Query {
     pub ltime: u64,
     /// Payload.
     pub payload: Bytes,
+    /// The bridge's id of this query: `POST /queries/{id}/response` answers it.
+    pub id: u64,
     responder: Arc<Mutex<Option<oneshot::Sender<Bytes>>>>,
 }
 
@@ -183,6 +186,9 @@ struct Inner {
     config: BridgeConfig,
     subscribers: Mutex<Vec<mpsc::Sender<BridgeEvent>>>,
     view: RwLock<View>,
+    /// Queries waiting for an answer, by id (answerable over HTTP until they time out).
+    queries: Mutex<HashMap<u64, Query>>,
+    next_query: AtomicU64,
 }
 
 /// The bridge: membership view, subscribers, and the HTTP routes. Cheap to clone.
@@ -227,6 +233,8 @@ impl Bridge {
                 config,
                 subscribers: Mutex::new(Vec::new()),
                 view: RwLock::new(BTreeMap::new()),
+                queries: Mutex::new(HashMap::new()),
+                next_query: AtomicU64::new(1),
             }),
         }
     }
@@ -241,6 +249,10 @@ impl Bridge {
         let (tx, rx) = mpsc::channel(self.inner.config.subscriber_capacity.max(1));
         self.subscribers().push(tx);
         rx
+    }
+
+    fn queries(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Query>> {
+        self.inner.queries.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn subscribers(&self) -> std::sync::MutexGuard<'_, Vec<mpsc::Sender<BridgeEvent>>> {
@@ -317,6 +329,8 @@ impl Bridge {
             .route("/dc/{dc}/failures", post(member_failed))
             .route("/dc/{dc}/events/{name}", post(user_event))
             .route("/dc/{dc}/queries/{name}", post(query))
+            .route("/events", get(event_stream))
+            .route("/queries/{id}/response", post(query_response))
             .fallback(not_found)
             .method_not_allowed_fallback(method_not_allowed)
             .route_layer(axum::middleware::from_fn_with_state(
@@ -602,6 +616,18 @@ async fn user_event(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Takes a waiting query out of the bridge's table when its request ends.
+struct PendingQuery<'a> {
+    bridge: &'a Bridge,
+    id: u64,
+}
+
+impl Drop for PendingQuery<'_> {
+    fn drop(&mut self) {
+        self.bridge.queries().remove(&self.id);
+    }
+}
+
 async fn query(
     State(b): State<Bridge>,
     Path((dc, name)): Path<(String, String)>,
@@ -616,13 +642,20 @@ async fn query(
         ));
     }
     let (tx, rx) = oneshot::channel();
+    let id = b.inner.next_query.fetch_add(1, Ordering::Relaxed);
     let q = Query {
         dc,
         name: name.clone(),
         ltime,
         payload: body,
+        id,
         responder: Arc::new(Mutex::new(Some(tx))),
     };
+    // The bridge keeps a clone until the timeout: a subscriber that only prints the query
+    // (or an SSE client) can still answer it over HTTP. Removed however this ends (also
+    // when the handler hangs up).
+    b.queries().insert(id, q.clone());
+    let _pending = PendingQuery { bridge: &b, id };
     b.deliver(BridgeEvent::Query(q)).await?;
     match tokio::time::timeout(b.inner.config.query_timeout, rx).await {
         Ok(Ok(answer)) => Ok((
@@ -639,6 +672,50 @@ async fn query(
                 b.inner.config.query_timeout
             ),
         )),
+    }
+}
+
+/// `GET /events`: every event from now on as server-sent events, one JSON object each
+/// ([`event_json`]; the SSE event name is its `event` field). Queries carry their `id`.
+async fn event_stream(
+    State(b): State<Bridge>,
+) -> axum::response::Sse<
+    impl tokio_stream::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>>,
+> {
+    use tokio_stream::StreamExt as _;
+    let events = tokio_stream::wrappers::ReceiverStream::new(b.subscribe()).map(|e| {
+        let json = event_json(&e);
+        let name = json["event"].as_str().unwrap_or("event").to_owned();
+        let sse = axum::response::sse::Event::default().event(name);
+        // A `serde_json::Value` always serializes.
+        Ok(sse.json_data(&json).unwrap_or_default())
+    });
+    axum::response::Sse::new(events).keep_alive(axum::response::sse::KeepAlive::default())
+}
+
+/// `POST /queries/{id}/response`: the body answers query `id` (204); 404 if no such query
+/// waits (answered, timed out, or never asked), 409 if it was answered already.
+async fn query_response(
+    State(b): State<Bridge>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<StatusCode, ApiError> {
+    let id: u64 = id
+        .parse()
+        .map_err(|_| ApiError::bad(format!("query id must be a number, got {id:?}")))?;
+    let Some(q) = b.queries().get(&id).cloned() else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no query {id} is waiting (answered, timed out or unknown)"),
+        ));
+    };
+    if q.respond(body) {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("query {id} was answered already"),
+        ))
     }
 }
 
@@ -671,7 +748,8 @@ pub fn event_json(e: &BridgeEvent) -> serde_json::Value {
             payload,
         } => json!({"event": "user", "dc": dc, "name": name, "ltime": ltime,
                     "payload": String::from_utf8_lossy(payload)}),
-        BridgeEvent::Query(q) => json!({"event": "query", "dc": q.dc, "name": q.name,
-                    "ltime": q.ltime, "payload": String::from_utf8_lossy(&q.payload)}),
+        BridgeEvent::Query(q) => json!({"event": "query", "id": q.id, "dc": q.dc,
+                    "name": q.name, "ltime": q.ltime,
+                    "payload": String::from_utf8_lossy(&q.payload)}),
     }
 }

@@ -364,3 +364,113 @@ async fn a_full_subscriber_makes_requests_fail_instead_of_dropping_events() {
     drop(rx);
     assert_eq!(post("four").await.unwrap().status(), 204);
 }
+
+/// Reads server-sent events from `resp` until one named `name` arrives; returns its data.
+async fn next_sse(resp: &mut reqwest::Response, buf: &mut String, name: &str) -> serde_json::Value {
+    loop {
+        while let Some(end) = buf.find("\n\n") {
+            let frame: String = buf.drain(..end + 2).collect();
+            let field = |key: &str| {
+                frame
+                    .lines()
+                    .find_map(|l| l.strip_prefix(key))
+                    .map(str::trim)
+                    .map(str::to_owned)
+            };
+            if field("event:").as_deref() == Some(name) {
+                return serde_json::from_str(&field("data:").expect("data")).unwrap();
+            }
+        }
+        let chunk = tokio::time::timeout(Duration::from_secs(5), resp.chunk())
+            .await
+            .expect("no event within 5 s")
+            .unwrap()
+            .expect("stream ended");
+        buf.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+}
+
+/// A subscriber in any language: `GET /events` streams every event as JSON; a query comes
+/// with an id and `POST /queries/{id}/response` answers it.
+#[tokio::test]
+async fn sse_subscribers_see_events_and_answer_queries_over_http() {
+    let r = start(BridgeConfig::default().with_query_timeout(Duration::from_secs(5))).await;
+    let mut events = r
+        .http
+        .get(format!("{}/events", r.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(events.status(), 200);
+    assert_eq!(events.headers()["content-type"], "text/event-stream");
+    let mut buf = String::new();
+
+    let joined = r
+        .send(
+            reqwest::Method::POST,
+            "/dc/dc1/members",
+            Some(&member("a", "dc1")),
+        )
+        .await;
+    assert_eq!(joined.status(), 201);
+    let e = next_sse(&mut events, &mut buf, "member-joined").await;
+    assert_eq!(
+        (e["dc"].as_str(), e["member"]["name"].as_str()),
+        (Some("dc1"), Some("a"))
+    );
+
+    let http = r.http.clone();
+    let url = format!("{}/dc/dc1/queries/load?ltime=9", r.base);
+    let asked = tokio::spawn(async move { http.post(url).body("cpu?").send().await.unwrap() });
+    let q = next_sse(&mut events, &mut buf, "query").await;
+    assert_eq!(
+        (
+            q["name"].as_str(),
+            q["ltime"].as_u64(),
+            q["payload"].as_str()
+        ),
+        (Some("load"), Some(9), Some("cpu?"))
+    );
+    let answer = |id: String, body: &'static str| {
+        r.http
+            .post(format!("{}/queries/{id}/response", r.base))
+            .body(body)
+            .send()
+    };
+    let id = q["id"].as_u64().expect("a query has an id").to_string();
+    assert_eq!(answer(id.clone(), "0.42").await.unwrap().status(), 204);
+    let asked = asked.await.unwrap();
+    assert_eq!(asked.status(), 200);
+    assert_eq!(asked.text().await.unwrap(), "0.42");
+    // Answered and gone; never asked; not a number.
+    assert_eq!(answer(id, "late").await.unwrap().status(), 404);
+    assert_eq!(answer("999999".into(), "x").await.unwrap().status(), 404);
+    assert_eq!(answer("x".into(), "x").await.unwrap().status(), 400);
+}
+
+/// `constructr serf-bridge` prints queries and drops them: the query must still wait its
+/// timeout for an answer over HTTP, not fail at once with 504.
+#[tokio::test]
+async fn a_query_dropped_by_its_subscriber_can_still_be_answered_over_http() {
+    let r = start(BridgeConfig::default().with_query_timeout(Duration::from_secs(5))).await;
+    let mut rx = r.bridge.subscribe();
+    let http = r.http.clone();
+    let url = format!("{}/dc/dc1/queries/ping", r.base);
+    let asked = tokio::spawn(async move { http.post(url).send().await.unwrap() });
+    let id = match recv(&mut rx).await {
+        BridgeEvent::Query(q) => q.id,
+        other => panic!("{other:?}"),
+    }; // the query is dropped here, unanswered
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let resp = r
+        .http
+        .post(format!("{}/queries/{id}/response", r.base))
+        .body("pong")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 204);
+    let asked = asked.await.unwrap();
+    assert_eq!(asked.status(), 200);
+    assert_eq!(asked.text().await.unwrap(), "pong");
+}

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use constructr_serf::MemberEventKind;
-use constructr_serf::handler::{HandlerConfig, requests};
+use constructr_serf::handler::{HandlerConfig, check_bridge_url, requests};
 use constructr_serf::protocol::{
     HandlerEvent, MemberInfo, format_member_line, parse_env, sanitize_tag_name,
 };
@@ -56,6 +56,19 @@ fn kind() -> impl Strategy<Value = MemberEventKind> {
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// `--bridge` comes from the command line: any text is accepted or refused, never a
+    /// panic, and what is accepted parses as an http(s) URL with a host.
+    #[test]
+    fn bridge_urls_never_panic_and_accepted_ones_have_a_host(
+        url in prop_oneof!["\\PC{0,40}", "(http|https)://[a-z0-9 .:\\[\\]@%/-]{0,30}"]
+    ) {
+        if check_bridge_url(&url).is_ok() {
+            let parsed = reqwest::Url::parse(&url).unwrap();
+            prop_assert!(matches!(parsed.scheme(), "http" | "https"));
+            prop_assert!(parsed.host_str().is_some_and(|h| !h.is_empty()));
+        }
+    }
 
     #[test]
     fn member_lines_round_trip(kind in kind(), members in prop::collection::vec(member(), 1..6)) {
