@@ -15,7 +15,7 @@
 //! superseded ([`Machine::is_awaiting`] tells), but it does not have to.
 //!
 //! # How it is built
-//! The machine is a [`Phase`] (the state, with the data only that state needs: the lock
+//! The machine is a `Phase` (the state, with the data only that state needs: the lock
 //! token while verifying, the seeds and the registration while joining, ...) and the I/O it
 //! waits for (one request in flight, or a timer). Every input — a reply, a timeout, a
 //! shutdown, a cluster event — becomes an `Input`, and **one function, `transition`, holds

@@ -42,7 +42,7 @@
 //! - **One node per agent and scope.** Two `NodeId`s registering through the same agent
 //!   overwrite each other; the conformance suite's multi-node checks therefore do not apply.
 //! - Serf limits all tags of an agent together to 512 bytes (encoded): long cluster names and
-//!   addresses, or many scopes per agent, make `tags` fail ([`CoordinationError::Permanent`]).
+//!   addresses, or many scopes per agent, make `tags` fail ([`CoordinationError::Permanent`](constructr_core::CoordinationError::Permanent)).
 //!
 //! Prefer etcd or Consul when two clusters must never form (they give a linearizable lock
 //! and fenced writes), and use Serf where it is already the membership layer, a short

@@ -191,7 +191,7 @@ pub enum StreamEvent {
         /// Whether Serf may coalesce it.
         coalesce: bool,
     },
-    /// A query; answer it with [`SerfClient::respond`] and `id` (on the same connection,
+    /// A query; answer it with [`SerfClient::respond`](super::SerfClient::respond) and `id` (on the same connection,
     /// before the query's deadline).
     Query {
         /// The id to respond with.
