@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use constructr::serf::bridge::{Bridge, BridgeConfig, event_json};
 use constructr::serf::handler::{self, HandlerConfig};
+use constructr::serf::{SerfClient, SerfConfig};
 
 /// Options of `constructr serf-handler`.
 #[derive(Clone, Debug, PartialEq, Eq, clap::Args)]
@@ -77,6 +78,25 @@ pub struct BridgeArgs {
     /// Do not print events to stdout.
     #[arg(long)]
     pub quiet: bool,
+    /// RPC address of the local Serf agent: the view is loaded from its member list at
+    /// start and reconciled with it every `--reconcile-interval` (so a restarted bridge
+    /// does not start empty, and events it missed reach the subscribers).
+    #[arg(long, value_name = "ADDR")]
+    pub rpc: Option<String>,
+    /// The agent's RPC auth key (prefer the environment variable: arguments show in `ps`).
+    #[arg(
+        long,
+        env = "CONSTRUCTR_SERF_RPC_AUTH",
+        hide_env_values = true,
+        requires = "rpc"
+    )]
+    pub rpc_auth: Option<constructr::serf::Secret>,
+    /// How often the view is reconciled with the agent (with `--rpc`).
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub reconcile_interval: Duration,
+    /// Datacenter of members without the dc tag (with `--rpc`; as the handler's).
+    #[arg(long, default_value = "default", value_name = "DC")]
+    pub default_dc: String,
 }
 
 /// Runs a stand-alone bridge until SIGINT/SIGTERM: serves the endpoints and the membership
@@ -95,6 +115,27 @@ pub fn run_bridge(args: &BridgeArgs) -> ExitCode {
             .with_query_timeout(args.query_timeout)
             .with_body_limit(args.body_limit);
         let bridge = Bridge::new(config);
+        if let Some(rpc) = &args.rpc {
+            let mut serf = SerfConfig::new(rpc.clone());
+            serf.auth_key = args.rpc_auth.clone();
+            let client = match serf.validate().and_then(|()| SerfClient::new(serf)) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("constructr serf-bridge: --rpc: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            if args.reconcile_interval.is_zero() {
+                eprintln!("constructr serf-bridge: --reconcile-interval must be above zero");
+                return ExitCode::from(2);
+            }
+            let follow = bridge.clone().follow_agent(
+                client,
+                args.default_dc.clone(),
+                args.reconcile_interval,
+            );
+            tokio::spawn(follow);
+        }
         if !args.quiet {
             let mut events = bridge.subscribe();
             tokio::spawn(async move {

@@ -305,3 +305,135 @@ async fn serf_query_is_answered_by_an_sse_subscriber_of_the_cli_bridge() {
         a1.log_text()
     );
 }
+
+/// The view per datacenter, as `GET /members` of the bridge at `base` answers it.
+async fn bridge_view(http: &reqwest::Client, base: &str) -> Option<BTreeMap<String, Vec<String>>> {
+    let view: BTreeMap<String, Vec<serde_json::Value>> = http
+        .get(format!("{base}/members"))
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    let names = |ms: Vec<serde_json::Value>| {
+        let mut n: Vec<String> = ms
+            .iter()
+            .map(|m| format!("{} {}", m["name"], m["status"]))
+            .collect();
+        n.sort();
+        n
+    };
+    Some(view.into_iter().map(|(dc, ms)| (dc, names(ms))).collect())
+}
+
+/// What the agent says, in the same shape (left members are not in the view).
+async fn agent_view(client: &SerfClient) -> BTreeMap<String, Vec<String>> {
+    use constructr::serf::MemberStatus;
+    let mut view: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for m in client.members().await.unwrap() {
+        let status = match m.status {
+            MemberStatus::Alive | MemberStatus::Leaving => "alive",
+            MemberStatus::Failed => "failed",
+            _ => continue,
+        };
+        let dc = m
+            .tags
+            .get("dc")
+            .cloned()
+            .unwrap_or_else(|| "default".into());
+        view.entry(dc)
+            .or_default()
+            .push(format!("\"{}\" \"{status}\"", m.name));
+    }
+    view.values_mut().for_each(|v| v.sort());
+    view
+}
+
+/// kill -9 of the bridge while members join and leave: restarted with `--rpc`, it loads
+/// the agent's member list, and `GET /members` equals what Serf says (before, a restarted
+/// bridge served `{}` until new events came).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bridge_killed_and_restarted_serves_the_agents_members() {
+    let Some(bin) = support::serf_bin() else {
+        return;
+    };
+    let port = support::free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let handler = format!(
+        "{} serf-handler --bridge {base} --timeout 3s",
+        env!("CARGO_BIN_EXE_constructr")
+    );
+    let a1 = Agent::start(
+        &bin,
+        "rc-a1",
+        AgentOptions::default()
+            .tag("dc", "dc1")
+            .with_handler(handler),
+    );
+    let start_bridge = || {
+        KillOnDrop(
+            std::process::Command::new(env!("CARGO_BIN_EXE_constructr"))
+                .args([
+                    "serf-bridge",
+                    "--quiet",
+                    "--listen",
+                    &format!("127.0.0.1:{port}"),
+                ])
+                .args(["--rpc", &a1.rpc.to_string(), "--reconcile-interval", "1s"])
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let bridge = start_bridge();
+    let _a2 = Agent::start(
+        &bin,
+        "rc-a2",
+        AgentOptions::default().tag("dc", "dc2").joining(a1.bind),
+    );
+    let a3 = Agent::start(&bin, "rc-a3", AgentOptions::default().joining(a1.bind));
+    let c1 = SerfClient::new(SerfConfig::new(a1.rpc.to_string())).unwrap();
+    let http = reqwest::Client::new();
+    let converged = async |what: &str| {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let truth = agent_view(&c1).await;
+            let view = bridge_view(&http, &base).await;
+            if view.as_ref() == Some(&truth) && truth.values().map(Vec::len).sum::<usize>() == 3 {
+                return truth;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{what}: the bridge shows {view:?}, Serf {truth:?}\n{}",
+                a1.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    };
+    let before = converged("before the kill").await;
+    assert_eq!(before.len(), 3, "{before:?}");
+
+    drop(bridge); // SIGKILL
+    let _a4 = Agent::start(
+        &bin,
+        "rc-a4",
+        AgentOptions::default().tag("dc", "dc2").joining(a1.bind),
+    );
+    SerfClient::new(SerfConfig::new(a3.rpc.to_string()))
+        .unwrap()
+        .leave()
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let _bridge = start_bridge();
+    let after = converged("after the restart").await;
+    assert!(
+        after["dc2"].iter().any(|m| m.contains("rc-a4")),
+        "{after:?}"
+    );
+    assert!(
+        !after.values().flatten().any(|m| m.contains("rc-a3")),
+        "{after:?}"
+    );
+}

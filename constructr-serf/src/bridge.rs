@@ -293,6 +293,68 @@ impl Bridge {
         self.with_view(|v| place(v, dc, member, status));
     }
 
+    /// Makes the view Serf's truth: `members` as the agent lists them (`SerfClient::members`)
+    /// become the whole view (alive and leaving members alive, failed ones failed, left
+    /// ones gone; the datacenter from the dc tag, else `default_dc`), and subscribers get an
+    /// event for every difference the view had (a join, failure, update or leave they
+    /// missed, e.g. while the bridge restarted). Returns how many members changed.
+    pub async fn reconcile(&self, members: &[crate::client::Member], default_dc: &str) -> usize {
+        use crate::client::MemberStatus;
+        let dc_tag = self.inner.config.dc_tag.clone();
+        let mut truth = View::new();
+        for m in members {
+            let status = match m.status {
+                MemberStatus::Alive | MemberStatus::Leaving => MemberState::Alive,
+                MemberStatus::Failed => MemberState::Failed,
+                _ => continue,
+            };
+            let info = MemberInfo {
+                name: m.name.clone(),
+                address: m.addr.to_string(),
+                role: m.tags.get("role").cloned().unwrap_or_default(),
+                tags: m.tags.clone(),
+            };
+            let dc = m
+                .tags
+                .get(&dc_tag)
+                .filter(|dc| !dc.is_empty())
+                .map_or(default_dc, String::as_str);
+            place(&mut truth, dc, &info, status);
+        }
+        let old = self.with_view(|v| std::mem::replace(v, truth.clone()));
+        let events = differences(&old, &truth);
+        let changed = events.len();
+        for e in events {
+            if let Err(e) = self.deliver(e).await {
+                tracing::warn!(error = %e.message, "a reconciled change was not delivered");
+            }
+        }
+        changed
+    }
+
+    /// Keeps the view equal to what the agent at `client` reports: reconciles at once and
+    /// then every `interval` (each time over the client's connection, which reconnects on
+    /// its own after the agent restarted). Runs until dropped; failures are logged.
+    pub async fn follow_agent(
+        self,
+        client: crate::client::SerfClient,
+        default_dc: String,
+        interval: Duration,
+    ) {
+        loop {
+            match client.members().await {
+                Ok(members) => {
+                    let changed = self.reconcile(&members, &default_dc).await;
+                    if changed > 0 {
+                        tracing::info!(changed, "membership view reconciled with the agent");
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot list the agent's members"),
+            }
+            tokio::time::sleep(interval).await;
+        }
+    }
+
     /// Delivers to every subscriber; fails if one stays full beyond the delivery timeout.
     async fn deliver(&self, event: BridgeEvent) -> Result<(), ApiError> {
         let subs: Vec<_> = self.subscribers().clone();
@@ -458,6 +520,40 @@ async fn refuse_other_dc_tag(
         ))),
         _ => Ok(next.run(request).await),
     }
+}
+
+/// The events that turn view `old` into view `new`, member by member.
+fn differences(old: &View, new: &View) -> Vec<BridgeEvent> {
+    let find = |v: &View, name: &str| {
+        v.iter()
+            .find_map(|(dc, ms)| ms.get(name).map(|m| (dc.clone(), m.clone())))
+    };
+    let mut events = Vec::new();
+    for (dc, members) in new {
+        for (name, now) in members {
+            let member = now.member.clone();
+            let dc = dc.clone();
+            let event = match (find(old, name), now.status) {
+                (Some((old_dc, was)), _) if old_dc == dc && was == *now => continue,
+                // Changed tags, or a changed dc tag that moved it (as a PUT would).
+                (Some((_, was)), MemberState::Alive) if was.status == MemberState::Alive => {
+                    BridgeEvent::MemberUpdated { dc, member }
+                }
+                (_, MemberState::Failed) => BridgeEvent::MemberFailed { dc, member },
+                (_, MemberState::Alive) => BridgeEvent::MemberJoined { dc, member },
+            };
+            events.push(event);
+        }
+    }
+    for (dc, members) in old {
+        for (name, was) in members {
+            if find(new, name).is_none() {
+                let (dc, member) = (dc.clone(), was.member.clone());
+                events.push(BridgeEvent::MemberLeft { dc, member });
+            }
+        }
+    }
+    events
 }
 
 fn check_dc(bridge: &Bridge, dc: &str, m: &MemberInfo) -> Result<(), ApiError> {
@@ -751,5 +847,70 @@ pub fn event_json(e: &BridgeEvent) -> serde_json::Value {
         BridgeEvent::Query(q) => json!({"event": "query", "id": q.id, "dc": q.dc,
                     "name": q.name, "ltime": q.ltime,
                     "payload": String::from_utf8_lossy(&q.payload)}),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(entries: &[(&str, &str, &str, MemberState)]) -> View {
+        let mut v = View::new();
+        for (dc, name, version, status) in entries {
+            let member = MemberInfo {
+                name: (*name).into(),
+                address: "10.0.0.1".into(),
+                role: String::new(),
+                tags: BTreeMap::from([("version".to_owned(), (*version).to_owned())]),
+            };
+            place(&mut v, dc, &member, *status);
+        }
+        v
+    }
+
+    /// What a bridge missed while it was down reaches the subscribers on reconciliation:
+    /// one event per member that differs, none for the unchanged.
+    #[test]
+    fn differences_are_one_event_per_changed_member() {
+        use MemberState::{Alive, Failed};
+        let old = view(&[
+            ("dc1", "same", "1", Alive),
+            ("dc1", "gone", "1", Alive),
+            ("dc1", "retagged", "1", Alive),
+            ("dc1", "moved", "1", Alive),
+            ("dc1", "back", "1", Failed),
+        ]);
+        let new = view(&[
+            ("dc1", "same", "1", Alive),
+            ("dc1", "retagged", "2", Alive),
+            ("dc2", "moved", "1", Alive),
+            ("dc1", "back", "1", Alive),
+            ("dc1", "failing", "1", Failed),
+            ("dc3", "new", "1", Alive),
+        ]);
+        let mut got: Vec<String> = differences(&old, &new)
+            .iter()
+            .map(|e| {
+                let json = event_json(e);
+                format!(
+                    "{} {} {}",
+                    json["event"], json["dc"], json["member"]["name"]
+                )
+            })
+            .map(|s| s.replace('"', ""))
+            .collect();
+        got.sort();
+        assert_eq!(
+            got,
+            [
+                "member-failed dc1 failing",
+                "member-joined dc1 back",
+                "member-joined dc3 new",
+                "member-left dc1 gone",
+                "member-updated dc1 retagged",
+                "member-updated dc2 moved",
+            ]
+        );
+        assert!(differences(&new, &new).is_empty());
     }
 }
