@@ -94,6 +94,15 @@ pub struct BridgeArgs {
     /// How often the view is reconciled with the agent (with `--rpc`).
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub reconcile_interval: Duration,
+    /// This node's datacenter: keep the datacenter quorum (`GET /quorum`, `quorum` events).
+    #[arg(long, value_name = "DC")]
+    pub quorum: Option<String>,
+    /// Quorum: how long 3+ datacenters hold quorum before `high-available`.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub quorum_ha_after: Duration,
+    /// Quorum: how long a failed member still counts its datacenter as active.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub quorum_failure_grace: Duration,
     /// Datacenter of members without the dc tag (with `--rpc`; as the handler's).
     #[arg(long, default_value = "default", value_name = "DC")]
     pub default_dc: String,
@@ -113,7 +122,13 @@ pub fn run_bridge(args: &BridgeArgs) -> ExitCode {
         let config = BridgeConfig::default()
             .with_dc_tag(args.dc_tag.clone())
             .with_query_timeout(args.query_timeout)
-            .with_body_limit(args.body_limit);
+            .with_body_limit(args.body_limit)
+            .with_quorum_ha_after(args.quorum_ha_after)
+            .with_quorum_failure_grace(args.quorum_failure_grace);
+        let config = match &args.quorum {
+            Some(dc) => config.with_quorum_dc(dc.clone()),
+            None => config,
+        };
         let bridge = Bridge::new(config);
         if let Some(rpc) = &args.rpc {
             let mut serf = SerfConfig::new(rpc.clone());

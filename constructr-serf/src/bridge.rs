@@ -29,7 +29,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
@@ -43,6 +43,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::handler::encode_segment;
 use crate::protocol::MemberInfo;
+use crate::quorum::{Quorum, QuorumChange, QuorumConfig, QuorumInput, QuorumView};
 
 /// Settings of the bridge.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Setters)]
@@ -64,6 +65,18 @@ pub struct BridgeConfig {
     pub subscriber_capacity: usize,
     /// Largest accepted request body in bytes. Default 64 KiB.
     pub body_limit: usize,
+    /// This node's datacenter: when set, the bridge keeps the datacenter quorum
+    /// ([`crate::quorum`]), serves it as `GET /quorum` and reports its changes as
+    /// [`BridgeEvent::QuorumChanged`]. Default: no quorum.
+    #[setters(strip_option, into)]
+    pub quorum_dc: Option<String>,
+    /// Quorum: how long three or more datacenters hold quorum before `high-available`.
+    /// Default 60 s.
+    #[serde(with = "humantime_serde")]
+    pub quorum_ha_after: Duration,
+    /// Quorum: how long a failed member still counts its datacenter as active. Default 60 s.
+    #[serde(with = "humantime_serde")]
+    pub quorum_failure_grace: Duration,
 }
 
 impl Default for BridgeConfig {
@@ -74,6 +87,9 @@ impl Default for BridgeConfig {
             delivery_timeout: Duration::from_secs(2),
             subscriber_capacity: 1024,
             body_limit: 64 * 1024,
+            quorum_dc: None,
+            quorum_ha_after: Duration::from_secs(60),
+            quorum_failure_grace: Duration::from_secs(60),
         }
     }
 }
@@ -150,6 +166,8 @@ pub enum BridgeEvent {
     },
     /// A query: answer with [`Query::respond`].
     Query(Query),
+    /// The datacenter quorum changed state (only with [`BridgeConfig::quorum_dc`]).
+    QuorumChanged(QuorumChange),
 }
 
 /// A query waiting for an answer. Clones share the responder: the first answer wins.
@@ -189,6 +207,9 @@ struct Inner {
     /// Queries waiting for an answer, by id (answerable over HTTP until they time out).
     queries: Mutex<HashMap<u64, Query>>,
     next_query: AtomicU64,
+    quorum: Option<Mutex<Quorum>>,
+    /// Wakes the quorum timer when the membership changed.
+    quorum_changed: tokio::sync::Notify,
 }
 
 /// The bridge: membership view, subscribers, and the HTTP routes. Cheap to clone.
@@ -228,6 +249,12 @@ impl std::fmt::Debug for Bridge {
 impl Bridge {
     /// A bridge with no subscribers and an empty view.
     pub fn new(config: BridgeConfig) -> Self {
+        let quorum = config.quorum_dc.as_ref().map(|dc| {
+            let mut q = QuorumConfig::new(dc.clone());
+            q.ha_after = config.quorum_ha_after;
+            q.failure_grace = config.quorum_failure_grace;
+            Mutex::new(Quorum::new(q, Instant::now()))
+        });
         Self {
             inner: Arc::new(Inner {
                 config,
@@ -235,6 +262,8 @@ impl Bridge {
                 view: RwLock::new(BTreeMap::new()),
                 queries: Mutex::new(HashMap::new()),
                 next_query: AtomicU64::new(1),
+                quorum,
+                quorum_changed: tokio::sync::Notify::new(),
             }),
         }
     }
@@ -322,6 +351,7 @@ impl Bridge {
             place(&mut truth, dc, &info, status);
         }
         let old = self.with_view(|v| std::mem::replace(v, truth.clone()));
+        self.update_quorum().await;
         let events = differences(&old, &truth);
         let changed = events.len();
         for e in events {
@@ -352,6 +382,80 @@ impl Bridge {
                 Err(e) => tracing::warn!(error = %e, "cannot list the agent's members"),
             }
             tokio::time::sleep(interval).await;
+        }
+    }
+
+    /// The datacenter quorum now, if this bridge keeps one ([`BridgeConfig::quorum_dc`]).
+    pub fn quorum(&self) -> Option<QuorumView> {
+        let q = self.inner.quorum.as_ref()?;
+        Some(
+            q.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .view(Instant::now()),
+        )
+    }
+
+    /// Feeds the view to the quorum; a change is delivered as an event.
+    async fn update_quorum(&self) {
+        let Some(q) = &self.inner.quorum else {
+            return;
+        };
+        let change = {
+            let view = self.inner.view.read().unwrap_or_else(|e| e.into_inner());
+            let members = view.iter().flat_map(|(dc, ms)| {
+                ms.values().map(move |m| {
+                    (
+                        dc.as_str(),
+                        m.member.name.as_str(),
+                        m.status == MemberState::Alive,
+                    )
+                })
+            });
+            q.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .observe(Instant::now(), members)
+        };
+        self.inner.quorum_changed.notify_one();
+        if let Some(change) = change {
+            tracing::info!(from = ?change.from, to = ?change.to, "datacenter quorum changed");
+            if let Err(e) = self.deliver(BridgeEvent::QuorumChanged(change)).await {
+                tracing::warn!(error = %e.message, "a quorum change was not delivered");
+            }
+        }
+    }
+
+    /// Runs the quorum's timers (failure graces, the way to `high-available`): ticks it when
+    /// [`Quorum::poll_timeout`] says. [`Bridge::serve`] runs it; an application that mounts
+    /// [`Bridge::router`] itself spawns it. Returns at once without a quorum.
+    pub async fn quorum_timer(self) {
+        let Some(q) = &self.inner.quorum else {
+            return;
+        };
+        loop {
+            let next = q.lock().unwrap_or_else(|e| e.into_inner()).poll_timeout();
+            let changed = self.inner.quorum_changed.notified();
+            match next {
+                Some(at) => {
+                    tokio::select! {
+                        () = tokio::time::sleep_until(at.into()) => {}
+                        () = changed => continue,
+                    }
+                }
+                None => {
+                    changed.await;
+                    continue;
+                }
+            }
+            let change = q
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .step(Instant::now(), QuorumInput::Tick);
+            if let Some(change) = change {
+                tracing::info!(from = ?change.from, to = ?change.to, "datacenter quorum changed");
+                if let Err(e) = self.deliver(BridgeEvent::QuorumChanged(change)).await {
+                    tracing::warn!(error = %e.message, "a quorum change was not delivered");
+                }
+            }
         }
     }
 
@@ -392,6 +496,7 @@ impl Bridge {
             .route("/dc/{dc}/events/{name}", post(user_event))
             .route("/dc/{dc}/queries/{name}", post(query))
             .route("/events", get(event_stream))
+            .route("/quorum", get(quorum_view))
             .route("/queries/{id}/response", post(query_response))
             .fallback(not_found)
             .method_not_allowed_fallback(method_not_allowed)
@@ -409,9 +514,12 @@ impl Bridge {
         listener: tokio::net::TcpListener,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        axum::serve(listener, self.router())
+        let timer = tokio::spawn(self.clone().quorum_timer());
+        let served = axum::serve(listener, self.router())
             .with_graceful_shutdown(shutdown)
-            .await
+            .await;
+        timer.abort();
+        served
     }
 }
 
@@ -589,6 +697,7 @@ async fn member_joined(
     let m = parse_member(&body)?;
     check_dc(&b, &dc, &m)?;
     b.set_member(&dc, &m, MemberState::Alive);
+    b.update_quorum().await;
     b.deliver(BridgeEvent::MemberJoined {
         dc: dc.clone(),
         member: m.clone(),
@@ -625,6 +734,7 @@ async fn member_updated(
             old_dc != dc || old.member != m || old.status != MemberState::Alive
         })
     });
+    b.update_quorum().await;
     if changed {
         b.deliver(BridgeEvent::MemberUpdated {
             dc,
@@ -665,6 +775,7 @@ async fn member_removed(
     // Wherever the view has it: a member is in one datacenter, and the one it left
     // under may be its older one (Serf sends the event with the current tags).
     let known = b.with_view(|v| unplace(v, &name)).map(|(_, old)| old);
+    b.update_quorum().await;
     let member = from_body
         .or(known.map(|k| k.member))
         .unwrap_or_else(|| MemberInfo {
@@ -690,6 +801,7 @@ async fn member_failed(
     let m = parse_member(&body)?;
     check_dc(&b, &dc, &m)?;
     b.set_member(&dc, &m, MemberState::Failed);
+    b.update_quorum().await;
     b.deliver(BridgeEvent::MemberFailed { dc, member: m })
         .await?;
     Ok(StatusCode::NO_CONTENT)
@@ -815,6 +927,17 @@ async fn query_response(
     }
 }
 
+/// `GET /quorum`: the state with the known and active datacenters; 404 if this bridge
+/// keeps no quorum.
+async fn quorum_view(State(b): State<Bridge>) -> Result<axum::Json<QuorumView>, ApiError> {
+    b.quorum().map(axum::Json).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "this bridge keeps no quorum (start it with --quorum DC)",
+        )
+    })
+}
+
 async fn all_members(State(b): State<Bridge>) -> axum::Json<BTreeMap<String, Vec<MemberView>>> {
     axum::Json(b.members())
 }
@@ -844,6 +967,7 @@ pub fn event_json(e: &BridgeEvent) -> serde_json::Value {
             payload,
         } => json!({"event": "user", "dc": dc, "name": name, "ltime": ltime,
                     "payload": String::from_utf8_lossy(payload)}),
+        BridgeEvent::QuorumChanged(c) => json!({"event": "quorum", "from": c.from, "to": c.to}),
         BridgeEvent::Query(q) => json!({"event": "query", "id": q.id, "dc": q.dc,
                     "name": q.name, "ltime": q.ltime,
                     "payload": String::from_utf8_lossy(&q.payload)}),

@@ -19,6 +19,7 @@ pub mod coordination;
 pub mod error;
 pub mod handler;
 pub mod protocol;
+pub mod quorum;
 mod wire;
 
 pub use client::{

@@ -474,3 +474,52 @@ async fn a_query_dropped_by_its_subscriber_can_still_be_answered_over_http() {
     assert_eq!(asked.status(), 200);
     assert_eq!(asked.text().await.unwrap(), "pong");
 }
+
+/// Waits until the bridge reports the quorum change to `to` (skipping other events).
+async fn quorum_change(rx: &mut mpsc::Receiver<BridgeEvent>, to: &str) {
+    loop {
+        if let BridgeEvent::QuorumChanged(c) = recv(rx).await {
+            if serde_json::to_value(c.to).unwrap() == to {
+                return;
+            }
+        }
+    }
+}
+
+/// `GET /quorum` and the quorum events follow the members the handler reports, with the
+/// timers running on their own (the way to high availability, the failure grace).
+#[tokio::test]
+async fn the_quorum_follows_the_members_and_its_timers() {
+    use reqwest::Method;
+    let config = BridgeConfig::default()
+        .with_quorum_dc("dc1")
+        .with_quorum_ha_after(Duration::from_millis(300))
+        .with_quorum_failure_grace(Duration::from_millis(300));
+    let r = start(config).await;
+    let mut rx = r.bridge.subscribe();
+    assert_eq!(r.view("/quorum").await["state"], "standalone");
+    for (name, dc) in [("a", "dc1"), ("b", "dc2"), ("c", "dc3")] {
+        let path = format!("/dc/{dc}/members");
+        r.send(Method::POST, &path, Some(&member(name, dc))).await;
+    }
+    quorum_change(&mut rx, "high-available-transitional").await;
+    quorum_change(&mut rx, "high-available").await;
+    let q = r.view("/quorum").await;
+    assert_eq!(q["known"], json!(["dc1", "dc2", "dc3"]));
+    // dc2 and dc3 fail: after the grace, 1 of 3 active is no majority.
+    r.send(Method::POST, "/dc/dc2/failures", Some(&member("b", "dc2")))
+        .await;
+    r.send(Method::POST, "/dc/dc3/failures", Some(&member("c", "dc3")))
+        .await;
+    assert_eq!(r.view("/quorum").await["state"], "high-available");
+    quorum_change(&mut rx, "halted").await;
+    assert_eq!(r.view("/quorum").await["active"], json!(["dc1"]));
+    // dc3 is back: 2 of 3.
+    r.send(Method::PUT, "/dc/dc3/members/c", Some(&member("c", "dc3")))
+        .await;
+    quorum_change(&mut rx, "high-available-transitional").await;
+    // Without --quorum there is none.
+    let plain = start(BridgeConfig::default()).await;
+    let resp = plain.send(Method::GET, "/quorum", None).await;
+    assert_eq!(resp.status(), 404);
+}
