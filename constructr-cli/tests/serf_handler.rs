@@ -437,3 +437,86 @@ async fn a_bridge_killed_and_restarted_serves_the_agents_members() {
         "{after:?}"
     );
 }
+
+/// Polls the bridge's quorum until `done` accepts it (within 60 s).
+async fn wait_quorum(
+    bridge: &Bridge,
+    agent: &Agent,
+    what: &str,
+    done: impl Fn(&constructr::serf::quorum::QuorumView) -> bool,
+) -> constructr::serf::quorum::QuorumView {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let q = bridge.quorum().expect("a quorum");
+        if done(&q) {
+            return q;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: {q:?}\nagent log:\n{}",
+            agent.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Four datacenters (dc tags) on real agents: one whole datacenter fails and the quorum
+/// holds (3 of 4); a second one fails, as in a 2–2 split seen from dc1, and it halts (2 of
+/// 4 is no strict majority); a datacenter comes back and it is high-available again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_datacenters_on_real_agents_keep_a_strict_majority_quorum() {
+    use constructr::serf::quorum::QuorumState;
+    let Some(bin) = support::serf_bin() else {
+        return;
+    };
+    let bridge = Bridge::new(
+        BridgeConfig::default()
+            .with_quorum_dc("dc1")
+            .with_quorum_ha_after(Duration::from_secs(2))
+            .with_quorum_failure_grace(Duration::from_secs(2)),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let bridge_url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(bridge.clone().serve(listener, std::future::pending()));
+    let handler = format!(
+        "{} serf-handler --bridge {bridge_url} --timeout 3s",
+        env!("CARGO_BIN_EXE_constructr")
+    );
+    let a1 = Agent::start(
+        &bin,
+        "qa-dc1",
+        AgentOptions::default()
+            .tag("dc", "dc1")
+            .with_handler(handler),
+    );
+    let other = |dc: &str| {
+        let options = AgentOptions::default().tag("dc", dc).joining(a1.bind);
+        Agent::start(&bin, &format!("qa-{dc}"), options)
+    };
+    let _a2 = other("dc2");
+    let mut a3 = other("dc3");
+    let mut a4 = other("dc4");
+    let state = |s: QuorumState| move |q: &constructr::serf::quorum::QuorumView| q.state == s;
+    let q = wait_quorum(&bridge, &a1, "4 dcs", state(QuorumState::HighAvailable)).await;
+    assert_eq!(q.known.len(), 4, "{q:?}");
+
+    a3.kill();
+    let q = wait_quorum(&bridge, &a1, "dc3 inactive", |q| q.active.len() == 3).await;
+    assert_eq!(
+        q.state,
+        QuorumState::HighAvailable,
+        "3 of 4 keep quorum: {q:?}"
+    );
+
+    a4.kill();
+    let q = wait_quorum(&bridge, &a1, "dc4 inactive", |q| q.active.len() == 2).await;
+    assert_eq!(
+        q.state,
+        QuorumState::Halted,
+        "2 of 4 is no strict majority: {q:?}"
+    );
+
+    a3.restart();
+    let q = wait_quorum(&bridge, &a1, "dc3 back", state(QuorumState::HighAvailable)).await;
+    assert_eq!(q.active.len(), 3, "{q:?}");
+}
