@@ -478,10 +478,10 @@ async fn a_query_dropped_by_its_subscriber_can_still_be_answered_over_http() {
 /// Waits until the bridge reports the quorum change to `to` (skipping other events).
 async fn quorum_change(rx: &mut mpsc::Receiver<BridgeEvent>, to: &str) {
     loop {
-        if let BridgeEvent::QuorumChanged(c) = recv(rx).await {
-            if serde_json::to_value(c.to).unwrap() == to {
-                return;
-            }
+        if let BridgeEvent::QuorumChanged(c) = recv(rx).await
+            && serde_json::to_value(c.to).unwrap() == to
+        {
+            return;
         }
     }
 }
