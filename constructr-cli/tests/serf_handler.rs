@@ -395,20 +395,16 @@ async fn a_bridge_killed_and_restarted_serves_the_agents_members() {
     let c1 = SerfClient::new(SerfConfig::new(a1.rpc.to_string())).unwrap();
     let http = reqwest::Client::new();
     let converged = async |what: &str| {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        loop {
+        eventually(what, &a1, Duration::from_secs(30), async || {
             let truth = agent_view(&c1).await;
             let view = bridge_view(&http, &base).await;
-            if view.as_ref() == Some(&truth) && truth.values().map(Vec::len).sum::<usize>() == 3 {
-                return truth;
+            let members = truth.values().map(Vec::len).sum::<usize>();
+            match view {
+                Some(v) if v == truth && members == 3 => Ok(truth),
+                v => Err(format!("the bridge shows {v:?}, Serf {truth:?}")),
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{what}: the bridge shows {view:?}, Serf {truth:?}\n{}",
-                a1.log_text()
-            );
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
+        })
+        .await
     };
     let before = converged("before the kill").await;
     assert_eq!(before.len(), 3, "{before:?}");
@@ -438,6 +434,26 @@ async fn a_bridge_killed_and_restarted_serves_the_agents_members() {
     );
 }
 
+/// Polls `probe` every 200 ms until it is `Ok`; after `within`, fails with its last `Err`
+/// and the agent's log.
+async fn eventually<T>(
+    what: &str,
+    agent: &Agent,
+    within: Duration,
+    mut probe: impl AsyncFnMut() -> Result<T, String>,
+) -> T {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match probe().await {
+            Ok(t) => return t,
+            Err(e) if tokio::time::Instant::now() >= deadline => {
+                panic!("{what}: {e}\nagent log:\n{}", agent.log_text())
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
 /// Polls the bridge's quorum until `done` accepts it (within 60 s).
 async fn wait_quorum(
     bridge: &Bridge,
@@ -445,19 +461,15 @@ async fn wait_quorum(
     what: &str,
     done: impl Fn(&constructr::serf::quorum::QuorumView) -> bool,
 ) -> constructr::serf::quorum::QuorumView {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
+    eventually(what, agent, Duration::from_secs(60), async || {
         let q = bridge.quorum().expect("a quorum");
         if done(&q) {
-            return q;
+            Ok(q)
+        } else {
+            Err(format!("{q:?}"))
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{what}: {q:?}\nagent log:\n{}",
-            agent.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    })
+    .await
 }
 
 /// Four datacenters (dc tags) on real agents: one whole datacenter fails and the quorum
