@@ -232,6 +232,19 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// `constructr serf-bridge --quiet` on 127.0.0.1:`port` with `args`, killed (SIGKILL) when
+/// dropped.
+fn cli_bridge(port: u16, args: &[&str]) -> KillOnDrop {
+    let listen = format!("127.0.0.1:{port}");
+    KillOnDrop(
+        std::process::Command::new(env!("CARGO_BIN_EXE_constructr"))
+            .args(["serf-bridge", "--quiet", "--listen", &listen])
+            .args(args)
+            .spawn()
+            .unwrap(),
+    )
+}
+
 /// The stand-alone `constructr serf-bridge` answers `serf query` through a subscriber in
 /// another language: an SSE client of `GET /events` sees the query with its id and answers
 /// with `POST /queries/{id}/response` (before, the bridge answered 504 at once).
@@ -242,13 +255,7 @@ async fn serf_query_is_answered_by_an_sse_subscriber_of_the_cli_bridge() {
     };
     let port = support::free_port();
     let base = format!("http://127.0.0.1:{port}");
-    let _bridge = KillOnDrop(
-        std::process::Command::new(env!("CARGO_BIN_EXE_constructr"))
-            .args(["serf-bridge", "--listen", &format!("127.0.0.1:{port}")])
-            .args(["--query-timeout", "6s", "--quiet"])
-            .spawn()
-            .unwrap(),
-    );
+    let _bridge = cli_bridge(port, &["--query-timeout", "6s"]);
     let http = reqwest::Client::new();
     let mut events = None;
     for _ in 0..100 {
@@ -371,20 +378,8 @@ async fn a_bridge_killed_and_restarted_serves_the_agents_members() {
             .tag("dc", "dc1")
             .with_handler(handler),
     );
-    let start_bridge = || {
-        KillOnDrop(
-            std::process::Command::new(env!("CARGO_BIN_EXE_constructr"))
-                .args([
-                    "serf-bridge",
-                    "--quiet",
-                    "--listen",
-                    &format!("127.0.0.1:{port}"),
-                ])
-                .args(["--rpc", &a1.rpc.to_string(), "--reconcile-interval", "1s"])
-                .spawn()
-                .unwrap(),
-        )
-    };
+    let rpc = a1.rpc.to_string();
+    let start_bridge = || cli_bridge(port, &["--rpc", &rpc, "--reconcile-interval", "1s"]);
     let bridge = start_bridge();
     let _a2 = Agent::start(
         &bin,
