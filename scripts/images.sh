@@ -7,11 +7,14 @@
 #                                 falling back to bookworm (3.4.23)
 #   constructr-test/consul:<ver>  consul from bullseye (1.8.7)
 #   constructr-test/serf:<ver>    serf from trixie (0.10.1)
+#   constructr-test/systemd:trixie  a whole Debian trixie (debootstrap, no registry)
+#                                 with systemd as PID 1, sshd and python3: the host
+#                                 the Ansible role is tested against
 #
 # Idempotent: an image that already exists is not rebuilt unless FORCE=1.
 # The machine's apt configuration is never modified (temporary sources/lists).
 #
-# Output: `export CONSTRUCTR_{ETCD,CONSUL,SERF}_IMAGE=...` lines on stdout
+# Output: `export CONSTRUCTR_{ETCD,CONSUL,SERF,SYSTEMD}_IMAGE=...` lines on stdout
 # (logs go to stderr), also written to target/test-images.env.
 #
 # Env knobs: FORCE=1, DEBIAN_MIRROR=<uri>, CONSTRUCTR_IMAGE_PREFIX (default
@@ -28,6 +31,7 @@ export DOCKER_BUILDKIT=0
 ETCD_EXPECTED=3.5.16
 CONSUL_EXPECTED=1.8.7
 SERF_EXPECTED=0.10.1
+SYSTEMD_EXPECTED=trixie
 
 log() { echo "[images] $*" >&2; }
 die() { echo "[images] ERROR: $*" >&2; exit 1; }
@@ -300,15 +304,48 @@ CMD ["agent", "-bind", "0.0.0.0:7946", "-rpc-addr", "0.0.0.0:7373"]'
     SERF_TAG=$BUILT_VERSION
 }
 
+# A Debian trixie host for the Ansible role's test: debootstrap (no registry), then
+# `docker import`. Systemd is PID 1 (CMD /sbin/init); sshd lets ansible-playbook in;
+# Debian's serf package is installed as Debian installs it (its own serf.service
+# enabled), so the role meets what it meets on a real host.
+build_systemd() {
+    command -v debootstrap >/dev/null || die "debootstrap not found (scripts/install-deps.sh installs it)"
+    local root mirror tag="$PREFIX/systemd:$SYSTEMD_EXPECTED" keyring=()
+    WORK=${WORK:-$(mktemp -d /tmp/constructr-images.XXXXXX)}
+    root="$WORK/systemd-rootfs"
+    mirror=$(detect_mirror)
+    if [[ -r /usr/share/keyrings/debian-archive-keyring.gpg ]]; then
+        keyring=(--keyring=/usr/share/keyrings/debian-archive-keyring.gpg)
+    fi
+    log "debootstrap trixie from $mirror (about a minute)"
+    if ! debootstrap "${keyring[@]}" --variant=minbase \
+        --include=systemd,systemd-sysv,dbus,python3,openssh-server,iproute2,curl,procps,serf \
+        trixie "$root" "$mirror" >"$WORK/debootstrap.log" 2>&1; then
+        tail -n 30 "$WORK/debootstrap.log" >&2
+        die "debootstrap trixie failed"
+    fi
+    # Every container gets its own machine id at boot.
+    : >"$root/etc/machine-id"
+    rm -f "$root/var/lib/dbus/machine-id"
+    rm -rf "$root/var/cache/apt/archives/"*.deb "$root/var/lib/apt/lists/"*
+    log "docker import $tag"
+    tar -C "$root" -c . | docker import \
+        --change 'CMD ["/sbin/init"]' --change 'ENV container=docker' - "$tag" >/dev/null ||
+        die "docker import $tag failed"
+    rm -rf "$root"
+    SYSTEMD_TAG=$SYSTEMD_EXPECTED
+}
+
 # ---------------------------------------------------------------------------
 # Main
 # ---------------------------------------------------------------------------
 
-ETCD_TAG="" CONSUL_TAG="" SERF_TAG=""
+ETCD_TAG="" CONSUL_TAG="" SERF_TAG="" SYSTEMD_TAG=""
 if [[ $FORCE != 1 ]]; then
     ETCD_TAG=$(existing_tag "$PREFIX/etcd" "$ETCD_EXPECTED")
     CONSUL_TAG=$(existing_tag "$PREFIX/consul" "$CONSUL_EXPECTED")
     SERF_TAG=$(existing_tag "$PREFIX/serf" "$SERF_EXPECTED")
+    SYSTEMD_TAG=$(existing_tag "$PREFIX/systemd" "$SYSTEMD_EXPECTED")
 fi
 
 if [[ -n $ETCD_TAG ]]; then
@@ -330,12 +367,19 @@ else
     build_serf
 fi
 
+if [[ -n $SYSTEMD_TAG ]]; then
+    log "$PREFIX/systemd:$SYSTEMD_TAG exists, skipping (FORCE=1 to rebuild)"
+else
+    build_systemd
+fi
+
 # Dangling images left behind by FORCE rebuilds.
 docker image prune -f --filter "label=org.constructr.source" >/dev/null 2>&1 || true
 
 out="export CONSTRUCTR_ETCD_IMAGE=$PREFIX/etcd:$ETCD_TAG
 export CONSTRUCTR_CONSUL_IMAGE=$PREFIX/consul:$CONSUL_TAG
-export CONSTRUCTR_SERF_IMAGE=$PREFIX/serf:$SERF_TAG"
+export CONSTRUCTR_SERF_IMAGE=$PREFIX/serf:$SERF_TAG
+export CONSTRUCTR_SYSTEMD_IMAGE=$PREFIX/systemd:$SYSTEMD_TAG"
 printf '%s\n' "$out" >"$ENV_FILE.tmp"
 mv "$ENV_FILE.tmp" "$ENV_FILE"
 log "wrote $ENV_FILE"

@@ -23,6 +23,9 @@ command -v ldd >/dev/null || pkgs+=(libc-bin)
 command -v flock >/dev/null || pkgs+=(util-linux)
 command -v curl >/dev/null || pkgs+=(curl)
 [[ -r /usr/share/keyrings/debian-archive-keyring.gpg ]] || pkgs+=(debian-archive-keyring)
+command -v ansible-playbook >/dev/null || pkgs+=(ansible-core)
+command -v debootstrap >/dev/null || pkgs+=(debootstrap)
+command -v ssh-keygen >/dev/null || pkgs+=(openssh-client)
 
 if ((${#pkgs[@]})); then
     export DEBIAN_FRONTEND=noninteractive
