@@ -122,7 +122,7 @@ impl ChitchatCluster {
     }
 
     /// This node as registered in the coordination service (advertised gossip address and
-    /// incarnation): pass it to `driver::spawn`.
+    /// incarnation): pass it to `Node::builder().address(..)`.
     pub fn node(&self) -> &NodeId {
         &self.node
     }
@@ -335,6 +335,16 @@ impl Cluster for ChitchatCluster {
             Some(old) => self.stop(old).await.map_err(ChitchatError::into_leave),
             None => Ok(()),
         }
+    }
+
+    async fn live_members(&self) -> Option<Vec<NodeId>> {
+        let members = self.members.borrow();
+        Some(
+            members
+                .iter()
+                .filter_map(|(id, state)| member_node(id, state))
+                .collect(),
+        )
     }
 }
 

@@ -15,15 +15,20 @@
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use std::sync::Arc;
 //! use constructr_chitchat::{ChitchatCluster, ChitchatClusterConfig, time_ordered_incarnation};
-//! use constructr_core::{Settings, driver, memory::MemoryCoordination};
+//! use constructr_core::{Settings, driver::Node, memory::MemoryCoordination};
 //!
 //! let settings = Settings::default();
 //! let config = ChitchatClusterConfig::new(settings.cluster_name.as_str(), "0.0.0.0:7946".parse()?)
 //!     .with_advertise_addr("10.0.0.7:7946".parse()?);
 //! let cluster = Arc::new(ChitchatCluster::new(config, time_ordered_incarnation())?);
 //! let coordination = Arc::new(MemoryCoordination::default()); // etcd or Consul in production
-//! let node = driver::spawn(settings, cluster.node().clone(), coordination, cluster.clone(), rand::random())?;
-//! node.registered().await;
+//! let node = Node::builder()
+//!     .settings(settings)
+//!     .address(cluster.node().clone())
+//!     .coordination(coordination)
+//!     .cluster(cluster.clone())
+//!     .spawn()?;
+//! node.registered().await?;
 //! println!("live members: {}", cluster.members().borrow().len());
 //! # Ok(()) }
 //! ```

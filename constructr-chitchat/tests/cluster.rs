@@ -168,24 +168,35 @@ async fn three_nodes_bootstrap_through_the_driver() {
     let handles: Vec<_> = clusters
         .iter()
         .map(|c| {
-            driver::spawn(
-                settings.clone(),
-                c.node().clone(),
-                coordination.clone(),
-                c.clone(),
-                rand::random(),
-            )
-            .expect("valid settings")
+            driver::Node::builder()
+                .settings(settings.clone())
+                .address(c.node().clone())
+                .coordination(coordination.clone())
+                .cluster(c.clone())
+                .spawn()
+                .expect("valid settings")
         })
         .collect();
     for h in &handles {
         let state = tokio::time::timeout(Duration::from_secs(20), h.registered())
             .await
             .expect("registered in time");
-        assert!(state.is_registered(), "{}: {state:?}", h.node());
+        assert!(
+            state.as_ref().is_ok_and(|s| s.is_registered()),
+            "{}: {state:?}",
+            h.node()
+        );
     }
     for c in &clusters {
         wait_members(c, 3).await;
+    }
+    // What `GET /members` serves: every node as registered, address and incarnation.
+    let mut expected: Vec<_> = clusters.iter().map(|c| c.node().clone()).collect();
+    expected.sort();
+    for h in &handles {
+        let mut live = h.monitor().members().await.expect("chitchat tells");
+        live.sort();
+        assert_eq!(live, expected);
     }
     for h in &handles {
         h.shutdown();

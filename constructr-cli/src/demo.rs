@@ -72,13 +72,14 @@ pub async fn run_with<C: Coordination>(
     for i in 0..n {
         let node = NodeId::new(format!("127.0.0.1:{}", 20_000 + i), rng.random());
         let offset = start.elapsed();
-        let mut handle = match driver::spawn(
-            settings.clone(),
-            node.clone(),
-            coordination.clone(),
-            Arc::new(cluster.node(node)),
-            rng.random(),
-        ) {
+        let built = driver::Node::builder()
+            .settings(settings.clone())
+            .address(node.clone())
+            .coordination(coordination.clone())
+            .cluster(Arc::new(cluster.node(node)))
+            .seed(rng.random())
+            .spawn();
+        let mut handle = match built {
             Ok(h) => h,
             Err(e) => {
                 eprintln!("error: invalid settings: {e}");

@@ -112,13 +112,13 @@ async fn run_with(
         start: Instant::now(),
         members: Vec::new(),
     };
-    let mut handle = match driver::spawn(
-        settings,
-        cluster.node().clone(),
-        coordination,
-        cluster.clone(),
-        rand::random(),
-    ) {
+    let built = driver::Node::builder()
+        .settings(settings)
+        .address(cluster.node().clone())
+        .coordination(coordination)
+        .cluster(cluster.clone())
+        .spawn();
+    let mut handle = match built {
         Ok(h) => h,
         Err(e) => return backend::fail(&format!("invalid settings: {e}")),
     };

@@ -16,7 +16,7 @@
 //! consul.check().await?; // optional: fail early on an unreachable Consul or an unknown token
 //! // check the node settings against Consul's session TTL range (10 s to 24 h):
 //! constructr_consul::validate_settings(&constructr_core::Settings::default())?;
-//! // hand `consul` to `constructr_core::driver::spawn` ...
+//! // hand `consul` to `constructr_core::driver::Node::builder().coordination(..)` ...
 //! # Ok(()) }
 //! ```
 //!

@@ -59,4 +59,9 @@ pub trait Cluster: Send + Sync + 'static {
     async fn join(&self, seeds: &[NodeId]) -> Result<(), ClusterError>;
     /// Leaves the cluster.
     async fn leave(&self) -> Result<(), ClusterError>;
+    /// The live members as this node's cluster runtime sees them, this node included
+    /// when it is a member (`GET /members`); `None` if the runtime does not tell.
+    async fn live_members(&self) -> Option<Vec<NodeId>> {
+        None
+    }
 }

@@ -282,6 +282,7 @@ impl CoordinationError {
     pub fn summary(&self) -> ErrorSummary {
         ErrorSummary {
             retryable: self.is_retryable(),
+            kind: Some(self.kind()),
             message: self.to_string(),
         }
     }
@@ -304,11 +305,13 @@ pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
     out
 }
 
-/// A plain-data copy of an error: whether it was retryable and its message.
+/// A plain-data copy of an error: whether it was retryable, its kind and its message.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct ErrorSummary {
     /// Whether the error was worth retrying.
     pub retryable: bool,
+    /// The kind of a [`CoordinationError`]; `None` for a cluster (join) error.
+    pub kind: Option<ErrorKind>,
     /// Its display message.
     pub message: String,
 }
@@ -377,7 +380,7 @@ pub trait Coordination: Send + Sync + 'static {
 
     /// Checks the backend's own limits on the node settings (e.g. Consul's session TTLs of
     /// 10 s to 24 h), so that no node starts with settings the backend would refuse later.
-    /// [`crate::driver::spawn`] calls it; the default accepts everything.
+    /// [`crate::driver::NodeBuilder::spawn`] calls it; the default accepts everything.
     fn check_settings(&self, settings: &crate::Settings) -> Result<(), crate::SettingsError> {
         let _ = settings;
         Ok(())

@@ -1,11 +1,38 @@
 //! The tokio driver: runs a [`Machine`] against a real [`Coordination`] and [`Cluster`].
 //!
-//! It never exits the process: when the machine stops or fails, [`NodeHandle::stopped`]
-//! resolves and the application decides what to do (ConstructR issues #95/#171).
+//! Start a node with [`NodeBuilder`] ([`Node::builder`]). The driver never exits the
+//! process: when the machine stops or fails, [`NodeHandle::stopped`] resolves and the
+//! application decides what to do (ConstructR issues #95/#171).
+//!
+//! ```
+//! use std::sync::Arc;
+//! use constructr_core::driver::Node;
+//! use constructr_core::local::LocalCluster;
+//! use constructr_core::memory::MemoryCoordination;
+//! use constructr_core::{NodeId, Settings, State};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let me = NodeId::new("10.0.0.1:7946", 1);
+//! let world = LocalCluster::new();
+//! let node = Node::builder()
+//!     .settings(Settings::default())
+//!     .address(me.clone())
+//!     .coordination(Arc::new(MemoryCoordination::default()))
+//!     .cluster(Arc::new(world.node(me)))
+//!     .spawn()?;
+//! // `Err` if the node failed or stopped first: a failed node never looks registered.
+//! assert!(node.registered().await?.is_registered());
+//! assert!(node.status().is_ready());
+//! node.shutdown();
+//! node.stopped().await?;
+//! # Ok(())
+//! # }
+//! ```
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::{Notify, broadcast, mpsc, watch};
 use tokio::task::JoinHandle;
@@ -13,29 +40,167 @@ use tokio::time::Instant;
 use tracing::Instrument as _;
 
 use crate::cluster::Cluster;
-use crate::coordination::Coordination;
+use crate::coordination::{Coordination, ErrorKind, LockOutcome, RefreshOutcome};
 use crate::machine::{Action, AttemptId, Event, Failure, Machine, Reply, State};
 use crate::node::{NodeId, Scope};
 use crate::settings::{Settings, SettingsError};
+use crate::status::{LockHolder, Operation, Outcome, Request, Status};
+
+/// Sees what a running node does, as it happens: every finished call and every event
+/// (metrics, audit logs). Called on the node's task: keep it quick and never block.
+pub trait Observer: Send + Sync + 'static {
+    /// A coordination or cluster call finished.
+    fn request(&self, request: &Request) {
+        let _ = request;
+    }
+    /// The node reported an event (after the status was updated).
+    fn event(&self, event: &TimedEvent, status: &Status) {
+        let _ = (event, status);
+    }
+}
+
+/// Where to start nodes: `Node::builder()`.
+#[derive(Debug)]
+pub struct Node;
+
+impl Node {
+    /// A builder for a node: name its settings, address, coordination and cluster, then
+    /// [`NodeBuilder::spawn`].
+    pub fn builder() -> NodeBuilder {
+        NodeBuilder::default()
+    }
+}
+
+/// Why [`NodeBuilder::spawn`] refused to start a node.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SpawnError {
+    /// A required part was not given.
+    #[error("the node builder needs {0}")]
+    Missing(&'static str),
+    /// The settings are invalid (in general, or for this backend).
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
+}
+
+/// Builds and starts a node ([`Node::builder`]). Settings default to [`Settings::default`]
+/// and the seed of the machine's randomness to a random one; the address, the
+/// coordination and the cluster are required.
+#[derive(Default)]
+#[must_use = "a builder does nothing until spawn()"]
+pub struct NodeBuilder {
+    settings: Option<Settings>,
+    node: Option<NodeId>,
+    coordination: Option<Arc<dyn Coordination>>,
+    cluster: Option<Arc<dyn Cluster>>,
+    seed: Option<u64>,
+    observers: Vec<Arc<dyn Observer>>,
+}
+
+impl std::fmt::Debug for NodeBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeBuilder")
+            .field("settings", &self.settings)
+            .field("node", &self.node)
+            .field("coordination", &self.coordination.is_some())
+            .field("cluster", &self.cluster.is_some())
+            .field("seed", &self.seed)
+            .field("observers", &self.observers.len())
+            .finish()
+    }
+}
+
+impl NodeBuilder {
+    /// The settings (default: [`Settings::default`]).
+    pub fn settings(mut self, settings: Settings) -> Self {
+        self.settings = Some(settings);
+        self
+    }
+
+    /// This node's address as registered (its incarnation should be random per start).
+    pub fn address(mut self, node: NodeId) -> Self {
+        self.node = Some(node);
+        self
+    }
+
+    /// The coordination service.
+    pub fn coordination(mut self, coordination: Arc<dyn Coordination>) -> Self {
+        self.coordination = Some(coordination);
+        self
+    }
+
+    /// The cluster runtime being bootstrapped.
+    pub fn cluster(mut self, cluster: Arc<dyn Cluster>) -> Self {
+        self.cluster = Some(cluster);
+        self
+    }
+
+    /// The seed of the machine's randomness (jitter), for reproducible runs (default:
+    /// random).
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+
+    /// Adds an observer of calls and events (e.g. the management endpoint's metrics).
+    pub fn observer(mut self, observer: Arc<dyn Observer>) -> Self {
+        self.observers.push(observer);
+        self
+    }
+
+    /// Validates the settings (the general rules, then the backend's own limits through
+    /// [`Coordination::check_settings`]) and starts the node on the current tokio runtime.
+    ///
+    /// # Errors
+    /// [`SpawnError::Missing`] names a required part that was not given;
+    /// [`SpawnError::Settings`] says which setting is invalid.
+    pub fn spawn(self) -> Result<NodeHandle, SpawnError> {
+        let node = self.node.ok_or(SpawnError::Missing("an address"))?;
+        let coordination = self
+            .coordination
+            .ok_or(SpawnError::Missing("a coordination"))?;
+        let cluster = self.cluster.ok_or(SpawnError::Missing("a cluster"))?;
+        let seed = self.seed.unwrap_or_else(rand::random);
+        let settings = self.settings.unwrap_or_default();
+        Ok(start(
+            settings,
+            node,
+            coordination,
+            cluster,
+            seed,
+            self.observers,
+        )?)
+    }
+}
 
 /// An [`Event`] with the time since the node started.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TimedEvent {
-    /// Time since [`spawn`].
+    /// Time since the node was spawned.
     pub elapsed: Duration,
     /// The event.
     pub event: Event,
 }
 
 /// The handle of a running node.
-#[derive(Debug)]
 pub struct NodeHandle {
     node: NodeId,
     state: watch::Receiver<State>,
+    status: watch::Receiver<Status>,
+    cluster: Arc<dyn Cluster>,
     events: broadcast::Sender<TimedEvent>,
     shutdown: Arc<Notify>,
     task: JoinHandle<Result<(), Failure>>,
     first_events: Option<broadcast::Receiver<TimedEvent>>,
+}
+
+impl std::fmt::Debug for NodeHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeHandle")
+            .field("node", &self.node)
+            .field("state", &*self.state.borrow())
+            .finish_non_exhaustive()
+    }
 }
 
 impl NodeHandle {
@@ -65,14 +230,40 @@ impl NodeHandle {
         self.events.subscribe()
     }
 
-    /// Resolves once this node is registered (or the machine ended).
-    pub async fn registered(&self) -> State {
-        let mut rx = self.state.clone();
-        let s = rx
-            .wait_for(|s| s.is_registered() || s.is_terminal())
+    /// A snapshot of the node: state, errors, retries, cluster, last registry read.
+    pub fn status(&self) -> Status {
+        self.status.borrow().clone()
+    }
+
+    /// What the management endpoint needs: the status and the cluster's members, for as
+    /// long as the node runs (cloneable, independent of this handle).
+    pub fn monitor(&self) -> Monitor {
+        Monitor {
+            status: self.status.clone(),
+            cluster: self.cluster.clone(),
+        }
+    }
+
+    /// Resolves once this node is registered: `Ok` with the registered state, or `Err`
+    /// if the node failed first (the failure) or was shut down first
+    /// ([`Failure::StoppedBeforeRegistering`]). A failed node never looks registered.
+    pub async fn registered(&self) -> Result<State, Failure> {
+        let mut rx = self.status.clone();
+        let status = rx
+            .wait_for(|s| s.state.is_registered() || s.state.is_terminal())
             .await
-            .map(|s| *s);
-        s.unwrap_or(State::Stopped)
+            .map(|s| s.clone());
+        match status {
+            Ok(s) if s.state.is_registered() => Ok(s.state),
+            Ok(s) => Err(s.failure.unwrap_or(Failure::StoppedBeforeRegistering)),
+            // The task ended without a last word (aborted or panicked).
+            Err(_) => Err(self
+                .status
+                .borrow()
+                .failure
+                .clone()
+                .unwrap_or(Failure::StoppedBeforeRegistering)),
+        }
     }
 
     /// Starts a graceful shutdown: leave the cluster, remove the entry, stop.
@@ -100,16 +291,46 @@ impl NodeHandle {
     }
 }
 
-/// Validates the settings (the general rules, then the backend's own limits through
-/// [`Coordination::check_settings`]) and starts a node on the current tokio runtime.
-///
-/// `seed` drives the machine's randomness; `node.incarnation` should be random per start.
-pub fn spawn(
+/// The status and members of a running node, for probes and the management endpoint
+/// ([`NodeHandle::monitor`]).
+#[derive(Clone)]
+pub struct Monitor {
+    status: watch::Receiver<Status>,
+    cluster: Arc<dyn Cluster>,
+}
+
+impl std::fmt::Debug for Monitor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Monitor")
+            .field("status", &*self.status.borrow())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Monitor {
+    /// A snapshot of the node.
+    pub fn status(&self) -> Status {
+        self.status.borrow().clone()
+    }
+
+    /// A receiver of status changes.
+    pub fn watch_status(&self) -> watch::Receiver<Status> {
+        self.status.clone()
+    }
+
+    /// The live members as the cluster runtime sees them (`None`: it does not tell).
+    pub async fn members(&self) -> Option<Vec<NodeId>> {
+        self.cluster.live_members().await
+    }
+}
+
+fn start(
     settings: Settings,
     node: NodeId,
     coordination: Arc<dyn Coordination>,
     cluster: Arc<dyn Cluster>,
     seed: u64,
+    observers: Vec<Arc<dyn Observer>>,
 ) -> Result<NodeHandle, SettingsError> {
     let scope = settings.scope()?;
     settings.validate()?;
@@ -117,14 +338,21 @@ pub fn spawn(
     let start = Instant::now();
     let machine = Machine::new(settings, node.clone(), seed, start.into_std())?;
     let (state_tx, state_rx) = watch::channel(machine.state());
+    let (status_tx, status_rx) = watch::channel(Status::new(
+        node.clone(),
+        machine.state(),
+        SystemTime::now(),
+    ));
     let (events, first_events) = broadcast::channel(256);
     let shutdown = Arc::new(Notify::new());
     let run = Runner {
         machine,
         scope,
         coordination,
-        cluster,
+        cluster: cluster.clone(),
         state_tx,
+        status_tx,
+        observers: observers.into(),
         events: events.clone(),
         shutdown: shutdown.clone(),
         start,
@@ -134,6 +362,8 @@ pub fn spawn(
     Ok(NodeHandle {
         node,
         state: state_rx,
+        status: status_rx,
+        cluster,
         events,
         shutdown,
         task,
@@ -154,6 +384,8 @@ struct Runner {
     coordination: Arc<dyn Coordination>,
     cluster: Arc<dyn Cluster>,
     state_tx: watch::Sender<State>,
+    status_tx: watch::Sender<Status>,
+    observers: Arc<[Arc<dyn Observer>]>,
     events: broadcast::Sender<TimedEvent>,
     shutdown: Arc<Notify>,
     start: Instant,
@@ -208,6 +440,9 @@ impl Runner {
             };
             tokio::select! {
                 Some((attempt, reply)) = rx.recv() => {
+                    if self.machine.is_awaiting(attempt) {
+                        self.saw_reply(&reply);
+                    }
                     self.machine.handle_reply(Instant::now().into_std(), attempt, reply);
                 }
                 () = sleep => self.machine.handle_timeout(Instant::now().into_std()),
@@ -224,6 +459,13 @@ impl Runner {
                                 message: panic_message(e.into_panic()),
                             };
                             tracing::error!(reason = %failure, "bootstrap failed");
+                            let elapsed = self.start.elapsed();
+                            self.status_tx.send_modify(|s| {
+                                s.state = State::Failed;
+                                s.state_since = elapsed;
+                                s.transitions += 1;
+                                s.failure = Some(failure.clone());
+                            });
                             let _ = self.state_tx.send(State::Failed);
                             tasks.abort_all();
                             return Err(failure);
@@ -237,8 +479,52 @@ impl Runner {
         }
     }
 
+    /// What a reply tells the status (before the machine sees it).
+    fn saw_reply(&self, reply: &Reply) {
+        let elapsed = self.start.elapsed();
+        self.status_tx.send_if_modified(|s| match reply {
+            Reply::Nodes(Ok(registry)) => {
+                s.saw_registry(registry, elapsed);
+                true
+            }
+            Reply::Lock(Ok(outcome)) => {
+                s.lock = Some(match outcome {
+                    LockOutcome::Acquired(_) => LockHolder::ThisNode,
+                    LockOutcome::HeldByOther => LockHolder::AnotherNode,
+                });
+                true
+            }
+            Reply::AddSelf(Ok(crate::coordination::AddOutcome::Added))
+            | Reply::Refresh(Ok(RefreshOutcome::Refreshed)) => {
+                s.last_registered = Some(elapsed);
+                true
+            }
+            _ => false,
+        });
+    }
+
     fn report(&self, event: Event) {
         let elapsed = self.start.elapsed();
+        let cluster = self.machine.cluster();
+        let failure = self.machine.failure().cloned();
+        self.status_tx.send_modify(|s| {
+            s.cluster = cluster;
+            match &event {
+                Event::StateChanged { to, .. } => {
+                    s.state = *to;
+                    s.state_since = elapsed;
+                    s.transitions += 1;
+                    if failure.is_some() {
+                        s.failure = failure;
+                    }
+                }
+                Event::Retrying { error, .. } => {
+                    s.retries += 1;
+                    s.last_error = Some(error.message.clone());
+                }
+                _ => {}
+            }
+        });
         match &event {
             Event::StateChanged { from, to } => {
                 let _ = self.state_tx.send(*to);
@@ -277,7 +563,14 @@ impl Runner {
                 "re-registration refused: another cluster owns the registry; leaving to join it"
             ),
         }
-        let _ = self.events.send(TimedEvent { elapsed, event });
+        let timed = TimedEvent { elapsed, event };
+        if !self.observers.is_empty() {
+            let status = self.status_tx.borrow();
+            for o in self.observers.iter() {
+                o.event(&timed, &status);
+            }
+        }
+        let _ = self.events.send(timed);
     }
 
     /// Runs one action to completion and sends its reply. Each call is bounded here too,
@@ -296,8 +589,11 @@ impl Runner {
         let join_bound = s.join_timeout * 2;
         let wait_bound = s.retry_delay * 3;
         let span = tracing::debug_span!("action", state = ?self.machine.state());
+        let observers = self.observers.clone();
         async move {
             let attempt = action.attempt();
+            let operation = operation(&action);
+            let started = Instant::now();
             let c = &*coordination;
             let reply = match action {
                 Action::GetNodes { .. } => {
@@ -333,11 +629,54 @@ impl Runner {
                     .ok()
                     .map(Reply::Left),
             };
+            if !observers.is_empty() {
+                let request = Request {
+                    operation,
+                    outcome: outcome(reply.as_ref()),
+                    latency: started.elapsed(),
+                };
+                for o in observers.iter() {
+                    o.request(&request);
+                }
+            }
             if let Some(reply) = reply {
                 let _ = tx.send((attempt, reply));
             }
         }
         .instrument(span)
+    }
+}
+
+fn operation(action: &Action) -> Operation {
+    match action {
+        Action::GetNodes { .. } => Operation::GetNodes,
+        Action::Lock { .. } => Operation::Lock,
+        Action::AddSelf { .. } => Operation::AddSelf,
+        Action::Refresh { .. } => Operation::Refresh,
+        Action::RemoveSelf { .. } => Operation::RemoveSelf,
+        Action::WaitForChange { .. } => Operation::WaitForChange,
+        Action::JoinCluster { .. } => Operation::Join,
+        Action::LeaveCluster { .. } => Operation::Leave,
+    }
+}
+
+/// How a call ended; `None` is a call the driver stopped waiting for.
+fn outcome(reply: Option<&Reply>) -> Outcome {
+    fn of<T, E>(r: &Result<T, E>, kind: impl Fn(&E) -> Outcome) -> Outcome {
+        r.as_ref().err().map_or(Outcome::Ok, kind)
+    }
+    let coordination = |e: &crate::CoordinationError| Outcome::Error(e.kind());
+    let cluster = |_: &crate::ClusterError| Outcome::ClusterError;
+    match reply {
+        None => Outcome::Error(ErrorKind::Timeout),
+        Some(Reply::Nodes(r)) => of(r, coordination),
+        Some(Reply::Lock(r)) => of(r, coordination),
+        Some(Reply::AddSelf(r)) => of(r, coordination),
+        Some(Reply::Refresh(r)) => of(r, coordination),
+        Some(Reply::RemoveSelf(r)) => of(r, coordination),
+        Some(Reply::Changed(r)) => of(r, coordination),
+        Some(Reply::Joined(r)) => of(r, cluster),
+        Some(Reply::Left(r)) => of(r, cluster),
     }
 }
 

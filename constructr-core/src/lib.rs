@@ -33,6 +33,7 @@ pub mod plumbing;
 pub mod settings;
 #[cfg(feature = "sim")]
 pub mod sim;
+pub mod status;
 pub mod tls;
 
 #[cfg(feature = "conformance")]
@@ -50,3 +51,4 @@ pub use coordination::{
 pub use machine::{Action, AttemptId, Event, Failure, Machine, Reply, State};
 pub use node::{ClusterId, ClusterName, Epoch, NodeId, Scope};
 pub use settings::{Settings, SettingsError};
+pub use status::Status;

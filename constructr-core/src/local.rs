@@ -136,4 +136,12 @@ impl Cluster for LocalNode {
         self.cluster.remove(&self.node);
         Ok(())
     }
+
+    async fn live_members(&self) -> Option<Vec<NodeId>> {
+        let Some(mine) = self.cluster.cluster_of(&self.node) else {
+            return Some(Vec::new());
+        };
+        let members = self.cluster.clusters().remove(&mine).unwrap_or_default();
+        Some(members.into_iter().collect())
+    }
 }

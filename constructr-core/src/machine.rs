@@ -41,8 +41,8 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::cluster::{ClusterError, ClusterEvent};
 use crate::coordination::{
-    AddMode, AddOutcome, CoordinationError, ErrorSummary, LockOutcome, LockToken, RefreshOutcome,
-    Registry, WaitOutcome,
+    AddMode, AddOutcome, CoordinationError, ErrorKind, ErrorSummary, LockOutcome, LockToken,
+    RefreshOutcome, Registry, WaitOutcome,
 };
 use crate::node::{ClusterId, NodeId};
 use crate::settings::{Settings, SettingsError};
@@ -235,6 +235,39 @@ pub enum Failure {
         /// The panic message.
         message: String,
     },
+    /// The node was shut down before it registered (reported by the driver's
+    /// `registered()`, never by the machine).
+    #[error("the node stopped before it registered")]
+    StoppedBeforeRegistering,
+}
+
+impl Failure {
+    /// The kind of the coordination error behind the failure ([`Failure::RetriesExhausted`]
+    /// and [`Failure::Permanent`]), to match on what went wrong (unauthorized, invalid,
+    /// unavailable, ...); `None` for failures of the cluster or the node itself.
+    ///
+    /// ```
+    /// use constructr_core::coordination::ErrorKind;
+    /// use constructr_core::{CoordinationError, Failure, State};
+    ///
+    /// let failure = Failure::Permanent {
+    ///     state: State::GettingNodes,
+    ///     error: CoordinationError::Unauthorized { message: "bad password".into() }.summary(),
+    /// };
+    /// assert_eq!(failure.kind(), Some(ErrorKind::Unauthorized));
+    /// assert_eq!(Failure::JoinTimeout.kind(), None);
+    /// ```
+    pub fn kind(&self) -> Option<ErrorKind> {
+        match self {
+            Failure::RetriesExhausted { error, .. } | Failure::Permanent { error, .. } => {
+                error.kind
+            }
+            Failure::JoinTimeout
+            | Failure::JoinFailed { .. }
+            | Failure::Panicked { .. }
+            | Failure::StoppedBeforeRegistering => None,
+        }
+    }
 }
 
 /// Something the application may want to observe. `Display` gives one line for logs.
@@ -812,6 +845,7 @@ impl Machine {
                     state: State::Joining,
                     error: ErrorSummary {
                         retryable: true,
+                        kind: None,
                         message: error,
                     },
                     retry_in: backoff,

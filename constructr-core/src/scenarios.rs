@@ -162,14 +162,13 @@ pub fn spawn_nodes(
     (0..n)
         .map(|i| {
             let node = node_id(i);
-            driver::spawn(
-                settings.clone(),
-                node.clone(),
-                coordination.clone(),
-                Arc::new(local.node(node)),
-                rand::random(),
-            )
-            .expect("valid settings")
+            driver::Node::builder()
+                .settings(settings.clone())
+                .address(node.clone())
+                .coordination(coordination.clone())
+                .cluster(Arc::new(local.node(node)))
+                .spawn()
+                .expect("valid settings")
         })
         .collect()
 }
@@ -179,7 +178,8 @@ pub async fn all_registered(handles: &[NodeHandle], timeout: Duration) {
     let deadline = Instant::now() + timeout;
     for h in handles {
         match tokio::time::timeout_at(deadline, h.registered()).await {
-            Ok(s) => assert!(s.is_registered(), "{} ended in {s:?}", h.node()),
+            Ok(Ok(_)) => {}
+            Ok(Err(failure)) => panic!("{} did not register: {failure}", h.node()),
             Err(_) => {
                 let states: Vec<_> = handles
                     .iter()

@@ -5,9 +5,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use constructr_core::driver::{NodeHandle, spawn};
+use constructr_core::coordination::ErrorKind;
+use constructr_core::driver::{Node, NodeHandle, Observer, SpawnError};
 use constructr_core::local::LocalCluster;
 use constructr_core::memory::{Fault, MemoryCoordination};
+use constructr_core::status::{LockHolder, Operation, Outcome, Request};
 use constructr_core::{
     AddMode, AddOutcome, ClusterName, Coordination, CoordinationError, Failure, Lease, LockOutcome,
     NodeId, RefreshOutcome, Registry, Scope, Settings, SettingsError, State,
@@ -44,13 +46,17 @@ fn spawn_node0(
     coordination: Arc<dyn Coordination>,
     cluster: &LocalCluster,
 ) -> Result<NodeHandle, SettingsError> {
-    spawn(
-        settings,
-        node(0),
-        coordination,
-        Arc::new(cluster.node(node(0))),
-        1,
-    )
+    Node::builder()
+        .settings(settings)
+        .address(node(0))
+        .coordination(coordination)
+        .cluster(Arc::new(cluster.node(node(0))))
+        .seed(1)
+        .spawn()
+        .map_err(|e| match e {
+            SpawnError::Settings(e) => e,
+            other => panic!("{other}"),
+        })
 }
 
 struct World {
@@ -68,14 +74,14 @@ impl World {
 
     fn spawn(&self, i: u16) -> NodeHandle {
         let n = node(i);
-        spawn(
-            settings(),
-            n.clone(),
-            Arc::new(self.coordination.clone()),
-            Arc::new(self.cluster.node(n)),
-            u64::from(i),
-        )
-        .expect("valid settings")
+        Node::builder()
+            .settings(settings())
+            .address(n.clone())
+            .coordination(Arc::new(self.coordination.clone()))
+            .cluster(Arc::new(self.cluster.node(n)))
+            .seed(u64::from(i))
+            .spawn()
+            .expect("valid settings")
     }
 
     fn registered_nodes(&self) -> Vec<NodeId> {
@@ -89,7 +95,11 @@ impl World {
             let state = tokio::time::timeout(BOUND, h.registered())
                 .await
                 .expect("registered within 5 s");
-            assert!(state.is_registered(), "{} ended in {state:?}", h.node());
+            assert!(
+                state.as_ref().is_ok_and(|s| s.is_registered()),
+                "{} ended in {state:?}",
+                h.node()
+            );
         }
         handles
     }
@@ -197,6 +207,7 @@ async fn events_report_state_changes() {
     let mut events = h.events();
     tokio::time::timeout(BOUND, h.registered())
         .await
+        .expect("in time")
         .expect("registered");
     h.shutdown();
     let mut seen = Vec::new();
@@ -347,7 +358,7 @@ async fn a_timed_out_call_is_dropped_before_its_retry_starts() {
     let state = tokio::time::timeout(BOUND, h.registered())
         .await
         .expect("registered after three hung calls");
-    assert!(state.is_registered());
+    assert!(state.as_ref().is_ok_and(|s| s.is_registered()));
     assert_eq!(
         backend.most.load(std::sync::atomic::Ordering::SeqCst),
         1,
@@ -403,9 +414,177 @@ async fn join_only_node_waits_for_a_seed_then_joins_it() {
         let state = tokio::time::timeout(BOUND, h.registered())
             .await
             .expect("registered");
-        assert!(state.is_registered(), "{} {state:?}", h.node());
+        assert!(
+            state.as_ref().is_ok_and(|s| s.is_registered()),
+            "{} {state:?}",
+            h.node()
+        );
     }
     assert_eq!(w.cluster.clusters().len(), 1);
     joiner.abort();
     seed.abort();
+}
+
+/// Records every finished call.
+#[derive(Default)]
+struct Recorder(std::sync::Mutex<Vec<Request>>);
+
+impl Observer for Recorder {
+    fn request(&self, request: &Request) {
+        self.0.lock().unwrap().push(*request);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registered_is_an_error_with_the_failure_kind_when_the_node_fails_first() {
+    let w = World::new();
+    w.coordination.inject(Fault::Fail { retryable: false }, 1);
+    let h = w.spawn(0);
+    let result = tokio::time::timeout(BOUND, h.registered())
+        .await
+        .expect("ended within 5 s");
+    match result {
+        Err(failure @ Failure::Permanent { .. }) => {
+            assert_eq!(failure.kind(), Some(ErrorKind::Permanent));
+            assert_eq!(h.status().failure, Some(failure));
+        }
+        other => panic!("a failed node must not look registered: {other:?}"),
+    }
+    assert!(!h.status().is_alive() && !h.status().is_ready());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registered_is_an_error_when_the_node_is_shut_down_before_it_registers() {
+    let w = World::new();
+    // The first reads hang for longer than the test: the node never gets to register.
+    w.coordination
+        .inject(Fault::Delay(Duration::from_secs(60)), 100);
+    let h = w.spawn(0);
+    h.shutdown();
+    let result = tokio::time::timeout(BOUND, h.registered())
+        .await
+        .expect("ended within 5 s");
+    assert_eq!(result, Err(Failure::StoppedBeforeRegistering));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_tells_the_cluster_the_registry_the_lock_and_the_retries() {
+    let w = World::new();
+    w.coordination.inject(Fault::Fail { retryable: true }, 2);
+    let seed = w.spawn(0);
+    assert_eq!(
+        tokio::time::timeout(BOUND, seed.registered())
+            .await
+            .unwrap(),
+        Ok(State::RefreshScheduled)
+    );
+    let s = seed.status();
+    assert!(s.is_alive() && s.is_ready());
+    assert_eq!(s.state, State::RefreshScheduled);
+    assert_eq!(s.retries, 2, "{s:?}");
+    assert!(
+        s.last_error.as_deref().unwrap().contains("injected fault"),
+        "{s:?}"
+    );
+    assert_eq!(s.lock, Some(LockHolder::ThisNode));
+    let cluster = s.cluster.expect("the seed's cluster");
+    assert!(s.last_registered.is_some());
+    assert!(s.transitions >= 5, "{s:?}");
+
+    let joiner = w.spawn(1);
+    tokio::time::timeout(BOUND, joiner.registered())
+        .await
+        .unwrap()
+        .unwrap();
+    let j = joiner.status();
+    assert_eq!(j.cluster, Some(cluster));
+    let read = j.registry.expect("a registry read");
+    assert_eq!(read.nodes, vec![node(0)]);
+    assert_eq!(read.epoch, Some(cluster));
+    assert_eq!(j.lock, None, "a joiner never asks for the lock");
+    let mut members = joiner.monitor().members().await.expect("local members");
+    members.sort();
+    assert_eq!(members, vec![node(0), node(1)]);
+    seed.abort();
+    joiner.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_degraded_member_stays_ready_and_alive() {
+    let w = World::new();
+    let h = w.spawn(0);
+    tokio::time::timeout(BOUND, h.registered())
+        .await
+        .unwrap()
+        .unwrap();
+    w.coordination
+        .inject(Fault::Fail { retryable: true }, 1_000);
+    let mut status = h.monitor().watch_status();
+    let s = tokio::time::timeout(BOUND, status.wait_for(|s| s.state == State::Degraded))
+        .await
+        .expect("degraded within 5 s")
+        .unwrap()
+        .clone();
+    assert!(s.is_alive() && s.is_ready(), "{s:?}");
+    h.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn observers_see_every_call_with_its_outcome_and_latency() {
+    let w = World::new();
+    w.coordination.inject(Fault::Fail { retryable: true }, 1);
+    let recorder = Arc::new(Recorder::default());
+    let n = node(0);
+    let h = Node::builder()
+        .settings(settings())
+        .address(n.clone())
+        .coordination(Arc::new(w.coordination.clone()))
+        .cluster(Arc::new(w.cluster.node(n)))
+        .observer(recorder.clone())
+        .spawn()
+        .unwrap();
+    tokio::time::timeout(BOUND, h.registered())
+        .await
+        .unwrap()
+        .unwrap();
+    h.shutdown();
+    h.stopped().await.unwrap();
+    let calls: Vec<(Operation, Outcome)> = recorder
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|r| (r.operation, r.outcome))
+        .collect();
+    assert_eq!(
+        calls[..2],
+        [
+            (Operation::GetNodes, Outcome::Error(ErrorKind::Unavailable)),
+            (Operation::GetNodes, Outcome::Ok)
+        ]
+    );
+    for op in [
+        Operation::Lock,
+        Operation::AddSelf,
+        Operation::Join,
+        Operation::RemoveSelf,
+        Operation::Leave,
+    ] {
+        assert!(
+            calls.contains(&(op, Outcome::Ok)),
+            "{op:?} missing: {calls:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_builder_names_a_missing_part() {
+    let w = World::new();
+    let err = Node::builder()
+        .address(node(0))
+        .coordination(Arc::new(w.coordination.clone()))
+        .spawn()
+        .unwrap_err();
+    assert!(matches!(err, SpawnError::Missing("a cluster")), "{err}");
+    assert_eq!(err.to_string(), "the node builder needs a cluster");
 }

@@ -125,6 +125,7 @@ fn join_error() -> Reply {
 fn join_error_summary() -> ErrorSummary {
     ErrorSummary {
         retryable: true,
+        kind: None,
         message: "joining the cluster failed: no seed answered".into(),
     }
 }

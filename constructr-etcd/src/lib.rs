@@ -14,7 +14,7 @@
 //! let etcd = Arc::new(EtcdCoordination::new(&config)?);
 //! let scope = constructr_core::Settings::default().scope()?;
 //! etcd.check(&scope).await?; // optional: fail early on bad credentials, TLS, permissions
-//! // hand `etcd` to `constructr_core::driver::spawn` ...
+//! // hand `etcd` to `constructr_core::driver::Node::builder().coordination(..)` ...
 //! # Ok(()) }
 //! ```
 //!

@@ -214,21 +214,25 @@ async fn five_nodes_on_five_agents_form_one_cluster_and_a_killed_node_disappears
         let coordination: Arc<dyn Coordination> =
             Arc::new(backend(agent, 5, Duration::from_secs(2)));
         let id = NodeId::new(format!("10.1.0.{i}:2552"), rand::random());
-        let handle = driver::spawn(
-            settings.clone(),
-            id.clone(),
-            coordination,
-            Arc::new(local.node(id)),
-            i as u64,
-        )
-        .unwrap();
+        let handle = driver::Node::builder()
+            .settings(settings.clone())
+            .address(id.clone())
+            .coordination(coordination)
+            .cluster(Arc::new(local.node(id)))
+            .seed(i as u64)
+            .spawn()
+            .unwrap();
         nodes.push(handle);
     }
     for n in &nodes {
         let state = tokio::time::timeout(Duration::from_secs(60), n.registered())
             .await
             .expect("a node did not register within 60 s");
-        assert!(state.is_registered(), "{:?}: {state:?}", n.node());
+        assert!(
+            state.as_ref().is_ok_and(|s| s.is_registered()),
+            "{:?}: {state:?}",
+            n.node()
+        );
     }
     assert_eq!(local.clusters_formed(), 1, "{:?}", local.clusters());
     let clusters = local.clusters();

@@ -2,13 +2,16 @@
 //!
 //! `cargo run -p constructr --features etcd,chitchat --example etcd_chitchat -- 127.0.0.1:7001`
 //! (then `127.0.0.1:7002`, ... in other terminals; etcd from `ETCD_ENDPOINTS`, default
-//! `http://127.0.0.1:2379`). Ctrl-C leaves the cluster and removes the registry entry.
+//! `http://127.0.0.1:2379`). Ctrl-C or SIGTERM (what `kill`, systemd and Kubernetes send)
+//! leaves the cluster and removes the registry entry.
 
 use std::sync::Arc;
 
+use constructr::Settings;
 use constructr::chitchat::{ChitchatCluster, ChitchatClusterConfig, member_node};
+use constructr::driver::Node;
 use constructr::etcd::{EtcdConfig, EtcdCoordination};
-use constructr::{Settings, driver};
+use tokio::signal::unix::{SignalKind, signal};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -27,8 +30,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let incarnation = constructr::chitchat::time_ordered_incarnation();
     let cluster = Arc::new(ChitchatCluster::new(config, incarnation)?);
     let me = cluster.node().clone();
-    let node = driver::spawn(settings, me, etcd, cluster.clone(), rand::random())?;
-    println!("{} is {:?}", node.node(), node.registered().await);
+    let node = Node::builder()
+        .settings(settings)
+        .address(me)
+        .coordination(etcd)
+        .cluster(cluster.clone())
+        .spawn()?;
+    // Listen for SIGTERM before anything can send it.
+    let mut terminate = signal(SignalKind::terminate())?;
+    tokio::select! {
+        registered = node.registered() => println!("{} is {:?}", node.node(), registered?),
+        _ = tokio::signal::ctrl_c() => return leave(node).await,
+        _ = terminate.recv() => return leave(node).await,
+    }
 
     // The application's view: live members and their key-values, across chitchat restarts.
     cluster
@@ -39,6 +53,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
+            _ = terminate.recv() => break,
             Ok(()) = members.changed() => {
                 let live: Vec<String> = members.borrow_and_update().iter()
                     .filter_map(|(id, state)| Some(format!("{} (http {})",
@@ -48,7 +63,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
         }
     }
-    node.shutdown(); // leave chitchat, remove the registry entry
+    leave(node).await
+}
+
+/// Leaves chitchat, removes the registry entry and waits until the node stopped.
+async fn leave(node: constructr::driver::NodeHandle) -> Result<(), Box<dyn std::error::Error>> {
+    node.shutdown();
     node.stopped().await?;
     Ok(())
 }

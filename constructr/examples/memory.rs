@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use constructr::driver;
+use constructr::driver::Node;
 use constructr::local::LocalCluster;
 use constructr::memory::MemoryCoordination;
 use constructr::{NodeId, Settings};
@@ -18,17 +18,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut nodes = Vec::new();
     for port in 7001..=7003 {
         let me = NodeId::new(format!("127.0.0.1:{port}"), rand::random());
-        let handle = driver::spawn(
-            settings.clone(),
-            me.clone(),
-            coordination.clone(),
-            Arc::new(cluster.node(me)),
-            rand::random(),
-        )?;
+        let handle = Node::builder()
+            .settings(settings.clone())
+            .address(me.clone())
+            .coordination(coordination.clone())
+            .cluster(Arc::new(cluster.node(me)))
+            .spawn()?;
         nodes.push(handle);
     }
     for node in &nodes {
-        let state = node.registered().await;
+        let state = node.registered().await?;
         println!("{} is {state:?}", node.node());
     }
     println!("clusters: {:?}", cluster.clusters());

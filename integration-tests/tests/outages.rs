@@ -668,14 +668,13 @@ async fn seed_keeps_its_cluster_when_its_committed_registration_reply_is_lost(ba
     });
     let local = LocalCluster::new();
     let seed_id = node_id(0);
-    let mut seed = driver::spawn(
-        settings.clone(),
-        seed_id.clone(),
-        wrapped,
-        Arc::new(local.node(seed_id.clone())),
-        rand::random(),
-    )
-    .expect("valid settings");
+    let mut seed = driver::Node::builder()
+        .settings(settings.clone())
+        .address(seed_id.clone())
+        .coordination(wrapped)
+        .cluster(Arc::new(local.node(seed_id.clone())))
+        .spawn()
+        .expect("valid settings");
     let mut events = seed.take_events().expect("first call");
 
     let committed = tokio::time::timeout(
@@ -713,9 +712,10 @@ async fn seed_keeps_its_cluster_when_its_committed_registration_reply_is_lost(ba
     let resumed = Instant::now();
     open_gate.send_replace(true);
 
-    let state = tokio::time::timeout(Duration::from_secs(60), seed.registered())
-        .await
-        .unwrap_or_else(|_| seed.state());
+    let state = match tokio::time::timeout(Duration::from_secs(60), seed.registered()).await {
+        Ok(Ok(state)) => state,
+        Ok(Err(_)) | Err(_) => seed.state(),
+    };
     let took = resumed.elapsed();
     // Settle: a late start-over would show within a couple of refreshes.
     tokio::time::sleep(settings.refresh_interval * 2).await;
@@ -770,16 +770,15 @@ async fn seed_keeps_its_cluster_when_its_committed_registration_reply_is_lost(ba
 
     // A second node joins the seed's cluster.
     let second_id = node_id(1);
-    let second = driver::spawn(
-        settings.clone(),
-        second_id.clone(),
-        real.clone(),
-        Arc::new(local.node(second_id.clone())),
-        rand::random(),
-    )
-    .expect("valid settings");
+    let second = driver::Node::builder()
+        .settings(settings.clone())
+        .address(second_id.clone())
+        .coordination(real.clone())
+        .cluster(Arc::new(local.node(second_id.clone())))
+        .spawn()
+        .expect("valid settings");
     match tokio::time::timeout(Duration::from_secs(30), second.registered()).await {
-        Ok(s) if s.is_registered() => {}
+        Ok(Ok(_)) => {}
         other => problems.push(format!(
             "the second node did not register within 30 s: {other:?}"
         )),
