@@ -40,6 +40,21 @@ if ((${#pkgs[@]})); then
     fi
 fi
 
+# promtool (checks the management endpoint's /metrics) from Debian's prometheus package,
+# extracted rather than installed: installing the package would start a Prometheus server.
+if ! command -v promtool >/dev/null; then
+    log "promtool: extracting it from Debian's prometheus package"
+    tmp=$(mktemp -d)
+    if ! (cd "$tmp" && apt-get -o APT::Sandbox::User=root -q download prometheus >/dev/null 2>&1); then
+        $SUDO apt-get -o APT::Sandbox::User=root -q update >/dev/null
+        (cd "$tmp" && apt-get -o APT::Sandbox::User=root -q download prometheus >/dev/null)
+    fi
+    dpkg-deb -x "$tmp"/prometheus_*.deb "$tmp/x"
+    $SUDO install -m 0755 "$tmp/x/usr/bin/promtool" /usr/local/bin/promtool
+    rm -rf "$tmp"
+fi
+command -v promtool >/dev/null && log "$(promtool --version 2>&1 | head -n1)"
+
 command -v protoc >/dev/null && log "$(protoc --version)"
 if ! command -v docker >/dev/null; then
     log "WARNING: docker CLI not found (needed by scripts/images.sh and the integration tests)"

@@ -11,6 +11,7 @@ use constructr::chitchat::{
     time_ordered_incarnation,
 };
 use constructr::driver::{self, TimedEvent};
+use constructr::management;
 use constructr::{Cluster as _, Coordination, Event, Settings, State};
 use tokio::sync::broadcast::error::RecvError;
 
@@ -43,6 +44,10 @@ pub struct NodeArgs {
     /// Print one JSON object per line (`state`, `members`, `time_ms`, ...).
     #[arg(long)]
     json: bool,
+    /// Serve the management endpoint on this address: `GET /alive`, `/ready`,
+    /// `/bootstrap`, `/members`, `/metrics` (e.g. `0.0.0.0:8558`).
+    #[arg(long, value_name = "ADDR")]
+    http: Option<SocketAddr>,
 }
 
 fn duration(s: &str) -> Result<Duration, String> {
@@ -96,7 +101,17 @@ pub fn run(args: NodeArgs, mut settings: Settings) -> ExitCode {
             }
             Err(e) => return backend::fail(&e),
         };
-        run_with(coordination, cluster, settings, args.json).await
+        let http = match args.http {
+            Some(addr) => match tokio::net::TcpListener::bind(addr).await {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    eprintln!("error: cannot listen on --http {addr}: {e}");
+                    return ExitCode::FAILURE;
+                }
+            },
+            None => None,
+        };
+        run_with(coordination, cluster, settings, args.json, http).await
     })
 }
 
@@ -105,6 +120,7 @@ async fn run_with(
     cluster: Arc<ChitchatCluster>,
     settings: Settings,
     json: bool,
+    http: Option<tokio::net::TcpListener>,
 ) -> ExitCode {
     let mut out = Printer {
         json,
@@ -112,16 +128,30 @@ async fn run_with(
         start: Instant::now(),
         members: Vec::new(),
     };
+    let metrics = management::Metrics::new();
     let built = driver::Node::builder()
         .settings(settings)
         .address(cluster.node().clone())
         .coordination(coordination)
         .cluster(cluster.clone())
+        .observer(metrics.clone())
         .spawn();
     let mut handle = match built {
         Ok(h) => h,
         Err(e) => return backend::fail(&format!("invalid settings: {e}")),
     };
+    // The endpoint answers until the process exits (a probe sees the last state).
+    if let Some(listener) = http {
+        if let Ok(addr) = listener.local_addr() {
+            eprintln!("management endpoint on http://{addr}");
+        }
+        let app = management::router(handle.monitor(), metrics);
+        tokio::spawn(async move {
+            if let Err(e) = management::serve(listener, app, std::future::pending()).await {
+                eprintln!("error: management endpoint: {e}");
+            }
+        });
+    }
     let mut events = handle.take_events().expect("first call");
     let mut members = cluster.members();
     let mut signals = match Signals::new() {

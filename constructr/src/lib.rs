@@ -9,6 +9,7 @@
 //! | `consul` | [`consul`] | Consul  |
 //! | `serf`   | [`serf`]   | Serf    |
 //! | `chitchat` | [`chitchat`] | chitchat as the cluster (gossip, failure detection) |
+//! | `management` | [`management`] | the management HTTP endpoint: probes, bootstrap status, members, Prometheus metrics |
 //!
 //! The in-memory backend ([`memory::MemoryCoordination`]) is always available.
 #![deny(missing_docs)]
@@ -30,6 +31,11 @@ pub use constructr_consul as consul;
 #[cfg(feature = "serf")]
 #[cfg_attr(docsrs, doc(cfg(feature = "serf")))]
 pub use constructr_serf as serf;
+
+/// The management HTTP endpoint (`/alive`, `/ready`, `/bootstrap`, `/members`, `/metrics`).
+#[cfg(feature = "management")]
+#[cfg_attr(docsrs, doc(cfg(feature = "management")))]
+pub use constructr_management as management;
 
 /// chitchat as the cluster being bootstrapped.
 #[cfg(feature = "chitchat")]
