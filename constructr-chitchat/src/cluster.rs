@@ -1,9 +1,10 @@
 //! `ChitchatCluster`: [`Cluster`] on chitchat — join = gossip with the seeds, leave = stop.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use chitchat::transport::UdpTransport;
@@ -20,6 +21,19 @@ use crate::error::ChitchatError;
 /// With the gossip address it maps a chitchat member back to its [`NodeId`] (see
 /// [`member_node`]), which is how `join` recognises the seeds it was given.
 pub const INCARNATION_KEY: &str = "constructr.incarnation";
+
+/// The key a node sets when it leaves gracefully: peers drop it from their members at
+/// once, instead of after the failure detector's timeout.
+pub const LEAVING_KEY: &str = "constructr.leaving";
+
+/// How long a leaving node keeps gossiping after it announced its leave to every live peer
+/// (one exchange is a round trip; peers it did not reach hear it from the others).
+const LEAVE_GRACE: Duration = Duration::from_millis(200);
+
+/// Whether a member announced its graceful leave ([`LEAVING_KEY`]).
+pub fn is_leaving(state: &NodeState) -> bool {
+    state.get(LEAVING_KEY).is_some()
+}
 
 /// The live members of the cluster as this node sees them (itself included), with their
 /// key-values. Empty while chitchat is not running.
@@ -54,7 +68,9 @@ pub fn time_ordered_incarnation() -> u64 {
 ///   and — unless it seeds the cluster (`seeds == [self]`) — at least one of the seeds
 ///   (same address and incarnation) among chitchat's live nodes. A running chitchat is
 ///   restarted, so a join always gossips with exactly the seeds it was given.
-/// - **leave()** shuts chitchat down; a later `join` starts it again.
+/// - **leave()** announces the leave ([`LEAVING_KEY`], gossiped to every live peer at once,
+///   so they drop this node within a round trip, not after the failure detector's
+///   timeout), then shuts chitchat down; a later `join` starts it again.
 ///
 /// # Generations
 /// chitchat's `generation_id` is the incarnation plus the number of earlier starts in this
@@ -83,6 +99,8 @@ pub struct ChitchatCluster {
 struct Running {
     handle: ChitchatHandle,
     forward: JoinHandle<()>,
+    /// Keeps the subscription to peers' [`LEAVING_KEY`] alive.
+    _leaves: chitchat::ListenerHandle,
 }
 
 impl std::fmt::Debug for ChitchatCluster {
@@ -204,16 +222,31 @@ impl ChitchatCluster {
                 listen_addr: self.config.listen_addr,
                 detail: format!("{e:#}"),
             })?;
-        let live = handle.chitchat().lock().await.live_nodes_watcher();
+        // chitchat refreshes its live nodes once per gossip round; a peer's leave is
+        // applied at once, as soon as its key arrives.
+        let (leaves_tx, leaves_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (live, leaves) = {
+            let chitchat = handle.chitchat();
+            let chitchat = chitchat.lock().await;
+            let leaves = chitchat.subscribe_event(LEAVING_KEY, move |event| {
+                let _ = leaves_tx.send(event.node.clone());
+            });
+            (chitchat.live_nodes_watcher(), leaves)
+        };
         *self.publishing.lock().expect("not poisoned") = Some(generation);
         let forward = tokio::spawn(forward_members(
             live.clone(),
+            leaves_rx,
             self.members.clone(),
             self.publishing.clone(),
             generation,
         ));
         tracing::debug!(generation, ?seeds, "chitchat started");
-        *running = Some(Running { handle, forward });
+        *running = Some(Running {
+            handle,
+            forward,
+            _leaves: leaves,
+        });
         Ok((live, generation))
     }
 
@@ -224,6 +257,7 @@ impl ChitchatCluster {
             self.members.send_replace(Members::new());
         }
         old.forward.abort();
+        announce_leave(&old.handle).await;
         let generation = old.handle.chitchat_id().generation_id;
         let result = old
             .handle
@@ -237,15 +271,57 @@ impl ChitchatCluster {
     }
 }
 
-/// Copies chitchat's live nodes into the watch that outlives restarts.
+/// Sets [`LEAVING_KEY`], gossips with every live peer at once, and gives the exchanges
+/// [`LEAVE_GRACE`] to complete.
+async fn announce_leave(handle: &ChitchatHandle) {
+    let peers: Vec<SocketAddr> = {
+        let chitchat = handle.chitchat();
+        let mut chitchat = chitchat.lock().await;
+        chitchat.self_node_state().set(LEAVING_KEY, "1");
+        let me = chitchat.self_chitchat_id().clone();
+        chitchat
+            .live_nodes()
+            .filter(|id| **id != me)
+            .map(|id| id.gossip_advertise_addr)
+            .collect()
+    };
+    if peers.is_empty() {
+        return;
+    }
+    for peer in &peers {
+        if let Err(e) = handle.gossip(*peer) {
+            tracing::debug!(%peer, error = %e, "cannot gossip the leave");
+        }
+    }
+    tokio::time::sleep(LEAVE_GRACE).await;
+    tracing::debug!(peers = peers.len(), "leave announced");
+}
+
+/// Live members without those that announced their leave (in their state, or in `leaving`).
+fn without_leaving(members: &Members, leaving: &HashSet<ChitchatId>) -> Members {
+    members
+        .iter()
+        .filter(|(id, state)| !is_leaving(state) && !leaving.contains(*id))
+        .map(|(id, state)| (id.clone(), state.clone()))
+        .collect()
+}
+
+/// Copies chitchat's live nodes (but those leaving) into the watch that outlives restarts.
 async fn forward_members(
     mut live: watch::Receiver<Members>,
+    mut leaves: tokio::sync::mpsc::UnboundedReceiver<ChitchatId>,
     members: watch::Sender<Members>,
     publishing: Arc<std::sync::Mutex<Option<u64>>>,
     generation: u64,
 ) {
+    let mut leaving: HashSet<ChitchatId> = HashSet::new();
     loop {
-        let current = live.borrow_and_update().clone();
+        let current = {
+            let live = live.borrow_and_update();
+            // A node that left is forgotten once chitchat no longer lists it as live.
+            leaving.retain(|id| live.contains_key(id));
+            without_leaving(&live, &leaving)
+        };
         {
             let publishing = publishing.lock().expect("not poisoned");
             if *publishing != Some(generation) {
@@ -253,8 +329,13 @@ async fn forward_members(
             }
             members.send_replace(current);
         }
-        if live.changed().await.is_err() {
-            return;
+        tokio::select! {
+            changed = live.changed() => if changed.is_err() {
+                return;
+            },
+            Some(id) = leaves.recv() => {
+                leaving.insert(id);
+            }
         }
     }
 }
@@ -285,6 +366,7 @@ fn is_member(
 ) -> bool {
     let mut nodes = members
         .iter()
+        .filter(|(_, state)| !is_leaving(state))
         .filter_map(|(id, state)| member_node(id, state));
     let mut sees_itself = false;
     let mut sees_seed = seeding;

@@ -40,7 +40,8 @@ pub mod error;
 
 pub use chitchat;
 pub use cluster::{
-    ChitchatCluster, INCARNATION_KEY, Members, member_node, time_ordered_incarnation,
+    ChitchatCluster, INCARNATION_KEY, LEAVING_KEY, Members, is_leaving, member_node,
+    time_ordered_incarnation,
 };
 pub use config::{ChitchatClusterConfig, FailureDetectorSettings};
 pub use error::ChitchatError;

@@ -208,3 +208,52 @@ async fn three_nodes_bootstrap_through_the_driver() {
         assert!(c.chitchat().await.is_none(), "left on shutdown");
     }
 }
+
+/// With chitchat's default gossip interval (1 s) a silent peer is declared dead only after
+/// several seconds, and chitchat refreshes its live set once per round; a graceful leave
+/// reaches the peers within a round trip (the test allows half a second).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_drop_a_gracefully_leaving_node_within_half_a_second() {
+    let slow = |_: ()| {
+        let config = ChitchatClusterConfig::new("leave-test", free_udp_addr())
+            .with_gossip_interval(Duration::from_secs(1));
+        ChitchatCluster::new(config, rand::random()).expect("valid config")
+    };
+    let seed = slow(());
+    seed.join(std::slice::from_ref(seed.node())).await.unwrap();
+    let a = slow(());
+    let b = slow(());
+    let seeds = [seed.node().clone()];
+    let (ra, rb) = tokio::join!(a.join(&seeds), b.join(&seeds));
+    ra.unwrap();
+    rb.unwrap();
+    for c in [&seed, &a, &b] {
+        wait_members(c, 3).await;
+    }
+    let leaving = b.node().address.clone();
+    let started = std::time::Instant::now();
+    b.leave().await.expect("leave");
+    for c in [&seed, &a] {
+        let mut rx = c.members();
+        let dropped = tokio::time::timeout(
+            Duration::from_millis(500).saturating_sub(started.elapsed()),
+            rx.wait_for(|m| !addresses(m).contains(&leaving)),
+        )
+        .await;
+        assert!(
+            dropped.is_ok(),
+            "{} still lists the leaving node {:?} after it left",
+            c.node(),
+            started.elapsed()
+        );
+    }
+    println!(
+        "peers dropped the leaving node {:?} after leave()",
+        started.elapsed()
+    );
+    // The node that left can come back: its new generation is a member again.
+    b.join(&seeds).await.expect("rejoin");
+    for c in [&seed, &a, &b] {
+        wait_members(c, 3).await;
+    }
+}

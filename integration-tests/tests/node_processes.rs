@@ -148,6 +148,7 @@ async fn sigterm_removes_the_entry_at_once_and_exits_zero(setup: Setup) {
     form(&mut procs, "2 processes in one cluster of 2").await;
 
     let leaving = procs[1].gossip.clone();
+    let sigterm_at = Instant::now();
     procs[1].sigterm();
     let took = wait_until(
         &mut [&mut procs[1]],
@@ -177,6 +178,20 @@ async fn sigterm_removes_the_entry_at_once_and_exits_zero(setup: Setup) {
     )
     .await;
     assert!(!procs[0].members().contains(&leaving));
+    // The leave is gossiped: the peer dropped it within a second of the SIGTERM, not
+    // after its failure detector's timeout.
+    let dropped = procs[0]
+        .lines_after(sigterm_at)
+        .into_iter()
+        .find(|l| !l.members().is_empty() && !l.members().contains(&leaving))
+        .expect("a members line without the leaving node");
+    let took = dropped.at - sigterm_at;
+    println!("the remaining member dropped the leaving one {took:?} after SIGTERM");
+    assert!(
+        took <= Duration::from_secs(1),
+        "the leave took {took:?} to reach the peer\n{}",
+        procs[0].describe()
+    );
 }
 
 async fn a_seed_killed_before_anyone_joined_it_leaves_exactly_one_cluster_of_three(setup: Setup) {
