@@ -36,6 +36,15 @@ impl<C> Counting<C> {
 
 #[async_trait]
 impl<C: Coordination> Coordination for Counting<C> {
+    fn guarantees(&self) -> constructr::coordination::Guarantees {
+        self.inner.guarantees()
+    }
+    fn check_settings(
+        &self,
+        settings: &constructr::Settings,
+    ) -> std::result::Result<(), constructr::SettingsError> {
+        self.inner.check_settings(settings)
+    }
     async fn get_nodes(&self, scope: &Scope) -> Result<Registry> {
         self.count();
         self.inner.get_nodes(scope).await

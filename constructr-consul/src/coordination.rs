@@ -406,6 +406,11 @@ impl ConsulCoordination {
 
 #[async_trait]
 impl Coordination for ConsulCoordination {
+    /// Consistent reads, session locks with `/v1/txn` fencing, session TTLs, blocking queries.
+    fn guarantees(&self) -> constructr_core::coordination::Guarantees {
+        constructr_core::coordination::Guarantees::STRONG
+    }
+
     fn check_settings(&self, settings: &Settings) -> Result<(), SettingsError> {
         crate::validate_settings(settings).map_err(|e| SettingsError::Backend {
             backend: "Consul",

@@ -1,6 +1,11 @@
 //! The conformance suite: the checks every [`Coordination`] backend must pass, ours and
 //! third-party ones alike (feature `conformance`).
 //!
+//! **By capability**: every check declares the [`Guarantees`] it needs ([`CHECKS`]), and
+//! [`run_all`] runs every check that the backend's declared guarantees cover (a backend
+//! without a watch also shows that it says so), returning which ran. A backend that
+//! declares nothing still runs the registry checks.
+//!
 //! ```ignore
 //! #[tokio::test]
 //! async fn conformance() {
@@ -18,7 +23,7 @@ use async_trait::async_trait;
 use rand::Rng as _;
 
 use crate::coordination::{
-    AddMode, AddOutcome, Coordination, LockOutcome, RefreshOutcome, WaitOutcome,
+    AddMode, AddOutcome, Coordination, Guarantees, LockOutcome, RefreshOutcome, WaitOutcome,
 };
 use crate::node::{ClusterId, ClusterName, NodeId, Scope};
 
@@ -49,11 +54,150 @@ pub trait ConformanceBackend: Send + Sync {
     fn expiry_bound(&self) -> Duration {
         Duration::from_secs(2)
     }
+}
 
-    /// Whether `wait_for_change` is implemented with a watch (not the polling default).
-    fn watches(&self) -> bool {
-        true
+/// What a check needs: nothing beyond the registry.
+const REGISTRY: Guarantees = Guarantees::NONE;
+/// What a check needs: the lock, fencing and epoch.
+const LOCK: Guarantees = Guarantees {
+    linearizable: true,
+    exclusive_lock: true,
+    ..Guarantees::NONE
+};
+/// What a check needs: TTL expiry (and the lock, to seed).
+const TTL: Guarantees = Guarantees {
+    ttl_expiry: true,
+    ..LOCK
+};
+/// What a check needs: a watch.
+const WATCH: Guarantees = Guarantees {
+    watch: true,
+    ..Guarantees::NONE
+};
+
+/// Which checks [`run_all`] ran on a backend, and which its guarantees do not cover.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Report {
+    /// The checks that ran (and passed: a failing check panics).
+    pub ran: Vec<&'static str>,
+    /// The checks that need a guarantee the backend does not declare.
+    pub not_covered: Vec<&'static str>,
+}
+
+macro_rules! checks {
+    ($($check:ident: $needs:expr),* $(,)?) => {
+        /// Every check with the guarantees it needs.
+        pub const CHECKS: &[(&str, Guarantees)] = &[$((stringify!($check), $needs)),*];
+
+        /// Runs every check the backend's [`Coordination::guarantees`] cover; says which.
+        pub async fn run_all<B: ConformanceBackend>(b: &B) -> Report {
+            let declared = b.coordination().guarantees();
+            let mut report = Report::default();
+            $(
+                if declared.covers(&$needs) {
+                    $check(b).await;
+                    report.ran.push(stringify!($check));
+                } else {
+                    report.not_covered.push(stringify!($check));
+                }
+            )*
+            if !declared.watch {
+                wait_for_change_answers_unsupported_without_a_watch(b).await;
+                report.ran.push("wait_for_change_answers_unsupported_without_a_watch");
+            }
+            println!(
+                "conformance ({declared:?}): ran {} checks {:?}; not covered: {:?}",
+                report.ran.len(),
+                report.ran,
+                report.not_covered
+            );
+            report
+        }
+    };
+}
+
+checks! {
+    empty_registry_reads_empty: REGISTRY,
+    a_registration_is_read_refreshed_and_removed: REGISTRY,
+    garbage_entries_are_skipped: REGISTRY,
+    lock_is_exclusive: LOCK,
+    relock_by_holder_returns_same_token: LOCK,
+    seed_registration_is_fenced_by_the_lock: LOCK,
+    seed_registration_refused_after_lock_loss: LOCK,
+    seed_registration_refused_when_epoch_moved: LOCK,
+    seed_registration_retry_is_idempotent: LOCK,
+    join_registration_checks_the_epoch: LOCK,
+    join_registration_recreates_a_lost_epoch: LOCK,
+    refresh_extends_and_detects_missing: TTL,
+    entries_expire_after_ttl: TTL,
+    remove_self_only_removes_own_incarnation: LOCK,
+    wait_for_change_wakes_on_registration: WATCH,
+    wait_for_change_without_a_revision_waits_for_a_change: WATCH,
+}
+
+/// Registers `n` as the first node of `scope`: seeded under the lock where the backend
+/// has one, else as a member of a new cluster.
+async fn register_first<B: ConformanceBackend>(b: &B, scope: &Scope, n: &NodeId) -> ClusterId {
+    if b.coordination().guarantees().exclusive_lock {
+        return seed(b, scope, n).await;
     }
+    let cluster = ClusterId(rand::rng().random());
+    let mode = AddMode::Join {
+        cluster: Some(cluster),
+    };
+    assert_eq!(
+        b.coordination()
+            .add_self(scope.lease(n, LONG), &mode)
+            .await
+            .expect("add_self"),
+        AddOutcome::Added,
+        "the first registration of a fresh scope must be written"
+    );
+    cluster
+}
+
+/// One node's registration: read back, refreshed, left alone by another incarnation,
+/// removed, and removed again without error.
+pub async fn a_registration_is_read_refreshed_and_removed<B: ConformanceBackend>(b: &B) {
+    let scope = fresh_scope(b.prefix(), "one");
+    let c = b.coordination();
+    let me = node(1);
+    let cluster = register_first(b, &scope, &me).await;
+    let r = c.get_nodes(&scope).await.expect("get_nodes");
+    assert_eq!(
+        r.nodes,
+        vec![me.clone()],
+        "a_registration_is_read_refreshed_and_removed"
+    );
+    assert_eq!(
+        r.epoch.map(|e| e.cluster),
+        Some(cluster),
+        "the epoch names the cluster"
+    );
+    assert_eq!(
+        c.refresh(scope.lease(&me, LONG)).await.expect("refresh"),
+        RefreshOutcome::Refreshed
+    );
+    let other = NodeId::new(me.address.clone(), me.incarnation + 1);
+    assert_eq!(
+        c.refresh(scope.lease(&other, LONG)).await.expect("refresh"),
+        RefreshOutcome::Missing,
+        "another incarnation does not own the entry"
+    );
+    c.remove_self(&scope, &other).await.expect("remove_self");
+    assert_eq!(
+        c.get_nodes(&scope).await.expect("get").nodes,
+        vec![me.clone()]
+    );
+    c.remove_self(&scope, &me).await.expect("remove_self");
+    assert!(c.get_nodes(&scope).await.expect("get").nodes.is_empty());
+    assert_eq!(
+        c.refresh(scope.lease(&me, LONG)).await.expect("refresh"),
+        RefreshOutcome::Missing
+    );
+    c.remove_self(&scope, &me)
+        .await
+        .expect("remove_self of an absent entry");
 }
 
 /// A fresh scope with a random cluster name.
@@ -68,24 +212,6 @@ fn node(n: u32) -> NodeId {
 }
 
 const LONG: Duration = Duration::from_secs(60);
-
-/// Runs every check.
-pub async fn run_all<B: ConformanceBackend>(b: &B) {
-    empty_registry_reads_empty(b).await;
-    lock_is_exclusive(b).await;
-    relock_by_holder_returns_same_token(b).await;
-    seed_registration_is_fenced_by_the_lock(b).await;
-    seed_registration_refused_after_lock_loss(b).await;
-    seed_registration_refused_when_epoch_moved(b).await;
-    seed_registration_retry_is_idempotent(b).await;
-    join_registration_checks_the_epoch(b).await;
-    join_registration_recreates_a_lost_epoch(b).await;
-    refresh_extends_and_detects_missing(b).await;
-    entries_expire_after_ttl(b).await;
-    remove_self_only_removes_own_incarnation(b).await;
-    garbage_entries_are_skipped(b).await;
-    wait_for_change_wakes_on_registration(b).await;
-}
 
 /// A scope nobody wrote to reads as empty, without an epoch.
 pub async fn empty_registry_reads_empty<B: ConformanceBackend>(b: &B) {
@@ -521,7 +647,7 @@ pub async fn remove_self_only_removes_own_incarnation<B: ConformanceBackend>(b: 
 pub async fn garbage_entries_are_skipped<B: ConformanceBackend>(b: &B) {
     let scope = fresh_scope(b.prefix(), "garbage");
     let c = b.coordination();
-    seed(b, &scope, &node(1)).await;
+    register_first(b, &scope, &node(1)).await;
     b.put_raw_entry(&scope, "not-base64!", b"{\"address\":1}")
         .await;
     b.put_raw_entry(&scope, "MTAuMC4wLjI6NzAwMA", b"\xff\xfe garbage")
@@ -540,18 +666,46 @@ pub async fn garbage_entries_are_skipped<B: ConformanceBackend>(b: &B) {
     assert_eq!(r.nodes, vec![node(1)], "garbage_entries_are_skipped");
 }
 
+/// A backend that does not declare a watch says so: `Unsupported`, at once.
+pub async fn wait_for_change_answers_unsupported_without_a_watch<B: ConformanceBackend>(b: &B) {
+    let scope = fresh_scope(b.prefix(), "nowatch");
+    let out = tokio::time::timeout(
+        Duration::from_secs(5),
+        b.coordination().wait_for_change(&scope, Some(0)),
+    )
+    .await
+    .expect("wait_for_change_answers_unsupported_without_a_watch: it waited")
+    .expect("wait");
+    assert_eq!(out, WaitOutcome::Unsupported);
+}
+
+/// `wait_for_change(None)` (a read without a revision) waits for the first change after
+/// the call: it never answers `Changed` at once (the machine would re-read in a loop).
+pub async fn wait_for_change_without_a_revision_waits_for_a_change<B: ConformanceBackend>(b: &B) {
+    let scope = fresh_scope(b.prefix(), "watch-none");
+    let c = b.coordination();
+    let wait = c.wait_for_change(&scope, None);
+    tokio::pin!(wait);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), &mut wait)
+            .await
+            .is_err(),
+        "wait_for_change_without_a_revision_waits_for_a_change: resolved without a change"
+    );
+    let first = node(1);
+    let (out, _) = tokio::join!(
+        tokio::time::timeout(Duration::from_secs(10), &mut wait),
+        register_first(b, &scope, &first)
+    );
+    assert_eq!(
+        out.expect("wait_for_change_without_a_revision_waits_for_a_change: no wake-up")
+            .expect("wait"),
+        WaitOutcome::Changed
+    );
+}
+
 /// `wait_for_change` from the revision of a read resolves when a node registers.
 pub async fn wait_for_change_wakes_on_registration<B: ConformanceBackend>(b: &B) {
-    if !b.watches() {
-        let scope = fresh_scope(b.prefix(), "nowatch");
-        let out = b
-            .coordination()
-            .wait_for_change(&scope, Some(0))
-            .await
-            .expect("wait");
-        assert_eq!(out, WaitOutcome::Unsupported);
-        return;
-    }
     let scope = fresh_scope(b.prefix(), "watch");
     let c = b.coordination();
     let r = c.get_nodes(&scope).await.expect("get_nodes");
@@ -565,7 +719,7 @@ pub async fn wait_for_change_wakes_on_registration<B: ConformanceBackend>(b: &B)
         "wait_for_change resolved without a change"
     );
     let first = node(1);
-    let seeding = seed(b, &scope, &first);
+    let seeding = register_first(b, &scope, &first);
     let (out, _) = tokio::join!(
         tokio::time::timeout(Duration::from_secs(10), &mut wait),
         seeding

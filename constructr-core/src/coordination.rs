@@ -127,6 +127,76 @@ pub enum RefreshOutcome {
     Missing,
 }
 
+/// What a backend guarantees ([`Coordination::guarantees`]): the state machine's safety
+/// ("exactly one cluster forms") rests on the first two; the conformance suite runs every
+/// check the declared guarantees cover.
+///
+/// ```
+/// use constructr_core::coordination::Guarantees;
+///
+/// assert!(Guarantees::STRONG.is_safe_for_bootstrap());
+/// let gossip = Guarantees { watch: true, ..Guarantees::NONE };
+/// assert_eq!(gossip.missing_for_bootstrap(), ["linearizable", "exclusive_lock"]);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Guarantees {
+    /// Every call observes every call that completed before it (consistent reads).
+    pub linearizable: bool,
+    /// `lock` is exclusive per scope, `add_self` is fenced by the lock and the epoch, and
+    /// the epoch marker outlives the nodes (the Lock, Fencing and Epoch points of the
+    /// [`Coordination`] contract).
+    pub exclusive_lock: bool,
+    /// Entries disappear after their TTL (the TTL point of the contract).
+    pub ttl_expiry: bool,
+    /// `wait_for_change` wakes on a change instead of answering
+    /// [`WaitOutcome::Unsupported`].
+    pub watch: bool,
+}
+
+impl Guarantees {
+    /// Everything: what etcd, Consul and the memory backend give.
+    pub const STRONG: Guarantees = Guarantees {
+        linearizable: true,
+        exclusive_lock: true,
+        ttl_expiry: true,
+        watch: true,
+    };
+
+    /// Nothing.
+    pub const NONE: Guarantees = Guarantees {
+        linearizable: false,
+        exclusive_lock: false,
+        ttl_expiry: false,
+        watch: false,
+    };
+
+    /// Whether "exactly one cluster forms" holds on this backend: linearizable, with an
+    /// exclusive fenced lock.
+    pub fn is_safe_for_bootstrap(&self) -> bool {
+        self.missing_for_bootstrap().is_empty()
+    }
+
+    /// The guarantees that "exactly one cluster forms" needs and this backend lacks.
+    pub fn missing_for_bootstrap(&self) -> Vec<&'static str> {
+        let mut missing = Vec::new();
+        if !self.linearizable {
+            missing.push("linearizable");
+        }
+        if !self.exclusive_lock {
+            missing.push("exclusive_lock");
+        }
+        missing
+    }
+
+    /// Whether every guarantee of `needs` is among these.
+    pub fn covers(&self, needs: &Guarantees) -> bool {
+        (self.linearizable || !needs.linearizable)
+            && (self.exclusive_lock || !needs.exclusive_lock)
+            && (self.ttl_expiry || !needs.ttl_expiry)
+            && (self.watch || !needs.watch)
+    }
+}
+
 /// Result of [`Coordination::wait_for_change`].
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum WaitOutcome {
@@ -349,6 +419,20 @@ impl std::fmt::Display for ErrorSummary {
 /// - **Incarnations.** `refresh` and `remove_self` act only on the entry of exactly this
 ///   `NodeId`; an entry of another incarnation at the same address is left alone.
 /// - `remove_self` of an absent entry succeeds.
+/// - **Refresh TTL.** `refresh` is called with the TTL the entry was registered with (the
+///   state machine never changes it); a backend that binds the TTL at registration (etcd
+///   lease, Consul session) extends by that TTL and may ignore `lease.ttl`.
+/// - **Watch.** `wait_for_change(scope, Some(r))` resolves `Changed` once anything under
+///   `scope` changed after revision `r` (at once if it already has);
+///   `wait_for_change(scope, None)` (the read had no revision) resolves `Changed` at the
+///   first change after the call, **never at once**: the state machine re-reads on
+///   `Changed`, so an immediate answer would make a polling loop. A backend that cannot
+///   watch answers [`WaitOutcome::Unsupported`] and does not declare
+///   [`Guarantees::watch`].
+///
+/// A backend declares what of this contract it keeps ([`Coordination::guarantees`]);
+/// [`crate::driver::NodeBuilder::spawn`] refuses one that lacks what "exactly one cluster
+/// forms" needs unless the caller opts in.
 ///
 /// # Errors
 /// Transient failures are [`CoordinationError::Unavailable`] or [`CoordinationError::Timeout`]
@@ -377,6 +461,12 @@ pub trait Coordination: Send + Sync + 'static {
 
     /// Removes `node`'s own entry at once (graceful shutdown).
     async fn remove_self(&self, scope: &Scope, node: &NodeId) -> Result<()>;
+
+    /// What this backend guarantees of the contract above (see [`Guarantees`]). Declare
+    /// only what holds: the builder refuses a backend without linearizability and an
+    /// exclusive lock unless the caller opts in, and the conformance suite checks what is
+    /// declared.
+    fn guarantees(&self) -> Guarantees;
 
     /// Checks the backend's own limits on the node settings (e.g. Consul's session TTLs of
     /// 10 s to 24 h), so that no node starts with settings the backend would refuse later.
@@ -417,6 +507,9 @@ impl<T: Coordination + ?Sized> Coordination for std::sync::Arc<T> {
     }
     fn check_settings(&self, settings: &crate::Settings) -> Result<(), crate::SettingsError> {
         (**self).check_settings(settings)
+    }
+    fn guarantees(&self) -> Guarantees {
+        (**self).guarantees()
     }
     async fn wait_for_change(&self, scope: &Scope, revision: Option<u64>) -> Result<WaitOutcome> {
         (**self).wait_for_change(scope, revision).await

@@ -81,6 +81,18 @@ pub enum SpawnError {
     /// The settings are invalid (in general, or for this backend).
     #[error(transparent)]
     Settings(#[from] SettingsError),
+    /// The coordination backend lacks what "exactly one cluster forms" needs (e.g. Serf),
+    /// and the caller did not accept that ([`NodeBuilder::accept_split_brain_risk`]).
+    #[error(
+        "the coordination backend is not {}: two clusters can form under a partition at \
+         bootstrap; use a backend with these guarantees (etcd, Consul), or call \
+         accept_split_brain_risk() to start anyway",
+        missing.join(" and ")
+    )]
+    UnsafeCoordination {
+        /// The guarantees it lacks ([`crate::coordination::Guarantees::missing_for_bootstrap`]).
+        missing: Vec<&'static str>,
+    },
 }
 
 /// Builds and starts a node ([`Node::builder`]). Settings default to [`Settings::default`]
@@ -95,6 +107,7 @@ pub struct NodeBuilder {
     cluster: Option<Arc<dyn Cluster>>,
     seed: Option<u64>,
     observers: Vec<Arc<dyn Observer>>,
+    accept_split_brain: bool,
 }
 
 impl std::fmt::Debug for NodeBuilder {
@@ -106,6 +119,7 @@ impl std::fmt::Debug for NodeBuilder {
             .field("cluster", &self.cluster.is_some())
             .field("seed", &self.seed)
             .field("observers", &self.observers.len())
+            .field("accept_split_brain", &self.accept_split_brain)
             .finish()
     }
 }
@@ -148,17 +162,39 @@ impl NodeBuilder {
         self
     }
 
+    /// Starts the node even on a backend that is not linearizable or has no exclusive
+    /// fenced lock (such as Serf, [`Coordination::guarantees`]): **under a network
+    /// partition at bootstrap, two clusters can form**. Without this, such a backend is
+    /// refused ([`SpawnError::UnsafeCoordination`]).
+    pub fn accept_split_brain_risk(mut self) -> Self {
+        self.accept_split_brain = true;
+        self
+    }
+
     /// Validates the settings (the general rules, then the backend's own limits through
-    /// [`Coordination::check_settings`]) and starts the node on the current tokio runtime.
+    /// [`Coordination::check_settings`]) and the backend's guarantees, and starts the node
+    /// on the current tokio runtime.
     ///
     /// # Errors
     /// [`SpawnError::Missing`] names a required part that was not given;
-    /// [`SpawnError::Settings`] says which setting is invalid.
+    /// [`SpawnError::Settings`] says which setting is invalid;
+    /// [`SpawnError::UnsafeCoordination`] what the backend lacks.
     pub fn spawn(self) -> Result<NodeHandle, SpawnError> {
         let node = self.node.ok_or(SpawnError::Missing("an address"))?;
         let coordination = self
             .coordination
             .ok_or(SpawnError::Missing("a coordination"))?;
+        let missing = coordination.guarantees().missing_for_bootstrap();
+        if !missing.is_empty() {
+            if !self.accept_split_brain {
+                return Err(SpawnError::UnsafeCoordination { missing });
+            }
+            tracing::warn!(
+                ?missing,
+                "starting on a coordination backend without the guarantees of a single \
+                 cluster: two clusters can form under a partition at bootstrap"
+            );
+        }
         let cluster = self.cluster.ok_or(SpawnError::Missing("a cluster"))?;
         let seed = self.seed.unwrap_or_else(rand::random);
         let settings = self.settings.unwrap_or_default();

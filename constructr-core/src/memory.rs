@@ -499,6 +499,10 @@ fn base64_address(address: &str) -> String {
 
 #[async_trait]
 impl Coordination for MemoryCoordination {
+    fn guarantees(&self) -> crate::coordination::Guarantees {
+        crate::coordination::Guarantees::STRONG
+    }
+
     async fn get_nodes(&self, scope: &Scope) -> Result<Registry> {
         self.faulty(|now| self.get_nodes_at(now, scope)).await
     }
@@ -521,9 +525,11 @@ impl Coordination for MemoryCoordination {
     }
 
     async fn wait_for_change(&self, scope: &Scope, revision: Option<u64>) -> Result<WaitOutcome> {
+        // Without a revision: the first change after the call (never at once).
+        let revision = revision.unwrap_or_else(|| self.revision(scope));
         loop {
             let seen = self.changed.version();
-            if revision.is_none_or(|r| self.revision(scope) > r) {
+            if self.revision(scope) > revision {
                 return Ok(WaitOutcome::Changed);
             }
             self.changed.changed_since(seen).await;

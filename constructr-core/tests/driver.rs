@@ -324,6 +324,9 @@ type Answer<T> = Result<T, CoordinationError>;
 
 #[async_trait::async_trait]
 impl Coordination for Overlap {
+    fn guarantees(&self) -> constructr_core::coordination::Guarantees {
+        constructr_core::coordination::Guarantees::STRONG
+    }
     fn check_settings(&self, s: &Settings) -> Result<(), SettingsError> {
         if s.ttl() < self.min_ttl {
             return Err(SettingsError::Backend {
@@ -587,4 +590,62 @@ async fn the_builder_names_a_missing_part() {
         .unwrap_err();
     assert!(matches!(err, SpawnError::Missing("a cluster")), "{err}");
     assert_eq!(err.to_string(), "the node builder needs a cluster");
+}
+
+/// The memory backend declaring less than it has: as a gossip backend would (Serf).
+struct Weak(MemoryCoordination);
+
+#[async_trait::async_trait]
+impl Coordination for Weak {
+    fn guarantees(&self) -> constructr_core::coordination::Guarantees {
+        constructr_core::coordination::Guarantees {
+            watch: true,
+            ..constructr_core::coordination::Guarantees::NONE
+        }
+    }
+    async fn get_nodes(&self, scope: &Scope) -> Answer<Registry> {
+        self.0.get_nodes(scope).await
+    }
+    async fn lock(&self, lease: Lease<'_>) -> Answer<LockOutcome> {
+        self.0.lock(lease).await
+    }
+    async fn add_self(&self, lease: Lease<'_>, mode: &AddMode) -> Answer<AddOutcome> {
+        self.0.add_self(lease, mode).await
+    }
+    async fn refresh(&self, lease: Lease<'_>) -> Answer<RefreshOutcome> {
+        self.0.refresh(lease).await
+    }
+    async fn remove_self(&self, scope: &Scope, node: &NodeId) -> Answer<()> {
+        self.0.remove_self(scope, node).await
+    }
+}
+
+#[tokio::test]
+async fn a_backend_without_an_exclusive_lock_is_refused_unless_the_risk_is_accepted() {
+    let w = World::new();
+    let weak = Arc::new(Weak(w.coordination.clone()));
+    let build = || {
+        Node::builder()
+            .settings(settings())
+            .address(node(0))
+            .coordination(weak.clone())
+            .cluster(Arc::new(w.cluster.node(node(0))))
+    };
+    match build().spawn() {
+        Err(SpawnError::UnsafeCoordination { missing }) => {
+            assert_eq!(missing, ["linearizable", "exclusive_lock"]);
+        }
+        other => panic!("a weak backend was accepted: {other:?}"),
+    }
+    let err = build().spawn().unwrap_err().to_string();
+    assert!(
+        err.contains("two clusters can form") && err.contains("accept_split_brain_risk"),
+        "{err}"
+    );
+    let h = build().accept_split_brain_risk().spawn().expect("accepted");
+    tokio::time::timeout(BOUND, h.registered())
+        .await
+        .unwrap()
+        .unwrap();
+    h.abort();
 }

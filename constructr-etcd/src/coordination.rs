@@ -97,6 +97,11 @@ fn header_revision(header: Option<&etcd_client::ResponseHeader>) -> Result<i64, 
 
 #[async_trait]
 impl Coordination for EtcdCoordination {
+    /// Linearizable reads and transactions, lease-fenced lock, epoch key, lease TTLs, watch.
+    fn guarantees(&self) -> constructr_core::coordination::Guarantees {
+        constructr_core::coordination::Guarantees::STRONG
+    }
+
     async fn lock(&self, lease: Lease<'_>) -> Result<LockOutcome> {
         let key = entry::lock_key(lease.scope);
         let value = entry::encode_node(lease.node);

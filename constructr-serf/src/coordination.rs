@@ -49,7 +49,7 @@
 //! split-brain window at bootstrap is acceptable, or the initial members are known
 //! (`required_members`).
 
-use constructr_core::coordination::Result;
+use constructr_core::coordination::{Guarantees, Result};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -362,6 +362,15 @@ fn snapshot_of(me: String, members: &[Member], reg_tag: &str, cand_tag: &str) ->
 
 #[async_trait]
 impl Coordination for SerfCoordination {
+    /// Serf is eventually consistent and has no lock (a best-effort bootstrap guard), and a
+    /// registration lives as long as its agent (no TTL): only the watch (member events).
+    fn guarantees(&self) -> Guarantees {
+        Guarantees {
+            watch: true,
+            ..Guarantees::NONE
+        }
+    }
+
     async fn get_nodes(&self, scope: &Scope) -> Result<Registry> {
         Ok(self.snapshot(scope).await?.registry())
     }
@@ -511,9 +520,14 @@ impl Coordination for SerfCoordination {
     async fn wait_for_change(&self, scope: &Scope, revision: Option<u64>) -> Result<WaitOutcome> {
         self.ensure_watcher();
         let mut changes = self.changes.subscribe();
+        // Without a revision: the first change after the call (never at once).
+        let revision = match revision {
+            Some(r) => r,
+            None => self.snapshot(scope).await?.revision,
+        };
         loop {
             changes.mark_unchanged();
-            if Some(self.snapshot(scope).await?.revision) != revision {
+            if self.snapshot(scope).await?.revision != revision {
                 return Ok(WaitOutcome::Changed);
             }
             if changes.changed().await.is_err() {

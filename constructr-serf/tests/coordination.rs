@@ -220,6 +220,7 @@ async fn five_nodes_on_five_agents_form_one_cluster_and_a_killed_node_disappears
             .coordination(coordination)
             .cluster(Arc::new(local.node(id)))
             .seed(i as u64)
+            .accept_split_brain_risk()
             .spawn()
             .unwrap();
         nodes.push(handle);
@@ -282,4 +283,98 @@ async fn five_nodes_on_five_agents_form_one_cluster_and_a_killed_node_disappears
     for n in &nodes {
         n.shutdown();
     }
+}
+
+/// The conformance suite on real Serf agents: a backend on agent 0, and agent 1 for the
+/// garbage a third party would write (a registration tag it cannot decode).
+struct SerfSuite {
+    coordination: SerfCoordination,
+    reader: constructr_serf::SerfClient,
+    writer: constructr_serf::SerfClient,
+    writer_name: String,
+}
+
+#[async_trait::async_trait]
+impl constructr_core::conformance::ConformanceBackend for SerfSuite {
+    type Coordination = SerfCoordination;
+
+    fn coordination(&self) -> &SerfCoordination {
+        &self.coordination
+    }
+
+    /// Sets the registration tag of `scope` to `value` on agent 1 and waits until agent 0
+    /// sees it, so the check reads the garbage for real.
+    async fn put_raw_entry(&self, scope: &Scope, _key_suffix: &str, value: &[u8]) {
+        let tag = registration_tag(scope);
+        let value = String::from_utf8_lossy(value).into_owned();
+        let tags = std::collections::BTreeMap::from([(tag.clone(), value.clone())]);
+        self.writer.tags(&tags, &[]).await.expect("set tag");
+        eventually(
+            Duration::from_secs(20),
+            "agent 0 sees the garbage tag",
+            || async {
+                let members = self.reader.members().await.ok()?;
+                members
+                    .iter()
+                    .any(|m| m.name == self.writer_name && m.tags.get(&tag) == Some(&value))
+                    .then_some(())
+            },
+        )
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_serf_backend_passes_the_conformance_checks_its_guarantees_cover() {
+    let Some(bin) = support::serf_bin() else {
+        return;
+    };
+    let agents = cluster_of(2, &bin, "conf");
+    let coordination = backend(&agents[0], 1, Duration::from_millis(200));
+    let reader =
+        constructr_serf::SerfClient::new(SerfConfig::new(agents[0].rpc.to_string())).unwrap();
+    let writer =
+        constructr_serf::SerfClient::new(SerfConfig::new(agents[1].rpc.to_string())).unwrap();
+    let writer_name = writer.agent_name().await.unwrap();
+    let suite = SerfSuite {
+        coordination,
+        reader,
+        writer,
+        writer_name,
+    };
+    let report = constructr_core::conformance::run_all(&suite).await;
+    // The registry checks and the watch checks ran; the lock and TTL checks are not what
+    // Serf guarantees.
+    for check in [
+        "empty_registry_reads_empty",
+        "a_registration_is_read_refreshed_and_removed",
+        "garbage_entries_are_skipped",
+        "wait_for_change_wakes_on_registration",
+        "wait_for_change_without_a_revision_waits_for_a_change",
+    ] {
+        assert!(
+            report.ran.contains(&check),
+            "{check} did not run: {report:?}"
+        );
+    }
+    assert!(report.not_covered.contains(&"lock_is_exclusive"));
+    assert!(report.not_covered.contains(&"entries_expire_after_ttl"));
+}
+
+#[tokio::test]
+async fn the_serf_backend_is_refused_by_the_builder_unless_the_risk_is_accepted() {
+    // No agent is needed: the refusal comes before any request.
+    let coordination = Arc::new(SerfCoordination::new(&SerfConfig::new("127.0.0.1:1")).unwrap());
+    let local = LocalCluster::new();
+    let me = NodeId::new("10.0.0.1:2552", 1);
+    let err = driver::Node::builder()
+        .address(me.clone())
+        .coordination(coordination)
+        .cluster(Arc::new(local.node(me)))
+        .spawn()
+        .unwrap_err();
+    assert!(
+        matches!(err, driver::SpawnError::UnsafeCoordination { .. }),
+        "{err}"
+    );
 }

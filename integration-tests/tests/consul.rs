@@ -58,7 +58,9 @@ async fn conformance_suite_passes_against_real_consul() {
     init_tracing();
     let backend = ConformanceService::start(Backend::Consul).await;
     let start = Instant::now();
-    conformance::run_all(&backend).await;
+    let report = conformance::run_all(&backend).await;
+    assert!(report.not_covered.is_empty(), "Consul declares every guarantee: {report:?}");
+    assert_eq!(report.ran.len(), conformance::CHECKS.len());
     println!(
         "conformance suite against Consul took {:?}",
         start.elapsed()

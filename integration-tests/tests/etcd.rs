@@ -45,7 +45,9 @@ async fn member_and_scope(what: &str) -> (EtcdNode, Arc<EtcdCoordination>, Scope
 async fn conformance_suite_passes_against_real_etcd() {
     require_docker!();
     init_tracing();
-    conformance::run_all(&ConformanceService::start(Backend::Etcd).await).await;
+    let report = conformance::run_all(&ConformanceService::start(Backend::Etcd).await).await;
+    assert!(report.not_covered.is_empty(), "etcd declares every guarantee: {report:?}");
+    assert_eq!(report.ran.len(), conformance::CHECKS.len());
 }
 
 /// Settings that ride out an etcd election or restart of a few seconds: no retry count

@@ -582,6 +582,10 @@ impl LoseSeedReply {
 
 #[async_trait]
 impl Coordination for LoseSeedReply {
+    fn guarantees(&self) -> constructr_core::coordination::Guarantees {
+        self.inner.guarantees()
+    }
+
     async fn get_nodes(&self, scope: &Scope) -> Result<Registry> {
         self.hold().await;
         self.inner.get_nodes(scope).await
