@@ -7,6 +7,10 @@
 #                                 falling back to bookworm (3.4.23)
 #   constructr-test/consul:<ver>  consul from bullseye (1.8.7)
 #   constructr-test/serf:<ver>    serf from trixie (0.10.1)
+#   constructr-test/zookeeper:<ver>  ZooKeeper from bookworm (3.8.0) with its JRE, a
+#                                 debootstrapped Debian (Java needs a whole system);
+#                                 /usr/local/bin/zk-start runs one server (ZK_ID +
+#                                 ZK_SERVERS: a member of an ensemble)
 #   constructr-test/systemd:trixie  a whole Debian trixie (debootstrap, no registry)
 #                                 with systemd as PID 1, sshd and python3: the host
 #                                 the Ansible role is tested against
@@ -14,7 +18,7 @@
 # Idempotent: an image that already exists is not rebuilt unless FORCE=1.
 # The machine's apt configuration is never modified (temporary sources/lists).
 #
-# Output: `export CONSTRUCTR_{ETCD,CONSUL,SERF,SYSTEMD}_IMAGE=...` lines on stdout
+# Output: `export CONSTRUCTR_{ETCD,CONSUL,SERF,ZOOKEEPER,SYSTEMD}_IMAGE=...` lines on stdout
 # (logs go to stderr), also written to target/test-images.env.
 #
 # Env knobs: FORCE=1, DEBIAN_MIRROR=<uri>, CONSTRUCTR_IMAGE_PREFIX (default
@@ -32,6 +36,7 @@ ETCD_EXPECTED=3.5.16
 CONSUL_EXPECTED=1.8.7
 SERF_EXPECTED=0.10.1
 SYSTEMD_EXPECTED=trixie
+ZOOKEEPER_EXPECTED=3.8.0
 
 log() { echo "[images] $*" >&2; }
 die() { echo "[images] ERROR: $*" >&2; exit 1; }
@@ -336,16 +341,69 @@ build_systemd() {
     SYSTEMD_TAG=$SYSTEMD_EXPECTED
 }
 
+# ZooKeeper from Debian bookworm with the JRE it needs: debootstrap, a start script,
+# `docker import`.
+build_zookeeper() {
+    command -v debootstrap >/dev/null || die "debootstrap not found (scripts/install-deps.sh installs it)"
+    local root mirror tag keyring=() ver
+    WORK=${WORK:-$(mktemp -d /tmp/constructr-images.XXXXXX)}
+    root="$WORK/zookeeper-rootfs"
+    mirror=$(detect_mirror)
+    if [[ -r /usr/share/keyrings/debian-archive-keyring.gpg ]]; then
+        keyring=(--keyring=/usr/share/keyrings/debian-archive-keyring.gpg)
+    fi
+    log "debootstrap bookworm + zookeeper + JRE from $mirror (about two minutes)"
+    if ! debootstrap "${keyring[@]}" --variant=minbase --include=zookeeper,default-jre-headless \
+        bookworm "$root" "$mirror" >"$WORK/debootstrap-zk.log" 2>&1; then
+        tail -n 30 "$WORK/debootstrap-zk.log" >&2
+        die "debootstrap of the ZooKeeper image failed"
+    fi
+    ver=$(upstream_version "$(chroot "$root" dpkg-query -W -f '${Version}' zookeeper 2>/dev/null || echo "$ZOOKEEPER_EXPECTED")")
+    tag="$PREFIX/zookeeper:$ver"
+    rm -rf "$root/var/cache/apt/archives/"*.deb "$root/var/lib/apt/lists/"* "$root/usr/share/doc" "$root/usr/share/man"
+    cat >"$root/usr/local/bin/zk-start" <<'ZK'
+#!/bin/sh
+# One ZooKeeper server in the foreground. ZK_ID + ZK_SERVERS ("server.1=zk1:2888:3888;2181
+# ...") make it a member of an ensemble; without them it runs stand-alone.
+set -e
+mkdir -p /data /conf
+cat > /conf/zoo.cfg <<CFG
+tickTime=${ZK_TICK_MS:-500}
+initLimit=20
+syncLimit=10
+dataDir=/data
+clientPort=2181
+admin.enableServer=false
+4lw.commands.whitelist=ruok,srvr,stat,mntr
+minSessionTimeout=1000
+maxSessionTimeout=60000
+CFG
+if [ -n "$ZK_SERVERS" ]; then
+    for s in $ZK_SERVERS; do echo "$s" >> /conf/zoo.cfg; done
+    echo "${ZK_ID:?ZK_ID is needed with ZK_SERVERS}" > /data/myid
+fi
+exec java -Xmx256m -XX:+UseSerialGC $ZK_JAVA_OPTS \
+    -cp /usr/share/java/zookeeper.jar org.apache.zookeeper.server.quorum.QuorumPeerMain /conf/zoo.cfg
+ZK
+    chmod 0755 "$root/usr/local/bin/zk-start"
+    log "docker import $tag"
+    tar -C "$root" -c . | docker import --change 'CMD ["/usr/local/bin/zk-start"]' \
+        --change 'EXPOSE 2181 2888 3888' - "$tag" >/dev/null || die "docker import $tag failed"
+    rm -rf "$root"
+    ZOOKEEPER_TAG=$ver
+}
+
 # ---------------------------------------------------------------------------
 # Main
 # ---------------------------------------------------------------------------
 
-ETCD_TAG="" CONSUL_TAG="" SERF_TAG="" SYSTEMD_TAG=""
+ETCD_TAG="" CONSUL_TAG="" SERF_TAG="" SYSTEMD_TAG="" ZOOKEEPER_TAG=""
 if [[ $FORCE != 1 ]]; then
     ETCD_TAG=$(existing_tag "$PREFIX/etcd" "$ETCD_EXPECTED")
     CONSUL_TAG=$(existing_tag "$PREFIX/consul" "$CONSUL_EXPECTED")
     SERF_TAG=$(existing_tag "$PREFIX/serf" "$SERF_EXPECTED")
     SYSTEMD_TAG=$(existing_tag "$PREFIX/systemd" "$SYSTEMD_EXPECTED")
+    ZOOKEEPER_TAG=$(existing_tag "$PREFIX/zookeeper" "$ZOOKEEPER_EXPECTED")
 fi
 
 if [[ -n $ETCD_TAG ]]; then
@@ -367,6 +425,12 @@ else
     build_serf
 fi
 
+if [[ -n $ZOOKEEPER_TAG ]]; then
+    log "$PREFIX/zookeeper:$ZOOKEEPER_TAG exists, skipping (FORCE=1 to rebuild)"
+else
+    build_zookeeper
+fi
+
 if [[ -n $SYSTEMD_TAG ]]; then
     log "$PREFIX/systemd:$SYSTEMD_TAG exists, skipping (FORCE=1 to rebuild)"
 else
@@ -379,6 +443,7 @@ docker image prune -f --filter "label=org.constructr.source" >/dev/null 2>&1 || 
 out="export CONSTRUCTR_ETCD_IMAGE=$PREFIX/etcd:$ETCD_TAG
 export CONSTRUCTR_CONSUL_IMAGE=$PREFIX/consul:$CONSUL_TAG
 export CONSTRUCTR_SERF_IMAGE=$PREFIX/serf:$SERF_TAG
+export CONSTRUCTR_ZOOKEEPER_IMAGE=$PREFIX/zookeeper:$ZOOKEEPER_TAG
 export CONSTRUCTR_SYSTEMD_IMAGE=$PREFIX/systemd:$SYSTEMD_TAG"
 printf '%s\n' "$out" >"$ENV_FILE.tmp"
 mv "$ENV_FILE.tmp" "$ENV_FILE"

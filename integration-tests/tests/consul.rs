@@ -59,7 +59,10 @@ async fn conformance_suite_passes_against_real_consul() {
     let backend = ConformanceService::start(Backend::Consul).await;
     let start = Instant::now();
     let report = conformance::run_all(&backend).await;
-    assert!(report.not_covered.is_empty(), "Consul declares every guarantee: {report:?}");
+    assert!(
+        report.not_covered.is_empty(),
+        "Consul declares every guarantee: {report:?}"
+    );
     assert_eq!(report.ran.len(), conformance::CHECKS.len());
     println!(
         "conformance suite against Consul took {:?}",

@@ -46,7 +46,10 @@ async fn conformance_suite_passes_against_real_etcd() {
     require_docker!();
     init_tracing();
     let report = conformance::run_all(&ConformanceService::start(Backend::Etcd).await).await;
-    assert!(report.not_covered.is_empty(), "etcd declares every guarantee: {report:?}");
+    assert!(
+        report.not_covered.is_empty(),
+        "etcd declares every guarantee: {report:?}"
+    );
     assert_eq!(report.ran.len(), conformance::CHECKS.len());
 }
 
