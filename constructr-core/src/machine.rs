@@ -306,6 +306,7 @@ impl std::fmt::Display for Event {
 /// Test-only switches that remove a safety mechanism, to show the tests catch its absence
 /// (feature `mutations`; never in a default build).
 #[cfg(feature = "mutations")]
+#[cfg_attr(docsrs, doc(cfg(feature = "mutations")))]
 #[doc(hidden)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Mutations {
@@ -584,6 +585,7 @@ impl Machine {
     }
 
     #[cfg(feature = "mutations")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "mutations")))]
     #[doc(hidden)]
     pub fn set_mutations(&mut self, mutations: Mutations) {
         self.mutations = mutations;
