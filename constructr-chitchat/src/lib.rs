@@ -38,6 +38,9 @@ pub mod cluster;
 pub mod config;
 pub mod error;
 
+/// Re-exported on purpose: [`ChitchatCluster::chitchat`], [`Members`] and [`member_node`]
+/// hand out chitchat's own types (`Chitchat`, `ChitchatId`, `NodeState`), so the
+/// application reads key-values and node states with the same chitchat version.
 pub use chitchat;
 pub use cluster::{
     ChitchatCluster, INCARNATION_KEY, LEAVING_KEY, Members, is_leaving, member_node,

@@ -114,8 +114,7 @@ impl BackendArgs {
 impl BackendArgs {
     /// The Consul backend from these options; connects lazily.
     pub fn consul(&self) -> Result<ConsulCoordination, String> {
-        let mut config = ConsulConfig::new(self.consul_address[0].clone())
-            .with_addresses(self.consul_address.iter().cloned())
+        let mut config = ConsulConfig::new(self.consul_address.iter().cloned())
             .with_request_timeout(self.request_timeout)
             .with_connect_timeout(self.request_timeout);
         if let Some(token) = &self.consul_token {

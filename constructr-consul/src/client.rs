@@ -696,7 +696,7 @@ mod tests {
 
     #[test]
     fn urls_encode_key_segments_and_add_the_datacenter() {
-        let c = client(ConsulConfig::new("127.0.0.1:8500").with_datacenter("dc-2"));
+        let c = client(ConsulConfig::new(["127.0.0.1:8500"]).with_datacenter("dc-2"));
         let base = &c.addresses.endpoints()[0].base;
         assert_eq!(base.as_str(), "http://127.0.0.1:8500/");
         let url = c.url(
@@ -718,7 +718,7 @@ mod tests {
 
     #[test]
     fn urls_keep_a_base_path_and_drop_an_empty_query() {
-        let c = client(ConsulConfig::new("http://proxy:8080/consul/"));
+        let c = client(ConsulConfig::new(["http://proxy:8080/consul/"]));
         let url = c.url(&c.addresses.endpoints()[0].base, "v1/txn", "", &[]);
         assert_eq!(url.as_str(), "http://proxy:8080/consul/v1/txn");
     }
@@ -726,9 +726,9 @@ mod tests {
     #[test]
     fn addresses_without_scheme_follow_tls() {
         let c =
-            client(ConsulConfig::new("consul:8501").with_tls(crate::ConsulTlsConfig::default()));
+            client(ConsulConfig::new(["consul:8501"]).with_tls(crate::ConsulTlsConfig::default()));
         assert_eq!(c.addresses.endpoints()[0].base.scheme(), "https");
-        assert!(ConsulClient::new(&ConsulConfig::new("ftp://x")).is_err());
+        assert!(ConsulClient::new(&ConsulConfig::new(["ftp://x"])).is_err());
     }
 
     #[test]

@@ -29,7 +29,7 @@ pub const MAX_SESSION_TTL: Duration = Duration::from_secs(86_400);
 /// use std::time::Duration;
 /// use constructr_consul::ConsulConfig;
 ///
-/// let config = ConsulConfig::new("http://10.0.0.1:8500")
+/// let config = ConsulConfig::new(["http://10.0.0.1:8500", "http://10.0.0.2:8500"])
 ///     .with_token("b3a4c5d6-secret")
 ///     .with_datacenter("dc1")
 ///     .with_request_timeout(Duration::from_secs(2));
@@ -92,10 +92,16 @@ impl Default for ConsulConfig {
 }
 
 impl ConsulConfig {
-    /// A configuration for one address with default timeouts, no token and no TLS.
-    pub fn new(address: impl Into<String>) -> Self {
+    /// A configuration for these addresses with default timeouts, no token and no TLS. The
+    /// first address is used until it fails, then the next, and so on (the same shape as
+    /// `EtcdConfig::new` with its endpoints).
+    pub fn new<I, S>(addresses: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
         Self {
-            addresses: vec![address.into()],
+            addresses: addresses.into_iter().map(Into::into).collect(),
             ..Self::default()
         }
     }
@@ -206,7 +212,7 @@ mod tests {
     /// The TLS key's redaction is `TlsConfig`'s own (tested in `constructr-core`).
     #[test]
     fn debug_and_serialization_hide_the_token() {
-        let c = ConsulConfig::new("https://user:pw@consul:8501").with_token("hunter2-token");
+        let c = ConsulConfig::new(["https://user:pw@consul:8501"]).with_token("hunter2-token");
         let (debug, toml) = (format!("{c:?}"), toml::to_string(&c).unwrap());
         for shown in [&debug, &toml] {
             assert!(!shown.contains("hunter2"), "{shown}");
@@ -244,23 +250,23 @@ mod tests {
     #[test]
     fn validation_rules() {
         assert!(ConsulConfig::default().validate().is_ok());
-        assert!(ConsulConfig::new("").validate().is_err());
+        assert!(ConsulConfig::new([""]).validate().is_err());
         assert!(
-            ConsulConfig::new("a:8500")
+            ConsulConfig::new(["a:8500"])
                 .with_addresses(Vec::<String>::new())
                 .validate()
                 .is_err()
         );
         assert!(
-            ConsulConfig::new("http://a:8500")
+            ConsulConfig::new(["http://a:8500"])
                 .with_tls(ConsulTlsConfig::default())
                 .validate()
                 .is_err(),
             "tls with http address"
         );
-        assert!(ConsulConfig::new("https://a:8501").validate().is_err());
+        assert!(ConsulConfig::new(["https://a:8501"]).validate().is_err());
         assert!(
-            ConsulConfig::new("https://a:8501")
+            ConsulConfig::new(["https://a:8501"])
                 .with_tls(ConsulTlsConfig::default())
                 .validate()
                 .is_ok()
@@ -268,35 +274,40 @@ mod tests {
         let mut tls = ConsulTlsConfig::default();
         tls.cert = Some(PemSource::Pem("x".into()));
         assert!(
-            ConsulConfig::new("a:8501")
+            ConsulConfig::new(["a:8501"])
                 .with_tls(tls)
                 .validate()
                 .is_err(),
             "cert without key"
         );
         assert!(
-            ConsulConfig::new("https://a:8501")
+            ConsulConfig::new(["https://a:8501"])
                 .with_tls(ConsulTlsConfig::default().with_domain_name("consul.internal"))
                 .validate()
                 .is_err(),
             "domain-name, which the HTTP client cannot honour"
         );
-        assert!(ConsulConfig::new("a").with_token("").validate().is_err());
-        assert!(ConsulConfig::new("a").with_token("a b").validate().is_err());
+        assert!(ConsulConfig::new(["a"]).with_token("").validate().is_err());
         assert!(
-            ConsulConfig::new("a")
+            ConsulConfig::new(["a"])
+                .with_token("a b")
+                .validate()
+                .is_err()
+        );
+        assert!(
+            ConsulConfig::new(["a"])
                 .with_datacenter("dc1&x=y")
                 .validate()
                 .is_err()
         );
         assert!(
-            ConsulConfig::new("a")
+            ConsulConfig::new(["a"])
                 .with_request_timeout(Duration::ZERO)
                 .validate()
                 .is_err()
         );
         assert!(
-            ConsulConfig::new("a")
+            ConsulConfig::new(["a"])
                 .with_lock_delay(Duration::from_secs(61))
                 .validate()
                 .is_err()

@@ -166,16 +166,23 @@ impl ConsulCoordination {
         })
     }
 
-    /// Checks that Consul answers, has a leader, and knows the ACL token (if one is set);
-    /// useful before starting nodes. Missing *permissions* show up on the first write.
-    pub async fn check(&self) -> Result<(), ConsulError> {
+    /// Checks that Consul answers, has a leader, knows the ACL token (if one is set) and
+    /// answers a consistent read of `scope`'s keys (the same check as
+    /// `EtcdCoordination::check`); useful before starting nodes. Missing *write*
+    /// permissions show up on the first write (Consul filters what a token may not read, so
+    /// the read succeeds without read permission, too).
+    pub async fn check(&self, scope: &Scope) -> Result<(), ConsulError> {
         if self.client.leader().await?.is_empty() {
             return Err(ConsulError::Unavailable {
                 address: "-".into(),
                 detail: "Consul has no cluster leader".into(),
             });
         }
-        self.client.token_self().await
+        self.client.token_self().await?;
+        self.client
+            .kv_list(&Keys::of(scope).base, None)
+            .await
+            .map(|_| ())
     }
 
     fn destroy_in_background(&self, session: String) {

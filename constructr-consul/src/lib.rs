@@ -11,9 +11,10 @@
 //! use std::sync::Arc;
 //! use constructr_consul::{ConsulConfig, ConsulCoordination};
 //!
-//! let config = ConsulConfig::new("http://127.0.0.1:8500").with_token("my-acl-token");
+//! let config = ConsulConfig::new(["http://127.0.0.1:8500"]).with_token("my-acl-token");
 //! let consul = Arc::new(ConsulCoordination::new(&config)?);
-//! consul.check().await?; // optional: fail early on an unreachable Consul or an unknown token
+//! let scope = constructr_core::Settings::default().scope()?;
+//! consul.check(&scope).await?; // optional: fail early on an unreachable Consul or an unknown token
 //! // check the node settings against Consul's session TTL range (10 s to 24 h):
 //! constructr_consul::validate_settings(&constructr_core::Settings::default())?;
 //! // hand `consul` to `constructr_core::driver::Node::builder().coordination(..)` ...

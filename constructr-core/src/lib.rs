@@ -19,6 +19,7 @@
 //!   users break it; every backend runs them.
 //! - [`plumbing`] (feature `plumbing`): what network drivers share (secrets, failover).
 #![deny(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod cluster;
 pub mod coordination;
@@ -29,18 +30,23 @@ pub mod memory;
 pub mod node;
 mod notify;
 #[cfg(feature = "plumbing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "plumbing")))]
 pub mod plumbing;
 pub mod settings;
 #[cfg(feature = "sim")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sim")))]
 pub mod sim;
 pub mod status;
 pub mod tls;
 
 #[cfg(feature = "conformance")]
+#[cfg_attr(docsrs, doc(cfg(feature = "conformance")))]
 pub mod conformance;
 #[cfg(feature = "tokio")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 pub mod driver;
 #[cfg(feature = "scenarios")]
+#[cfg_attr(docsrs, doc(cfg(feature = "scenarios")))]
 pub mod scenarios;
 
 pub use cluster::{Cluster, ClusterError, ClusterEvent};

@@ -339,6 +339,7 @@ impl std::fmt::Display for Event {
 /// Test-only switches that remove a safety mechanism, to show the tests catch its absence
 /// (feature `mutations`; never in a default build).
 #[cfg(feature = "mutations")]
+#[cfg_attr(docsrs, doc(cfg(feature = "mutations")))]
 #[doc(hidden)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Mutations {
@@ -537,6 +538,61 @@ impl Streak {
 ///
 /// A machine is plain data: `Clone`, `Eq` and `Hash` (a model checker explores copies of
 /// it). The hash leaves out the settings, which are fixed for a machine's life.
+///
+/// # Driving it by hand
+/// The tokio [`driver`](crate::driver) does this for real backends; here one node seeds a
+/// cluster on the synchronous in-memory registry ([`ScopeRegistry`](crate::memory::ScopeRegistry)),
+/// with made-up cluster replies and a clock that jumps to the next timer:
+///
+/// ```
+/// use std::time::Instant;
+/// use constructr_core::memory::ScopeRegistry;
+/// use constructr_core::{Action, Machine, NodeId, Reply, Settings, State};
+///
+/// let mut now = Instant::now();
+/// let me = NodeId::new("10.0.0.7:2552", 1);
+/// let mut registry = ScopeRegistry::default();
+/// let mut machine = Machine::new(Settings::default(), me.clone(), 42, now)?;
+/// for _ in 0..100 {
+///     // After every call that takes `now`: execute each action, feed its result back.
+///     while let Some(action) = machine.poll_action() {
+///         let attempt = action.attempt();
+///         let reply = match action {
+///             Action::GetNodes { .. } => Reply::Nodes(Ok(registry.get_nodes(now))),
+///             Action::Lock { ttl, .. } => Reply::Lock(Ok(registry.lock(now, &me, ttl))),
+///             Action::AddSelf { ttl, mode, .. } => {
+///                 Reply::AddSelf(Ok(registry.add_self(now, &me, ttl, &mode)))
+///             }
+///             Action::Refresh { ttl, .. } => Reply::Refresh(Ok(registry.refresh(now, &me, ttl))),
+///             Action::RemoveSelf { .. } => {
+///                 registry.remove_self(now, &me);
+///                 Reply::RemoveSelf(Ok(()))
+///             }
+///             // An early wake-up only: it may stay unanswered.
+///             Action::WaitForChange { .. } => continue,
+///             // A real cluster joins `seeds` here (when seeding: just this node).
+///             Action::JoinCluster { .. } => Reply::Joined(Ok(())),
+///             Action::LeaveCluster { .. } => Reply::Left(Ok(())),
+///         };
+///         machine.handle_reply(now, attempt, reply);
+///     }
+///     while let Some(event) = machine.poll_event() {
+///         println!("{event:?}");
+///     }
+///     if machine.state().is_registered() {
+///         break;
+///     }
+///     // Nothing to execute: sleep until the machine's next timer (a retry, a refresh).
+///     if let Some(at) = machine.poll_timeout() {
+///         now = now.max(at);
+///         machine.handle_timeout(now);
+///     }
+/// }
+/// assert_eq!(machine.state(), State::RefreshScheduled);
+/// assert!(registry.is_registered(now, &me));
+/// assert!(machine.cluster().is_some()); // the cluster this node seeded
+/// # Ok::<(), constructr_core::SettingsError>(())
+/// ```
 #[derive(Clone, Debug, PartialEq)]
 pub struct Machine {
     settings: Settings,
@@ -617,6 +673,7 @@ impl Machine {
     }
 
     #[cfg(feature = "mutations")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "mutations")))]
     #[doc(hidden)]
     pub fn set_mutations(&mut self, mutations: Mutations) {
         self.mutations = mutations;

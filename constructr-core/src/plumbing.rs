@@ -334,6 +334,7 @@ impl<E> Failover<E> {
 /// without waiting for it; returns `false` and does nothing outside a runtime (a future
 /// dropped after its runtime): the driver's TTL cleans up then.
 #[cfg(feature = "tokio")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 pub fn spawn_background<F>(cleanup: F) -> bool
 where
     F: Future<Output = ()> + Send + 'static,
@@ -438,6 +439,7 @@ pub use crate::message_constructors;
 /// # }
 /// ```
 #[cfg(feature = "tokio")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 #[derive(Clone, Debug)]
 pub struct Backoff {
     next: Duration,

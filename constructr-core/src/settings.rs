@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use derive_setters::Setters;
 use serde::{Deserialize, Serialize};
 
 use crate::node::{ClusterName, Scope};
@@ -77,14 +78,32 @@ pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// Settings of one node's bootstrap state machine.
 ///
-/// Field names deserialize in kebab-case (`coordination-timeout = "3s"`).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// Field names deserialize in kebab-case (`coordination-timeout = "3s"`). In code, start
+/// from [`Settings::default`] (or [`Settings::constructr_compat`]) and change fields with
+/// the `with_*` setters, as the backend configurations do:
+///
+/// ```
+/// use std::time::Duration;
+/// use constructr_core::{ClusterName, Settings};
+///
+/// let settings = Settings::default()
+///     .with_cluster_name(ClusterName::new("orders")?)
+///     .with_refresh_interval(Duration::from_secs(10))
+///     .with_ttl_factor(3.0)
+///     .with_reseed_grace(Duration::ZERO); // seed at once, as ConstructR
+/// settings.validate()?;
+/// assert_eq!(settings.ttl(), Duration::from_secs(30));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Setters)]
 #[serde(rename_all = "kebab-case", default, deny_unknown_fields)]
+#[setters(prefix = "with_")]
 #[non_exhaustive]
 pub struct Settings {
     /// Name of the cluster (part of every key). Default `default`.
     pub cluster_name: ClusterName,
     /// Key prefix in the coordination service. Default `/constructr`.
+    #[setters(into)]
     pub key_prefix: String,
     /// Maximum time for one coordination request. Default 3 s.
     #[serde(with = "humantime_serde")]
@@ -100,6 +119,7 @@ pub struct Settings {
     /// (tries = retries + 1), on top of `retry-budget`; also the retries of the entry
     /// removal at shutdown. Unset by default (only the time budget counts); ConstructR: 2.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[setters(strip_option)]
     pub nr_of_retries: Option<u32>,
     /// Interval between refreshes of this node's entry. Default 30 s.
     #[serde(with = "humantime_serde")]
@@ -130,6 +150,7 @@ pub struct Settings {
     /// wins"). Unset by default: derived, see [`Settings::reseed_grace`]; `"0s"` seeds at
     /// once (ConstructR).
     #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    #[setters(strip_option)]
     pub reseed_grace: Option<Duration>,
     /// Random extra delay added to retry waits, as a fraction of `retry_delay` (0 = fixed
     /// waits as in ConstructR). Default 0.2.

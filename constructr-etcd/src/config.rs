@@ -34,7 +34,7 @@ pub struct EtcdConfig {
     /// etcd client URLs (`http://host:2379`, `https://host:2379`, or `host:2379`, which
     /// means https when `tls` is set). Requests go to one endpoint at a time; when it is
     /// unavailable the request moves on to the next one. Default `http://127.0.0.1:2379`.
-    #[setters(skip)] // set by `new`
+    #[setters(skip)] // `new` and `with_endpoints` take any iterator of strings
     pub endpoints: Vec<String>,
     /// Maximum time to establish a connection to one endpoint. Default 3 s.
     #[serde(with = "humantime_serde")]
@@ -80,6 +80,16 @@ impl EtcdConfig {
             endpoints: endpoints.into_iter().map(Into::into).collect(),
             ..Self::default()
         }
+    }
+
+    /// Replaces the endpoints: the first is used until it fails, then the next, and so on.
+    pub fn with_endpoints<I, S>(mut self, endpoints: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.endpoints = endpoints.into_iter().map(Into::into).collect();
+        self
     }
 
     /// Authenticates as `user` with `password`.

@@ -16,12 +16,19 @@ use crate::error::SerfError;
 /// (a [`Secret`] prints as `<redacted>`).
 ///
 /// ```
-/// use constructr_serf::SerfConfig;
+/// use std::time::Duration;
+/// use constructr_serf::{SerfConfig, SerfCoordination};
 ///
 /// let config = SerfConfig::new("127.0.0.1:7373")
 ///     .with_auth_key("s3cret")
+///     .with_request_timeout(Duration::from_secs(2))
 ///     .with_required_members(3);
+/// config.validate()?;
 /// assert!(!format!("{config:?}").contains("s3cret"));
+/// // Connects lazily: `check().await` (or the first request) reaches the agent.
+/// let serf = SerfCoordination::new(&config)?;
+/// # drop(serf);
+/// # Ok::<(), constructr_serf::SerfError>(())
 /// ```
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Setters)]
 #[serde(rename_all = "kebab-case", default, deny_unknown_fields)]

@@ -133,11 +133,47 @@ pub const EXIT_FORWARD_FAILED: u8 = 1;
 /// Exit code: the invocation was malformed (nothing was forwarded) or the options are invalid.
 pub const EXIT_MALFORMED: u8 = 2;
 
+/// The HTTP method of a [`BridgeRequest`]: the three the bridge's write endpoints take.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BridgeMethod {
+    /// `POST`: a member joined or failed, a user event, a query.
+    Post,
+    /// `PUT`: a member's tags changed.
+    Put,
+    /// `DELETE`: a member left or was reaped.
+    Delete,
+}
+
+impl BridgeMethod {
+    /// The method as HTTP spells it (`POST`, `PUT`, `DELETE`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Post => "POST",
+            Self::Put => "PUT",
+            Self::Delete => "DELETE",
+        }
+    }
+
+    fn to_reqwest(self) -> reqwest::Method {
+        match self {
+            Self::Post => reqwest::Method::POST,
+            Self::Put => reqwest::Method::PUT,
+            Self::Delete => reqwest::Method::DELETE,
+        }
+    }
+}
+
+impl std::fmt::Display for BridgeMethod {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One request to the bridge.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BridgeRequest {
     /// HTTP method.
-    pub method: reqwest::Method,
+    pub method: BridgeMethod,
     /// Path and query, percent-encoded (`/dc/dc1/members/a%20b`).
     pub path: String,
     /// JSON body (member events) or the payload (user events, queries).
@@ -172,15 +208,15 @@ fn dc_of<'a>(tags: &'a BTreeMap<String, String>, config: &'a HandlerConfig) -> &
 }
 
 fn member_request(kind: MemberEventKind, m: &MemberInfo, config: &HandlerConfig) -> BridgeRequest {
-    use reqwest::Method;
+    use BridgeMethod as Method;
     let dc = encode_segment(dc_of(&m.tags, config));
     let name = encode_segment(&m.name);
     let (method, path) = match kind {
-        MemberEventKind::Join => (Method::POST, format!("/dc/{dc}/members")),
-        MemberEventKind::Update => (Method::PUT, format!("/dc/{dc}/members/{name}")),
-        MemberEventKind::Leave => (Method::DELETE, format!("/dc/{dc}/members/{name}")),
-        MemberEventKind::Reap => (Method::DELETE, format!("/dc/{dc}/members/{name}?reap=true")),
-        MemberEventKind::Failed => (Method::POST, format!("/dc/{dc}/failures")),
+        MemberEventKind::Join => (Method::Post, format!("/dc/{dc}/members")),
+        MemberEventKind::Update => (Method::Put, format!("/dc/{dc}/members/{name}")),
+        MemberEventKind::Leave => (Method::Delete, format!("/dc/{dc}/members/{name}")),
+        MemberEventKind::Reap => (Method::Delete, format!("/dc/{dc}/members/{name}?reap=true")),
+        MemberEventKind::Failed => (Method::Post, format!("/dc/{dc}/failures")),
     };
     BridgeRequest {
         method,
@@ -212,7 +248,7 @@ pub fn requests(input: &HandlerInput, config: &HandlerConfig) -> Vec<BridgeReque
             ltime,
             payload,
         } => vec![BridgeRequest {
-            method: reqwest::Method::POST,
+            method: BridgeMethod::Post,
             path: format!(
                 "/dc/{}/events/{}?ltime={ltime}",
                 own_dc(),
@@ -228,7 +264,7 @@ pub fn requests(input: &HandlerInput, config: &HandlerConfig) -> Vec<BridgeReque
             ltime,
             payload,
         } => vec![BridgeRequest {
-            method: reqwest::Method::POST,
+            method: BridgeMethod::Post,
             path: format!(
                 "/dc/{}/queries/{}?ltime={ltime}",
                 own_dc(),
@@ -403,7 +439,7 @@ async fn forward(
     let mut waits = config.retry_waits();
     loop {
         let mut request = client
-            .request(req.method.clone(), &url)
+            .request(req.method.to_reqwest(), &url)
             .header(reqwest::header::CONTENT_TYPE, req.content_type);
         if let Some(tag) = &req.dc_tag {
             request = request.header(DC_TAG_HEADER, tag.as_str());

@@ -22,6 +22,13 @@ pub mod protocol;
 pub mod quorum;
 mod wire;
 
+/// Re-exported on purpose: [`Bridge::router`](bridge::Bridge::router) returns an
+/// [`axum::Router`] to merge into an application's own routes, so the application names
+/// the same axum version.
+pub use axum;
+/// Re-exported on purpose: query payloads and answers ([`bridge::Query`]) are
+/// [`bytes::Bytes`].
+pub use bytes;
 pub use client::{
     EventStream, Member, MemberEventKind, MemberFilter, MemberStatus, QueryParams, QueryRecord,
     QueryStream, SerfClient, StreamEvent,

@@ -153,7 +153,7 @@ impl ConsulNode {
     /// A backend configuration for this agent (with the master token when ACLs are on, and
     /// the client certificate when TLS is on), with short timeouts.
     pub fn config(&self) -> ConsulConfig {
-        let mut config = ConsulConfig::new(self.address())
+        let mut config = ConsulConfig::new([self.address()])
             .with_connect_timeout(Duration::from_secs(1))
             .with_request_timeout(Duration::from_secs(2));
         if let Some(t) = &self.master_token {
@@ -183,8 +183,9 @@ impl ConsulNode {
     /// Waits until the agent answers with a leader (and knows the token, if any).
     async fn wait_ready(&self) {
         let consul = ConsulCoordination::new(&self.config()).expect("valid config");
+        let scope = crate::etcd::probe_scope();
         crate::eventually(STARTUP, "Consul has a leader", || async {
-            consul.check().await.ok()
+            consul.check(&scope).await.ok()
         })
         .await;
         // A server that was just elected may still refuse writes for a moment: wait for a

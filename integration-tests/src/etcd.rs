@@ -28,7 +28,8 @@ fn image() -> GenericImage {
 const NO_FSYNC: (&str, &str) = ("ETCD_UNSAFE_NO_FSYNC", "true");
 
 /// A scope nobody writes to, for readiness probes.
-fn probe_scope() -> constructr_core::Scope {
+/// A scope of its own for the readiness probes (`check`) of the harnesses.
+pub(crate) fn probe_scope() -> constructr_core::Scope {
     constructr_core::Scope::new("/constructr-probe", crate::unique_cluster_name("ready"))
         .expect("valid scope")
 }

@@ -379,7 +379,8 @@ impl constructr_core::scenarios::ScenarioBackend for ScenarioService {
                 .await;
                 let token = node.raw().constructr_token().await;
                 let client = |token: &str| -> Arc<dyn Coordination> {
-                    let c = constructr_consul::ConsulConfig::new(node.address()).with_token(token);
+                    let c =
+                        constructr_consul::ConsulConfig::new([node.address()]).with_token(token);
                     Arc::new(ConsulCoordination::new(&c).expect("valid config"))
                 };
                 let wrong_secret = "00000000-dead-beef-0000-000000000000".to_owned();

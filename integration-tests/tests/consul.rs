@@ -196,7 +196,7 @@ async fn acl_default_deny_needs_a_token_with_prefix_and_session_policy() {
     let settings = consul_settings(unique_cluster_name("acl"));
     let scope = settings.scope().unwrap();
     let token = node.raw().constructr_token().await;
-    let plain = ConsulConfig::new(node.address());
+    let plain = ConsulConfig::new([node.address()]);
 
     // A token Consul does not know: a clear, permanent error.
     let wrong_secret = "00000000-dead-beef-0000-000000000000";
@@ -204,7 +204,7 @@ async fn acl_default_deny_needs_a_token_with_prefix_and_session_policy() {
     let err = wrong.get_nodes(&scope).await.unwrap_err();
     assert_wrong_secret_refused(&err, "wrong token", "ACL not found", wrong_secret);
     assert!(matches!(
-        wrong.check().await,
+        wrong.check(&scope).await,
         Err(ConsulError::Unauthorized { .. })
     ));
 
@@ -230,7 +230,7 @@ async fn acl_default_deny_needs_a_token_with_prefix_and_session_policy() {
 
     // The token with the policy works.
     let right = coordination(&plain.clone().with_token(token.clone()));
-    right.check().await.expect("known token");
+    right.check(&scope).await.expect("known token");
     let handles = spawn_nodes(3, &settings, &right, &local);
     all_registered(&handles, Duration::from_secs(30)).await;
     assert_eq!(registered_nodes(&right, &scope).await, sorted_ids(&handles));
