@@ -20,11 +20,12 @@ use crate::error::ZooKeeperError;
 const ROUNDS: usize = 5;
 
 /// The ZooKeeper backend: one session per value (share it between the nodes of a process;
-/// their entries live as long as the session).
+/// their entries live as long as the session). It connects on first use, and again with a
+/// new session when the old one expired.
 pub struct ZooKeeperCoordination {
     config: ZooKeeperConfig,
     servers: String,
-    client: RwLock<zk::Client>,
+    client: RwLock<Option<zk::Client>>,
 }
 
 impl std::fmt::Debug for ZooKeeperCoordination {
@@ -86,20 +87,29 @@ struct Snapshot {
 }
 
 impl ZooKeeperCoordination {
-    /// Connects (a new session with `config.session_timeout`) and authenticates.
+    /// A backend for `config`; it connects on first use.
+    ///
+    /// # Errors
+    /// [`ZooKeeperError::Config`] for an invalid configuration.
+    pub fn new(config: &ZooKeeperConfig) -> std::result::Result<Self, ZooKeeperError> {
+        config.validate()?;
+        Ok(Self {
+            config: config.clone(),
+            servers: config.connect_string(),
+            client: RwLock::new(None),
+        })
+    }
+
+    /// A backend for `config`, connected now (a session with `config.session_timeout`,
+    /// authenticated): fails at once if no server answers or the credentials are refused.
     ///
     /// # Errors
     /// [`ZooKeeperError::Config`] for an invalid configuration; otherwise what connecting
     /// failed with.
     pub async fn connect(config: &ZooKeeperConfig) -> std::result::Result<Self, ZooKeeperError> {
-        config.validate()?;
-        let servers = config.connect_string();
-        let client = Self::session(config, &servers).await?;
-        Ok(Self {
-            config: config.clone(),
-            servers,
-            client: RwLock::new(client),
-        })
+        let backend = Self::new(config)?;
+        backend.client().await?;
+        Ok(backend)
     }
 
     async fn session(
@@ -127,16 +137,33 @@ impl ZooKeeperCoordination {
     /// The session's client; a new session once the old one expired or was closed (its
     /// ephemeral znodes are gone: nodes find their entries missing and register again).
     async fn client(&self) -> std::result::Result<zk::Client, ZooKeeperError> {
-        let current = self.client.read().await.clone();
-        if !is_terminal(current.state()) {
-            return Ok(current);
+        if let Some(current) = self.client.read().await.as_ref()
+            && !is_terminal(current.state())
+        {
+            return Ok(current.clone());
         }
         let mut slot = self.client.write().await;
-        if is_terminal(slot.state()) {
-            tracing::warn!(servers = %self.servers, "ZooKeeper session ended; starting a new one");
-            *slot = Self::session(&self.config, &self.servers).await?;
+        match slot.as_ref() {
+            Some(c) if !is_terminal(c.state()) => return Ok(c.clone()),
+            Some(_) => {
+                tracing::warn!(servers = %self.servers, "ZooKeeper session ended; starting a new one");
+            }
+            None => {}
         }
-        Ok(slot.clone())
+        let client = Self::session(&self.config, &self.servers).await?;
+        *slot = Some(client.clone());
+        Ok(client)
+    }
+
+    /// The current session (for tests that end it from another client, as a server that
+    /// expired it would).
+    #[doc(hidden)]
+    pub async fn session_info(&self) -> Option<zk::SessionInfo> {
+        self.client
+            .read()
+            .await
+            .as_ref()
+            .map(|c| c.session().clone())
     }
 
     fn error(&self, e: &zk::Error) -> CoordinationError {

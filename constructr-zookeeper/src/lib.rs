@@ -23,7 +23,7 @@
 //! use constructr_zookeeper::{ZooKeeperConfig, ZooKeeperCoordination};
 //! let config = ZooKeeperConfig::new(["zk1:2181", "zk2:2181", "zk3:2181"])
 //!     .with_session_timeout(std::time::Duration::from_secs(10));
-//! let zookeeper = ZooKeeperCoordination::connect(&config).await?;
+//! let zookeeper = ZooKeeperCoordination::connect(&config).await?; // or `new`: on first use
 //! // hand `zookeeper` to `constructr_core::driver::Node::builder().coordination(..)` ...
 //! # Ok(()) }
 //! ```

@@ -248,3 +248,70 @@ async fn digest_auth_protects_the_znodes_and_a_wrong_password_is_unauthorized() 
     );
     assert_eq!(owner.get_nodes(&scope).await.unwrap().nodes, vec![me]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_whose_session_ended_registers_again_on_a_new_session() {
+    let Some(image) = image() else { return };
+    let server = start(&image, "session");
+    let settings = settings("session");
+    let config =
+        ZooKeeperConfig::new([server.address.clone()]).with_session_timeout(Duration::from_secs(2));
+    let zk = Arc::new(ZooKeeperCoordination::connect(&config).await.unwrap());
+    let local = LocalCluster::new();
+    let me = NodeId::new("10.0.0.1:2552", 1);
+    let node = Node::builder()
+        .settings(settings.clone())
+        .address(me.clone())
+        .coordination(zk.clone())
+        .cluster(Arc::new(local.node(me.clone())))
+        .spawn()
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(30), node.registered())
+        .await
+        .unwrap()
+        .unwrap();
+    let cluster = node.status().cluster;
+    let reader = ZooKeeperCoordination::connect(&config).await.unwrap();
+    let scope = settings.scope().unwrap();
+    assert_eq!(
+        reader.get_nodes(&scope).await.unwrap().nodes,
+        vec![me.clone()]
+    );
+
+    // End the node's session from outside: its ephemeral entry is gone at once.
+    let session = zk.session_info().await.expect("connected");
+    let thief = zookeeper_client::Client::connector()
+        .with_session(session)
+        .with_session_timeout(Duration::from_secs(2))
+        .with_connection_timeout(Duration::from_secs(10))
+        .connect(&server.address)
+        .await
+        .unwrap();
+    drop(thief); // closes the session
+    let ended = Instant::now();
+    let deadline = ended + Duration::from_secs(30);
+    let mut saw_gone = false;
+    loop {
+        let nodes = reader.get_nodes(&scope).await.unwrap().nodes;
+        saw_gone |= nodes.is_empty();
+        if saw_gone && nodes == vec![me.clone()] {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not registered again: {nodes:?}, {:?}",
+            node.status()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!(
+        "registered again {:?} after its session ended",
+        ended.elapsed()
+    );
+    // Still the same node of the same cluster, on a new session.
+    assert_eq!(node.status().cluster, cluster);
+    assert!(node.state().is_registered() || node.state() == constructr_core::State::Refreshing);
+    assert_eq!(local.clusters_formed(), 1);
+    node.shutdown();
+    node.stopped().await.unwrap();
+}

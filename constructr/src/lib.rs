@@ -8,6 +8,7 @@
 //! | `etcd`   | [`etcd`]   | etcd v3 |
 //! | `consul` | [`consul`] | Consul  |
 //! | `serf`   | [`serf`]   | Serf    |
+//! | `zookeeper` | [`zookeeper`] | ZooKeeper |
 //! | `chitchat` | [`chitchat`] | chitchat as the cluster (gossip, failure detection) |
 //! | `management` | [`management`] | the management HTTP endpoint: probes, bootstrap status, members, Prometheus metrics |
 //!
@@ -31,6 +32,11 @@ pub use constructr_consul as consul;
 #[cfg(feature = "serf")]
 #[cfg_attr(docsrs, doc(cfg(feature = "serf")))]
 pub use constructr_serf as serf;
+
+/// The ZooKeeper backend.
+#[cfg(feature = "zookeeper")]
+#[cfg_attr(docsrs, doc(cfg(feature = "zookeeper")))]
+pub use constructr_zookeeper as zookeeper;
 
 /// The management HTTP endpoint (`/alive`, `/ready`, `/bootstrap`, `/members`, `/metrics`).
 #[cfg(feature = "management")]
