@@ -496,13 +496,13 @@ impl Runner {
                             };
                             tracing::error!(reason = %failure, "bootstrap failed");
                             let elapsed = self.start.elapsed();
+                            let _ = self.state_tx.send(State::Failed);
                             self.status_tx.send_modify(|s| {
                                 s.state = State::Failed;
                                 s.state_since = elapsed;
                                 s.transitions += 1;
                                 s.failure = Some(failure.clone());
                             });
-                            let _ = self.state_tx.send(State::Failed);
                             tasks.abort_all();
                             return Err(failure);
                         }
@@ -541,6 +541,10 @@ impl Runner {
 
     fn report(&self, event: Event) {
         let elapsed = self.start.elapsed();
+        // The state first: whoever wakes on the status (`registered()`) sees it already.
+        if let Event::StateChanged { to, .. } = &event {
+            let _ = self.state_tx.send(*to);
+        }
         let cluster = self.machine.cluster();
         let failure = self.machine.failure().cloned();
         self.status_tx.send_modify(|s| {
@@ -563,7 +567,6 @@ impl Runner {
         });
         match &event {
             Event::StateChanged { from, to } => {
-                let _ = self.state_tx.send(*to);
                 if *to == State::Failed {
                     let reason = self.machine.failure().map(|f| f.to_string());
                     tracing::error!(?from, reason = reason.as_deref(), "bootstrap failed");

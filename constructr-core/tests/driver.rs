@@ -649,3 +649,28 @@ async fn a_backend_without_an_exclusive_lock_is_refused_unless_the_risk_is_accep
         .unwrap();
     h.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn once_registered_resolves_the_state_says_registered_too() {
+    // `registered()` and `state()` agree at once (the demo counts registered nodes by state
+    // right after `registered()`): 50 rounds of 10 nodes.
+    for _ in 0..50 {
+        let w = World::new();
+        let handles: Vec<_> = (0..10).map(|i| w.spawn(i)).collect();
+        for h in &handles {
+            let state = tokio::time::timeout(BOUND, h.registered())
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(state.is_registered());
+            assert!(
+                h.state().is_registered(),
+                "registered() said {state:?}, state() {:?}",
+                h.state()
+            );
+        }
+        for h in handles {
+            h.abort();
+        }
+    }
+}
