@@ -18,6 +18,7 @@
 //! - [`scenarios`] (feature `scenarios`): whole nodes against a running service, the way
 //!   users break it; every backend runs them.
 //! - [`plumbing`] (feature `plumbing`): what network drivers share (secrets, failover).
+//! - [`secret::Secret`]: passwords and tokens that never show up in `Debug` or logs.
 #![deny(missing_docs)]
 
 pub mod cluster;
@@ -30,6 +31,7 @@ pub mod node;
 mod notify;
 #[cfg(feature = "plumbing")]
 pub mod plumbing;
+pub mod secret;
 pub mod settings;
 #[cfg(feature = "sim")]
 pub mod sim;
