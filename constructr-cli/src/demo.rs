@@ -11,38 +11,39 @@ use constructr::{Coordination, Event, NodeId, Settings, State};
 use rand::{Rng, SeedableRng};
 use tokio::sync::mpsc;
 
-use crate::backend::{self, Backend, BackendArgs};
+use crate::backend::{self, BackendArgs, Fallback};
 use crate::counting::Counting;
+use crate::settings::BackendFile;
 
 /// Runs the demo on the selected backend.
 pub fn run(
     backend: &BackendArgs,
+    file: &BackendFile,
     settings: Settings,
     nodes: usize,
     json: bool,
     seed: Option<u64>,
 ) -> ExitCode {
+    let resolved = match backend.resolve(file, Fallback::Memory) {
+        Ok(r) => r,
+        Err(e) => return backend::fail(&e),
+    };
+    if let Err(e) = resolved.validate_settings(&settings) {
+        return backend::fail(&e);
+    }
     let rt = match crate::runtime(&mut tokio::runtime::Builder::new_multi_thread()) {
         Ok(rt) => rt,
         Err(code) => return code,
     };
-    if let Err(e) = backend.validate_settings(&settings) {
-        return backend::fail(&e);
-    }
     rt.block_on(async {
-        match backend.backend {
-            Backend::Memory => {
+        let name = resolved.name();
+        match resolved.coordination() {
+            Ok(None) => {
                 let memory = Counting::new(MemoryCoordination::default());
-                run_with(memory, "memory", settings, nodes, json, seed).await
+                run_with(memory, name, settings, nodes, json, seed).await
             }
-            Backend::Etcd => match backend.etcd().await {
-                Ok(c) => run_with(Counting::new(c), "etcd", settings, nodes, json, seed).await,
-                Err(e) => backend::fail(&e),
-            },
-            Backend::Consul => match backend.consul() {
-                Ok(c) => run_with(Counting::new(c), "consul", settings, nodes, json, seed).await,
-                Err(e) => backend::fail(&e),
-            },
+            Ok(Some(c)) => run_with(Counting::new(c), name, settings, nodes, json, seed).await,
+            Err(e) => backend::fail(&e),
         }
     })
 }

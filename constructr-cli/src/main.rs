@@ -19,7 +19,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 #[derive(Debug, Parser)]
 #[command(name = "constructr", version, about)]
 struct Cli {
-    /// Settings file (TOML, same keys as the settings: `coordination-timeout = "3s"`, ...).
+    /// Settings file (TOML: the settings' keys, `coordination-timeout = "3s"`, ..., and the
+    /// backend options in `[etcd]` and `[consul]`).
     #[arg(long, global = true, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Cluster name (overrides the settings file).
@@ -120,16 +121,17 @@ fn main() -> ExitCode {
     let preset = cli
         .compat
         .map(|Compat::Constructr| constructr::Settings::constructr_compat());
-    let base = match settings::load(cli.config.as_deref(), cli.cluster.as_deref(), preset) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
-        }
-    };
+    let (base, backend_file) =
+        match settings::load(cli.config.as_deref(), cli.cluster.as_deref(), preset) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        };
     match cli.command {
-        Command::Nodes { backend, json } => nodes::run(&backend, base, json),
-        Command::Node(args) => node::run(args, base),
+        Command::Nodes { backend, json } => nodes::run(&backend, &backend_file, base, json),
+        Command::Node(args) => node::run(args, &backend_file, base),
         Command::SerfHandler(_) | Command::SerfBridge(_) => unreachable!("dispatched above"),
         Command::Check(args) => check::run(
             args,
@@ -149,7 +151,14 @@ fn main() -> ExitCode {
                     constructr::ClusterName::new(format!("demo-{:08x}", rand::random::<u32>()))
                         .expect("valid name");
             }
-            demo::run(&backend, settings, nodes as usize, json, seed)
+            demo::run(
+                &backend,
+                &backend_file,
+                settings,
+                nodes as usize,
+                json,
+                seed,
+            )
         }
         Command::Sim {
             trials,

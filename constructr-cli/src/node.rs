@@ -14,7 +14,8 @@ use constructr::driver::{self, TimedEvent};
 use constructr::{Cluster as _, Coordination, Event, Settings, State};
 use tokio::sync::broadcast::error::RecvError;
 
-use crate::backend::{self, BackendArgs};
+use crate::backend::{self, BackendArgs, Fallback};
+use crate::settings::BackendFile;
 
 /// Options of `constructr node`.
 #[derive(Debug, Args)]
@@ -50,7 +51,11 @@ fn duration(s: &str) -> Result<Duration, String> {
 }
 
 /// Runs the node until a signal (exit 0 after a graceful leave) or a failure (exit 1).
-pub fn run(args: NodeArgs, mut settings: Settings) -> ExitCode {
+pub fn run(args: NodeArgs, file: &BackendFile, mut settings: Settings) -> ExitCode {
+    let resolved = match args.backend.resolve(file, Fallback::Required) {
+        Ok(r) => r,
+        Err(e) => return backend::fail(&e),
+    };
     if args.join_only {
         settings.new_cluster_enabled = false;
     }
@@ -72,7 +77,7 @@ pub fn run(args: NodeArgs, mut settings: Settings) -> ExitCode {
         Ok(c) => Arc::new(c),
         Err(e) => return backend::fail(&e.to_string()),
     };
-    if let Err(e) = args.backend.validate_settings(&settings) {
+    if let Err(e) = resolved.validate_settings(&settings) {
         return backend::fail(&e);
     }
     // The machine would retry a join that cannot bind forever: fail fast instead.
@@ -87,7 +92,7 @@ pub fn run(args: NodeArgs, mut settings: Settings) -> ExitCode {
         Err(code) => return code,
     };
     rt.block_on(async {
-        let coordination = match args.backend.coordination().await {
+        let coordination = match resolved.coordination() {
             Ok(Some(c)) => c,
             Ok(None) => {
                 return backend::fail(

@@ -4,16 +4,21 @@ use std::process::ExitCode;
 
 use constructr::{Coordination, Settings};
 
-use crate::backend::{self, BackendArgs};
+use crate::backend::{self, BackendArgs, Fallback};
+use crate::settings::BackendFile;
 
-pub fn run(args: &BackendArgs, settings: Settings, json: bool) -> ExitCode {
+pub fn run(args: &BackendArgs, file: &BackendFile, settings: Settings, json: bool) -> ExitCode {
+    let resolved = match args.resolve(file, Fallback::Required) {
+        Ok(r) => r,
+        Err(e) => return backend::fail(&e),
+    };
     let rt = match crate::runtime(&mut tokio::runtime::Builder::new_current_thread()) {
         Ok(rt) => rt,
         Err(code) => return code,
     };
     rt.block_on(async {
         let scope = settings.scope().expect("validated");
-        let registry = match args.coordination().await {
+        let registry = match resolved.coordination() {
             Ok(Some(c)) => c.get_nodes(&scope).await,
             Ok(None) => {
                 return backend::fail(

@@ -304,3 +304,266 @@ fn check_explorer_serves_the_state_space() {
     );
     assert!(body.contains("GettingNodes"), "{body}");
 }
+
+/// A port on which a TCP listener accepts connections (into its backlog) and never answers:
+/// every request to it times out. The listener lives as long as the returned value.
+fn silent_endpoint() -> (std::net::TcpListener, u16) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    (listener, port)
+}
+
+/// A fake Consul agent whose KV store holds one node entry, `10.0.0.7:7946` with
+/// incarnation 0x1a200f073a1f058f, in the cluster `default`; its address.
+fn fake_consul() -> String {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut request = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                match stream.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => request.extend_from_slice(&buf[..n]),
+                }
+            }
+            let body = r#"[{"Key":"constructr/default/nodes/MTAuMC4wLjc6Nzk0Ng","Value":"eyJhZGRyZXNzIjoiMTAuMC4wLjc6Nzk0NiIsImluY2FybmF0aW9uIjoxODgyNTIxMTY3OTU1MTY2NjA3fQ==","ModifyIndex":5,"CreateIndex":5,"LockIndex":0,"Flags":0}]"#;
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Consul-Index: 7\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    address
+}
+
+#[test]
+fn nodes_reads_the_registry_through_a_coordination_url() {
+    let consul = fake_consul();
+    let url = consul.replace("http://", "consul://");
+    let v = json(&succeed(&["nodes", "--coordination", &url, "--json"]).stdout);
+    assert_eq!(v["nodes"][0]["address"], "10.0.0.7:7946");
+    // The environment variable works the same way.
+    let out = constructr()
+        .args(["nodes", "--json"])
+        .env("CONSTRUCTR_COORDINATION", &url)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(json(&out.stdout)["nodes"][0]["address"], "10.0.0.7:7946");
+}
+
+#[test]
+fn node_and_nodes_need_a_backend_and_say_how_to_choose_one() {
+    for args in [
+        vec!["nodes"],
+        vec!["nodes", "--json"],
+        vec!["node", "--gossip", "127.0.0.1:0"],
+    ] {
+        let out = constructr()
+            .args(&args)
+            .env_remove("CONSTRUCTR_COORDINATION")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        for option in ["--coordination", "--backend", "[etcd]"] {
+            assert!(stderr.contains(option), "{args:?}: {stderr}");
+        }
+    }
+    // And the help does not claim a default they refuse.
+    let help = succeed(&["nodes", "--help"]);
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(!help.contains("[default: memory]"), "{help}");
+}
+
+#[test]
+fn bad_endpoints_exit_2_naming_the_endpoint() {
+    for (args, shown) in [
+        (
+            vec![
+                "nodes",
+                "--backend",
+                "etcd",
+                "--endpoints",
+                "http://exa mple:2379",
+            ],
+            "http://exa mple:2379",
+        ),
+        (
+            vec!["nodes", "--backend", "etcd", "--endpoints", "ftp://x"],
+            "ftp://x",
+        ),
+        (
+            vec![
+                "nodes",
+                "--backend",
+                "etcd",
+                "--endpoints",
+                "http://a:2379,http://b:99999",
+            ],
+            "http://b:99999",
+        ),
+        (
+            vec![
+                "nodes",
+                "--backend",
+                "consul",
+                "--consul-address",
+                "ftp://x",
+            ],
+            "ftp://x",
+        ),
+        (
+            vec![
+                "demo",
+                "--backend",
+                "etcd",
+                "--endpoints",
+                "http://exa mple:2379",
+            ],
+            "http://exa mple:2379",
+        ),
+        (
+            vec![
+                "node",
+                "--backend",
+                "etcd",
+                "--endpoints",
+                "ftp://x",
+                "--gossip",
+                "127.0.0.1:0",
+            ],
+            "ftp://x",
+        ),
+    ] {
+        let out = constructr().args(&args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(shown), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn invalid_coordination_urls_exit_2_without_their_secret() {
+    for url in [
+        "etcd://root:hunter2@exa mple:2379",
+        "zookeeper://h:2181",
+        "etcd://root:hunter2@h?ca=/x",
+        "consul://root:hunter2@h",
+        "h1:2379",
+    ] {
+        for (args, env) in [
+            (vec!["nodes", "--coordination", url], None),
+            (vec!["nodes"], Some(url)),
+            (vec!["demo", "--coordination", url], None),
+        ] {
+            let mut cmd = constructr();
+            cmd.args(&args);
+            if let Some(url) = env {
+                cmd.env("CONSTRUCTR_COORDINATION", url);
+            }
+            let out = cmd.output().unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{args:?} {url}: {stderr}");
+            assert!(
+                stderr.contains("invalid --coordination URL"),
+                "{url}: {stderr}"
+            );
+            assert!(!stderr.contains("hunter2"), "{url}: {stderr}");
+        }
+    }
+    // The environment variable's value stays out of the help.
+    let out = constructr()
+        .args(["nodes", "--help"])
+        .env("CONSTRUCTR_COORDINATION", "etcd://root:hunter2@h")
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("hunter2"));
+}
+
+#[test]
+fn coordination_conflicts_with_the_old_backend_options() {
+    for extra in [
+        ["--backend", "etcd"],
+        ["--endpoints", "http://a:2379"],
+        ["--consul-address", "http://a:8500"],
+    ] {
+        let out = constructr()
+            .args(["nodes", "--coordination", "etcd://a:2379"])
+            .args(extra)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{extra:?}: {stderr}");
+        assert!(
+            stderr.contains("cannot be used with"),
+            "{extra:?}: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn the_settings_file_holds_backend_options_that_the_command_line_overrides() {
+    let consul = fake_consul();
+    let (_silent, port) = silent_endpoint();
+    let silent = format!("http://127.0.0.1:{port}");
+    // The [consul] section chooses the backend and its address.
+    let (code, stderr) = with_settings(
+        &format!("[consul]\naddress = [\"{consul}\"]\ndatacenter = \"dc1\"\n"),
+        &["nodes"],
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    // --consul-address overrides it: the file's address never answers.
+    let file = format!("[consul]\naddress = [\"{silent}\"]\n");
+    let (code, stderr) = with_settings(
+        &file,
+        &[
+            "nodes",
+            "--request-timeout",
+            "300ms",
+            "--consul-address",
+            &consul,
+        ],
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    let (code, stderr) = with_settings(&file, &["nodes", "--request-timeout", "300ms"]);
+    assert_eq!(code, Some(1), "{stderr}");
+    // An [etcd] section chooses etcd (its endpoint never answers: exit 1, not 2).
+    let (code, stderr) = with_settings(
+        &format!("[etcd]\nendpoints = [\"{silent}\"]\n"),
+        &["nodes", "--request-timeout", "300ms"],
+    );
+    assert_eq!(code, Some(1), "{stderr}");
+}
+
+#[test]
+fn bad_backend_sections_exit_2_and_never_show_a_secret() {
+    for (text, says) in [
+        (
+            "[etcd]\nendpoint = [\"http://a:2379\"]\n",
+            "unknown field `endpoint`",
+        ),
+        ("[consul]\ntoken = \"x\"\nacl = 1\n", "unknown field `acl`"),
+        ("[etcd]\npassword = \"hunter2\nuser = \"u\"\n", "line 2"),
+        ("[etcd]\npassword = 12345hunter2\n", "line 2"),
+        (
+            "[etcd]\nuser = \"u\"\npassword = [\"hunter2\"]\n",
+            "must be a string",
+        ),
+        ("[etcd]\nendpoints = [\"ftp://x\"]\n", "ftp://x"),
+    ] {
+        let (code, stderr) = with_settings(text, &["nodes"]);
+        assert_eq!(code, Some(2), "{text}: {stderr}");
+        assert!(stderr.contains(says), "{text}: {stderr}");
+        assert!(!stderr.contains("hunter2"), "{text}: {stderr}");
+    }
+}
