@@ -132,6 +132,16 @@ impl Resolved {
         }
     }
 
+    /// The endpoints, without credentials, for messages.
+    pub fn endpoints(&self) -> String {
+        let urls = match self {
+            Resolved::Memory => return "memory".into(),
+            Resolved::Etcd(c) => &c.endpoints,
+            Resolved::Consul(c) => &c.addresses,
+        };
+        constructr::plumbing::display_urls(urls).join(", ")
+    }
+
     /// Checks backend-specific limits on the node settings (Consul: TTLs of 10 s to 24 h).
     pub fn validate_settings(&self, settings: &Settings) -> Result<(), String> {
         match self {

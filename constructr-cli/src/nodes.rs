@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use constructr::{Coordination, Settings};
+use constructr::{Coordination, CoordinationError, Settings};
 
 use crate::backend::{self, BackendArgs, Fallback};
 use crate::settings::BackendFile;
@@ -57,6 +57,17 @@ pub fn run(args: &BackendArgs, file: &BackendFile, settings: Settings, json: boo
                     }
                 }
                 ExitCode::SUCCESS
+            }
+            Err(CoordinationError::Timeout) => {
+                // The backend's own timeout error names the endpoint, the trait's does not.
+                eprintln!(
+                    "error: reading the registry {} from {} ({}) timed out: no answer within --request-timeout {} from any endpoint",
+                    scope.base(),
+                    resolved.name(),
+                    resolved.endpoints(),
+                    humantime::format_duration(args.request_timeout),
+                );
+                ExitCode::FAILURE
             }
             Err(e) => {
                 eprintln!("error: {e}");

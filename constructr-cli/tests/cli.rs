@@ -512,6 +512,39 @@ fn coordination_conflicts_with_the_old_backend_options() {
 }
 
 #[test]
+fn a_timeout_names_the_endpoint() {
+    let (_listener, port) = silent_endpoint();
+    let endpoint = format!("127.0.0.1:{port}");
+    for args in [
+        vec![
+            "--backend",
+            "etcd",
+            "--endpoints",
+            &format!("http://{endpoint}"),
+        ],
+        vec![
+            "--backend",
+            "consul",
+            "--consul-address",
+            &format!("http://{endpoint}"),
+        ],
+        vec!["--coordination", &format!("consul://{endpoint}")],
+    ] {
+        let out = constructr()
+            .arg("nodes")
+            .args(&args)
+            .args(["--request-timeout", "500ms"])
+            .timeout(std::time::Duration::from_secs(30))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains("timed out"), "{args:?}: {stderr}");
+        assert!(stderr.contains(&endpoint), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
 fn the_settings_file_holds_backend_options_that_the_command_line_overrides() {
     let consul = fake_consul();
     let (_silent, port) = silent_endpoint();
