@@ -6,6 +6,7 @@ mod counting;
 mod demo;
 mod node;
 mod nodes;
+mod output;
 mod serf;
 mod settings;
 mod sim;

@@ -15,6 +15,7 @@ use constructr::{Cluster as _, Coordination, Event, Settings, State};
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::backend::{self, BackendArgs, Fallback};
+use crate::output::outln;
 use crate::settings::BackendFile;
 
 /// Options of `constructr node`.
@@ -225,10 +226,10 @@ impl Printer {
             if let Some(from) = from {
                 line["from"] = format!("{from:?}").into();
             }
-            println!("{line}");
+            outln!("{line}");
         } else {
             let from = from.map(|f| format!("{f:?} -> ")).unwrap_or_default();
-            println!(
+            outln!(
                 "{:>9.3}s  {}  {from}{to:?}",
                 self.start.elapsed().as_secs_f64(),
                 self.node
@@ -245,9 +246,9 @@ impl Printer {
                 "state": format!("{state:?}"),
                 "members": self.members,
             });
-            println!("{line}");
+            outln!("{line}");
         } else {
-            println!(
+            outln!(
                 "{:>9.3}s  {}  members ({}): {}",
                 self.start.elapsed().as_secs_f64(),
                 self.node,

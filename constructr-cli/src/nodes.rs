@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use constructr::{Coordination, CoordinationError, Settings};
 
 use crate::backend::{self, BackendArgs, Fallback};
+use crate::output::outln;
 use crate::settings::BackendFile;
 
 pub fn run(args: &BackendArgs, file: &BackendFile, settings: Settings, json: bool) -> ExitCode {
@@ -42,9 +43,9 @@ pub fn run(args: &BackendArgs, file: &BackendFile, settings: Settings, json: boo
                         "revision": r.revision,
                         "nodes": nodes,
                     });
-                    println!("{out}");
+                    outln!("{out}");
                 } else {
-                    println!(
+                    outln!(
                         "{}: {} node(s){}",
                         scope.base(),
                         r.nodes.len(),
@@ -53,7 +54,7 @@ pub fn run(args: &BackendArgs, file: &BackendFile, settings: Settings, json: boo
                             .unwrap_or_default()
                     );
                     for n in &r.nodes {
-                        println!("  {}  incarnation {:016x}", n.address, n.incarnation);
+                        outln!("  {}  incarnation {:016x}", n.address, n.incarnation);
                     }
                 }
                 ExitCode::SUCCESS

@@ -341,6 +341,48 @@ fn fake_consul() -> String {
     address
 }
 
+/// Runs `constructr args` with stdout a pipe whose read end is already closed (as after
+/// `| head -1` has read its line); exit code and stderr.
+fn with_closed_stdout(args: &[&str]) -> (Option<i32>, String) {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = std::process::Command::new(assert_cmd::cargo::cargo_bin("constructr"))
+        .args(args)
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_closed_stdout_pipe_is_not_a_panic() {
+    let consul = fake_consul();
+    for args in [
+        vec!["demo", "--nodes", "3"],
+        vec!["demo", "--nodes", "3", "--json"],
+        vec!["sim", "--trials", "5", "--nodes", "3"],
+        vec!["check", "--nodes", "1", "--max-faults", "0"],
+        vec!["nodes", "--backend", "consul", "--consul-address", &consul],
+        vec![
+            "nodes",
+            "--backend",
+            "consul",
+            "--consul-address",
+            &consul,
+            "--json",
+        ],
+    ] {
+        let (code, stderr) = with_closed_stdout(&args);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert_ne!(code, Some(101), "{args:?}: {stderr}");
+        assert_eq!(code, Some(0), "{args:?}: {stderr}");
+    }
+}
+
 #[test]
 fn nodes_reads_the_registry_through_a_coordination_url() {
     let consul = fake_consul();
