@@ -113,6 +113,7 @@ fn main() -> ExitCode {
         _ => {}
     }
     let _ = tracing_subscriber::fmt()
+        .with_ansi(colours(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("CONSTRUCTR_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
@@ -191,4 +192,10 @@ pub(crate) fn runtime(
         eprintln!("error: cannot start the runtime: {e}");
         ExitCode::FAILURE
     })
+}
+
+/// Whether to colour what goes to `stream`: only a terminal, and never with `NO_COLOR` set
+/// to anything but the empty string (<https://no-color.org>).
+fn colours(stream: &impl std::io::IsTerminal) -> bool {
+    stream.is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }

@@ -404,6 +404,59 @@ fn nodes_reads_the_registry_through_a_coordination_url() {
 }
 
 #[test]
+fn logs_are_not_coloured_when_stderr_is_not_a_terminal() {
+    let out = constructr()
+        .args(["demo", "--nodes", "2"])
+        .env("CONSTRUCTR_LOG", "debug")
+        .env_remove("NO_COLOR")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("state changed"), "logs are on: {stderr}");
+    assert!(!stderr.contains('\u{1b}'), "no escape codes: {stderr:?}");
+}
+
+#[test]
+fn logs_are_coloured_on_a_terminal_unless_no_color_is_set() {
+    // util-linux `script` gives the command a terminal.
+    if std::process::Command::new("script")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("SKIPPED: no `script` (util-linux) to run the CLI on a terminal");
+        return;
+    }
+    let bin = assert_cmd::cargo::cargo_bin("constructr");
+    let on_a_terminal = |no_color: Option<&str>| {
+        let mut cmd = std::process::Command::new("script");
+        cmd.args([
+            "-qec",
+            &format!("{} demo --nodes 1", bin.display()),
+            "/dev/null",
+        ])
+        .env("CONSTRUCTR_LOG", "info")
+        .env_remove("NO_COLOR");
+        if let Some(v) = no_color {
+            cmd.env("NO_COLOR", v);
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success());
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(text.contains("state changed"), "{text}");
+        text
+    };
+    assert!(
+        on_a_terminal(None).contains('\u{1b}'),
+        "colours on a terminal"
+    );
+    assert!(!on_a_terminal(Some("1")).contains('\u{1b}'), "NO_COLOR=1");
+    // An empty NO_COLOR does not count (no-color.org).
+    assert!(on_a_terminal(Some("")).contains('\u{1b}'), "NO_COLOR empty");
+}
+
+#[test]
 fn node_and_nodes_need_a_backend_and_say_how_to_choose_one() {
     for args in [
         vec!["nodes"],
