@@ -34,7 +34,7 @@ pub fn run(args: &BackendArgs, file: &BackendFile, settings: Settings, json: boo
                     let nodes: Vec<_> = r
                         .nodes
                         .iter()
-                        .map(|n| serde_json::json!({"address": n.address, "incarnation": n.incarnation}))
+                        .map(|n| serde_json::json!({"address": n.address, "incarnation": format!("{:016x}", n.incarnation)}))
                         .collect();
                     let out = serde_json::json!({
                         "scope": scope.base(),

@@ -384,6 +384,30 @@ fn a_closed_stdout_pipe_is_not_a_panic() {
 }
 
 #[test]
+fn nodes_prints_the_incarnation_as_the_same_hex_in_text_and_json() {
+    let consul = fake_consul();
+    let text = succeed(&["nodes", "--backend", "consul", "--consul-address", &consul]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("10.0.0.7:7946  incarnation 1a200f073a1f058f"),
+        "{text}"
+    );
+    let v = json(
+        &succeed(&[
+            "nodes",
+            "--backend",
+            "consul",
+            "--consul-address",
+            &consul,
+            "--json",
+        ])
+        .stdout,
+    );
+    assert_eq!(v["nodes"][0]["address"], "10.0.0.7:7946");
+    assert_eq!(v["nodes"][0]["incarnation"], "1a200f073a1f058f");
+}
+
+#[test]
 fn nodes_reads_the_registry_through_a_coordination_url() {
     let consul = fake_consul();
     let url = consul.replace("http://", "consul://");
