@@ -1,4 +1,5 @@
-//! `constructr`: run a demo cluster, run the simulation, inspect a registry.
+//! `constructr`: run a node or a demo cluster, inspect a registry, simulate and model-check
+//! the state machine, bridge Serf.
 
 mod backend;
 mod check;
@@ -16,9 +17,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-/// Bootstrap clusters of service nodes through a coordination service.
+/// Bootstrap clusters of service nodes through a coordination service (etcd, Consul, Serf).
 #[derive(Debug, Parser)]
-#[command(name = "constructr", version, about)]
+#[command(name = "constructr", version)]
 struct Cli {
     /// Settings file (TOML: the settings' keys, `coordination-timeout = "3s"`, ..., and the
     /// backend options in `[etcd]` and `[consul]`).
@@ -69,13 +70,15 @@ enum Command {
     },
     /// Run one node of a real cluster (chitchat gossip) until SIGINT/SIGTERM.
     Node(node::NodeArgs),
-    /// Serf event handler: forwards one Serf event (env + stdin) to the bridge. Use as
-    /// `serf agent -event-handler "constructr serf-handler --bridge http://127.0.0.1:8888"`.
+    /// Serf event handler: forwards one Serf event (env + stdin) to the bridge.
+    ///
+    /// Use as `serf agent -event-handler "constructr serf-handler --bridge http://127.0.0.1:8888"`.
     SerfHandler(serf::HandlerArgs),
-    /// Serf bridge: the handler's REST API, typed events, the membership view per datacenter.
+    /// Serf bridge: the handler's REST API, typed events, membership per datacenter.
     SerfBridge(serf::BridgeArgs),
-    /// Model-check the real state machine: every interleaving of 1-4 nodes with up to K
-    /// faults, each safety and liveness property's verdict, counterexamples as traces.
+    /// Model-check the real state machine: every interleaving of 1-4 nodes, up to K faults.
+    ///
+    /// Prints each safety and liveness property's verdict, counterexamples as traces.
     Check(check::CheckArgs),
     /// Run the deterministic simulation (virtual time, optional faults).
     Sim {

@@ -719,3 +719,37 @@ fn bad_backend_sections_exit_2_and_never_show_a_secret() {
         assert!(!stderr.contains("hunter2"), "{text}: {stderr}");
     }
 }
+
+#[test]
+fn the_top_level_help_describes_every_subcommand() {
+    let out = succeed(&["--help"]);
+    let help = String::from_utf8_lossy(&out.stdout);
+    let commands: Vec<&str> = help
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .collect();
+    let names: Vec<&str> = commands
+        .iter()
+        .map(|l| l.split_whitespace().next().unwrap())
+        .collect();
+    for name in [
+        "demo",
+        "node",
+        "nodes",
+        "sim",
+        "check",
+        "serf-handler",
+        "serf-bridge",
+    ] {
+        assert!(names.contains(&name), "{name} in {help}");
+    }
+    for line in &commands {
+        let mut words = line.split_whitespace();
+        let name = words.next().unwrap();
+        let about: Vec<&str> = words.collect();
+        assert!(about.len() >= 3, "{name} has a description: {line:?}");
+        assert!(line.len() <= 100, "{name}: one short line: {line:?}");
+    }
+}
