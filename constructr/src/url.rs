@@ -7,7 +7,7 @@
 //! |---|---|
 //! | `memory://` | [`MemoryCoordination`](crate::memory::MemoryCoordination) (one process) |
 //! | `etcd://[USER[:PASSWORD]@]HOST[:PORT],...` | etcd over plain `http://` (port 2379) |
-//! | `etcd+https://[USER[:PASSWORD]@]HOST[:PORT],...[?ca=FILE&cert=FILE&key=FILE]` | etcd over TLS |
+//! | `etcd+https://[USER[:PASSWORD]@]HOST[:PORT],...?ca=FILE[&cert=FILE&key=FILE]` | etcd over TLS |
 //! | `consul://[TOKEN@]HOST[:PORT],...[?dc=NAME]` | Consul over plain `http://` (port 8500) |
 //! | `consul+https://[TOKEN@]HOST[:PORT],...[?dc=NAME&ca=FILE&cert=FILE&key=FILE]` | Consul over TLS (port 8501) |
 //!
@@ -564,6 +564,7 @@ impl FromStr for CoordinationUrl {
         if let Some(query) = query {
             url.parse_query(query)?;
         }
+        url.check_required()?;
         Ok(url)
     }
 }
@@ -678,6 +679,18 @@ impl CoordinationUrl {
                 backend,
                 option: if self.cert.is_some() { "cert" } else { "key" },
                 reason: "cert and key go together",
+            });
+        }
+        Ok(())
+    }
+
+    /// The options a URL needs whatever else it says.
+    fn check_required(&self) -> Result<(), CoordinationUrlError> {
+        if self.backend == UrlBackend::Etcd && self.tls && self.ca.is_none() {
+            return Err(CoordinationUrlError::InvalidOption {
+                backend: self.backend,
+                option: "ca",
+                reason: "etcd+https needs ?ca=FILE (the etcd backend trusts no built-in roots)",
             });
         }
         Ok(())
@@ -813,6 +826,8 @@ mod tests {
         assert_eq!(u.endpoints(), ["http://c1:8500", "http://c2:9500"]);
         assert_eq!(u.secret().map(Secret::expose), Some("t0k3n"));
         assert_eq!(u.datacenter(), Some("eu-west"));
+        let e = parse("etcd+https://h1").unwrap_err();
+        assert!(e.to_string().contains("?ca=FILE"), "{e}");
         let u = parse("consul+https://c1").unwrap();
         assert_eq!(u.endpoints(), ["https://c1:8501"]);
         let u = parse("etcd://root:p%40ss:w@rd@h").unwrap();
@@ -851,6 +866,9 @@ mod tests {
             }),
             ("etcd+https://h?cert=/x", |e| {
                 matches!(e, E::InvalidOption { option: "cert", .. })
+            }),
+            ("etcd+https://h", |e| {
+                matches!(e, E::InvalidOption { option: "ca", .. })
             }),
             ("consul://h?dc=a%26b", |e| {
                 matches!(e, E::InvalidOption { option: "dc", .. })

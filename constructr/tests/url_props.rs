@@ -77,9 +77,11 @@ fn valid_url() -> impl Strategy<Value = (String, Option<String>)> {
             };
             let mut options = Vec::new();
             if tls {
-                if let Some(ca) = ca {
-                    options.push(format!("ca={ca}"));
-                }
+                // etcd+https needs a CA.
+                options.push(format!(
+                    "ca={}",
+                    ca.unwrap_or_else(|| "/etc/etcd/ca.pem".into())
+                ));
                 if let Some((cert, key)) = identity {
                     options.push(format!("cert={cert}&key={key}"));
                 }
