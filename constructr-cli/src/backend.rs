@@ -174,6 +174,16 @@ impl BackendArgs {
     /// The backend these options, over the settings file's sections, select; every
     /// endpoint checked. Errors are bad input (exit code 2).
     pub fn resolve(&self, file: &BackendFile, fallback: Fallback) -> Result<Resolved, String> {
+        let resolved = self.resolve_any(file, fallback)?;
+        if fallback == Fallback::Required && matches!(resolved, Resolved::Memory) {
+            return Err(format!(
+                "the memory backend lives inside one process; {CHOOSE}"
+            ));
+        }
+        Ok(resolved)
+    }
+
+    fn resolve_any(&self, file: &BackendFile, fallback: Fallback) -> Result<Resolved, String> {
         if let Some(url) = &self.coordination {
             return self.resolve_url(url.expose());
         }

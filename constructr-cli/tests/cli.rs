@@ -486,6 +486,15 @@ fn node_and_nodes_need_a_backend_and_say_how_to_choose_one() {
         vec!["nodes"],
         vec!["nodes", "--json"],
         vec!["node", "--gossip", "127.0.0.1:0"],
+        vec!["nodes", "--backend", "memory"],
+        vec!["nodes", "--coordination", "memory://"],
+        vec![
+            "node",
+            "--coordination",
+            "memory://",
+            "--gossip",
+            "127.0.0.1:0",
+        ],
     ] {
         let out = constructr()
             .args(&args)
