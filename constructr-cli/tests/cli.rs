@@ -762,3 +762,52 @@ fn the_top_level_help_describes_every_subcommand() {
         assert!(line.len() <= 100, "{name}: one short line: {line:?}");
     }
 }
+
+#[test]
+fn secrets_from_the_file_the_url_or_the_environment_never_reach_the_logs() {
+    let (_silent, port) = silent_endpoint();
+    let file = settings_file(
+        "secret-in-file.toml",
+        &format!(
+            "[etcd]\nendpoints = [\"http://127.0.0.1:{port}\"]\nuser = \"u\"\npassword = \"hunter2-file\"\n"
+        ),
+    );
+    // (arguments, an environment variable)
+    type Case = (Vec<String>, Option<(&'static str, &'static str)>);
+    let cases: [Case; 3] = [
+        (vec!["--config".into(), file], None),
+        (
+            vec![
+                "--coordination".into(),
+                format!("etcd://u:hunter2-url@127.0.0.1:{port}"),
+            ],
+            None,
+        ),
+        (
+            vec![
+                "--coordination".into(),
+                format!("consul://127.0.0.1:{port}"),
+            ],
+            Some(("CONSTRUCTR_CONSUL_TOKEN", "hunter2-env")),
+        ),
+    ];
+    for (args, env) in cases {
+        let mut cmd = constructr();
+        cmd.arg("nodes")
+            .args(&args)
+            .args(["--request-timeout", "300ms"])
+            .env("CONSTRUCTR_LOG", "trace")
+            .timeout(std::time::Duration::from_secs(30));
+        if let Some((k, v)) = env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("TRACE") || stderr.contains("DEBUG"),
+            "logs on: {stderr}"
+        );
+        assert!(!stderr.contains("hunter2"), "{args:?}: {stderr}");
+    }
+}
