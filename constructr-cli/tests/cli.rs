@@ -811,3 +811,37 @@ fn secrets_from_the_file_the_url_or_the_environment_never_reach_the_logs() {
         assert!(!stderr.contains("hunter2"), "{args:?}: {stderr}");
     }
 }
+
+#[test]
+fn a_url_takes_the_password_it_leaves_out_from_the_environment() {
+    let (_silent, port) = silent_endpoint();
+    let url = format!("etcd://root@127.0.0.1:{port}");
+    let run = |password: Option<&str>| {
+        let mut cmd = constructr();
+        cmd.args([
+            "nodes",
+            "--coordination",
+            &url,
+            "--request-timeout",
+            "300ms",
+        ])
+        .env_remove("CONSTRUCTR_ETCD_PASSWORD")
+        .timeout(std::time::Duration::from_secs(30));
+        if let Some(p) = password {
+            cmd.env("CONSTRUCTR_ETCD_PASSWORD", p);
+        }
+        let out = cmd.output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // Without it the configuration is refused; with it the request goes out (and times out).
+    let (code, stderr) = run(None);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("user and password"), "{stderr}");
+    let (code, stderr) = run(Some("hunter2"));
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("timed out"), "{stderr}");
+    assert!(!stderr.contains("hunter2"), "{stderr}");
+}

@@ -295,12 +295,14 @@ impl CoordinationUrl {
         self
     }
 
-    /// Sets etcd's user and password when the URL has no user (for credentials given
-    /// some other way, e.g. command-line options).
+    /// Fills in etcd's user and password where the URL has none (credentials given some
+    /// other way, e.g. command-line options): `etcd://root@h` takes only the password.
     pub fn with_default_user(mut self, user: Option<String>, password: Option<Secret>) -> Self {
-        if self.backend == UrlBackend::Etcd && self.user.is_none() {
-            self.user = user;
-            if self.secret.is_none() {
+        if self.backend == UrlBackend::Etcd {
+            if self.user.is_none() {
+                self.user = user;
+            }
+            if self.user.is_some() && self.secret.is_none() {
                 self.secret = password;
             }
         }
@@ -951,6 +953,24 @@ mod tests {
             (u.user(), u.secret().map(Secret::expose)),
             (Some("me"), Some("envpw"))
         );
+        // The same from given values, e.g. command-line options.
+        let given = |url: &str| {
+            parse(url)
+                .unwrap()
+                .with_default_user(Some("opt".into()), Some("optpw".into()))
+        };
+        let u = given("etcd://me@h");
+        assert_eq!(
+            (u.user(), u.secret().map(Secret::expose)),
+            (Some("me"), Some("optpw"))
+        );
+        let u = given("etcd://h");
+        assert_eq!(
+            (u.user(), u.secret().map(Secret::expose)),
+            (Some("opt"), Some("optpw"))
+        );
+        let u = given("etcd://me:pw@h");
+        assert_eq!(u.secret().map(Secret::expose), Some("pw"));
         let u = parse("consul://h").unwrap().with_credentials_from(env);
         assert_eq!(u.secret().map(Secret::expose), Some("envtoken"));
         let u = parse("consul://mine@h").unwrap().with_credentials_from(env);
