@@ -236,12 +236,12 @@ impl BackendArgs {
     /// The etcd configuration: options and environment over the file's `[etcd]`.
     fn etcd(&self, file: &BackendFile) -> Result<EtcdConfig, String> {
         let f = file.etcd.clone().unwrap_or_default();
-        let endpoints = self
-            .endpoints
-            .clone()
-            .or(f.endpoints)
-            .unwrap_or_else(|| vec!["http://127.0.0.1:2379".into()]);
-        check_endpoints("--endpoints", &endpoints)?;
+        let (endpoints, option) = match (&self.endpoints, f.endpoints) {
+            (Some(e), _) => (e.clone(), "--endpoints"),
+            (None, Some(e)) => (e, "[etcd] endpoints"),
+            (None, None) => (vec!["http://127.0.0.1:2379".into()], "--endpoints"),
+        };
+        check_endpoints(option, &endpoints)?;
         let mut config = EtcdConfig::new(endpoints)
             .with_request_timeout(self.request_timeout)
             .with_connect_timeout(self.request_timeout);
@@ -281,12 +281,12 @@ impl BackendArgs {
     /// The Consul configuration: options and environment over the file's `[consul]`.
     fn consul(&self, file: &BackendFile) -> Result<ConsulConfig, String> {
         let f = file.consul.clone().unwrap_or_default();
-        let addresses = self
-            .consul_address
-            .clone()
-            .or(f.address)
-            .unwrap_or_else(|| vec!["http://127.0.0.1:8500".into()]);
-        check_endpoints("--consul-address", &addresses)?;
+        let (addresses, option) = match (&self.consul_address, f.address) {
+            (Some(a), _) => (a.clone(), "--consul-address"),
+            (None, Some(a)) => (a, "[consul] address"),
+            (None, None) => (vec!["http://127.0.0.1:8500".into()], "--consul-address"),
+        };
+        check_endpoints(option, &addresses)?;
         let mut config = ConsulConfig::default()
             .with_addresses(addresses)
             .with_request_timeout(self.request_timeout)

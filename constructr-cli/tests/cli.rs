@@ -720,7 +720,14 @@ fn bad_backend_sections_exit_2_and_never_show_a_secret() {
             "[etcd]\nuser = \"u\"\npassword = [\"hunter2\"]\n",
             "must be a string",
         ),
-        ("[etcd]\nendpoints = [\"ftp://x\"]\n", "ftp://x"),
+        (
+            "[etcd]\nendpoints = [\"ftp://x\"]\n",
+            "invalid [etcd] endpoints entry \"ftp://x\"",
+        ),
+        (
+            "[consul]\naddress = [\"http://a b\"]\n",
+            "invalid [consul] address entry",
+        ),
     ] {
         let (code, stderr) = with_settings(text, &["nodes"]);
         assert_eq!(code, Some(2), "{text}: {stderr}");
