@@ -11,38 +11,40 @@ use constructr::{Coordination, Event, NodeId, Settings, State};
 use rand::{Rng, SeedableRng};
 use tokio::sync::mpsc;
 
-use crate::backend::{self, Backend, BackendArgs};
+use crate::backend::{self, BackendArgs, Fallback};
 use crate::counting::Counting;
+use crate::output::outln;
+use crate::settings::BackendFile;
 
 /// Runs the demo on the selected backend.
 pub fn run(
     backend: &BackendArgs,
+    file: &BackendFile,
     settings: Settings,
     nodes: usize,
     json: bool,
     seed: Option<u64>,
 ) -> ExitCode {
+    let resolved = match backend.resolve(file, Fallback::Memory) {
+        Ok(r) => r,
+        Err(e) => return backend::fail(&e),
+    };
+    if let Err(e) = resolved.validate_settings(&settings) {
+        return backend::fail(&e);
+    }
     let rt = match crate::runtime(&mut tokio::runtime::Builder::new_multi_thread()) {
         Ok(rt) => rt,
         Err(code) => return code,
     };
-    if let Err(e) = backend.validate_settings(&settings) {
-        return backend::fail(&e);
-    }
     rt.block_on(async {
-        match backend.backend {
-            Backend::Memory => {
+        let name = resolved.name();
+        match resolved.coordination() {
+            Ok(None) => {
                 let memory = Counting::new(MemoryCoordination::default());
-                run_with(memory, "memory", settings, nodes, json, seed).await
+                run_with(memory, name, settings, nodes, json, seed).await
             }
-            Backend::Etcd => match backend.etcd().await {
-                Ok(c) => run_with(Counting::new(c), "etcd", settings, nodes, json, seed).await,
-                Err(e) => backend::fail(&e),
-            },
-            Backend::Consul => match backend.consul() {
-                Ok(c) => run_with(Counting::new(c), "consul", settings, nodes, json, seed).await,
-                Err(e) => backend::fail(&e),
-            },
+            Ok(Some(c)) => run_with(Counting::new(c), name, settings, nodes, json, seed).await,
+            Err(e) => backend::fail(&e),
         }
     })
 }
@@ -173,32 +175,32 @@ pub async fn run_with<C: Coordination>(
             "entries_after_shutdown": left_over,
             "peak_rss_kib": peak_rss_kib,
         });
-        println!("{out}");
+        outln!("{out}");
     } else {
-        println!("timeline ({n} nodes, backend {backend}, seed {seed}):");
+        outln!("timeline ({n} nodes, backend {backend}, seed {seed}):");
         for r in &records {
             let what = &r.event;
-            println!(
+            outln!(
                 "  {:>9.3} ms  127.0.0.1:{:<6} {what}",
                 r.at.as_secs_f64() * 1000.0,
                 20_000 + r.node
             );
         }
-        println!();
-        println!(
+        outln!();
+        outln!(
             "{} cluster(s) {:?}, {registered}/{n} registered, formed in {formation_ms:.1} ms with {requests_to_form} coordination requests",
             sizes.len(),
             sizes
         );
         if !failures.is_empty() {
-            println!("failed nodes: {failures:?}");
+            outln!("failed nodes: {failures:?}");
         }
         match left_over {
-            Some(k) => println!("after graceful shutdown: {k} entries left in the registry"),
-            None => println!("after graceful shutdown: registry not readable"),
+            Some(k) => outln!("after graceful shutdown: {k} entries left in the registry"),
+            None => outln!("after graceful shutdown: registry not readable"),
         }
         if let Some(kib) = peak_rss_kib {
-            println!("peak memory (RSS): {:.1} MiB", kib as f64 / 1024.0);
+            outln!("peak memory (RSS): {:.1} MiB", kib as f64 / 1024.0);
         }
     }
     if ok {

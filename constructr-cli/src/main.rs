@@ -1,4 +1,5 @@
-//! `constructr`: run a demo cluster, run the simulation, inspect a registry.
+//! `constructr`: run a node or a demo cluster, inspect a registry, simulate and model-check
+//! the state machine, bridge Serf.
 
 mod backend;
 mod check;
@@ -6,6 +7,7 @@ mod counting;
 mod demo;
 mod node;
 mod nodes;
+mod output;
 mod serf;
 mod settings;
 mod sim;
@@ -15,11 +17,12 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-/// Bootstrap clusters of service nodes through a coordination service.
+/// Bootstrap clusters of service nodes through a coordination service (etcd, Consul, Serf).
 #[derive(Debug, Parser)]
-#[command(name = "constructr", version, about)]
+#[command(name = "constructr", version)]
 struct Cli {
-    /// Settings file (TOML, same keys as the settings: `coordination-timeout = "3s"`, ...).
+    /// Settings file (TOML: the settings' keys, `coordination-timeout = "3s"`, ..., and the
+    /// backend options in `[etcd]` and `[consul]`).
     #[arg(long, global = true, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Cluster name (overrides the settings file).
@@ -67,13 +70,15 @@ enum Command {
     },
     /// Run one node of a real cluster (chitchat gossip) until SIGINT/SIGTERM.
     Node(node::NodeArgs),
-    /// Serf event handler: forwards one Serf event (env + stdin) to the bridge. Use as
-    /// `serf agent -event-handler "constructr serf-handler --bridge http://127.0.0.1:8888"`.
+    /// Serf event handler: forwards one Serf event (env + stdin) to the bridge.
+    ///
+    /// Use as `serf agent -event-handler "constructr serf-handler --bridge http://127.0.0.1:8888"`.
     SerfHandler(serf::HandlerArgs),
-    /// Serf bridge: the handler's REST API, typed events, the membership view per datacenter.
+    /// Serf bridge: the handler's REST API, typed events, membership per datacenter.
     SerfBridge(serf::BridgeArgs),
-    /// Model-check the real state machine: every interleaving of 1-4 nodes with up to K
-    /// faults, each safety and liveness property's verdict, counterexamples as traces.
+    /// Model-check the real state machine: every interleaving of 1-4 nodes, up to K faults.
+    ///
+    /// Prints each safety and liveness property's verdict, counterexamples as traces.
     Check(check::CheckArgs),
     /// Run the deterministic simulation (virtual time, optional faults).
     Sim {
@@ -111,6 +116,7 @@ fn main() -> ExitCode {
         _ => {}
     }
     let _ = tracing_subscriber::fmt()
+        .with_ansi(colours(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("CONSTRUCTR_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
@@ -120,16 +126,17 @@ fn main() -> ExitCode {
     let preset = cli
         .compat
         .map(|Compat::Constructr| constructr::Settings::constructr_compat());
-    let base = match settings::load(cli.config.as_deref(), cli.cluster.as_deref(), preset) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
-        }
-    };
+    let (base, backend_file) =
+        match settings::load(cli.config.as_deref(), cli.cluster.as_deref(), preset) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        };
     match cli.command {
-        Command::Nodes { backend, json } => nodes::run(&backend, base, json),
-        Command::Node(args) => node::run(args, base),
+        Command::Nodes { backend, json } => nodes::run(&backend, &backend_file, base, json),
+        Command::Node(args) => node::run(args, &backend_file, base),
         Command::SerfHandler(_) | Command::SerfBridge(_) => unreachable!("dispatched above"),
         Command::Check(args) => check::run(
             args,
@@ -149,7 +156,14 @@ fn main() -> ExitCode {
                     constructr::ClusterName::new(format!("demo-{:08x}", rand::random::<u32>()))
                         .expect("valid name");
             }
-            demo::run(&backend, settings, nodes as usize, json, seed)
+            demo::run(
+                &backend,
+                &backend_file,
+                settings,
+                nodes as usize,
+                json,
+                seed,
+            )
         }
         Command::Sim {
             trials,
@@ -181,4 +195,10 @@ pub(crate) fn runtime(
         eprintln!("error: cannot start the runtime: {e}");
         ExitCode::FAILURE
     })
+}
+
+/// Whether to colour what goes to `stream`: only a terminal, and never with `NO_COLOR` set
+/// to anything but the empty string (<https://no-color.org>).
+fn colours(stream: &impl std::io::IsTerminal) -> bool {
+    stream.is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }

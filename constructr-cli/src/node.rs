@@ -15,7 +15,9 @@ use constructr::management;
 use constructr::{Cluster as _, Coordination, Event, Settings, State};
 use tokio::sync::broadcast::error::RecvError;
 
-use crate::backend::{self, BackendArgs};
+use crate::backend::{self, BackendArgs, Fallback};
+use crate::output::outln;
+use crate::settings::BackendFile;
 
 /// Options of `constructr node`.
 #[derive(Debug, Args)]
@@ -55,7 +57,11 @@ fn duration(s: &str) -> Result<Duration, String> {
 }
 
 /// Runs the node until a signal (exit 0 after a graceful leave) or a failure (exit 1).
-pub fn run(args: NodeArgs, mut settings: Settings) -> ExitCode {
+pub fn run(args: NodeArgs, file: &BackendFile, mut settings: Settings) -> ExitCode {
+    let resolved = match args.backend.resolve(file, Fallback::Required) {
+        Ok(r) => r,
+        Err(e) => return backend::fail(&e),
+    };
     if args.join_only {
         settings.new_cluster_enabled = false;
     }
@@ -77,7 +83,7 @@ pub fn run(args: NodeArgs, mut settings: Settings) -> ExitCode {
         Ok(c) => Arc::new(c),
         Err(e) => return backend::fail(&e.to_string()),
     };
-    if let Err(e) = args.backend.validate_settings(&settings) {
+    if let Err(e) = resolved.validate_settings(&settings) {
         return backend::fail(&e);
     }
     // The machine would retry a join that cannot bind forever: fail fast instead.
@@ -92,7 +98,7 @@ pub fn run(args: NodeArgs, mut settings: Settings) -> ExitCode {
         Err(code) => return code,
     };
     rt.block_on(async {
-        let coordination = match args.backend.coordination().await {
+        let coordination = match resolved.coordination() {
             Ok(Some(c)) => c,
             Ok(None) => {
                 return backend::fail(
@@ -250,10 +256,10 @@ impl Printer {
             if let Some(from) = from {
                 line["from"] = format!("{from:?}").into();
             }
-            println!("{line}");
+            outln!("{line}");
         } else {
             let from = from.map(|f| format!("{f:?} -> ")).unwrap_or_default();
-            println!(
+            outln!(
                 "{:>9.3}s  {}  {from}{to:?}",
                 self.start.elapsed().as_secs_f64(),
                 self.node
@@ -270,9 +276,9 @@ impl Printer {
                 "state": format!("{state:?}"),
                 "members": self.members,
             });
-            println!("{line}");
+            outln!("{line}");
         } else {
-            println!(
+            outln!(
                 "{:>9.3}s  {}  members ({}): {}",
                 self.start.elapsed().as_secs_f64(),
                 self.node,

@@ -6,6 +6,8 @@ use std::time::Instant;
 use constructr::Settings;
 use constructr::sim::{SimConfig, run_trial, run_trials};
 
+use crate::output::outln;
+
 pub struct SimArgs {
     pub settings: Option<Settings>,
     pub trials: u64,
@@ -80,9 +82,9 @@ pub fn run(args: SimArgs) -> ExitCode {
             "elapsed_ms": elapsed.as_millis() as u64,
             "trials_per_sec": per_sec.round(),
         });
-        println!("{out}");
+        outln!("{out}");
     } else {
-        println!(
+        outln!(
             "{} trials of {} nodes{} in {:.2} s ({:.0} trials/s): {} islands, {} failed trials, {} refused seed registrations, {} failed machines, {} members lost their cluster",
             report.trials,
             args.nodes,
@@ -96,7 +98,7 @@ pub fn run(args: SimArgs) -> ExitCode {
             report.clusters_lost,
         );
         for (seed, why) in report.failed_seeds.iter().zip(&report.failures).take(20) {
-            println!(
+            outln!(
                 "  failed trial seed {seed}: {why}  (replay: constructr sim --replay {seed}{})",
                 if args.faults { " --faults" } else { "" }
             );

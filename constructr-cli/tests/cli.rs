@@ -304,3 +304,551 @@ fn check_explorer_serves_the_state_space() {
     );
     assert!(body.contains("GettingNodes"), "{body}");
 }
+
+/// A port on which a TCP listener accepts connections (into its backlog) and never answers:
+/// every request to it times out. The listener lives as long as the returned value.
+fn silent_endpoint() -> (std::net::TcpListener, u16) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    (listener, port)
+}
+
+/// A fake Consul agent whose KV store holds one node entry, `10.0.0.7:7946` with
+/// incarnation 0x1a200f073a1f058f, in the cluster `default`; its address.
+fn fake_consul() -> String {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut request = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                match stream.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => request.extend_from_slice(&buf[..n]),
+                }
+            }
+            let body = r#"[{"Key":"constructr/default/nodes/MTAuMC4wLjc6Nzk0Ng","Value":"eyJhZGRyZXNzIjoiMTAuMC4wLjc6Nzk0NiIsImluY2FybmF0aW9uIjoxODgyNTIxMTY3OTU1MTY2NjA3fQ==","ModifyIndex":5,"CreateIndex":5,"LockIndex":0,"Flags":0}]"#;
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Consul-Index: 7\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    address
+}
+
+/// Runs `constructr args` with stdout a pipe whose read end is already closed (as after
+/// `| head -1` has read its line); exit code and stderr.
+fn with_closed_stdout(args: &[&str]) -> (Option<i32>, String) {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = std::process::Command::new(assert_cmd::cargo::cargo_bin("constructr"))
+        .args(args)
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_closed_stdout_pipe_is_not_a_panic() {
+    let consul = fake_consul();
+    for args in [
+        vec!["demo", "--nodes", "3"],
+        vec!["demo", "--nodes", "3", "--json"],
+        vec!["sim", "--trials", "5", "--nodes", "3"],
+        vec!["check", "--nodes", "1", "--max-faults", "0"],
+        vec!["nodes", "--backend", "consul", "--consul-address", &consul],
+        vec![
+            "nodes",
+            "--backend",
+            "consul",
+            "--consul-address",
+            &consul,
+            "--json",
+        ],
+    ] {
+        let (code, stderr) = with_closed_stdout(&args);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert_ne!(code, Some(101), "{args:?}: {stderr}");
+        assert_eq!(code, Some(0), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn nodes_prints_the_incarnation_as_the_same_hex_in_text_and_json() {
+    let consul = fake_consul();
+    let text = succeed(&["nodes", "--backend", "consul", "--consul-address", &consul]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("10.0.0.7:7946  incarnation 1a200f073a1f058f"),
+        "{text}"
+    );
+    let v = json(
+        &succeed(&[
+            "nodes",
+            "--backend",
+            "consul",
+            "--consul-address",
+            &consul,
+            "--json",
+        ])
+        .stdout,
+    );
+    assert_eq!(v["nodes"][0]["address"], "10.0.0.7:7946");
+    assert_eq!(v["nodes"][0]["incarnation"], "1a200f073a1f058f");
+}
+
+#[test]
+fn nodes_reads_the_registry_through_a_coordination_url() {
+    let consul = fake_consul();
+    let url = consul.replace("http://", "consul://");
+    let v = json(&succeed(&["nodes", "--coordination", &url, "--json"]).stdout);
+    assert_eq!(v["nodes"][0]["address"], "10.0.0.7:7946");
+    // The environment variable works the same way.
+    let out = constructr()
+        .args(["nodes", "--json"])
+        .env("CONSTRUCTR_COORDINATION", &url)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(json(&out.stdout)["nodes"][0]["address"], "10.0.0.7:7946");
+}
+
+#[test]
+fn logs_are_not_coloured_when_stderr_is_not_a_terminal() {
+    let out = constructr()
+        .args(["demo", "--nodes", "2"])
+        .env("CONSTRUCTR_LOG", "debug")
+        .env_remove("NO_COLOR")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("state changed"), "logs are on: {stderr}");
+    assert!(!stderr.contains('\u{1b}'), "no escape codes: {stderr:?}");
+}
+
+#[test]
+fn logs_are_coloured_on_a_terminal_unless_no_color_is_set() {
+    // util-linux `script` gives the command a terminal.
+    if std::process::Command::new("script")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("SKIPPED: no `script` (util-linux) to run the CLI on a terminal");
+        return;
+    }
+    let bin = assert_cmd::cargo::cargo_bin("constructr");
+    let on_a_terminal = |no_color: Option<&str>| {
+        let mut cmd = std::process::Command::new("script");
+        cmd.args([
+            "-qec",
+            &format!("{} demo --nodes 1", bin.display()),
+            "/dev/null",
+        ])
+        .env("CONSTRUCTR_LOG", "info")
+        .env_remove("NO_COLOR");
+        if let Some(v) = no_color {
+            cmd.env("NO_COLOR", v);
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success());
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(text.contains("state changed"), "{text}");
+        text
+    };
+    assert!(
+        on_a_terminal(None).contains('\u{1b}'),
+        "colours on a terminal"
+    );
+    assert!(!on_a_terminal(Some("1")).contains('\u{1b}'), "NO_COLOR=1");
+    // An empty NO_COLOR does not count (no-color.org).
+    assert!(on_a_terminal(Some("")).contains('\u{1b}'), "NO_COLOR empty");
+}
+
+#[test]
+fn node_and_nodes_need_a_backend_and_say_how_to_choose_one() {
+    for args in [
+        vec!["nodes"],
+        vec!["nodes", "--json"],
+        vec!["node", "--gossip", "127.0.0.1:0"],
+        vec!["nodes", "--backend", "memory"],
+        vec!["nodes", "--coordination", "memory://"],
+        vec![
+            "node",
+            "--coordination",
+            "memory://",
+            "--gossip",
+            "127.0.0.1:0",
+        ],
+    ] {
+        let out = constructr()
+            .args(&args)
+            .env_remove("CONSTRUCTR_COORDINATION")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        for option in ["--coordination", "--backend", "[etcd]"] {
+            assert!(stderr.contains(option), "{args:?}: {stderr}");
+        }
+    }
+    // And the help does not claim a default they refuse.
+    let help = succeed(&["nodes", "--help"]);
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(!help.contains("[default: memory]"), "{help}");
+}
+
+#[test]
+fn bad_endpoints_exit_2_naming_the_endpoint() {
+    for (args, shown) in [
+        (
+            vec![
+                "nodes",
+                "--backend",
+                "etcd",
+                "--endpoints",
+                "http://exa mple:2379",
+            ],
+            "http://exa mple:2379",
+        ),
+        (
+            vec!["nodes", "--backend", "etcd", "--endpoints", "ftp://x"],
+            "ftp://x",
+        ),
+        (
+            vec![
+                "nodes",
+                "--backend",
+                "etcd",
+                "--endpoints",
+                "http://a:2379,http://b:99999",
+            ],
+            "http://b:99999",
+        ),
+        (
+            vec![
+                "nodes",
+                "--backend",
+                "consul",
+                "--consul-address",
+                "ftp://x",
+            ],
+            "ftp://x",
+        ),
+        (
+            vec![
+                "demo",
+                "--backend",
+                "etcd",
+                "--endpoints",
+                "http://exa mple:2379",
+            ],
+            "http://exa mple:2379",
+        ),
+        (
+            vec![
+                "node",
+                "--backend",
+                "etcd",
+                "--endpoints",
+                "ftp://x",
+                "--gossip",
+                "127.0.0.1:0",
+            ],
+            "ftp://x",
+        ),
+    ] {
+        let out = constructr().args(&args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(shown), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn invalid_coordination_urls_exit_2_without_their_secret() {
+    for url in [
+        "etcd://root:hunter2@exa mple:2379",
+        "zookeeper://h:2181",
+        "etcd://root:hunter2@h?ca=/x",
+        "consul://root:hunter2@h",
+        "h1:2379",
+    ] {
+        for (args, env) in [
+            (vec!["nodes", "--coordination", url], None),
+            (vec!["nodes"], Some(url)),
+            (vec!["demo", "--coordination", url], None),
+        ] {
+            let mut cmd = constructr();
+            cmd.args(&args);
+            if let Some(url) = env {
+                cmd.env("CONSTRUCTR_COORDINATION", url);
+            }
+            let out = cmd.output().unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{args:?} {url}: {stderr}");
+            assert!(
+                stderr.contains("invalid --coordination URL"),
+                "{url}: {stderr}"
+            );
+            assert!(!stderr.contains("hunter2"), "{url}: {stderr}");
+        }
+    }
+    // The environment variable's value stays out of the help.
+    let out = constructr()
+        .args(["nodes", "--help"])
+        .env("CONSTRUCTR_COORDINATION", "etcd://root:hunter2@h")
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("hunter2"));
+}
+
+#[test]
+fn coordination_conflicts_with_the_old_backend_options() {
+    for extra in [
+        ["--backend", "etcd"],
+        ["--endpoints", "http://a:2379"],
+        ["--consul-address", "http://a:8500"],
+    ] {
+        let out = constructr()
+            .args(["nodes", "--coordination", "etcd://a:2379"])
+            .args(extra)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{extra:?}: {stderr}");
+        assert!(
+            stderr.contains("cannot be used with"),
+            "{extra:?}: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn a_timeout_names_the_endpoint() {
+    let (_listener, port) = silent_endpoint();
+    let endpoint = format!("127.0.0.1:{port}");
+    for args in [
+        vec![
+            "--backend",
+            "etcd",
+            "--endpoints",
+            &format!("http://{endpoint}"),
+        ],
+        vec![
+            "--backend",
+            "consul",
+            "--consul-address",
+            &format!("http://{endpoint}"),
+        ],
+        vec!["--coordination", &format!("consul://{endpoint}")],
+    ] {
+        let out = constructr()
+            .arg("nodes")
+            .args(&args)
+            .args(["--request-timeout", "500ms"])
+            .timeout(std::time::Duration::from_secs(30))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains("timed out"), "{args:?}: {stderr}");
+        assert!(stderr.contains(&endpoint), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn the_settings_file_holds_backend_options_that_the_command_line_overrides() {
+    let consul = fake_consul();
+    let (_silent, port) = silent_endpoint();
+    let silent = format!("http://127.0.0.1:{port}");
+    // The [consul] section chooses the backend and its address.
+    let (code, stderr) = with_settings(
+        &format!("[consul]\naddress = [\"{consul}\"]\ndatacenter = \"dc1\"\n"),
+        &["nodes"],
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    // --consul-address overrides it: the file's address never answers.
+    let file = format!("[consul]\naddress = [\"{silent}\"]\n");
+    let (code, stderr) = with_settings(
+        &file,
+        &[
+            "nodes",
+            "--request-timeout",
+            "300ms",
+            "--consul-address",
+            &consul,
+        ],
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    let (code, stderr) = with_settings(&file, &["nodes", "--request-timeout", "300ms"]);
+    assert_eq!(code, Some(1), "{stderr}");
+    // An [etcd] section chooses etcd (its endpoint never answers: exit 1, not 2).
+    let (code, stderr) = with_settings(
+        &format!("[etcd]\nendpoints = [\"{silent}\"]\n"),
+        &["nodes", "--request-timeout", "300ms"],
+    );
+    assert_eq!(code, Some(1), "{stderr}");
+}
+
+#[test]
+fn bad_backend_sections_exit_2_and_never_show_a_secret() {
+    for (text, says) in [
+        (
+            "[etcd]\nendpoint = [\"http://a:2379\"]\n",
+            "unknown field `endpoint`",
+        ),
+        ("[consul]\ntoken = \"x\"\nacl = 1\n", "unknown field `acl`"),
+        ("[etcd]\npassword = \"hunter2\nuser = \"u\"\n", "line 2"),
+        ("[etcd]\npassword = 12345hunter2\n", "line 2"),
+        (
+            "[etcd]\nuser = \"u\"\npassword = [\"hunter2\"]\n",
+            "must be a string",
+        ),
+        (
+            "[etcd]\nendpoints = [\"ftp://x\"]\n",
+            "invalid [etcd] endpoints entry \"ftp://x\"",
+        ),
+        (
+            "[consul]\naddress = [\"http://a b\"]\n",
+            "invalid [consul] address entry",
+        ),
+    ] {
+        let (code, stderr) = with_settings(text, &["nodes"]);
+        assert_eq!(code, Some(2), "{text}: {stderr}");
+        assert!(stderr.contains(says), "{text}: {stderr}");
+        assert!(!stderr.contains("hunter2"), "{text}: {stderr}");
+    }
+}
+
+#[test]
+fn the_top_level_help_describes_every_subcommand() {
+    let out = succeed(&["--help"]);
+    let help = String::from_utf8_lossy(&out.stdout);
+    let commands: Vec<&str> = help
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .collect();
+    let names: Vec<&str> = commands
+        .iter()
+        .map(|l| l.split_whitespace().next().unwrap())
+        .collect();
+    for name in [
+        "demo",
+        "node",
+        "nodes",
+        "sim",
+        "check",
+        "serf-handler",
+        "serf-bridge",
+    ] {
+        assert!(names.contains(&name), "{name} in {help}");
+    }
+    for line in &commands {
+        let mut words = line.split_whitespace();
+        let name = words.next().unwrap();
+        let about: Vec<&str> = words.collect();
+        assert!(about.len() >= 3, "{name} has a description: {line:?}");
+        assert!(line.len() <= 100, "{name}: one short line: {line:?}");
+    }
+}
+
+#[test]
+fn secrets_from_the_file_the_url_or_the_environment_never_reach_the_logs() {
+    let (_silent, port) = silent_endpoint();
+    let file = settings_file(
+        "secret-in-file.toml",
+        &format!(
+            "[etcd]\nendpoints = [\"http://127.0.0.1:{port}\"]\nuser = \"u\"\npassword = \"hunter2-file\"\n"
+        ),
+    );
+    // (arguments, an environment variable)
+    type Case = (Vec<String>, Option<(&'static str, &'static str)>);
+    let cases: [Case; 3] = [
+        (vec!["--config".into(), file], None),
+        (
+            vec![
+                "--coordination".into(),
+                format!("etcd://u:hunter2-url@127.0.0.1:{port}"),
+            ],
+            None,
+        ),
+        (
+            vec![
+                "--coordination".into(),
+                format!("consul://127.0.0.1:{port}"),
+            ],
+            Some(("CONSTRUCTR_CONSUL_TOKEN", "hunter2-env")),
+        ),
+    ];
+    for (args, env) in cases {
+        let mut cmd = constructr();
+        cmd.arg("nodes")
+            .args(&args)
+            .args(["--request-timeout", "300ms"])
+            .env("CONSTRUCTR_LOG", "trace")
+            .timeout(std::time::Duration::from_secs(30));
+        if let Some((k, v)) = env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("TRACE") || stderr.contains("DEBUG"),
+            "logs on: {stderr}"
+        );
+        assert!(!stderr.contains("hunter2"), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn a_url_takes_the_password_it_leaves_out_from_the_environment() {
+    let (_silent, port) = silent_endpoint();
+    let url = format!("etcd://root@127.0.0.1:{port}");
+    let run = |password: Option<&str>| {
+        let mut cmd = constructr();
+        cmd.args([
+            "nodes",
+            "--coordination",
+            &url,
+            "--request-timeout",
+            "300ms",
+        ])
+        .env_remove("CONSTRUCTR_ETCD_PASSWORD")
+        .timeout(std::time::Duration::from_secs(30));
+        if let Some(p) = password {
+            cmd.env("CONSTRUCTR_ETCD_PASSWORD", p);
+        }
+        let out = cmd.output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // Without it the configuration is refused; with it the request goes out (and times out).
+    let (code, stderr) = run(None);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("user and password"), "{stderr}");
+    let (code, stderr) = run(Some("hunter2"));
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("timed out"), "{stderr}");
+    assert!(!stderr.contains("hunter2"), "{stderr}");
+}

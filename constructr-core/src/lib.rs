@@ -18,6 +18,7 @@
 //! - [`scenarios`] (feature `scenarios`): whole nodes against a running service, the way
 //!   users break it; every backend runs them.
 //! - [`plumbing`] (feature `plumbing`): what network drivers share (secrets, failover).
+//! - [`secret::Secret`]: passwords and tokens that never show up in `Debug` or logs.
 #![deny(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -32,6 +33,7 @@ mod notify;
 #[cfg(feature = "plumbing")]
 #[cfg_attr(docsrs, doc(cfg(feature = "plumbing")))]
 pub mod plumbing;
+pub mod secret;
 pub mod settings;
 #[cfg(feature = "sim")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sim")))]

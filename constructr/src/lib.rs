@@ -13,6 +13,8 @@
 //! | `management` | [`management`] | the management HTTP endpoint: probes, bootstrap status, members, Prometheus metrics |
 //!
 //! The in-memory backend ([`memory::MemoryCoordination`]) is always available.
+//! [`CoordinationUrl`] names a backend and how to reach it in one string
+//! (`etcd://h1:2379,h2:2379`, `consul+https://TOKEN@h:8501`).
 #![deny(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -47,3 +49,6 @@ pub use constructr_management as management;
 #[cfg(feature = "chitchat")]
 #[cfg_attr(docsrs, doc(cfg(feature = "chitchat")))]
 pub use constructr_chitchat as chitchat;
+
+pub mod url;
+pub use url::{CoordinationUrl, CoordinationUrlError};
