@@ -155,7 +155,7 @@ pub fn run_bridge(args: &BridgeArgs) -> ExitCode {
             let mut events = bridge.subscribe();
             tokio::spawn(async move {
                 while let Some(e) = events.recv().await {
-                    println!("{}", event_json(&e));
+                    crate::output::outln!("{}", event_json(&e));
                 }
             });
         }

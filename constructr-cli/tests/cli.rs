@@ -852,3 +852,77 @@ fn a_url_takes_the_password_it_leaves_out_from_the_environment() {
     assert!(stderr.contains("timed out"), "{stderr}");
     assert!(!stderr.contains("hunter2"), "{stderr}");
 }
+
+/// One HTTP/1.1 request on a fresh connection; the status code (0 if nothing answered).
+fn http_status(port: u16, method: &str, path: &str) -> u16 {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return 0;
+    };
+    let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(5)));
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    if s.write_all(request.as_bytes()).is_err() {
+        return 0;
+    }
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The stand-alone bridge prints every event to stdout: a closed stdout must not take down
+/// the task that prints (before: `println!` panicked on EPIPE in it).
+#[test]
+fn the_serf_bridge_keeps_serving_when_its_stdout_is_closed() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let mut bridge = std::process::Command::new(assert_cmd::cargo::cargo_bin("constructr"))
+        .args(["serf-bridge", "--listen", &format!("127.0.0.1:{port}")])
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while http_status(port, "GET", "/members") != 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the bridge did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    for ltime in 1..=3 {
+        assert_eq!(
+            http_status(
+                port,
+                "POST",
+                &format!("/dc/dc1/events/deploy?ltime={ltime}")
+            ),
+            204
+        );
+    }
+    assert_eq!(http_status(port, "GET", "/members"), 200);
+    assert!(bridge.try_wait().unwrap().is_none(), "the bridge exited");
+    sigterm(bridge.id());
+    let out = bridge.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+}
+
+fn sigterm(pid: u32) {
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
