@@ -10,6 +10,7 @@ use clap::{Args, ValueEnum};
 use constructr::consul::{ConsulConfig, ConsulCoordination, ConsulTlsConfig};
 use constructr::etcd::{EtcdConfig, EtcdCoordination, EtcdTlsConfig, PemSource, Secret};
 use constructr::url::{CoordinationUrl, CoordinationUrlError, UrlBackend};
+use constructr::zookeeper::{ZooKeeperConfig, ZooKeeperCoordination};
 use constructr::{Coordination, Settings};
 
 use crate::settings::BackendFile;
@@ -23,10 +24,12 @@ pub enum Backend {
     Etcd,
     /// Consul (KV + sessions).
     Consul,
+    /// ZooKeeper (ephemeral znodes on the session).
+    Zookeeper,
 }
 
 /// The options `--coordination` replaces (their environment variables count as given).
-const URL_CONFLICTS: [&str; 10] = [
+const URL_CONFLICTS: [&str; 11] = [
     "backend",
     "endpoints",
     "etcd_ca",
@@ -37,6 +40,7 @@ const URL_CONFLICTS: [&str; 10] = [
     "consul_ca",
     "consul_cert",
     "consul_key",
+    "zookeeper",
 ];
 
 /// Backend options. `Debug` shows the URL, the password and the token as `<redacted>`.
@@ -44,7 +48,8 @@ const URL_CONFLICTS: [&str; 10] = [
 pub struct BackendArgs {
     /// Coordination service as one URL: memory://, etcd://HOST:PORT,...,
     /// etcd+https://[USER@]HOST,...?ca=FILE, consul://[TOKEN@]HOST,...?dc=DC,
-    /// consul+https://... (instead of --backend and its options; see the README).
+    /// consul+https://..., zk://[USER@]HOST:PORT,... (instead of --backend and its
+    /// options; see the README).
     #[arg(
         long,
         value_name = "URL",
@@ -93,6 +98,24 @@ pub struct BackendArgs {
     /// Client key (PEM) for HTTPS to Consul.
     #[arg(long, requires = "consul_cert")]
     pub consul_key: Option<PathBuf>,
+    /// ZooKeeper servers, comma-separated `HOST:PORT` (default 127.0.0.1:2181).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        env = "CONSTRUCTR_ZOOKEEPER",
+        value_name = "HOST:PORT"
+    )]
+    pub zookeeper: Option<Vec<String>>,
+    /// ZooKeeper `digest` user (with CONSTRUCTR_ZOOKEEPER_PASSWORD).
+    #[arg(long, env = "CONSTRUCTR_ZOOKEEPER_USER")]
+    pub zookeeper_user: Option<String>,
+    /// ZooKeeper `digest` password (prefer the environment variable).
+    #[arg(long, env = "CONSTRUCTR_ZOOKEEPER_PASSWORD", hide_env_values = true)]
+    pub zookeeper_password: Option<Secret>,
+    /// ZooKeeper session timeout: how long after this process died its entry disappears
+    /// (at most the entry TTL).
+    #[arg(long, default_value = "10s", value_parser = humantime_duration, value_name = "DURATION")]
+    pub zookeeper_session_timeout: Duration,
     /// Timeout of one request to the coordination service.
     #[arg(long, default_value = "3s", value_parser = humantime_duration)]
     pub request_timeout: Duration,
@@ -120,6 +143,8 @@ pub enum Resolved {
     Etcd(EtcdConfig),
     /// Consul.
     Consul(ConsulConfig),
+    /// ZooKeeper.
+    ZooKeeper(ZooKeeperConfig),
 }
 
 impl Resolved {
@@ -129,6 +154,7 @@ impl Resolved {
             Resolved::Memory => "memory",
             Resolved::Etcd(_) => "etcd",
             Resolved::Consul(_) => "consul",
+            Resolved::ZooKeeper(_) => "zookeeper",
         }
     }
 
@@ -138,6 +164,7 @@ impl Resolved {
             Resolved::Memory => return "memory".into(),
             Resolved::Etcd(c) => &c.endpoints,
             Resolved::Consul(c) => &c.addresses,
+            Resolved::ZooKeeper(c) => return c.servers.join(", "),
         };
         constructr::plumbing::display_urls(urls).join(", ")
     }
@@ -147,7 +174,13 @@ impl Resolved {
         match self {
             Resolved::Consul(_) => constructr::consul::validate_settings(settings)
                 .map_err(|e| format!("invalid settings for Consul: {e}")),
-            Resolved::Memory | Resolved::Etcd(_) => Ok(()),
+            Resolved::ZooKeeper(c) if c.session_timeout > settings.ttl() => Err(format!(
+                "invalid settings for ZooKeeper: the session timeout ({:?}, \
+                 --zookeeper-session-timeout) must not exceed the entry TTL ({:?})",
+                c.session_timeout,
+                settings.ttl()
+            )),
+            Resolved::Memory | Resolved::Etcd(_) | Resolved::ZooKeeper(_) => Ok(()),
         }
     }
 
@@ -162,13 +195,16 @@ impl Resolved {
             Resolved::Consul(c) => Some(Arc::new(
                 ConsulCoordination::new(c).map_err(|e| e.to_string())?,
             )),
+            Resolved::ZooKeeper(c) => Some(Arc::new(
+                ZooKeeperCoordination::new(c).map_err(|e| e.to_string())?,
+            )),
         })
     }
 }
 
 /// What `node` and `nodes` say when no backend is chosen.
 const CHOOSE: &str = "choose a coordination service: --coordination URL (or CONSTRUCTR_COORDINATION), \
-     --backend etcd|consul, or an [etcd] or [consul] section in the --config file";
+     --backend etcd|consul|zookeeper, or an [etcd] or [consul] section in the --config file";
 
 impl BackendArgs {
     /// The backend these options, over the settings file's sections, select; every
@@ -205,6 +241,14 @@ impl BackendArgs {
             Backend::Memory => Ok(Resolved::Memory),
             Backend::Etcd => self.etcd(file).map(Resolved::Etcd),
             Backend::Consul => self.consul(file).map(Resolved::Consul),
+            Backend::Zookeeper => {
+                let servers = self
+                    .zookeeper
+                    .clone()
+                    .unwrap_or_else(|| vec!["127.0.0.1:2181".into()]);
+                self.zookeeper_config(ZooKeeperConfig::new(servers))
+                    .map(Resolved::ZooKeeper)
+            }
         }
     }
 
@@ -212,9 +256,13 @@ impl BackendArgs {
         let url: CoordinationUrl = text
             .parse()
             .map_err(|e: CoordinationUrlError| format!("invalid --coordination URL: {e}"))?;
-        let url = url
-            .with_default_user(self.etcd_user.clone(), self.etcd_password.clone())
-            .with_default_token(self.consul_token.clone());
+        let url = match url.backend() {
+            UrlBackend::ZooKeeper => {
+                url.with_default_user(self.zookeeper_user.clone(), self.zookeeper_password.clone())
+            }
+            _ => url.with_default_user(self.etcd_user.clone(), self.etcd_password.clone()),
+        }
+        .with_default_token(self.consul_token.clone());
         let t = self.request_timeout;
         Ok(match url.backend() {
             UrlBackend::Etcd => Resolved::Etcd(check_etcd(
@@ -229,8 +277,37 @@ impl BackendArgs {
                     .with_request_timeout(t)
                     .with_connect_timeout(t),
             )?),
+            UrlBackend::ZooKeeper => Resolved::ZooKeeper(
+                self.zookeeper_config(url.zookeeper_config().expect("a ZooKeeper URL"))?,
+            ),
             _ => Resolved::Memory,
         })
+    }
+
+    /// `config` with the ZooKeeper options (timeouts, credentials the URL leaves out).
+    fn zookeeper_config(&self, mut config: ZooKeeperConfig) -> Result<ZooKeeperConfig, String> {
+        config = config
+            .with_session_timeout(self.zookeeper_session_timeout)
+            .with_connect_timeout(self.request_timeout);
+        if config.user.is_none() {
+            config.user = self.zookeeper_user.clone();
+        }
+        if config.user.is_some() && config.password.is_none() {
+            config.password = self.zookeeper_password.clone();
+        }
+        match (&config.user, &config.password) {
+            (Some(_), None) => {
+                return Err(
+                    "--zookeeper-user needs a password (CONSTRUCTR_ZOOKEEPER_PASSWORD)".into(),
+                );
+            }
+            (None, _) if self.zookeeper_password.is_some() => {
+                return Err("a ZooKeeper password needs --zookeeper-user".into());
+            }
+            _ => {}
+        }
+        config.validate().map_err(|e| e.to_string())?;
+        Ok(config)
     }
 
     /// The etcd configuration: options and environment over the file's `[etcd]`.

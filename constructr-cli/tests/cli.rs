@@ -584,7 +584,7 @@ fn bad_endpoints_exit_2_naming_the_endpoint() {
 fn invalid_coordination_urls_exit_2_without_their_secret() {
     for url in [
         "etcd://root:hunter2@exa mple:2379",
-        "zookeeper://h:2181",
+        "mongodb://h:27017",
         "etcd://root:hunter2@h?ca=/x",
         "consul://root:hunter2@h",
         "h1:2379",

@@ -10,6 +10,7 @@
 //! | `etcd+https://[USER[:PASSWORD]@]HOST[:PORT],...?ca=FILE[&cert=FILE&key=FILE]` | etcd over TLS |
 //! | `consul://[TOKEN@]HOST[:PORT],...[?dc=NAME]` | Consul over plain `http://` (port 8500) |
 //! | `consul+https://[TOKEN@]HOST[:PORT],...[?dc=NAME&ca=FILE&cert=FILE&key=FILE]` | Consul over TLS (port 8501) |
+//! | `zk://[USER[:PASSWORD]@]HOST[:PORT],...` | ZooKeeper (port 2181; `digest` credentials) |
 //!
 //! Several hosts are tried in order (the backends' failover). A host is a DNS name, an IPv4
 //! address or a bracketed IPv6 address (`[::1]:2379`). User, password, token and query
@@ -20,11 +21,12 @@
 //!
 //! # Secrets
 //!
-//! The password (etcd) and the token (Consul) are kept as a [`Secret`]: `Debug`,
+//! The password (etcd, ZooKeeper) and the token (Consul) are kept as a [`Secret`]: `Debug`,
 //! `Display` and every error print `<redacted>` instead. A command line is visible to
 //! other users (`ps`), so prefer leaving them out of the URL and giving them through the
 //! environment ([`CoordinationUrl::with_env_credentials`]: `CONSTRUCTR_ETCD_USER`,
-//! `CONSTRUCTR_ETCD_PASSWORD`, `CONSTRUCTR_CONSUL_TOKEN`). A URL whose password or token
+//! `CONSTRUCTR_ETCD_PASSWORD`, `CONSTRUCTR_CONSUL_TOKEN`, `CONSTRUCTR_ZOOKEEPER_USER`,
+//! `CONSTRUCTR_ZOOKEEPER_PASSWORD`). A URL whose password or token
 //! *is* `<redacted>` (a copied `Display`) is refused rather than sent.
 //!
 //! ```
@@ -59,6 +61,8 @@ pub enum UrlBackend {
     Etcd,
     /// `consul://`, `consul+https://`.
     Consul,
+    /// `zk://` (or `zookeeper://`).
+    ZooKeeper,
 }
 
 impl UrlBackend {
@@ -68,6 +72,15 @@ impl UrlBackend {
             UrlBackend::Memory => "memory",
             UrlBackend::Etcd => "etcd",
             UrlBackend::Consul => "consul",
+            UrlBackend::ZooKeeper => "zookeeper",
+        }
+    }
+
+    /// The URL scheme (without `+https`).
+    fn scheme(self) -> &'static str {
+        match self {
+            UrlBackend::ZooKeeper => "zk",
+            other => other.name(),
         }
     }
 
@@ -75,6 +88,7 @@ impl UrlBackend {
         match (self, tls) {
             (UrlBackend::Consul, true) => 8501,
             (UrlBackend::Consul, false) => 8500,
+            (UrlBackend::ZooKeeper, _) => 2181,
             _ => 2379,
         }
     }
@@ -98,7 +112,7 @@ pub enum CoordinationUrlError {
     MissingScheme,
     /// A scheme this crate does not know.
     #[error(
-        "unknown coordination URL scheme {scheme:?} (memory, etcd, etcd+https, consul, consul+https)"
+        "unknown coordination URL scheme {scheme:?} (memory, etcd, etcd+https, consul, consul+https, zk)"
     )]
     UnknownScheme {
         /// The scheme as written (only shown when it looks like one).
@@ -291,14 +305,23 @@ impl CoordinationUrl {
                     self.secret = get("CONSTRUCTR_CONSUL_TOKEN").map(Secret::from);
                 }
             }
+            UrlBackend::ZooKeeper => {
+                if self.user.is_none() {
+                    self.user = get("CONSTRUCTR_ZOOKEEPER_USER");
+                }
+                if self.user.is_some() && self.secret.is_none() {
+                    self.secret = get("CONSTRUCTR_ZOOKEEPER_PASSWORD").map(Secret::from);
+                }
+            }
         }
         self
     }
 
-    /// Fills in etcd's user and password where the URL has none (credentials given some
-    /// other way, e.g. command-line options): `etcd://root@h` takes only the password.
+    /// Fills in etcd's (or ZooKeeper's) user and password where the URL has none
+    /// (credentials given some other way, e.g. command-line options): `etcd://root@h`
+    /// takes only the password.
     pub fn with_default_user(mut self, user: Option<String>, password: Option<Secret>) -> Self {
-        if self.backend == UrlBackend::Etcd {
+        if matches!(self.backend, UrlBackend::Etcd | UrlBackend::ZooKeeper) {
             if self.user.is_none() {
                 self.user = user;
             }
@@ -380,6 +403,24 @@ impl CoordinationUrl {
         Some(config)
     }
 
+    /// The ZooKeeper configuration this URL describes (default timeouts), or `None` for a
+    /// URL of another backend.
+    #[cfg(feature = "zookeeper")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "zookeeper")))]
+    pub fn zookeeper_config(&self) -> Option<crate::zookeeper::ZooKeeperConfig> {
+        if self.backend != UrlBackend::ZooKeeper {
+            return None;
+        }
+        let servers = self.hosts.iter().map(ToString::to_string);
+        let mut config = crate::zookeeper::ZooKeeperConfig::new(servers);
+        if let Some(user) = &self.user {
+            // A missing password stays missing, so that validation says so.
+            config.user = Some(user.clone());
+            config.password = self.secret.clone();
+        }
+        Some(config)
+    }
+
     /// The backend this URL names, with default timeouts; it connects lazily. `memory://`
     /// gives a new, empty in-process registry.
     ///
@@ -392,7 +433,26 @@ impl CoordinationUrl {
             UrlBackend::Memory => Ok(Arc::new(crate::memory::MemoryCoordination::default())),
             UrlBackend::Etcd => self.connect_etcd(),
             UrlBackend::Consul => self.connect_consul(),
+            UrlBackend::ZooKeeper => self.connect_zookeeper(),
         }
+    }
+
+    #[cfg(feature = "zookeeper")]
+    fn connect_zookeeper(&self) -> Result<Arc<dyn Coordination>, CoordinationUrlError> {
+        let config = self.zookeeper_config().expect("a ZooKeeper URL");
+        crate::zookeeper::ZooKeeperCoordination::new(&config)
+            .map(|c| Arc::new(c) as Arc<dyn Coordination>)
+            .map_err(|e| CoordinationUrlError::Backend {
+                backend: UrlBackend::ZooKeeper,
+                source: Box::new(e),
+            })
+    }
+
+    #[cfg(not(feature = "zookeeper"))]
+    fn connect_zookeeper(&self) -> Result<Arc<dyn Coordination>, CoordinationUrlError> {
+        Err(CoordinationUrlError::Disabled {
+            backend: UrlBackend::ZooKeeper,
+        })
     }
 
     #[cfg(feature = "etcd")]
@@ -450,7 +510,7 @@ impl fmt::Debug for CoordinationUrl {
 
 impl fmt::Display for CoordinationUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.backend.name())?;
+        f.write_str(self.backend.scheme())?;
         if self.tls {
             f.write_str("+https")?;
         }
@@ -507,6 +567,7 @@ impl FromStr for CoordinationUrl {
             "etcd+https" => (UrlBackend::Etcd, true),
             "consul" => (UrlBackend::Consul, false),
             "consul+https" => (UrlBackend::Consul, true),
+            "zk" | "zookeeper" => (UrlBackend::ZooKeeper, false),
             other => {
                 // Echo the scheme only when it looks like one: anything else may be a
                 // mistyped secret.
@@ -581,14 +642,16 @@ impl CoordinationUrl {
                 .ok_or(bad("not valid percent-encoded text"))
         };
         match backend {
-            UrlBackend::Etcd => {
+            UrlBackend::Etcd | UrlBackend::ZooKeeper => {
                 let (user, password) = match userinfo.split_once(':') {
                     Some((u, p)) => (u, Some(p)),
                     None => (userinfo, None),
                 };
                 let user = text(user)?;
                 if user.is_empty() {
-                    return Err(bad("the user is empty (etcd://USER:PASSWORD@HOST)"));
+                    return Err(bad(
+                        "the user is empty (etcd://USER:PASSWORD@HOST, zk://USER:PASSWORD@HOST)",
+                    ));
                 }
                 self.user = Some(user);
                 if let Some(password) = password {
@@ -835,6 +898,34 @@ mod tests {
         let u = parse("etcd://root:p%40ss:w@rd@h").unwrap();
         assert_eq!(u.user(), Some("root"));
         assert_eq!(u.secret().map(Secret::expose), Some("p@ss:w@rd"));
+        let u = parse("zk://app:s3cret@z1,z2:2182,[::1]").unwrap();
+        assert_eq!(u.backend(), UrlBackend::ZooKeeper);
+        assert_eq!(u.user(), Some("app"));
+        assert_eq!(
+            u.to_string(),
+            "zk://app:<redacted>@z1:2181,z2:2182,[::1]:2181"
+        );
+        assert_eq!(parse("zookeeper://z1").unwrap().to_string(), "zk://z1:2181");
+    }
+
+    #[cfg(feature = "zookeeper")]
+    #[test]
+    fn a_zk_url_gives_the_zookeeper_config() {
+        let u = parse("zk://app:s3cret@z1,z2:2182").unwrap();
+        let c = u.zookeeper_config().unwrap();
+        assert_eq!(c.servers, ["z1:2181", "z2:2182"]);
+        assert_eq!(c.user.as_deref(), Some("app"));
+        assert_eq!(c.password.as_ref().map(Secret::expose), Some("s3cret"));
+        c.validate().unwrap();
+        let env = parse("zk://z1")
+            .unwrap()
+            .with_credentials_from(|n| match n {
+                "CONSTRUCTR_ZOOKEEPER_USER" => Some("u".into()),
+                "CONSTRUCTR_ZOOKEEPER_PASSWORD" => Some("pw".into()),
+                _ => None,
+            });
+        assert_eq!(env.user(), Some("u"));
+        assert!(u.connect().is_ok());
     }
 
     #[test]
@@ -845,9 +936,10 @@ mod tests {
             ("", |e| matches!(e, E::MissingScheme)),
             ("h1:2379", |e| matches!(e, E::MissingScheme)),
             (
-                "zookeeper://h",
-                |e| matches!(e, E::UnknownScheme { scheme } if scheme == "zookeeper"),
+                "mongodb://h",
+                |e| matches!(e, E::UnknownScheme { scheme } if scheme == "mongodb"),
             ),
+            ("zk://h:2181?ca=x", |e| matches!(e, E::UnknownOption { .. })),
             ("memory://x", |e| matches!(e, E::MemoryWithAuthority)),
             ("etcd://", |e| matches!(e, E::NoHost { .. })),
             ("etcd://h1,,h2", |e| matches!(e, E::InvalidHost { .. })),

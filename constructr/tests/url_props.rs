@@ -12,6 +12,8 @@ fn url_ish() -> impl Strategy<Value = String> {
         "etcd+https://",
         "consul://",
         "consul+https://",
+        "zk://",
+        "zookeeper://",
         "ETCD://",
         "://",
         "@",
@@ -94,6 +96,18 @@ fn valid_url() -> impl Strategy<Value = (String, Option<String>)> {
             let scheme = if tls { "etcd+https" } else { "etcd" };
             (format!("{scheme}://{userinfo}{hosts}{query}"), secret)
         });
+    let zookeeper = (
+        prop::option::of(("[a-z][a-z0-9_]{0,8}", prop::option::of(secret))),
+        hosts.clone(),
+    )
+        .prop_map(|(creds, hosts)| {
+            let (userinfo, secret) = match creds {
+                Some((u, Some(p))) => (format!("{u}:{p}@"), Some(p)),
+                Some((u, None)) => (format!("{u}@"), None),
+                None => (String::new(), None),
+            };
+            (format!("zk://{userinfo}{hosts}"), secret)
+        });
     let consul = (
         any::<bool>(),
         prop::option::of(secret),
@@ -122,6 +136,7 @@ fn valid_url() -> impl Strategy<Value = (String, Option<String>)> {
         1 => Just(("memory://".to_owned(), None)),
         4 => etcd,
         4 => consul,
+        2 => zookeeper,
     ]
 }
 
