@@ -315,3 +315,186 @@ async fn a_member_whose_session_ended_registers_again_on_a_new_session() {
     node.shutdown();
     node.stopped().await.unwrap();
 }
+
+/// A three-server ensemble on its own Docker network, removed on drop.
+struct Ensemble {
+    servers: Vec<Server>,
+    network: String,
+}
+
+impl Drop for Ensemble {
+    fn drop(&mut self) {
+        self.servers.clear();
+        let _ = Command::new("docker")
+            .args(["network", "rm", &self.network])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// The answer of a four-letter word (`srvr`), empty if the server does not answer.
+fn four_letters(address: &str, word: &str) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(address) else {
+        return String::new();
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let mut answer = String::new();
+    if s.write_all(word.as_bytes()).is_ok() {
+        let _ = s.read_to_string(&mut answer);
+    }
+    answer
+}
+
+fn start_ensemble(image: &str) -> Ensemble {
+    let tag = format!("{}-{}", std::process::id(), free_port());
+    let network = format!("constructr-zk-{tag}");
+    assert!(
+        Command::new("docker")
+            .args(["network", "create", &network])
+            .stdout(Stdio::null())
+            .status()
+            .unwrap()
+            .success()
+    );
+    let names: Vec<String> = (1..=3).map(|i| format!("zk{i}-{tag}")).collect();
+    let members = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| format!("server.{}={n}:2888:3888;2181", i + 1))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut ensemble = Ensemble {
+        servers: Vec::new(),
+        network: network.clone(),
+    };
+    for (i, name) in names.iter().enumerate() {
+        let port = free_port();
+        let out = Command::new("docker")
+            .args([
+                "run",
+                "-d",
+                "--name",
+                name,
+                "--hostname",
+                name,
+                "--network",
+                &network,
+            ])
+            .args([
+                "-e",
+                &format!("ZK_ID={}", i + 1),
+                "-e",
+                &format!("ZK_SERVERS={members}"),
+            ])
+            .arg("-p")
+            .arg(format!("127.0.0.1:{port}:2181"))
+            .arg(image)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        ensemble.servers.push(Server {
+            name: name.clone(),
+            address: format!("127.0.0.1:{port}"),
+        });
+    }
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let modes: Vec<String> = ensemble
+            .servers
+            .iter()
+            .map(|s| four_letters(&s.address, "srvr"))
+            .collect();
+        let leaders = modes.iter().filter(|m| m.contains("Mode: leader")).count();
+        let followers = modes
+            .iter()
+            .filter(|m| m.contains("Mode: follower"))
+            .count();
+        if leaders == 1 && followers == 2 {
+            return ensemble;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no quorum within 90 s: {modes:?}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// Ten nodes start while the ensemble's leader is killed: they form exactly one cluster on
+/// the two servers left (a new leader is elected), and their entries survive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ensemble_whose_leader_is_killed_during_bootstrap_still_forms_one_cluster() {
+    let Some(image) = image() else { return };
+    let ensemble = start_ensemble(&image);
+    let leader = ensemble
+        .servers
+        .iter()
+        .position(|s| four_letters(&s.address, "srvr").contains("Mode: leader"))
+        .expect("a leader");
+    let addresses: Vec<String> = ensemble.servers.iter().map(|s| s.address.clone()).collect();
+    let mut settings = settings("ensemble");
+    // Ride out the election: no retry limit, a generous TTL.
+    settings.nr_of_retries = None;
+    settings.ttl_factor = 10.0;
+    let config =
+        ZooKeeperConfig::new(addresses.clone()).with_session_timeout(Duration::from_secs(6));
+    let local = LocalCluster::new();
+    let mut handles = Vec::new();
+    for i in 0..10u16 {
+        let zk = Arc::new(ZooKeeperCoordination::new(&config).unwrap());
+        let me = NodeId::new(format!("10.0.1.{i}:2552"), rand::random());
+        handles.push(
+            Node::builder()
+                .settings(settings.clone())
+                .address(me.clone())
+                .coordination(zk)
+                .cluster(Arc::new(local.node(me)))
+                .spawn()
+                .unwrap(),
+        );
+        if i == 2 {
+            // The leader goes down while the first nodes bootstrap.
+            let out = Command::new("docker")
+                .args(["kill", &ensemble.servers[leader].name])
+                .output()
+                .unwrap();
+            assert!(out.status.success());
+        }
+    }
+    let started = Instant::now();
+    for h in &handles {
+        tokio::time::timeout(Duration::from_secs(90), h.registered())
+            .await
+            .expect("registered in time")
+            .expect("registered");
+    }
+    println!(
+        "10 nodes registered {:?} after the leader was killed",
+        started.elapsed()
+    );
+    assert_eq!(local.clusters_formed(), 1, "{:?}", local.clusters());
+    assert_eq!(local.clusters().len(), 1);
+    let live: Vec<String> = addresses
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != leader)
+        .map(|(_, a)| a.clone())
+        .collect();
+    let reader = ZooKeeperCoordination::connect(&ZooKeeperConfig::new(live))
+        .await
+        .unwrap();
+    let scope = settings.scope().unwrap();
+    assert_eq!(reader.get_nodes(&scope).await.unwrap().nodes.len(), 10);
+    for h in &handles {
+        h.shutdown();
+    }
+    for h in handles {
+        h.stopped().await.unwrap();
+    }
+}
