@@ -152,11 +152,13 @@ pub fn node_id(i: usize) -> NodeId {
     NodeId::new(format!("node-{i}.test:2552"), rand::random())
 }
 
-/// Spawns `n` nodes on one shared backend, each with its own [`LocalCluster`] handle.
+/// Spawns `n` nodes, each with its own client from `coordination` (as each node of a real
+/// cluster runs in its own process: a killed node takes its connection and session with
+/// it) and its own [`LocalCluster`] handle.
 pub fn spawn_nodes(
     n: usize,
     settings: &Settings,
-    coordination: &Arc<dyn Coordination>,
+    coordination: impl Fn() -> Arc<dyn Coordination>,
     local: &LocalCluster,
 ) -> Vec<NodeHandle> {
     (0..n)
@@ -165,7 +167,7 @@ pub fn spawn_nodes(
             driver::Node::builder()
                 .settings(settings.clone())
                 .address(node.clone())
-                .coordination(coordination.clone())
+                .coordination(coordination())
                 .cluster(Arc::new(local.node(node)))
                 .spawn()
                 .expect("valid settings")
@@ -260,7 +262,7 @@ pub async fn twenty_nodes_started_at_once_form_exactly_one_cluster<B: ScenarioBa
     let scope = settings.scope().expect("scope");
     let local = LocalCluster::new();
     let start = Instant::now();
-    let handles = spawn_nodes(20, &settings, &c, &local);
+    let handles = spawn_nodes(20, &settings, || backend.coordination(), &local);
     all_registered(&handles, settings.lock_ttl() * 4 + Duration::from_secs(20)).await;
     println!(
         "{}: 20 nodes registered after {} ms",
@@ -301,7 +303,7 @@ pub async fn lock_holder_stopped_before_registering_lets_exactly_one_other_node_
     let bound = backend.lock_expiry_bound(settings.lock_ttl());
     let local = LocalCluster::new();
     let start = Instant::now();
-    let handles = spawn_nodes(5, &settings, &c, &local);
+    let handles = spawn_nodes(5, &settings, || backend.coordination(), &local);
     all_registered(&handles, bound + Duration::from_secs(20)).await;
     let elapsed = start.elapsed();
     println!(
@@ -344,7 +346,7 @@ pub async fn aborted_node_entry_expires_within_the_bound<B: ScenarioBackend + ?S
     let settings = scenario_settings(backend, "abort");
     let scope = settings.scope().expect("scope");
     let local = LocalCluster::new();
-    let handles = spawn_nodes(3, &settings, &c, &local);
+    let handles = spawn_nodes(3, &settings, || backend.coordination(), &local);
     all_registered(&handles, settings.lock_ttl() * 2 + Duration::from_secs(20)).await;
 
     let victim = handles[2].node().clone();
@@ -384,7 +386,7 @@ pub async fn gracefully_shut_down_node_is_removed_at_once<B: ScenarioBackend + ?
     let settings = scenario_settings(backend, "graceful");
     let scope = settings.scope().expect("scope");
     let local = LocalCluster::new();
-    let mut handles = spawn_nodes(3, &settings, &c, &local);
+    let mut handles = spawn_nodes(3, &settings, || backend.coordination(), &local);
     all_registered(&handles, settings.lock_ttl() * 2 + Duration::from_secs(20)).await;
 
     let leaving = handles.remove(0);
@@ -436,7 +438,7 @@ pub async fn garbage_under_the_prefix_does_not_disturb_bootstrap<B: ScenarioBack
     assert_eq!(r.epoch.map(|e| e.cluster), Some(ClusterId::UNREADABLE));
 
     let local = LocalCluster::new();
-    let handles = spawn_nodes(5, &settings, &c, &local);
+    let handles = spawn_nodes(5, &settings, || backend.coordination(), &local);
     all_registered(&handles, settings.lock_ttl() * 2 + Duration::from_secs(20)).await;
     assert_one_cluster(&local, 5);
     assert_eq!(registered_nodes(&*c, &scope).await, sorted_ids(&handles));
@@ -470,7 +472,7 @@ pub async fn waiting_nodes_wake_when_the_seed_registers<B: ScenarioBackend + ?Si
     let local = LocalCluster::new();
     // The ghost stands for a seed that is about to register: a member of its own cluster.
     local.try_join(&ghost, std::slice::from_ref(&ghost));
-    let handles = spawn_nodes(3, &settings, &c, &local);
+    let handles = spawn_nodes(3, &settings, || backend.coordination(), &local);
     // Let them find the lock held and start waiting.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let seed = AddMode::Seed {
@@ -517,7 +519,7 @@ pub async fn backend_restart_while_refreshing_recovers_without_rebootstrap<
     settings.validate().expect("valid settings");
     let scope = settings.scope().expect("scope");
     let local = LocalCluster::new();
-    let handles = spawn_nodes(3, &settings, &c, &local);
+    let handles = spawn_nodes(3, &settings, || backend.coordination(), &local);
     all_registered(&handles, settings.lock_ttl() * 2 + Duration::from_secs(20)).await;
     let cluster = local.cluster_of(handles[0].node()).expect("a member");
     let epoch = c
@@ -624,7 +626,7 @@ pub async fn dead_and_hung_endpoints_before_the_live_one_are_skipped<
         "the next request tried the hung endpoint again ({before} connection(s) before)"
     );
     let local = LocalCluster::new();
-    let handles = spawn_nodes(3, &settings, &c, &local);
+    let handles = spawn_nodes(3, &settings, || c.clone(), &local);
     all_registered(&handles, settings.lock_ttl() * 2 + Duration::from_secs(20)).await;
     assert_one_cluster(&local, 3);
     drop(hung);
@@ -662,7 +664,7 @@ pub async fn wrong_credentials_are_a_permanent_error_that_never_shows_the_secret
     );
 
     let local = LocalCluster::new();
-    let handle = spawn_nodes(1, &settings, &creds.wrong, &local).remove(0);
+    let handle = spawn_nodes(1, &settings, || creds.wrong.clone(), &local).remove(0);
     let failure = tokio::time::timeout(
         settings.lock_ttl() + Duration::from_secs(5),
         handle.stopped(),
@@ -679,7 +681,7 @@ pub async fn wrong_credentials_are_a_permanent_error_that_never_shows_the_secret
         "the secret shows in the failure"
     );
 
-    let handles = spawn_nodes(3, &settings, &creds.right, &local);
+    let handles = spawn_nodes(3, &settings, || creds.right.clone(), &local);
     all_registered(&handles, settings.lock_ttl() * 2 + Duration::from_secs(20)).await;
     assert_one_cluster(&local, 3);
     assert_eq!(
@@ -703,7 +705,7 @@ pub async fn tls_with_client_certificates_and_refused_handshakes<B: ScenarioBack
     let settings = scenario_settings(backend, "tls");
     let scope = settings.scope().expect("scope");
     let local = LocalCluster::new();
-    let handles = spawn_nodes(3, &settings, &tls.trusted, &local);
+    let handles = spawn_nodes(3, &settings, || tls.trusted.clone(), &local);
     all_registered(&handles, settings.lock_ttl() * 2 + Duration::from_secs(20)).await;
     assert_one_cluster(&local, 3);
     assert_eq!(

@@ -30,6 +30,7 @@ pub mod nodes;
 pub mod process;
 pub mod service;
 pub mod tls;
+pub mod zookeeper;
 
 /// Set to `1` to skip (not fail) the Docker-based tests on a machine without Docker.
 pub const SKIP_ENV: &str = "CONSTRUCTR_SKIP_DOCKER";

@@ -19,5 +19,5 @@ pub fn spawn_nodes<C: Coordination + 'static>(
     local: &LocalCluster,
 ) -> Vec<NodeHandle> {
     let c: Arc<dyn Coordination> = coordination.clone();
-    constructr_core::scenarios::spawn_nodes(n, settings, &c, local)
+    constructr_core::scenarios::spawn_nodes(n, settings, || c.clone(), local)
 }
