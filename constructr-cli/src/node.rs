@@ -117,7 +117,8 @@ pub fn run(args: NodeArgs, file: &BackendFile, mut settings: Settings) -> ExitCo
             },
             None => None,
         };
-        run_with(coordination, cluster, settings, args.json, http).await
+        let service = format!("{} at {}", resolved.name(), resolved.endpoints());
+        run_with(coordination, cluster, settings, args.json, http, service).await
     })
 }
 
@@ -127,6 +128,7 @@ async fn run_with(
     settings: Settings,
     json: bool,
     http: Option<tokio::net::TcpListener>,
+    service: String,
 ) -> ExitCode {
     let mut out = Printer {
         json,
@@ -213,7 +215,8 @@ async fn run_with(
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
-            eprintln!("error: {failure}");
+            // The machine's message says what failed; this says where.
+            eprintln!("error: {failure} (coordination service: {service})");
             ExitCode::FAILURE
         }
     }

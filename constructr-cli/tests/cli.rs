@@ -926,3 +926,43 @@ fn sigterm(pid: u32) {
         .unwrap();
     assert!(status.success());
 }
+
+/// A node that cannot reach its coordination service fails naming the service and its
+/// endpoint (before: only "coordination request timed out").
+#[test]
+fn a_failed_node_names_its_coordination_endpoint() {
+    let (_listener, port) = silent_endpoint();
+    let endpoint = format!("127.0.0.1:{port}");
+    let settings = std::env::temp_dir().join(format!("constructr-fail-{port}.toml"));
+    std::fs::write(
+        &settings,
+        "nr-of-retries = 1\ncoordination-timeout = \"300ms\"\nretry-delay = \"100ms\"\n",
+    )
+    .unwrap();
+    let gossip = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let out = constructr()
+        .args(["node", "--coordination", &format!("consul://{endpoint}")])
+        .args([
+            "--request-timeout",
+            "300ms",
+            "--gossip",
+            &gossip.to_string(),
+        ])
+        .arg("--config")
+        .arg(&settings)
+        .timeout(std::time::Duration::from_secs(60))
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&settings);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "coordination service: consul at http://{endpoint}"
+        )),
+        "{stderr}"
+    );
+}
