@@ -4,82 +4,18 @@
 //! cluster.
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use constructr_core::scenarios::unique_cluster_name;
 use integration_tests::process::{
     ETCD, NodeProcess, addresses_of, free_udp_ports, wait_converged, wait_until,
 };
-
-/// A ZooKeeper container, removed on drop.
-struct ZooKeeper {
-    name: String,
-    port: u16,
-}
-
-impl Drop for ZooKeeper {
-    fn drop(&mut self) {
-        let _ = Command::new("docker")
-            .args(["rm", "-f", &self.name])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-    }
-}
-
-fn ruok(port: u16) -> bool {
-    use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    let mut answer = String::new();
-    s.write_all(b"ruok").is_ok() && s.read_to_string(&mut answer).is_ok() && answer == "imok"
-}
-
-/// Starts the offline ZooKeeper image, or `None` (skipped) with `CONSTRUCTR_SKIP_DOCKER=1`.
-fn zookeeper() -> Option<ZooKeeper> {
-    let image = std::env::var("CONSTRUCTR_ZOOKEEPER_IMAGE")
-        .unwrap_or_else(|_| "constructr-test/zookeeper:3.8.0".to_owned());
-    let present = Command::new("docker")
-        .args(["image", "inspect", &image])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !present {
-        if std::env::var("CONSTRUCTR_SKIP_DOCKER").as_deref() == Ok("1") {
-            println!("SKIPPED: no image {image} and CONSTRUCTR_SKIP_DOCKER=1");
-            return None;
-        }
-        panic!("no image {image}: run scripts/images.sh (CONSTRUCTR_SKIP_DOCKER=1 skips this)");
-    }
-    let port = integration_tests::container::free_port();
-    let name = format!("constructr-zk-nodes-{}-{port}", std::process::id());
-    let out = Command::new("docker")
-        .args(["run", "-d", "--name", &name, "-p"])
-        .arg(format!("127.0.0.1:{port}:2181"))
-        .arg(&image)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let zk = ZooKeeper { name, port };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !ruok(port) {
-        assert!(Instant::now() < deadline, "ZooKeeper did not start");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    Some(zk)
-}
+use integration_tests::zookeeper::{ZooKeeperServer, image};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_processes_on_zookeeper_form_one_cluster_leave_and_expire() {
-    let Some(zk) = zookeeper() else { return };
+    let Some(image) = image() else { return };
+    let zk = ZooKeeperServer::start(&image, "nodes");
     let cluster = unique_cluster_name("zk-nodes");
     let settings = std::env::temp_dir().join(format!("constructr-{cluster}.toml"));
     std::fs::write(&settings, ETCD.toml).unwrap(); // refresh 1 s, TTL 3 s

@@ -1,10 +1,9 @@
-//! The ZooKeeper backend against a real ZooKeeper 3.8 server (the image
+//! The ZooKeeper backend against real ZooKeeper 3.8 servers (the image
 //! `constructr-test/zookeeper` that `scripts/images.sh` builds from Debian's packages):
 //! the conformance checks its guarantees cover, nodes forming one cluster through the
 //! driver, digest auth with an ACL that refuses others, and a killed session's entries
 //! and lock disappearing.
 
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,90 +12,7 @@ use constructr_core::driver::Node;
 use constructr_core::local::LocalCluster;
 use constructr_core::{ClusterName, Coordination, CoordinationError, NodeId, Scope, Settings};
 use constructr_zookeeper::{ZooKeeperConfig, ZooKeeperCoordination};
-
-/// A ZooKeeper server in a container, removed on drop.
-struct Server {
-    name: String,
-    address: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = Command::new("docker")
-            .args(["rm", "-f", &self.name])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-    }
-}
-
-fn image() -> Option<String> {
-    let image = std::env::var("CONSTRUCTR_ZOOKEEPER_IMAGE")
-        .unwrap_or_else(|_| "constructr-test/zookeeper:3.8.0".to_owned());
-    let found = Command::new("docker")
-        .args(["image", "inspect", &image])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if found {
-        return Some(image);
-    }
-    if std::env::var("CONSTRUCTR_SKIP_DOCKER").as_deref() == Ok("1") {
-        println!("SKIPPED: no image {image} and CONSTRUCTR_SKIP_DOCKER=1");
-        return None;
-    }
-    panic!("no image {image}: run scripts/images.sh (CONSTRUCTR_SKIP_DOCKER=1 skips this test)")
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap()
-}
-
-/// Starts a stand-alone server and waits until it answers `ruok`.
-fn start(image: &str, what: &str) -> Server {
-    let port = free_port();
-    let name = format!("constructr-zk-{what}-{}-{port}", std::process::id());
-    let out = Command::new("docker")
-        .args(["run", "-d", "--name", &name, "-p"])
-        .arg(format!("127.0.0.1:{port}:2181"))
-        .arg(image)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let server = Server {
-        name,
-        address: format!("127.0.0.1:{port}"),
-    };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if ruok(&server.address) {
-            return server;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "ZooKeeper did not start within 60 s"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-fn ruok(address: &str) -> bool {
-    use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect(address) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    let mut answer = String::new();
-    s.write_all(b"ruok").is_ok() && s.read_to_string(&mut answer).is_ok() && answer == "imok"
-}
+use integration_tests::zookeeper::{Ensemble, ZooKeeperServer, image};
 
 struct Suite {
     coordination: ZooKeeperCoordination,
@@ -122,11 +38,11 @@ impl ConformanceBackend for Suite {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_zookeeper_backend_passes_the_conformance_checks_its_guarantees_cover() {
     let Some(image) = image() else { return };
-    let server = start(&image, "conformance");
-    let config = ZooKeeperConfig::new([server.address.clone()]);
+    let server = ZooKeeperServer::start(&image, "conformance");
+    let config = ZooKeeperConfig::new([server.address()]);
     let suite = Suite {
         coordination: ZooKeeperCoordination::connect(&config).await.unwrap(),
-        raw: zookeeper_client::Client::connect(&server.address)
+        raw: zookeeper_client::Client::connect(&server.address())
             .await
             .unwrap(),
     };
@@ -157,10 +73,10 @@ fn settings(what: &str) -> Settings {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_nodes_on_zookeeper_form_one_cluster_and_a_closed_session_takes_its_entries() {
     let Some(image) = image() else { return };
-    let server = start(&image, "nodes");
+    let server = ZooKeeperServer::start(&image, "nodes");
     let settings = settings("nodes");
     let config =
-        ZooKeeperConfig::new([server.address.clone()]).with_session_timeout(Duration::from_secs(2));
+        ZooKeeperConfig::new([server.address()]).with_session_timeout(Duration::from_secs(2));
     let local = LocalCluster::new();
     // Each node has its own session (as one process per node would).
     let mut handles = Vec::new();
@@ -215,10 +131,10 @@ async fn twenty_nodes_on_zookeeper_form_one_cluster_and_a_closed_session_takes_i
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn digest_auth_protects_the_znodes_and_a_wrong_password_is_unauthorized() {
     let Some(image) = image() else { return };
-    let server = start(&image, "auth");
+    let server = ZooKeeperServer::start(&image, "auth");
     let scope = settings("auth").scope().unwrap();
     let owner = ZooKeeperCoordination::connect(
-        &ZooKeeperConfig::new([server.address.clone()]).with_user("constructr", "right-secret"),
+        &ZooKeeperConfig::new([server.address()]).with_user("constructr", "right-secret"),
     )
     .await
     .unwrap();
@@ -232,7 +148,7 @@ async fn digest_auth_protects_the_znodes_and_a_wrong_password_is_unauthorized() 
         .unwrap();
     // Another user (or none) cannot read what the owner's ACL protects.
     let intruder = ZooKeeperCoordination::connect(
-        &ZooKeeperConfig::new([server.address.clone()]).with_user("constructr", "wrong-secret"),
+        &ZooKeeperConfig::new([server.address()]).with_user("constructr", "wrong-secret"),
     )
     .await
     .unwrap();
@@ -249,13 +165,73 @@ async fn digest_auth_protects_the_znodes_and_a_wrong_password_is_unauthorized() 
     assert_eq!(owner.get_nodes(&scope).await.unwrap().nodes, vec![me]);
 }
 
+/// A TCP proxy in front of a server that can cut every connection and refuse new ones
+/// (a network partition between the client and ZooKeeper).
+struct Partition {
+    port: u16,
+    cut: Arc<std::sync::atomic::AtomicBool>,
+    generation: tokio::sync::watch::Sender<u64>,
+}
+
+impl Partition {
+    async fn start(upstream: String) -> Self {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (generation, _) = tokio::sync::watch::channel(0u64);
+        let (flag, gen_tx) = (cut.clone(), generation.clone());
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if flag.load(Ordering::SeqCst) {
+                    continue; // dropped: the connection closes at once
+                }
+                let upstream = upstream.clone();
+                let mut cut_now = gen_tx.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(&upstream).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cut_now.changed() => {}
+                    }
+                });
+            }
+        });
+        Partition {
+            port,
+            cut,
+            generation,
+        }
+    }
+
+    fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    fn heal(&self) {
+        self.cut.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// A partition longer than the session timeout: the server expires the node's session
+/// (its entry goes); when the network heals the client sees the expiry, the backend starts
+/// a new session and the member registers again in the same cluster.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_member_whose_session_ended_registers_again_on_a_new_session() {
+async fn a_member_whose_session_expired_in_a_partition_registers_again_on_a_new_session() {
     let Some(image) = image() else { return };
-    let server = start(&image, "session");
-    let settings = settings("session");
+    let server = ZooKeeperServer::start(&image, "session");
+    let partition = Partition::start(server.address()).await;
+    let mut settings = settings("session");
+    settings.nr_of_retries = None; // ride out the partition
     let config =
-        ZooKeeperConfig::new([server.address.clone()]).with_session_timeout(Duration::from_secs(2));
+        ZooKeeperConfig::new([partition.address()]).with_session_timeout(Duration::from_secs(2));
     let zk = Arc::new(ZooKeeperCoordination::connect(&config).await.unwrap());
     let local = LocalCluster::new();
     let me = NodeId::new("10.0.0.1:2552", 1);
@@ -271,30 +247,35 @@ async fn a_member_whose_session_ended_registers_again_on_a_new_session() {
         .unwrap()
         .unwrap();
     let cluster = node.status().cluster;
-    let reader = ZooKeeperCoordination::connect(&config).await.unwrap();
+    let first_session = zk.session_info().await.expect("connected");
+    let reader = ZooKeeperCoordination::connect(&ZooKeeperConfig::new([server.address()]))
+        .await
+        .unwrap();
     let scope = settings.scope().unwrap();
     assert_eq!(
         reader.get_nodes(&scope).await.unwrap().nodes,
         vec![me.clone()]
     );
 
-    // End the node's session from outside: its ephemeral entry is gone at once.
-    let session = zk.session_info().await.expect("connected");
-    let thief = zookeeper_client::Client::connector()
-        .with_session(session)
-        .with_session_timeout(Duration::from_secs(2))
-        .with_connection_timeout(Duration::from_secs(10))
-        .connect(&server.address)
-        .await
-        .unwrap();
-    drop(thief); // closes the session
-    let ended = Instant::now();
-    let deadline = ended + Duration::from_secs(30);
-    let mut saw_gone = false;
+    // Cut the node off for three session timeouts: the server expires its session.
+    partition.cut();
+    let cut = Instant::now();
+    let deadline = cut + Duration::from_secs(20);
+    while !reader.get_nodes(&scope).await.unwrap().nodes.is_empty() {
+        assert!(Instant::now() < deadline, "the session did not expire");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!(
+        "the partitioned node's entry expired {:?} after the cut",
+        cut.elapsed()
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    partition.heal();
+    let healed = Instant::now();
+    let deadline = healed + Duration::from_secs(30);
     loop {
         let nodes = reader.get_nodes(&scope).await.unwrap().nodes;
-        saw_gone |= nodes.is_empty();
-        if saw_gone && nodes == vec![me.clone()] {
+        if nodes == vec![me.clone()] {
             break;
         }
         assert!(
@@ -305,125 +286,20 @@ async fn a_member_whose_session_ended_registers_again_on_a_new_session() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     println!(
-        "registered again {:?} after its session ended",
-        ended.elapsed()
+        "registered again {:?} after the partition healed",
+        healed.elapsed()
     );
-    // Still the same node of the same cluster, on a new session.
+    let second_session = zk.session_info().await.expect("connected");
+    assert_ne!(
+        format!("{first_session:?}"),
+        format!("{second_session:?}"),
+        "a new session"
+    );
+    // The same node of the same cluster; nobody seeded a second one.
     assert_eq!(node.status().cluster, cluster);
-    assert!(node.state().is_registered() || node.state() == constructr_core::State::Refreshing);
     assert_eq!(local.clusters_formed(), 1);
     node.shutdown();
     node.stopped().await.unwrap();
-}
-
-/// A three-server ensemble on its own Docker network, removed on drop.
-struct Ensemble {
-    servers: Vec<Server>,
-    network: String,
-}
-
-impl Drop for Ensemble {
-    fn drop(&mut self) {
-        self.servers.clear();
-        let _ = Command::new("docker")
-            .args(["network", "rm", &self.network])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-    }
-}
-
-/// The answer of a four-letter word (`srvr`), empty if the server does not answer.
-fn four_letters(address: &str, word: &str) -> String {
-    use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect(address) else {
-        return String::new();
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    let mut answer = String::new();
-    if s.write_all(word.as_bytes()).is_ok() {
-        let _ = s.read_to_string(&mut answer);
-    }
-    answer
-}
-
-fn start_ensemble(image: &str) -> Ensemble {
-    let tag = format!("{}-{}", std::process::id(), free_port());
-    let network = format!("constructr-zk-{tag}");
-    assert!(
-        Command::new("docker")
-            .args(["network", "create", &network])
-            .stdout(Stdio::null())
-            .status()
-            .unwrap()
-            .success()
-    );
-    let names: Vec<String> = (1..=3).map(|i| format!("zk{i}-{tag}")).collect();
-    let members = names
-        .iter()
-        .enumerate()
-        .map(|(i, n)| format!("server.{}={n}:2888:3888;2181", i + 1))
-        .collect::<Vec<_>>()
-        .join(" ");
-    let mut ensemble = Ensemble {
-        servers: Vec::new(),
-        network: network.clone(),
-    };
-    for (i, name) in names.iter().enumerate() {
-        let port = free_port();
-        let out = Command::new("docker")
-            .args([
-                "run",
-                "-d",
-                "--name",
-                name,
-                "--hostname",
-                name,
-                "--network",
-                &network,
-            ])
-            .args([
-                "-e",
-                &format!("ZK_ID={}", i + 1),
-                "-e",
-                &format!("ZK_SERVERS={members}"),
-            ])
-            .arg("-p")
-            .arg(format!("127.0.0.1:{port}:2181"))
-            .arg(image)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        ensemble.servers.push(Server {
-            name: name.clone(),
-            address: format!("127.0.0.1:{port}"),
-        });
-    }
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let modes: Vec<String> = ensemble
-            .servers
-            .iter()
-            .map(|s| four_letters(&s.address, "srvr"))
-            .collect();
-        let leaders = modes.iter().filter(|m| m.contains("Mode: leader")).count();
-        let followers = modes
-            .iter()
-            .filter(|m| m.contains("Mode: follower"))
-            .count();
-        if leaders == 1 && followers == 2 {
-            return ensemble;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no quorum within 90 s: {modes:?}"
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
 }
 
 /// Ten nodes start while the ensemble's leader is killed: they form exactly one cluster on
@@ -431,13 +307,9 @@ fn start_ensemble(image: &str) -> Ensemble {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ensemble_whose_leader_is_killed_during_bootstrap_still_forms_one_cluster() {
     let Some(image) = image() else { return };
-    let ensemble = start_ensemble(&image);
-    let leader = ensemble
-        .servers
-        .iter()
-        .position(|s| four_letters(&s.address, "srvr").contains("Mode: leader"))
-        .expect("a leader");
-    let addresses: Vec<String> = ensemble.servers.iter().map(|s| s.address.clone()).collect();
+    let ensemble = Ensemble::start(&image);
+    let leader = ensemble.leader().expect("a leader");
+    let addresses = ensemble.addresses();
     let mut settings = settings("ensemble");
     // Ride out the election: no retry limit, a generous TTL.
     settings.nr_of_retries = None;
@@ -460,11 +332,7 @@ async fn an_ensemble_whose_leader_is_killed_during_bootstrap_still_forms_one_clu
         );
         if i == 2 {
             // The leader goes down while the first nodes bootstrap.
-            let out = Command::new("docker")
-                .args(["kill", &ensemble.servers[leader].name])
-                .output()
-                .unwrap();
-            assert!(out.status.success());
+            ensemble.servers[leader].kill();
         }
     }
     let started = Instant::now();
