@@ -16,8 +16,9 @@ use zookeeper_client as zk;
 use crate::config::ZooKeeperConfig;
 use crate::error::ZooKeeperError;
 
-/// How often a registration retries a multi whose epoch version moved under it.
-const ROUNDS: usize = 5;
+/// How often a registration retries a multi whose epoch version moved under it: every
+/// registration bumps the epoch, so nodes joining at once contend (each round one wins).
+const ROUNDS: u32 = 64;
 
 /// The ZooKeeper backend: one session per value (share it between the nodes of a process;
 /// their entries live as long as the session). It connects on first use, and again with a
@@ -443,7 +444,12 @@ impl Coordination for ZooKeeperCoordination {
         let data = entry::encode_node(node);
         let ephemeral = zk::CreateMode::Ephemeral.with_acls(self.acls());
         let persistent = zk::CreateMode::Persistent.with_acls(self.acls());
-        for _ in 0..ROUNDS {
+        for round in 0..ROUNDS {
+            if round > 0 {
+                // Spread the contenders out: a few ms, growing, with jitter.
+                let ms = rand::random_range(0..=(2 * round.min(10) as u64));
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+            }
             let snapshot = self.snapshot(&client, &paths).await?;
             let epoch = epoch_of(&snapshot);
             let cluster = match mode {
