@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Formation time of 20 nodes started together against real coordination services, our
+# Formation time of 20 nodes started together against real coordination services (etcd,
+# Consul, ZooKeeper), our
 # defaults side by side with the ConstructR-compatible mode (`--compat constructr`: no watch,
 # fixed retry-delay waits, ConstructR's defaults). Prints a table of medians.
-#   scripts/bench.sh [ROUNDS]   (default 7 rounds per mode)
+#   scripts/bench.sh [ROUNDS]   (default 7 rounds per mode; NODES=N, BACKENDS="etcd ...")
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-7}
@@ -32,6 +33,26 @@ if "$bin" demo --help | grep -q -- '--consul-address'; then
     consul_url="http://127.0.0.1:$(port_of "$consul" 8500/tcp)"
     for _ in $(seq 100); do curl -sf "$consul_url/v1/status/leader" | grep -q ':' && break; sleep 0.2; done
     backends+=("consul --consul-address $consul_url")
+fi
+
+if "$bin" demo --help | grep -q -- '--zookeeper'; then
+    zk=$(docker run -d -p 127.0.0.1::2181 "$CONSTRUCTR_ZOOKEEPER_IMAGE")
+    containers+=("$zk")
+    zk_port=$(port_of "$zk" 2181/tcp)
+    for _ in $(seq 150); do
+        [[ $( (exec 3<>/dev/tcp/127.0.0.1/"$zk_port" && printf ruok >&3 && cat <&3) 2>/dev/null) == imok ]] && break
+        sleep 0.2
+    done
+    backends+=("zookeeper --zookeeper 127.0.0.1:$zk_port")
+fi
+
+# BACKENDS="zookeeper etcd" keeps only those (default: every backend started above).
+if [[ -n ${BACKENDS:-} ]]; then
+    kept=()
+    for b in "${backends[@]}"; do
+        [[ " $BACKENDS " == *" ${b%% *} "* ]] && kept+=("$b")
+    done
+    backends=("${kept[@]}")
 fi
 
 results=$(mktemp)
