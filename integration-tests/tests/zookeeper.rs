@@ -59,6 +59,24 @@ async fn the_zookeeper_backend_passes_the_conformance_checks_its_guarantees_cove
     assert_eq!(report.ran.len(), 14, "{report:?}");
 }
 
+/// Node `i` with its own client, hence its own session (as one process per node would).
+fn spawn_on_own_session(
+    config: &ZooKeeperConfig,
+    settings: &Settings,
+    local: &LocalCluster,
+    i: u16,
+) -> constructr_core::driver::NodeHandle {
+    let zk = Arc::new(ZooKeeperCoordination::new(config).unwrap());
+    let me = NodeId::new(format!("10.0.0.{i}:2552"), rand::random());
+    Node::builder()
+        .settings(settings.clone())
+        .address(me.clone())
+        .coordination(zk)
+        .cluster(Arc::new(local.node(me)))
+        .spawn()
+        .unwrap()
+}
+
 fn settings(what: &str) -> Settings {
     let n: u32 = rand::random();
     let mut s = Settings::default();
@@ -81,17 +99,7 @@ async fn twenty_nodes_on_zookeeper_form_one_cluster_and_a_closed_session_takes_i
     // Each node has its own session (as one process per node would).
     let mut handles = Vec::new();
     for i in 0..20u16 {
-        let zk = Arc::new(ZooKeeperCoordination::connect(&config).await.unwrap());
-        let me = NodeId::new(format!("10.0.0.{i}:2552"), rand::random());
-        handles.push(
-            Node::builder()
-                .settings(settings.clone())
-                .address(me.clone())
-                .coordination(zk)
-                .cluster(Arc::new(local.node(me)))
-                .spawn()
-                .unwrap(),
-        );
+        handles.push(spawn_on_own_session(&config, &settings, &local, i));
     }
     for h in &handles {
         tokio::time::timeout(Duration::from_secs(60), h.registered())
@@ -319,17 +327,7 @@ async fn an_ensemble_whose_leader_is_killed_during_bootstrap_still_forms_one_clu
     let local = LocalCluster::new();
     let mut handles = Vec::new();
     for i in 0..10u16 {
-        let zk = Arc::new(ZooKeeperCoordination::new(&config).unwrap());
-        let me = NodeId::new(format!("10.0.1.{i}:2552"), rand::random());
-        handles.push(
-            Node::builder()
-                .settings(settings.clone())
-                .address(me.clone())
-                .coordination(zk)
-                .cluster(Arc::new(local.node(me)))
-                .spawn()
-                .unwrap(),
-        );
+        handles.push(spawn_on_own_session(&config, &settings, &local, i));
         if i == 2 {
             // The leader goes down while the first nodes bootstrap.
             ensemble.servers[leader].kill();

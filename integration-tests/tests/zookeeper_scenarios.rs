@@ -39,19 +39,10 @@ impl ScenarioBackend for ZooKeeper {
         Arc::new(ZooKeeperCoordination::new(&self.config()).expect("valid config"))
     }
 
-    /// The suite's defaults, with a coordination timeout that covers ZooKeeper's `sync`
-    /// plus a read.
+    /// The suite's usual short settings under its own key prefix.
     fn settings(&self, cluster: ClusterName) -> Settings {
-        let mut s = Settings::default();
-        s.cluster_name = cluster;
+        let mut s = integration_tests::fast_settings(cluster);
         s.key_prefix = PREFIX.into();
-        s.refresh_interval = Duration::from_secs(1);
-        s.ttl_factor = 3.0;
-        s.join_timeout = Duration::from_secs(5);
-        s.coordination_timeout = Duration::from_millis(700);
-        s.nr_of_retries = Some(1);
-        s.retry_delay = Duration::from_millis(300);
-        s.retry_jitter = 0.2;
         s
     }
 
