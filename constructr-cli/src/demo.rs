@@ -24,6 +24,7 @@ pub fn run(
     nodes: usize,
     json: bool,
     seed: Option<u64>,
+    hold_refreshes: u32,
 ) -> ExitCode {
     let resolved = match backend.resolve(file, Fallback::Memory) {
         Ok(r) => r,
@@ -41,9 +42,27 @@ pub fn run(
         match resolved.coordination() {
             Ok(None) => {
                 let memory = Counting::new(MemoryCoordination::default());
-                run_with(memory, name, settings, nodes, json, seed).await
+                let demo = Demo {
+                    backend: name,
+                    settings,
+                    n: nodes,
+                    json,
+                    seed,
+                    hold_refreshes,
+                };
+                run_with(memory, demo).await
             }
-            Ok(Some(c)) => run_with(Counting::new(c), name, settings, nodes, json, seed).await,
+            Ok(Some(c)) => {
+                let demo = Demo {
+                    backend: name,
+                    settings,
+                    n: nodes,
+                    json,
+                    seed,
+                    hold_refreshes,
+                };
+                run_with(Counting::new(c), demo).await
+            }
             Err(e) => backend::fail(&e),
         }
     })
@@ -55,15 +74,32 @@ struct Record {
     event: Event,
 }
 
+/// What one demo run does.
+pub struct Demo {
+    /// The backend's name, for the output.
+    pub backend: &'static str,
+    /// The nodes' settings.
+    pub settings: Settings,
+    /// How many nodes start.
+    pub n: usize,
+    /// One JSON object instead of a timeline.
+    pub json: bool,
+    /// The seed of the nodes' randomness (random if `None`).
+    pub seed: Option<u64>,
+    /// Refresh intervals to keep the formed cluster for, counting its requests.
+    pub hold_refreshes: u32,
+}
+
 /// Runs the demo against any backend.
-pub async fn run_with<C: Coordination>(
-    coordination: Counting<C>,
-    backend: &str,
-    settings: Settings,
-    n: usize,
-    json: bool,
-    seed: Option<u64>,
-) -> ExitCode {
+pub async fn run_with<C: Coordination>(coordination: Counting<C>, demo: Demo) -> ExitCode {
+    let Demo {
+        backend,
+        settings,
+        n,
+        json,
+        seed,
+        hold_refreshes,
+    } = demo;
     let seed = seed.unwrap_or_else(|| rand::rng().random());
     let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
     let coordination = Arc::new(coordination);
@@ -116,6 +152,15 @@ pub async fn run_with<C: Coordination>(
         .filter(|h| h.state() == State::Failed)
         .map(|h| h.node().to_string())
         .collect();
+    // Steady state: the requests of the formed cluster over `hold_refreshes` intervals.
+    let per_refresh = if hold_refreshes > 0 && finished.is_ok() {
+        let before = coordination.calls();
+        tokio::time::sleep(settings.refresh_interval * hold_refreshes).await;
+        let held = coordination.calls() - before;
+        Some(held as f64 / (n as f64 * f64::from(hold_refreshes)))
+    } else {
+        None
+    };
 
     // Graceful shutdown of every node: entries are removed at once.
     for h in &handles {
@@ -170,6 +215,9 @@ pub async fn run_with<C: Coordination>(
             "registered": registered,
             "formation_ms": (formation_ms * 1000.0).round() / 1000.0,
             "coordination_requests": requests_to_form,
+            "requests_per_node": (requests_to_form as f64 / n as f64 * 100.0).round() / 100.0,
+            "hold_refreshes": hold_refreshes,
+            "requests_per_node_per_refresh": per_refresh.map(|r| (r * 100.0).round() / 100.0),
             "failed_nodes": failures,
             "stop_errors": stop_errors,
             "entries_after_shutdown": left_over,
@@ -192,6 +240,11 @@ pub async fn run_with<C: Coordination>(
             sizes.len(),
             sizes
         );
+        if let Some(r) = per_refresh {
+            outln!(
+                "steady state: {r:.2} coordination requests per node per refresh ({hold_refreshes} refreshes)"
+            );
+        }
         if !failures.is_empty() {
             outln!("failed nodes: {failures:?}");
         }

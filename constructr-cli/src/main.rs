@@ -59,6 +59,10 @@ enum Command {
         /// Seed of the nodes' randomness (default: random).
         #[arg(long)]
         seed: Option<u64>,
+        /// Keep the formed cluster for this many refresh intervals and report the
+        /// steady-state requests per node per refresh.
+        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=10_000))]
+        hold_refreshes: u32,
     },
     /// List the registered nodes of a cluster (what an operator needs to inspect it).
     Nodes {
@@ -147,6 +151,7 @@ fn main() -> ExitCode {
             backend,
             json,
             seed,
+            hold_refreshes,
         } => {
             // A fresh cluster name per run, unless the user named one: a demo must not meet
             // the lock or entries of an earlier run in a shared coordination service.
@@ -163,6 +168,7 @@ fn main() -> ExitCode {
                 nodes as usize,
                 json,
                 seed,
+                hold_refreshes,
             )
         }
         Command::Sim {

@@ -59,6 +59,46 @@ fn demo_json_reports_one_cluster_of_all_nodes() {
     assert!(v["formation_ms"].as_f64().is_some());
     // At least a read and a registration per node.
     assert!(v["coordination_requests"].as_u64().unwrap() >= 12 * 2);
+    let per_node = v["requests_per_node"].as_f64().unwrap();
+    let total = v["coordination_requests"].as_f64().unwrap();
+    assert!((per_node - total / 12.0).abs() < 0.01, "{v}");
+    assert!(
+        v["requests_per_node_per_refresh"].is_null(),
+        "no hold asked: {v}"
+    );
+}
+
+/// `--hold-refreshes K` keeps the formed cluster for K refresh intervals and reports its
+/// steady-state requests per node per refresh (the memory backend: one refresh each).
+#[test]
+fn demo_reports_steady_state_requests_per_refresh() {
+    let settings =
+        std::env::temp_dir().join(format!("constructr-hold-{}.toml", std::process::id()));
+    std::fs::write(
+        &settings,
+        "refresh-interval = \"200ms\"\ncoordination-timeout = \"100ms\"\nretry-delay = \"50ms\"\nttl-factor = 10.0\n",
+    )
+    .unwrap();
+    let out = succeed(&[
+        "demo",
+        "--nodes",
+        "5",
+        "--json",
+        "--hold-refreshes",
+        "5",
+        "--config",
+        settings.to_str().unwrap(),
+    ]);
+    let _ = std::fs::remove_file(&settings);
+    let v = json(&out.stdout);
+    assert_eq!(v["hold_refreshes"], 5);
+    let r = v["requests_per_node_per_refresh"]
+        .as_f64()
+        .expect("a number");
+    assert!(
+        (0.6..=1.4).contains(&r),
+        "about one refresh per node per interval: {v}"
+    );
 }
 
 #[test]
