@@ -38,31 +38,17 @@ pub fn run(
         Err(code) => return code,
     };
     rt.block_on(async {
-        let name = resolved.name();
+        let demo = Demo {
+            backend: resolved.name(),
+            settings,
+            n: nodes,
+            json,
+            seed,
+            hold_refreshes,
+        };
         match resolved.coordination() {
-            Ok(None) => {
-                let memory = Counting::new(MemoryCoordination::default());
-                let demo = Demo {
-                    backend: name,
-                    settings,
-                    n: nodes,
-                    json,
-                    seed,
-                    hold_refreshes,
-                };
-                run_with(memory, demo).await
-            }
-            Ok(Some(c)) => {
-                let demo = Demo {
-                    backend: name,
-                    settings,
-                    n: nodes,
-                    json,
-                    seed,
-                    hold_refreshes,
-                };
-                run_with(Counting::new(c), demo).await
-            }
+            Ok(None) => run_with(Counting::new(MemoryCoordination::default()), demo).await,
+            Ok(Some(c)) => run_with(Counting::new(c), demo).await,
             Err(e) => backend::fail(&e),
         }
     })
