@@ -440,12 +440,10 @@ impl CoordinationUrl {
     #[cfg(feature = "zookeeper")]
     fn connect_zookeeper(&self) -> Result<Arc<dyn Coordination>, CoordinationUrlError> {
         let config = self.zookeeper_config().expect("a ZooKeeper URL");
-        crate::zookeeper::ZooKeeperCoordination::new(&config)
-            .map(|c| Arc::new(c) as Arc<dyn Coordination>)
-            .map_err(|e| CoordinationUrlError::Backend {
-                backend: UrlBackend::ZooKeeper,
-                source: Box::new(e),
-            })
+        built(
+            UrlBackend::ZooKeeper,
+            crate::zookeeper::ZooKeeperCoordination::new(&config),
+        )
     }
 
     #[cfg(not(feature = "zookeeper"))]
@@ -458,12 +456,10 @@ impl CoordinationUrl {
     #[cfg(feature = "etcd")]
     fn connect_etcd(&self) -> Result<Arc<dyn Coordination>, CoordinationUrlError> {
         let config = self.etcd_config().expect("an etcd URL");
-        crate::etcd::EtcdCoordination::new(&config)
-            .map(|c| Arc::new(c) as Arc<dyn Coordination>)
-            .map_err(|e| CoordinationUrlError::Backend {
-                backend: UrlBackend::Etcd,
-                source: Box::new(e),
-            })
+        built(
+            UrlBackend::Etcd,
+            crate::etcd::EtcdCoordination::new(&config),
+        )
     }
 
     #[cfg(not(feature = "etcd"))]
@@ -476,12 +472,10 @@ impl CoordinationUrl {
     #[cfg(feature = "consul")]
     fn connect_consul(&self) -> Result<Arc<dyn Coordination>, CoordinationUrlError> {
         let config = self.consul_config().expect("a Consul URL");
-        crate::consul::ConsulCoordination::new(&config)
-            .map(|c| Arc::new(c) as Arc<dyn Coordination>)
-            .map_err(|e| CoordinationUrlError::Backend {
-                backend: UrlBackend::Consul,
-                source: Box::new(e),
-            })
+        built(
+            UrlBackend::Consul,
+            crate::consul::ConsulCoordination::new(&config),
+        )
     }
 
     #[cfg(not(feature = "consul"))]
@@ -490,6 +484,20 @@ impl CoordinationUrl {
             backend: UrlBackend::Consul,
         })
     }
+}
+
+/// A backend `backend` built from a URL's configuration, or why it refused it.
+#[cfg(any(feature = "etcd", feature = "consul", feature = "zookeeper"))]
+fn built<C: Coordination, E: std::error::Error + Send + Sync + 'static>(
+    backend: UrlBackend,
+    result: Result<C, E>,
+) -> Result<Arc<dyn Coordination>, CoordinationUrlError> {
+    result
+        .map(|c| Arc::new(c) as Arc<dyn Coordination>)
+        .map_err(|e| CoordinationUrlError::Backend {
+            backend,
+            source: Box::new(e),
+        })
 }
 
 impl fmt::Debug for CoordinationUrl {
