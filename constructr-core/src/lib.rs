@@ -35,6 +35,8 @@ mod notify;
 pub mod plumbing;
 pub mod secret;
 pub mod settings;
+#[cfg(feature = "plumbing")]
+mod shared_wait;
 #[cfg(feature = "sim")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sim")))]
 pub mod sim;

@@ -1,0 +1,497 @@
+//! [`SharedWaits`]: one watch per scope for all the nodes of a process that wait on it, and
+//! [`SharedReads`]: one read in flight per scope for all the nodes of a process that read it.
+//!
+//! Without it every waiting node holds its own watch (an etcd watch stream, a Consul
+//! blocking query): a process with 1,000 nodes opens 1,000 watches against one service,
+//! and Consul closes the connections above its per-client limit
+//! (`limits.http_max_conns_per_client`, 200 by default). With it, the nodes of one backend
+//! value that wait on the same scope share **one** watch: it runs while at least one of them
+//! waits, and every change it reports wakes all of them at once.
+//!
+//! A driver gives [`SharedWaits::wait`] a function `next(after)` that resolves with the
+//! revision of the first relevant change after revision `after` (after *now* for `None`),
+//! retrying transient failures itself, or with `u64::MAX` when the service's state was reset
+//! (everything may have changed: every waiter wakes and the watch ends). Waiters are woken when the shared watch reports a
+//! revision above the one they read. A waiter whose read is older than the shared watch's
+//! starting point is woken at once (a spurious wake-up: it re-reads), because the watch
+//! cannot say what changed before it started.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! use std::sync::Arc;
+//! use std::sync::atomic::{AtomicU64, Ordering};
+//! use constructr_core::WaitOutcome;
+//! use constructr_core::plumbing::SharedWaits;
+//!
+//! let waits = SharedWaits::default();
+//! let opened = Arc::new(AtomicU64::new(0));
+//! // A "watch" that reports a change at revision 8 after 10 ms.
+//! let next = {
+//!     let opened = opened.clone();
+//!     move |_after: Option<u64>| {
+//!         opened.fetch_add(1, Ordering::Relaxed);
+//!         async {
+//!             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+//!             Ok(8)
+//!         }
+//!     }
+//! };
+//! let (a, b) = tokio::join!(
+//!     waits.wait("scope", Some(7), next.clone()),
+//!     waits.wait("scope", Some(7), next),
+//! );
+//! assert_eq!((a.unwrap(), b.unwrap()), (WaitOutcome::Changed, WaitOutcome::Changed));
+//! assert_eq!(opened.load(Ordering::Relaxed), 1, "the two waiters shared one watch");
+//! # }
+//! ```
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::watch;
+
+use crate::coordination::{CoordinationError, ErrorKind, Result, WaitOutcome};
+
+/// What a shared watch has seen so far.
+#[derive(Clone, Debug)]
+enum Seen {
+    /// Running; the latest revision it reported (`None`: nothing yet).
+    Running(Option<u64>),
+    /// Ended with a permanent error (kind and message), shared by every waiter.
+    Failed(ErrorKind, String),
+}
+
+struct Hub {
+    /// The revision the watch started after (`None`: after the moment it started).
+    from: Option<u64>,
+    seen: watch::Sender<Seen>,
+    /// The newest read of a waiter that subscribed (changed under the hubs' lock): a report
+    /// above it satisfies every waiter, and the watch ends instead of re-opening.
+    newest_read: Mutex<Option<u64>>,
+}
+
+type Hubs = Arc<Mutex<HashMap<String, Arc<Hub>>>>;
+
+/// The shared watches of one backend value, keyed by scope. See the module docs.
+#[derive(Default)]
+pub struct SharedWaits {
+    hubs: Hubs,
+}
+
+impl std::fmt::Debug for SharedWaits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedWaits")
+            .field("running", &self.running())
+            .finish()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct SharedFailure(String);
+
+fn failure(kind: ErrorKind, message: String) -> CoordinationError {
+    CoordinationError::of_kind(kind, SharedFailure(message))
+}
+
+/// An error as its kind and its message (without the prefix its `Display` adds), to hand
+/// to many waiters and rebuild with [`failure`].
+fn parts(e: &CoordinationError) -> (ErrorKind, String) {
+    let message = match e {
+        CoordinationError::Unavailable { message, .. }
+        | CoordinationError::Unauthorized { message }
+        | CoordinationError::Invalid { message }
+        | CoordinationError::Permanent { message, .. } => message.clone(),
+        other => other.to_string(),
+    };
+    (e.kind(), message)
+}
+
+impl SharedWaits {
+    /// How many shared watches run now.
+    pub fn running(&self) -> usize {
+        self.hubs.lock().map(|h| h.len()).unwrap_or(0)
+    }
+
+    /// Resolves with [`WaitOutcome::Changed`] when the shared watch of `key` reports a
+    /// revision above `after` (for `None`: any revision it reports after this call). Starts
+    /// the shared watch with `next` if none runs for `key`; the watch stops when its last
+    /// waiter is dropped, and ends every waiter with its error when it fails permanently.
+    ///
+    /// A waiter with `Some(after)` that joins a watch started with `None` and not reporting
+    /// yet is woken by that watch's next report only (no backend of this workspace reads
+    /// without a revision and waits with one).
+    pub async fn wait<N, F>(&self, key: &str, after: Option<u64>, next: N) -> Result<WaitOutcome>
+    where
+        N: Fn(Option<u64>) -> F + Send + 'static,
+        F: Future<Output = Result<u64>> + Send + 'static,
+    {
+        let mut rx = {
+            let mut hubs = self.hubs.lock().unwrap_or_else(|p| p.into_inner());
+            let hub = match hubs.get(key) {
+                Some(h) => h.clone(),
+                None => {
+                    let (seen, _) = watch::channel(Seen::Running(None));
+                    let hub = Arc::new(Hub {
+                        from: after,
+                        seen,
+                        newest_read: Mutex::new(None),
+                    });
+                    hubs.insert(key.to_owned(), hub.clone());
+                    // The task waits for this lock before it may stop, so the subscription
+                    // below is in place by then.
+                    spawn_hub(self.hubs.clone(), key.to_owned(), hub.clone(), next);
+                    hub
+                }
+            };
+            // A read older than the watch's start: what changed in between is unknown.
+            if let (Some(a), Some(from)) = (after, hub.from)
+                && a < from
+            {
+                return Ok(WaitOutcome::Changed);
+            }
+            if let Some(a) = after {
+                let mut newest = hub.newest_read.lock().unwrap_or_else(|p| p.into_inner());
+                *newest = Some(newest.map_or(a, |n| n.max(a)));
+            }
+            hub.seen.subscribe()
+        };
+        // For `None`, the baseline is what the watch had reported when we subscribed.
+        let baseline = match (*rx.borrow_and_update()).clone() {
+            Seen::Running(latest) => after.or(latest),
+            Seen::Failed(kind, message) => return Err(failure(kind, message)),
+        };
+        loop {
+            match (*rx.borrow_and_update()).clone() {
+                Seen::Running(Some(latest)) if baseline.is_none_or(|b| latest > b) => {
+                    return Ok(WaitOutcome::Changed);
+                }
+                Seen::Running(_) => {}
+                Seen::Failed(kind, message) => return Err(failure(kind, message)),
+            }
+            if rx.changed().await.is_err() {
+                return Err(CoordinationError::unavailable("the shared watch ended"));
+            }
+        }
+    }
+}
+
+/// Reads of one scope by many nodes of one backend value, coalesced: while a read is in
+/// flight, the calls that arrive wait for the **next** read, which starts when it returns
+/// and answers all of them. Every caller gets a read that started after its call (so
+/// reads stay linearizable), and a process never has more than one read of a scope in
+/// flight: 1,000 nodes woken by the same registration send one read, not 1,000.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// use std::sync::Arc;
+/// use std::sync::atomic::{AtomicU64, Ordering};
+/// use constructr_core::plumbing::SharedReads;
+///
+/// let reads = SharedReads::default();
+/// let sent = Arc::new(AtomicU64::new(0));
+/// let read = {
+///     let sent = sent.clone();
+///     move || {
+///         let n = sent.fetch_add(1, Ordering::Relaxed);
+///         async move {
+///             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+///             Ok(n)
+///         }
+///     }
+/// };
+/// let all: Vec<_> = (0..100).map(|_| reads.read("scope", read.clone())).collect();
+/// let answers = futures_join_all(all).await;
+/// assert!(answers.iter().all(|a| a.is_ok()));
+/// assert!(sent.load(Ordering::Relaxed) <= 2, "100 calls, at most two reads");
+/// # }
+/// # async fn futures_join_all<F: std::future::Future>(fs: Vec<F>) -> Vec<F::Output> {
+/// #     let mut out = Vec::new();
+/// #     let handles: Vec<_> = fs.into_iter().map(|f| Box::pin(f)).collect();
+/// #     for h in handles { out.push(h.await); }
+/// #     out
+/// # }
+/// ```
+pub struct SharedReads<T> {
+    queues: Arc<Mutex<HashMap<String, ReadQueue<T>>>>,
+}
+
+type Answer<T> = std::result::Result<T, (ErrorKind, String)>;
+
+struct ReadQueue<T> {
+    waiting: Vec<tokio::sync::oneshot::Sender<Answer<T>>>,
+}
+
+impl<T> Default for SharedReads<T> {
+    fn default() -> Self {
+        Self {
+            queues: Arc::default(),
+        }
+    }
+}
+
+impl<T> std::fmt::Debug for SharedReads<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedReads").finish_non_exhaustive()
+    }
+}
+
+impl<T: Clone + Send + 'static> SharedReads<T> {
+    /// The answer of a `read` of `key` that starts after this call: its own, or one shared
+    /// with the calls that arrived while the previous read was in flight.
+    pub async fn read<R, F>(&self, key: &str, read: R) -> Result<T>
+    where
+        R: Fn() -> F + Send + 'static,
+        F: Future<Output = Result<T>> + Send + 'static,
+    {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        {
+            let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+            match queues.get_mut(key) {
+                Some(q) => q.waiting.push(tx),
+                None => {
+                    queues.insert(key.to_owned(), ReadQueue { waiting: vec![tx] });
+                    tokio::spawn(serve_reads(self.queues.clone(), key.to_owned(), read));
+                }
+            }
+        }
+        match rx.await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err((kind, message))) => Err(failure(kind, message)),
+            Err(_) => Err(CoordinationError::unavailable(
+                "the shared read was dropped",
+            )),
+        }
+    }
+}
+
+/// Reads for the waiting callers of `key`, one read per round, until none waits.
+async fn serve_reads<T, R, F>(
+    queues: Arc<Mutex<HashMap<String, ReadQueue<T>>>>,
+    key: String,
+    read: R,
+) where
+    T: Clone + Send + 'static,
+    R: Fn() -> F + Send + 'static,
+    F: Future<Output = Result<T>> + Send + 'static,
+{
+    loop {
+        let waiting = {
+            let mut queues = queues.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(q) = queues.get_mut(&key) else {
+                return;
+            };
+            q.waiting.retain(|w| !w.is_closed());
+            if q.waiting.is_empty() {
+                queues.remove(&key);
+                return;
+            }
+            std::mem::take(&mut q.waiting)
+        };
+        let answer = read().await.map_err(|e| parts(&e));
+        for w in waiting {
+            let _ = w.send(answer.clone());
+        }
+    }
+}
+
+/// Runs the shared watch of `hub` until its last waiter is gone or it fails permanently,
+/// then removes it from `hubs`.
+fn spawn_hub<N, F>(hubs: Hubs, key: String, hub: Arc<Hub>, next: N)
+where
+    N: Fn(Option<u64>) -> F + Send + 'static,
+    F: Future<Output = Result<u64>> + Send + 'static,
+{
+    let remove = move |hubs: &mut HashMap<String, Arc<Hub>>, hub: &Arc<Hub>| {
+        if hubs.get(&key).is_some_and(|h| Arc::ptr_eq(h, hub)) {
+            hubs.remove(&key);
+        }
+    };
+    tokio::spawn(async move {
+        let mut known = hub.from;
+        loop {
+            let step = tokio::select! {
+                r = next(known) => Some(r),
+                () = hub.seen.closed() => None,
+            };
+            let mut map = hubs.lock().unwrap_or_else(|p| p.into_inner());
+            match step {
+                Some(Ok(u64::MAX)) => {
+                    // Everything may have changed (the service's state was reset): wake
+                    // every waiter; the next wait starts a new watch from its own read.
+                    remove(&mut map, &hub);
+                    hub.seen.send_replace(Seen::Running(Some(u64::MAX)));
+                    return;
+                }
+                Some(Ok(revision)) => {
+                    known = Some(known.map_or(revision, |k| k.max(revision)));
+                    hub.seen.send_replace(Seen::Running(known));
+                    let newest = *hub.newest_read.lock().unwrap_or_else(|p| p.into_inner());
+                    if newest.is_none_or(|n| revision > n) {
+                        // Every waiter is woken: none needs the watch any more.
+                        remove(&mut map, &hub);
+                        return;
+                    }
+                }
+                Some(Err(e)) => {
+                    remove(&mut map, &hub);
+                    let (kind, message) = parts(&e);
+                    hub.seen.send_replace(Seen::Failed(kind, message));
+                    return;
+                }
+                None => {}
+            }
+            // Waiters subscribe under the lock held here: none is left, and none can come.
+            if hub.seen.receiver_count() == 0 {
+                remove(&mut map, &hub);
+                return;
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::Duration;
+
+    /// A fake watch: reports `revision` (incremented per report) every `every`.
+    fn ticking(
+        opened: Arc<AtomicU64>,
+        every: Duration,
+    ) -> impl Fn(Option<u64>) -> std::pin::Pin<Box<dyn Future<Output = Result<u64>> + Send>>
+    + Send
+    + 'static {
+        move |after| {
+            opened.fetch_add(1, Ordering::Relaxed);
+            Box::pin(async move {
+                tokio::time::sleep(every).await;
+                Ok(after.unwrap_or(100) + 1)
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_thousand_waiters_share_one_watch_and_all_wake() {
+        let waits = Arc::new(SharedWaits::default());
+        let opened = Arc::new(AtomicU64::new(0));
+        let mut all = Vec::new();
+        for _ in 0..1000 {
+            let w = waits.clone();
+            let next = ticking(opened.clone(), Duration::from_millis(50));
+            all.push(tokio::spawn(
+                async move { w.wait("s", Some(5), next).await },
+            ));
+        }
+        for t in all {
+            assert_eq!(t.await.unwrap().unwrap(), WaitOutcome::Changed);
+        }
+        assert_eq!(opened.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn a_report_not_above_the_waiters_read_does_not_wake_it() {
+        let waits = SharedWaits::default();
+        let opened = Arc::new(AtomicU64::new(0));
+        // The watch starts after 5 and reports 6, 7, 8...; a waiter that read 7 wakes on 8.
+        let first = waits.wait(
+            "s",
+            Some(5),
+            ticking(opened.clone(), Duration::from_millis(20)),
+        );
+        let second = async {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            let t = std::time::Instant::now();
+            let out = waits
+                .wait(
+                    "s",
+                    Some(7),
+                    ticking(opened.clone(), Duration::from_millis(20)),
+                )
+                .await;
+            (out, t.elapsed())
+        };
+        let (a, (b, waited)) = tokio::join!(first, second);
+        assert_eq!(a.unwrap(), WaitOutcome::Changed);
+        assert_eq!(b.unwrap(), WaitOutcome::Changed);
+        assert!(waited >= Duration::from_millis(40), "woke after {waited:?}");
+    }
+
+    #[tokio::test]
+    async fn a_read_older_than_the_watch_wakes_at_once() {
+        let waits = SharedWaits::default();
+        let opened = Arc::new(AtomicU64::new(0));
+        let first = waits.wait(
+            "s",
+            Some(9),
+            ticking(opened.clone(), Duration::from_secs(60)),
+        );
+        tokio::pin!(first);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(20), &mut first)
+                .await
+                .is_err()
+        );
+        let older = waits.wait(
+            "s",
+            Some(3),
+            ticking(opened.clone(), Duration::from_secs(60)),
+        );
+        assert_eq!(older.await.unwrap(), WaitOutcome::Changed);
+    }
+
+    #[tokio::test]
+    async fn the_watch_stops_with_its_last_waiter_and_a_new_one_starts() {
+        let waits = SharedWaits::default();
+        let opened = Arc::new(AtomicU64::new(0));
+        let w = waits.wait(
+            "s",
+            Some(1),
+            ticking(opened.clone(), Duration::from_secs(60)),
+        );
+        assert!(
+            tokio::time::timeout(Duration::from_millis(20), w)
+                .await
+                .is_err()
+        );
+        for _ in 0..100 {
+            if waits.running() == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(waits.running(), 0, "the watch outlived its waiters");
+        let out = waits
+            .wait(
+                "s",
+                Some(1),
+                ticking(opened.clone(), Duration::from_millis(5)),
+            )
+            .await;
+        assert_eq!(out.unwrap(), WaitOutcome::Changed);
+        assert_eq!(opened.load(Ordering::Relaxed), 2);
+    }
+
+    #[tokio::test]
+    async fn a_permanent_failure_reaches_every_waiter_and_the_next_wait_starts_afresh() {
+        let waits = SharedWaits::default();
+        let failing = |_: Option<u64>| async {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            Err::<u64, _>(CoordinationError::Unauthorized {
+                message: "denied".into(),
+            })
+        };
+        let (a, b) = tokio::join!(
+            waits.wait("s", Some(1), failing),
+            waits.wait("s", Some(1), failing)
+        );
+        for e in [a.unwrap_err(), b.unwrap_err()] {
+            assert_eq!(e.kind(), ErrorKind::Unauthorized);
+            assert!(e.to_string().contains("denied"), "{e}");
+        }
+        let ok = waits.wait("s", Some(1), |_| async { Ok(2) }).await.unwrap();
+        assert_eq!(ok, WaitOutcome::Changed);
+    }
+}
