@@ -374,6 +374,9 @@ impl BackendArgs {
         if let Some(dc) = self.consul_datacenter.clone().or(f.datacenter) {
             config = config.with_datacenter(dc);
         }
+        if let Some(n) = f.max_connections {
+            config = config.with_max_connections(n);
+        }
         let (ca, cert, key) = match (&self.consul_ca, &self.consul_cert) {
             (None, None) => (f.ca, f.cert, f.key),
             _ => (

@@ -15,6 +15,7 @@ use constructr::{
 pub struct Counting<C> {
     inner: C,
     calls: Arc<AtomicU64>,
+    entries_read: AtomicU64,
 }
 
 impl<C> Counting<C> {
@@ -22,11 +23,26 @@ impl<C> Counting<C> {
         Self {
             inner,
             calls: Arc::default(),
+            entries_read: AtomicU64::new(0),
         }
     }
 
     pub fn calls(&self) -> u64 {
         self.calls.load(Ordering::Relaxed)
+    }
+
+    /// What the demo reports as requests: those the backend sent on the wire where it
+    /// counts them (etcd, Consul), else the calls of the `Coordination` trait.
+    pub fn requests(&self) -> u64
+    where
+        C: Coordination,
+    {
+        self.inner.requests_sent().unwrap_or_else(|| self.calls())
+    }
+
+    /// Node entries returned by `get_nodes` calls so far.
+    pub fn entries_read(&self) -> u64 {
+        self.entries_read.load(Ordering::Relaxed)
     }
 
     fn count(&self) {
@@ -47,7 +63,12 @@ impl<C: Coordination> Coordination for Counting<C> {
     }
     async fn get_nodes(&self, scope: &Scope) -> Result<Registry> {
         self.count();
-        self.inner.get_nodes(scope).await
+        let r = self.inner.get_nodes(scope).await;
+        if let Ok(registry) = &r {
+            self.entries_read
+                .fetch_add(registry.nodes.len() as u64, Ordering::Relaxed);
+        }
+        r
     }
     async fn lock(&self, lease: Lease<'_>) -> Result<LockOutcome> {
         self.count();
@@ -68,5 +89,8 @@ impl<C: Coordination> Coordination for Counting<C> {
     async fn wait_for_change(&self, scope: &Scope, revision: Option<u64>) -> Result<WaitOutcome> {
         self.count();
         self.inner.wait_for_change(scope, revision).await
+    }
+    fn requests_sent(&self) -> Option<u64> {
+        self.inner.requests_sent()
     }
 }

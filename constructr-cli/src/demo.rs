@@ -130,7 +130,9 @@ pub async fn run_with<C: Coordination>(coordination: Counting<C>, demo: Demo) ->
     let finished = tokio::time::timeout(bound, all).await;
     let formation = start.elapsed();
     let registered = handles.iter().filter(|h| h.state().is_registered()).count();
-    let requests_to_form = coordination.calls();
+    let requests_to_form = coordination.requests();
+    let calls_to_form = coordination.calls();
+    let entries_read = coordination.entries_read();
     let clusters = cluster.clusters();
     let sizes: Vec<usize> = clusters.values().map(|m| m.len()).collect();
     let failures: Vec<String> = handles
@@ -140,9 +142,9 @@ pub async fn run_with<C: Coordination>(coordination: Counting<C>, demo: Demo) ->
         .collect();
     // Steady state: the requests of the formed cluster over `hold_refreshes` intervals.
     let per_refresh = if hold_refreshes > 0 && finished.is_ok() {
-        let before = coordination.calls();
+        let before = coordination.requests();
         tokio::time::sleep(settings.refresh_interval * hold_refreshes).await;
-        let held = coordination.calls() - before;
+        let held = coordination.requests() - before;
         Some(held as f64 / (n as f64 * f64::from(hold_refreshes)))
     } else {
         None
@@ -201,6 +203,9 @@ pub async fn run_with<C: Coordination>(coordination: Counting<C>, demo: Demo) ->
             "registered": registered,
             "formation_ms": (formation_ms * 1000.0).round() / 1000.0,
             "coordination_requests": requests_to_form,
+            "requests_counted_on": if coordination.requests_sent().is_some() { "wire" } else { "calls" },
+            "coordination_calls": calls_to_form,
+            "entries_read_per_node": (entries_read as f64 / n as f64 * 100.0).round() / 100.0,
             "requests_per_node": (requests_to_form as f64 / n as f64 * 100.0).round() / 100.0,
             "hold_refreshes": hold_refreshes,
             "requests_per_node_per_refresh": per_refresh.map(|r| (r * 100.0).round() / 100.0),

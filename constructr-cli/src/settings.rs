@@ -45,6 +45,9 @@ pub struct ConsulFile {
     pub cert: Option<PathBuf>,
     /// Client key file.
     pub key: Option<PathBuf>,
+    /// Requests in flight at once (and so connections) per process; below the agent's
+    /// `limits.http_max_conns_per_client`.
+    pub max_connections: Option<usize>,
 }
 
 /// The backend sections of the settings file.

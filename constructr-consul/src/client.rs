@@ -35,6 +35,7 @@ use crate::error::{ConsulError, is_acl_denial};
 use constructr_core::plumbing::DriverError;
 
 const TOKEN_HEADER: &str = "X-Consul-Token";
+
 const INDEX_HEADER: &str = "X-Consul-Index";
 
 struct Address {
@@ -236,6 +237,12 @@ pub(crate) struct ConsulClient {
     token: Option<HeaderValue>,
     datacenter: Option<String>,
     request_timeout: Duration,
+    /// Bounds the requests in flight (each needs its own HTTP/1.1 connection) to
+    /// `max_connections`: Consul closes the connections of one client beyond
+    /// `limits.http_max_conns_per_client`.
+    in_flight: tokio::sync::Semaphore,
+    /// Requests sent (every try on every address).
+    sent: std::sync::atomic::AtomicU64,
 }
 
 impl ConsulClient {
@@ -246,7 +253,8 @@ impl ConsulClient {
             .use_rustls_tls()
             .connect_timeout(config.connect_timeout)
             // Proxies from the environment would route a local agent's traffic away.
-            .no_proxy();
+            .no_proxy()
+            .pool_max_idle_per_host(config.max_connections);
         if let Some(tls) = &config.tls {
             if let Some(ca) = &tls.ca {
                 let pem = load_pem(ca, "CA certificate")?;
@@ -327,6 +335,8 @@ impl ConsulClient {
             token,
             datacenter: config.datacenter.clone(),
             request_timeout: config.request_timeout,
+            in_flight: tokio::sync::Semaphore::new(config.max_connections),
+            sent: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -370,6 +380,17 @@ impl ConsulClient {
         body: Option<Vec<u8>>,
         timeout: Duration,
     ) -> Result<Answer, ConsulError> {
+        // Blocking queries (`index=`) wait long and are few (one per watched scope).
+        let _permit = if flags.iter().any(|(name, _)| *name == "index") {
+            None
+        } else {
+            Some(
+                self.in_flight
+                    .acquire()
+                    .await
+                    .map_err(|_| ConsulError::protocol("request limiter closed"))?,
+            )
+        };
         let before = self.addresses.current_index();
         let answer = self
             .addresses
@@ -383,6 +404,8 @@ impl ConsulClient {
                     if let Some(body) = &body {
                         request = request.body(body.clone());
                     }
+                    self.sent
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     async move {
                         let r = attempt(&address.shown, request).await;
                         if let Err(e) = &r
@@ -404,6 +427,11 @@ impl ConsulClient {
 
     fn timeout(&self) -> Duration {
         self.request_timeout
+    }
+
+    /// Requests sent so far (every try on every address).
+    pub(crate) fn requests_sent(&self) -> u64 {
+        self.sent.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// One key, read consistently; `None` if absent.

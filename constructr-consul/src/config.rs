@@ -20,6 +20,9 @@ pub const MIN_SESSION_TTL: Duration = Duration::from_secs(10);
 /// The largest session TTL Consul accepts (24 h).
 pub const MAX_SESSION_TTL: Duration = Duration::from_secs(86_400);
 
+/// The largest `max-connections` (far above any agent's sensible limit).
+pub const MAX_CONNECTIONS: usize = 65_536;
+
 /// How to reach Consul.
 ///
 /// Deserializes from kebab-case fields (`request-timeout = "2s"`). The ACL token and an
@@ -72,6 +75,12 @@ pub struct ConsulConfig {
     /// top). Default 3 s.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// Requests in flight at once through this backend value, blocking queries aside (the
+    /// nodes of one value share one blocking query per scope), and so the HTTP connections
+    /// it opens. Keep it below the agent's `limits.http_max_conns_per_client` (200 by
+    /// default) minus what else of this host talks to the agent: Consul closes the
+    /// connections beyond it. Default 64; 1 to 65,536.
+    pub max_connections: usize,
 }
 
 /// The end of the message for an `https://` address without TLS settings.
@@ -87,6 +96,7 @@ impl Default for ConsulConfig {
             lock_delay: Duration::ZERO,
             connect_timeout: Duration::from_secs(3),
             request_timeout: Duration::from_secs(3),
+            max_connections: 64,
         }
     }
 }
@@ -125,6 +135,11 @@ impl ConsulConfig {
         );
         check_endpoints("address", &self.addresses, tls, TLS_HINT, connect, request)
             .map_err(ConsulError::config)?;
+        if !(1..=MAX_CONNECTIONS).contains(&self.max_connections) {
+            return Err(ConsulError::config(format!(
+                "max-connections must be between 1 and {MAX_CONNECTIONS}"
+            )));
+        }
         if self.lock_delay > Duration::from_secs(60) {
             return Err(ConsulError::config(
                 "lock-delay must be at most 60s (Consul's maximum)",
@@ -196,7 +211,7 @@ pub(crate) fn check_session_ttl(what: &'static str, ttl: Duration) -> Result<(),
 
 config_debug!(ConsulConfig {
     addresses;
-    token, datacenter, tls, lock_delay, connect_timeout, request_timeout
+    token, datacenter, tls, lock_delay, connect_timeout, request_timeout, max_connections
 });
 
 /// TLS settings for Consul: the shared [`TlsConfig`]. The CA verifies Consul's server

@@ -66,18 +66,17 @@ use constructr_core::coordination::{
     RefreshOutcome, Registry, WaitOutcome,
 };
 use constructr_core::entry;
-use constructr_core::plumbing::{Backoff, spawn_background};
+use constructr_core::plumbing::{Backoff, SharedReads, SharedWaits, spawn_background};
 use constructr_core::{ClusterId, Epoch, NodeId, Scope, Settings, SettingsError};
-use rand::Rng as _;
 
 use crate::client::{ConsulClient, KvEntry, Listing, SessionSpec, TxnOp, TxnOutcome};
 use crate::config::{ConsulConfig, check_session_ttl};
+use crate::entries::OwnedEntries;
 use crate::error::ConsulError;
+use crate::joins::{Joins, Pending};
 
 /// How long one blocking query waits at most before it is re-issued.
 const BLOCKING_WAIT: Duration = Duration::from_secs(30);
-/// Attempts of a member registration racing other registrations on the epoch's index.
-const JOIN_ATTEMPTS: u32 = 30;
 /// Content fingerprints of recent reads kept for `wait_for_change`.
 const FINGERPRINTS: usize = 256;
 
@@ -87,8 +86,15 @@ pub struct ConsulCoordination {
     client: Arc<ConsulClient>,
     lock_delay: Duration,
     /// (scope base, index) → content fingerprint of recent `get_nodes` reads.
-    fingerprints: Mutex<VecDeque<(String, u64, u64)>>,
+    fingerprints: Arc<Fingerprints>,
+    entries: Arc<OwnedEntries>,
+    waits: SharedWaits,
+    joins: Joins,
+    reads: SharedReads<Registry>,
 }
+
+/// (scope base, index) → content fingerprint of recent `get_nodes` reads.
+type Fingerprints = Mutex<VecDeque<(String, u64, u64)>>;
 
 impl std::fmt::Debug for ConsulCoordination {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -162,7 +168,11 @@ impl ConsulCoordination {
         Ok(Self {
             client: Arc::new(ConsulClient::new(config)?),
             lock_delay: config.lock_delay,
-            fingerprints: Mutex::new(VecDeque::with_capacity(FINGERPRINTS)),
+            fingerprints: Arc::new(Mutex::new(VecDeque::with_capacity(FINGERPRINTS))),
+            entries: Arc::default(),
+            waits: SharedWaits::default(),
+            joins: Joins::default(),
+            reads: SharedReads::default(),
         })
     }
 
@@ -276,55 +286,24 @@ impl ConsulCoordination {
             AddMode::Join {
                 cluster: Some(cluster),
             } => {
-                let epoch_value = entry::encode_epoch(*cluster);
-                for attempt in 0..JOIN_ATTEMPTS {
-                    let Some(epoch) = self.client.kv_get(&keys.epoch).await? else {
-                        // The marker is gone (the agent lost its data): a member re-creates
-                        // it for its cluster, unless someone else created one first.
-                        let mut ops = vec![TxnOp::cas(&keys.epoch, &epoch_value, 0, 0)];
-                        ops.extend(write_node.iter().cloned());
-                        match self.client.txn(&ops).await? {
-                            TxnOutcome::Committed => return Ok(AddOutcome::Added),
-                            TxnOutcome::Failed { op_index: 0, .. } => continue,
-                            TxnOutcome::Failed { what, .. } => {
-                                return Err(ConsulError::Unavailable {
-                                    address: "-".into(),
-                                    detail: format!("registration transaction failed: {what}"),
-                                });
-                            }
-                        }
-                    };
-                    if epoch.value != epoch_value {
-                        return Ok(AddOutcome::Refused);
-                    }
-                    // Rewriting the marker with the same value moves its modify index,
-                    // which refuses any seeding that read the registry before this.
-                    let mut ops = vec![TxnOp::cas(
-                        &keys.epoch,
-                        &epoch_value,
-                        epoch.modify_index,
-                        epoch.modify_index,
-                    )];
-                    ops.extend(write_node.iter().cloned());
-                    match self.client.txn(&ops).await? {
-                        TxnOutcome::Committed => return Ok(AddOutcome::Added),
-                        TxnOutcome::Failed { op_index: 0, .. } => {
-                            // Another registration moved the index: read again, after a short
-                            // random pause so that racing joiners spread out.
-                            let pause = rand::rng().random_range(5..=20 * u64::from(attempt + 1));
-                            tokio::time::sleep(Duration::from_millis(pause)).await;
-                        }
-                        TxnOutcome::Failed { what, .. } => {
-                            return Err(ConsulError::Unavailable {
-                                address: "-".into(),
-                                detail: format!("registration transaction failed: {what}"),
-                            });
-                        }
-                    }
-                }
-                Err(ConsulError::Unavailable {
-                    address: "-".into(),
-                    detail: "the epoch marker kept changing during the registration".into(),
+                // Written together with the other registrations of this value (`joins`).
+                let (reply, answer) = tokio::sync::oneshot::channel();
+                self.joins.submit(
+                    &self.client,
+                    &keys.epoch,
+                    entry::encode_epoch(*cluster),
+                    Pending {
+                        node_key,
+                        node_value,
+                        session: session.to_owned(),
+                        reply,
+                    },
+                );
+                answer.await.unwrap_or_else(|_| {
+                    Err(ConsulError::Unavailable {
+                        address: "-".into(),
+                        detail: "the registration writer stopped".into(),
+                    })
                 })
             }
             AddMode::Join { cluster: None } => {
@@ -354,12 +333,15 @@ impl ConsulCoordination {
             _ => None,
         })
     }
+}
 
-    fn decode(&self, scope: &Scope, keys: &Keys, listing: &Listing) -> Registry {
+fn decode(scope: &Scope, keys: &Keys, listing: &Listing) -> Registry {
+    {
         let mut registry = Registry {
             nodes: Vec::new(),
             epoch: None,
             revision: Some(listing.index),
+            lock: None,
         };
         for kv in &listing.entries {
             if let Some(suffix) = kv.key.strip_prefix(keys.nodes.as_str()) {
@@ -368,6 +350,11 @@ impl ConsulCoordination {
                     Err(e) => {
                         tracing::warn!(scope = %scope, key = %kv.key, error = %e, "skipping an undecodable registry entry")
                     }
+                }
+            } else if kv.key == keys.lock {
+                // Held only while a session locks it; unreadable: reported as free.
+                if kv.session.is_some() {
+                    registry.lock = entry::decode_lock(&kv.value).ok();
                 }
             } else if kv.key == keys.epoch {
                 match entry::decode_epoch(&kv.value) {
@@ -390,9 +377,11 @@ impl ConsulCoordination {
         }
         registry
     }
+}
 
-    fn remember(&self, base: &str, index: u64, fp: u64) {
-        let mut f = self.fingerprints.lock().unwrap_or_else(|p| p.into_inner());
+fn remember(fingerprints: &Fingerprints, base: &str, index: u64, fp: u64) {
+    {
+        let mut f = fingerprints.lock().unwrap_or_else(|p| p.into_inner());
         if f.iter().any(|(b, i, _)| b == base && *i == index) {
             return;
         }
@@ -401,14 +390,14 @@ impl ConsulCoordination {
         }
         f.push_back((base.to_owned(), index, fp));
     }
+}
 
-    fn remembered(&self, base: &str, index: u64) -> Option<u64> {
-        let f = self.fingerprints.lock().unwrap_or_else(|p| p.into_inner());
-        f.iter()
-            .rev()
-            .find(|(b, i, _)| b == base && *i == index)
-            .map(|(_, _, fp)| *fp)
-    }
+fn remembered(fingerprints: &Fingerprints, base: &str, index: u64) -> Option<u64> {
+    let f = fingerprints.lock().unwrap_or_else(|p| p.into_inner());
+    f.iter()
+        .rev()
+        .find(|(b, i, _)| b == base && *i == index)
+        .map(|(_, _, fp)| *fp)
 }
 
 #[async_trait]
@@ -425,11 +414,30 @@ impl Coordination for ConsulCoordination {
         })
     }
 
+    /// One consistent listing of the scope; the nodes of this backend value that read the
+    /// same scope at once share it ([`SharedReads`]: a read that starts after each call).
     async fn get_nodes(&self, scope: &Scope) -> Result<Registry> {
         let keys = Keys::of(scope);
-        let listing = self.client.kv_list(&keys.base, None).await?;
-        self.remember(&keys.base, listing.index, fingerprint(&listing.entries));
-        Ok(self.decode(scope, &keys, &listing))
+        let client = self.client.clone();
+        let fingerprints = self.fingerprints.clone();
+        let owned = scope.clone();
+        self.reads
+            .read(&keys.base, move || {
+                let (client, fingerprints, scope) =
+                    (client.clone(), fingerprints.clone(), owned.clone());
+                async move {
+                    let keys = Keys::of(&scope);
+                    let listing = client.kv_list(&keys.base, None).await?;
+                    remember(
+                        &fingerprints,
+                        &keys.base,
+                        listing.index,
+                        fingerprint(&listing.entries),
+                    );
+                    Ok(decode(&scope, &keys, &listing))
+                }
+            })
+            .await
     }
 
     async fn lock(&self, lease: Lease<'_>) -> Result<LockOutcome> {
@@ -507,7 +515,14 @@ impl Coordination for ConsulCoordination {
             )
             .await?;
         let outcome = self.register(&keys, node, mode, &session).await;
-        if !matches!(outcome, Ok(AddOutcome::Added)) {
+        if matches!(outcome, Ok(AddOutcome::Added)) {
+            self.entries.remember(
+                &self.client,
+                &keys.nodes,
+                &keys.node(&node.address),
+                session.clone(),
+            );
+        } else {
             // Refused: the session holds nothing. Failed: whether the write took effect is
             // unknown; ending the session removes it, and the caller retries.
             self.destroy_in_background(session);
@@ -515,28 +530,46 @@ impl Coordination for ConsulCoordination {
         Ok(outcome?)
     }
 
+    /// Renews the session of the node's entry: **one** renewal when this backend value's
+    /// watch vouches that the key still holds this incarnation under that session (see
+    /// [`crate::entries`]), else a read of the key first.
     async fn refresh(&self, lease: Lease<'_>) -> Result<RefreshOutcome> {
         let Lease { scope, node, ttl } = lease;
         check_session_ttl("entry TTL", ttl)?;
         let keys = Keys::of(scope);
-        let Some(KvEntry {
-            session: Some(session),
-            ..
-        }) = self.own_entry(&keys, node).await?
-        else {
-            // Absent, another incarnation's, or written without a session (never expires:
-            // not ours).
-            return Ok(RefreshOutcome::Missing);
+        let key = keys.node(&node.address);
+        let trusted = self
+            .entries
+            .trusted_session(&keys.nodes, &key, &entry::encode_node(node));
+        let session = match trusted {
+            Some(session) => session,
+            None => {
+                let Some(KvEntry {
+                    session: Some(session),
+                    ..
+                }) = self.own_entry(&keys, node).await?
+                else {
+                    // Absent, another incarnation's, or written without a session (never
+                    // expires: not ours).
+                    self.entries.forget(&key);
+                    return Ok(RefreshOutcome::Missing);
+                };
+                session
+            }
         };
         Ok(if self.client.session_renew(&session).await? {
+            self.entries
+                .remember(&self.client, &keys.nodes, &key, session);
             RefreshOutcome::Refreshed
         } else {
+            self.entries.forget(&key);
             RefreshOutcome::Missing
         })
     }
 
     async fn remove_self(&self, scope: &Scope, node: &NodeId) -> Result<()> {
         let keys = Keys::of(scope);
+        self.entries.forget(&keys.node(&node.address));
         let Some(own) = self.own_entry(&keys, node).await? else {
             return Ok(()); // absent, or another incarnation's
         };
@@ -557,39 +590,64 @@ impl Coordination for ConsulCoordination {
         Ok(())
     }
 
+    /// A blocking query on the scope, shared by the nodes of this backend value that wait on
+    /// it ([`SharedWaits`]), so a process holds one blocking query per scope.
     async fn wait_for_change(&self, scope: &Scope, revision: Option<u64>) -> Result<WaitOutcome> {
         let keys = Keys::of(scope);
-        let (mut index, known) = match revision {
-            Some(r) => (r, self.remembered(&keys.base, r)),
-            None => {
-                let l = self.client.kv_list(&keys.base, None).await?;
-                (l.index, Some(fingerprint(&l.entries)))
-            }
+        let client = self.client.clone();
+        let fingerprints = self.fingerprints.clone();
+        let base = keys.base.clone();
+        // Waiters that read at the same index share one blocking query.
+        self.waits
+            .wait(
+                &format!("{}@{revision:?}", keys.base),
+                revision,
+                move |after| next_change(client.clone(), fingerprints.clone(), base.clone(), after),
+            )
+            .await
+    }
+
+    fn requests_sent(&self) -> Option<u64> {
+        Some(self.client.requests_sent())
+    }
+}
+
+/// The index of the first change of the content under `base` after index `after` (after
+/// now for `None`); `u64::MAX` if Consul's index went backwards (its state was reset:
+/// everything may have changed).
+async fn next_change(
+    client: Arc<ConsulClient>,
+    fingerprints: Arc<Fingerprints>,
+    base: String,
+    after: Option<u64>,
+) -> Result<u64> {
+    let (mut index, known) = match after {
+        Some(r) => (r, remembered(&fingerprints, &base, r)),
+        None => {
+            let l = client.kv_list(&base, None).await?;
+            (l.index, Some(fingerprint(&l.entries)))
+        }
+    };
+    let mut backoff = Backoff::default();
+    loop {
+        // Consul treats index 0 as "do not block".
+        let answer = client
+            .kv_list(&base, Some((index.max(1), BLOCKING_WAIT)))
+            .await;
+        let Some(listing) = backoff.retry(answer, "a Consul blocking query").await? else {
+            continue;
         };
-        let mut backoff = Backoff::default();
-        loop {
-            // Consul treats index 0 as "do not block".
-            let answer = self
-                .client
-                .kv_list(&keys.base, Some((index.max(1), BLOCKING_WAIT)))
-                .await;
-            let Some(listing) = backoff.retry(answer, "a Consul blocking query").await? else {
-                continue;
-            };
-            backoff.reset();
-            if listing.index < index {
-                // The index went backwards: Consul's state was reset (e.g. restored). The
-                // caller re-reads.
-                return Ok(WaitOutcome::Changed);
-            }
-            if listing.index > index {
-                match known {
-                    Some(fp) if fp == fingerprint(&listing.entries) => {
-                        // Only the index of the whole KV store moved (writes elsewhere).
-                        index = listing.index;
-                    }
-                    _ => return Ok(WaitOutcome::Changed),
+        backoff.reset();
+        if listing.index < index {
+            return Ok(u64::MAX);
+        }
+        if listing.index > index {
+            match known {
+                Some(fp) if fp == fingerprint(&listing.entries) => {
+                    // Only the index of the whole KV store moved (writes elsewhere).
+                    index = listing.index;
                 }
+                _ => return Ok(listing.index),
             }
         }
     }

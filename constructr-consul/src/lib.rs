@@ -36,7 +36,9 @@
 mod client;
 pub mod config;
 pub mod coordination;
+mod entries;
 pub mod error;
+mod joins;
 
 pub use config::{
     ConsulConfig, ConsulTlsConfig, MAX_SESSION_TTL, MIN_SESSION_TTL, PemSource, TlsConfig,
@@ -44,4 +46,5 @@ pub use config::{
 };
 pub use constructr_core::plumbing::{DriverError, Secret};
 pub use coordination::{ConsulCoordination, session_ttl_secs};
+pub use entries::RELIST_PAUSE;
 pub use error::ConsulError;

@@ -40,6 +40,15 @@ pub trait ConformanceBackend: Send + Sync {
     /// about [`ConformanceBackend::ttl`] (as a third party writing garbage would).
     async fn put_raw_entry(&self, scope: &Scope, key_suffix: &str, value: &[u8]);
 
+    /// Deletes `address`'s node entry behind the backend's back (as an operator's
+    /// `etcdctl del` would), leaving its lease or session alive. Backends that declare
+    /// `ttl_expiry` implement it for [`refresh_notices_an_entry_deleted_behind_its_back`];
+    /// the default panics with that message.
+    async fn delete_entry_behind_its_back(&self, scope: &Scope, address: &str) {
+        let _ = (scope, address);
+        panic!("implement ConformanceBackend::delete_entry_behind_its_back for the refresh checks");
+    }
+
     /// The key prefix to test under. Default `/constructr-conformance`.
     fn prefix(&self) -> &str {
         "/constructr-conformance"
@@ -130,6 +139,7 @@ checks! {
     join_registration_recreates_a_lost_epoch: LOCK,
     refresh_extends_and_detects_missing: TTL,
     entries_expire_after_ttl: TTL,
+    refresh_notices_an_entry_deleted_behind_its_back: TTL,
     remove_self_only_removes_own_incarnation: LOCK,
     wait_for_change_wakes_on_registration: WATCH,
     wait_for_change_without_a_revision_waits_for_a_change: WATCH,
@@ -565,6 +575,50 @@ pub async fn refresh_extends_and_detects_missing<B: ConformanceBackend>(b: &B) {
             .await
             .expect("refresh"),
         RefreshOutcome::Missing
+    );
+}
+
+/// A refresh reports `Missing` once the node's entry was deleted by someone else, although
+/// its lease or session lives on, also after earlier refreshes succeeded (a backend that
+/// skips reading the entry on refresh must still notice).
+pub async fn refresh_notices_an_entry_deleted_behind_its_back<B: ConformanceBackend>(b: &B) {
+    let scope = fresh_scope(b.prefix(), "deleted");
+    let c = b.coordination();
+    let ttl = b.ttl();
+    let me = node(1);
+    seed(b, &scope, &me).await;
+    for _ in 0..2 {
+        assert_eq!(
+            c.refresh(scope.lease(&me, ttl)).await.expect("refresh"),
+            RefreshOutcome::Refreshed,
+            "refresh_notices_an_entry_deleted_behind_its_back: refresh of a live entry"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    b.delete_entry_behind_its_back(&scope, &me.address).await;
+    // A watch may take a moment to report the deletion.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        c.refresh(scope.lease(&me, ttl)).await.expect("refresh"),
+        RefreshOutcome::Missing,
+        "refresh_notices_an_entry_deleted_behind_its_back: the deleted entry was refreshed"
+    );
+    // Registering again makes it refreshable again.
+    let cluster = c
+        .get_nodes(&scope)
+        .await
+        .expect("get")
+        .epoch
+        .map(|e| e.cluster);
+    assert_eq!(
+        c.add_self(scope.lease(&me, ttl), &AddMode::Join { cluster })
+            .await
+            .expect("add_self"),
+        AddOutcome::Added
+    );
+    assert_eq!(
+        c.refresh(scope.lease(&me, ttl)).await.expect("refresh"),
+        RefreshOutcome::Refreshed
     );
 }
 

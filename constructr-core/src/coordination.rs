@@ -19,6 +19,10 @@ pub struct Registry {
     /// The backend's revision of this read (etcd revision, Consul index), used as the
     /// starting point of [`Coordination::wait_for_change`]. `None` if the backend has none.
     pub revision: Option<u64>,
+    /// Who held the bootstrap lock at this read, if the backend reports it (`None`: free,
+    /// or not reported). A node that finds the lock held by another does not try to take
+    /// it: it waits for the holder's registration (no lock request, no lease for nothing).
+    pub lock: Option<NodeId>,
 }
 
 /// One node's claim on a key with a time to live: what [`Coordination::lock`],
@@ -476,7 +480,9 @@ pub trait Coordination: Send + Sync + 'static {
         Ok(())
     }
 
-    /// Resolves when anything under `scope` changed after `revision` (a [`Registry::revision`]).
+    /// Resolves when a node registered under `scope`, or its lock was released, after
+    /// `revision` (a [`Registry::revision`]). It may also resolve on other changes (a
+    /// spurious wake-up costs the caller one read), but never at once without a change.
     ///
     /// Backends that can watch (etcd watch, Consul blocking query) override this so nodes
     /// waiting for a seed wake at once. The default returns [`WaitOutcome::Unsupported`]
@@ -485,6 +491,12 @@ pub trait Coordination: Send + Sync + 'static {
     async fn wait_for_change(&self, scope: &Scope, revision: Option<u64>) -> Result<WaitOutcome> {
         let _ = (scope, revision);
         Ok(WaitOutcome::Unsupported)
+    }
+
+    /// How many requests this backend value sent to its service so far (retries and
+    /// watches included), for benchmarks and metrics; `None` if it does not count them.
+    fn requests_sent(&self) -> Option<u64> {
+        None
     }
 }
 
@@ -513,5 +525,8 @@ impl<T: Coordination + ?Sized> Coordination for std::sync::Arc<T> {
     }
     async fn wait_for_change(&self, scope: &Scope, revision: Option<u64>) -> Result<WaitOutcome> {
         (**self).wait_for_change(scope, revision).await
+    }
+    fn requests_sent(&self) -> Option<u64> {
+        (**self).requests_sent()
     }
 }

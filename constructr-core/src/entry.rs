@@ -69,6 +69,19 @@ pub fn decode_node(key_suffix: &str, value: &[u8]) -> Result<NodeId, EntryError>
     Ok(NodeId::new(v.address.into_owned(), v.incarnation))
 }
 
+/// Decodes the lock's value: its holder (encoded like a node entry, under no address key).
+///
+/// ```
+/// use constructr_core::{NodeId, entry};
+/// let holder = NodeId::new("10.0.0.1:2552", 7);
+/// assert_eq!(entry::decode_lock(&entry::encode_node(&holder)).unwrap(), holder);
+/// assert!(entry::decode_lock(b"\xff not json").is_err());
+/// ```
+pub fn decode_lock(value: &[u8]) -> Result<NodeId, EntryError> {
+    let v: EntryValue<'_> = serde_json::from_slice(value).map_err(EntryError::Value)?;
+    Ok(NodeId::new(v.address.into_owned(), v.incarnation))
+}
+
 /// Encodes the epoch marker's value.
 pub fn encode_epoch(cluster: ClusterId) -> Vec<u8> {
     cluster.to_string().into_bytes()

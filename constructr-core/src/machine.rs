@@ -1041,6 +1041,7 @@ impl Machine {
     ) -> Step {
         let revision = registry.revision;
         let epoch = registry.epoch;
+        let held_by_other = registry.lock.as_ref().is_some_and(|h| *h != self.node);
         if let Some((seeds, registration)) = self.others(registry) {
             return Step::Enter(Phase::Joining {
                 seeds,
@@ -1100,6 +1101,14 @@ impl Machine {
                 })
             }
             (_, Some(lock)) => self.seed(lock, epoch_version),
+            // The lock is someone else's: wait for its holder to register (or the lock to
+            // be released) instead of asking for it.
+            (grace, None) if held_by_other => Step::Enter(Phase::WaitingForNodes {
+                revision,
+                until: after(now, self.wait_for_nodes()),
+                watch: None,
+                grace,
+            }),
             (grace, None) => Step::Enter(Phase::Locking {
                 revision,
                 epoch_version,

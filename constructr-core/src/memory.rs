@@ -186,6 +186,7 @@ impl ScopeRegistry {
             nodes,
             epoch: self.epoch,
             revision: Some(self.revision),
+            lock: self.lock.as_ref().map(|l| l.holder.clone()),
         }
     }
 

@@ -219,3 +219,31 @@ fn join_only_node_never_locks_it_waits_watching_then_joins() {
     assert_eq!(m.state(), Joining);
     assert_eq!(m.cluster(), Some(THEIR_CLUSTER));
 }
+
+/// A read that shows the lock held by another node: no lock request (no lease for nothing),
+/// the node waits for the holder's registration at once, watching from the read.
+#[test]
+fn a_lock_read_as_held_by_another_is_not_asked_for() {
+    let mut m = started(settings());
+    let mut read = empty(4);
+    read.lock = Some(node(2));
+    m.handle_reply(at(100), AttemptId(1), nodes(read));
+    transition(
+        &mut m,
+        GettingNodes,
+        WaitingForNodes,
+        &[wait_for_change(2, 4)],
+    );
+    assert_eq!(m.poll_timeout(), Some(at(100) + RETRY_DELAY));
+}
+
+/// A read that shows the lock held by this very node (a restart that kept its identity):
+/// it asks for the lock, which is re-entrant.
+#[test]
+fn a_lock_read_as_held_by_this_node_is_asked_for() {
+    let mut m = started(settings());
+    let mut read = empty(4);
+    read.lock = Some(me());
+    m.handle_reply(at(100), AttemptId(1), nodes(read));
+    assert_eq!(actions(&mut m), vec![lock(2)]);
+}

@@ -22,6 +22,10 @@ impl ConformanceBackend for Memory {
         self.0.put_raw(scope, key_suffix, value, self.ttl());
     }
 
+    async fn delete_entry_behind_its_back(&self, scope: &Scope, address: &str) {
+        self.0.expire_entry(scope, address);
+    }
+
     fn ttl(&self) -> Duration {
         Duration::from_secs(1)
     }

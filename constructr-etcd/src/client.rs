@@ -54,6 +54,8 @@ pub(crate) struct EtcdClient {
     connect_timeout: Duration,
     request_timeout: Duration,
     generations: AtomicU64,
+    /// Requests sent (every try on every endpoint; a watch counts when opened).
+    sent: AtomicU64,
 }
 
 impl EtcdClient {
@@ -104,6 +106,7 @@ impl EtcdClient {
             connect_timeout: config.connect_timeout,
             request_timeout: config.request_timeout,
             generations: AtomicU64::new(0),
+            sent: AtomicU64::new(0),
         })
     }
 
@@ -174,6 +177,7 @@ impl EtcdClient {
                     let request = &request;
                     async move {
                         let (ticket, client) = self.connected(index).await?;
+                        self.sent.fetch_add(1, Ordering::Relaxed);
                         let result =
                             match tokio::time::timeout(self.request_timeout, request(client)).await
                             {
@@ -223,15 +227,21 @@ impl EtcdClient {
         Ok(r.count())
     }
 
-    /// A linearizable read of one key.
-    pub(crate) async fn get(&self, key: &str) -> Result<Option<KeyValue>, EtcdError> {
+    /// Requests sent so far (every try on every endpoint; a watch counts when opened).
+    pub(crate) fn requests_sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
+    }
+
+    /// A linearizable read of one key, and the revision it was read at.
+    pub(crate) async fn get(&self, key: &str) -> Result<(Option<KeyValue>, i64), EtcdError> {
         let (_, mut r) = self
             .call(|mut c| {
                 let key = key.to_owned();
                 async move { c.get(key, None).await }
             })
             .await?;
-        Ok(r.take_kvs().into_iter().next())
+        let revision = r.header().map_or(0, |h| h.revision());
+        Ok((r.take_kvs().into_iter().next(), revision))
     }
 
     /// One transaction.

@@ -29,6 +29,7 @@
 mod client;
 pub mod config;
 pub mod coordination;
+mod entries;
 pub mod error;
 
 pub use config::{EtcdConfig, EtcdTlsConfig, PemSource, TlsConfig};

@@ -172,6 +172,7 @@ impl Snapshot {
             nodes: by_address.into_values().cloned().collect(),
             epoch,
             revision: Some(self.revision),
+            lock: None,
         }
     }
 

@@ -361,6 +361,7 @@ impl Coordination for ZooKeeperCoordination {
             nodes,
             epoch: epoch_of(&snapshot),
             revision: Some(snapshot.revision),
+            lock: None,
         })
     }
 

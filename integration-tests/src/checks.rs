@@ -62,3 +62,100 @@ pub fn assert_wrong_secret_refused(err: &CoordinationError, what: &str, says: &s
     assert!(msg.contains(says), "{msg}");
     assert!(!msg.contains(secret) && !format!("{err:?}").contains(secret));
 }
+
+/// Node 1 registers, refreshes once (the checking path), and after `settle` (the backend's
+/// watch of its own entries lists it) every further refresh sends exactly **one** request.
+/// Then an entry deleted behind the backend's back (`delete`) is still reported `Missing`
+/// by the next refresh.
+pub async fn steady_refresh_is_one_request<C, D>(
+    coordination: &C,
+    scope: &Scope,
+    ttl: Duration,
+    settle: Duration,
+    delete: D,
+) where
+    C: Coordination,
+    D: std::future::Future<Output = ()>,
+{
+    use constructr_core::RefreshOutcome;
+    let me = node_id(1);
+    let added = coordination
+        .add_self(scope.lease(&me, ttl), &AddMode::Join { cluster: None })
+        .await
+        .unwrap();
+    assert_eq!(added, AddOutcome::Added);
+    let refreshed = coordination.refresh(scope.lease(&me, ttl)).await.unwrap();
+    assert_eq!(refreshed, RefreshOutcome::Refreshed);
+    tokio::time::sleep(settle).await;
+    let sent = || {
+        coordination
+            .requests_sent()
+            .expect("the backend counts its requests")
+    };
+    let before = sent();
+    for _ in 0..5 {
+        let refreshed = coordination.refresh(scope.lease(&me, ttl)).await.unwrap();
+        assert_eq!(refreshed, RefreshOutcome::Refreshed);
+    }
+    assert_eq!(
+        sent() - before,
+        5,
+        "requests for 5 refreshes of an unchanged entry"
+    );
+    delete.await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let refreshed = coordination.refresh(scope.lease(&me, ttl)).await.unwrap();
+    assert_eq!(
+        refreshed,
+        RefreshOutcome::Missing,
+        "the deleted entry was refreshed"
+    );
+}
+
+/// `n` waiters on one scope, all from the same read, hold at most `max_requests` requests
+/// between them (one shared watch, not one each), and all wake when node 1 registers.
+pub async fn waiters_share_one_watch<C: Coordination>(
+    coordination: &Arc<C>,
+    scope: &Scope,
+    n: usize,
+    max_requests: u64,
+) {
+    let read = coordination.get_nodes(scope).await.unwrap();
+    let before = coordination
+        .requests_sent()
+        .expect("the backend counts its requests");
+    let waiters: Vec<_> = (0..n)
+        .map(|_| {
+            let c = coordination.clone();
+            let scope = scope.clone();
+            let revision = read.revision;
+            tokio::spawn(async move { c.wait_for_change(&scope, revision).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let waiting = coordination.requests_sent().unwrap() - before;
+    assert!(
+        waiting <= max_requests,
+        "{n} waiters sent {waiting} requests (at most {max_requests} expected)"
+    );
+    assert!(
+        waiters.iter().all(|w| !w.is_finished()),
+        "woke without a change"
+    );
+    let added = coordination
+        .add_self(
+            scope.lease(&node_id(1), Duration::from_secs(10)),
+            &AddMode::Join { cluster: None },
+        )
+        .await
+        .unwrap();
+    assert_eq!(added, AddOutcome::Added);
+    for w in waiters {
+        let out = tokio::time::timeout(Duration::from_secs(10), w)
+            .await
+            .expect("a waiter did not wake")
+            .unwrap()
+            .unwrap();
+        assert_eq!(out, WaitOutcome::Changed);
+    }
+}

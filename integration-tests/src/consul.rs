@@ -54,6 +54,8 @@ pub struct ConsulOptions {
     /// Serves the HTTP API over HTTPS only (port 8501) with `pki`'s server certificate and
     /// requires client certificates signed by its CA.
     pub tls: Option<TestPki>,
+    /// More agent configuration, one `-hcl=` argument each.
+    pub extra_hcl: Vec<String>,
 }
 
 /// One Consul agent, reachable from the test at a fixed `127.0.0.1` port that survives
@@ -114,6 +116,9 @@ impl ConsulNode {
                  ca_file = \"/certs/ca.pem\" cert_file = \"/certs/server.pem\" \
                  key_file = \"/certs/server-key.pem\" verify_incoming_https = true"
             ));
+        }
+        for hcl in &options.extra_hcl {
+            args.push(format!("-hcl={hcl}"));
         }
         let container_port = if options.tls.is_some() {
             HTTPS_PORT
@@ -289,6 +294,13 @@ impl RawConsul {
             .request(reqwest::Method::PUT, &path)
             .body(value.to_vec());
         self.send_ok(request, &format!("put {key}")).await;
+    }
+
+    /// Deletes `key` (no leading `/`), whoever holds it; its session lives on.
+    pub async fn delete_key(&self, key: &str) {
+        let path = format!("/v1/kv/{}", encode_key(key));
+        let request = self.request(reqwest::Method::DELETE, &path);
+        self.send_ok(request, &format!("delete {key}")).await;
     }
 
     /// Deletes every key under `prefix` (no leading `/`), whoever holds them.

@@ -251,6 +251,17 @@ impl constructr_core::conformance::ConformanceBackend for ConformanceService {
         }
     }
 
+    async fn delete_entry_behind_its_back(&self, scope: &constructr_core::Scope, address: &str) {
+        let key = constructr_core::entry::node_key(scope, address);
+        match &self.service {
+            Service::Consul(consul) => consul.raw().delete_key(key.trim_start_matches('/')).await,
+            Service::Etcd(_) | Service::EtcdCluster(_) => {
+                let mut c = self.service.etcd_client().await;
+                c.delete(key, None).await.expect("delete the entry");
+            }
+        }
+    }
+
     /// etcd: the suite's default of 2 s; Consul: its minimum session TTL.
     fn ttl(&self) -> Duration {
         match self.service {

@@ -16,6 +16,7 @@ use constructr_core::local::LocalCluster;
 use constructr_core::{ClusterName, Coordination, Event, Failure, Settings, State};
 use integration_tests::checks::{
     assert_unauthorized, assert_wrong_secret_refused, registration_wakes, spawn_wait_for_change,
+    steady_refresh_is_one_request, waiters_share_one_watch,
 };
 use integration_tests::consul::{ConsulNode, ConsulOptions, consul_settings};
 use integration_tests::nodes::{
@@ -156,6 +157,60 @@ async fn persistent_consul_restart_while_refreshing_recovers_without_rebootstrap
         registered_nodes(&consul, &scope).await,
         sorted_ids(&handles)
     );
+}
+
+/// A refresh of an unchanged entry is one session renewal (the backend's blocking query on
+/// its own entries vouches for the key); a key deleted while its session lives is still
+/// noticed.
+#[tokio::test]
+async fn steady_state_refresh_is_one_request_and_still_notices_a_deleted_key() {
+    require_docker!();
+    init_tracing();
+    let (node, consul) = with_client(ConsulNode::start()).await;
+    let scope = consul_settings(unique_cluster_name("one-request"))
+        .scope()
+        .unwrap();
+    let key =
+        constructr_core::entry::node_key(&scope, &constructr_core::scenarios::node_id(1).address);
+    let raw = node.raw();
+    let delete = async {
+        raw.delete_key(key.trim_start_matches('/')).await;
+    };
+    // The watch of the own entries re-lists at most once a second after a change.
+    let settle = constructr_consul::RELIST_PAUSE + Duration::from_millis(500);
+    steady_refresh_is_one_request(&*consul, &scope, Duration::from_secs(10), settle, delete).await;
+}
+
+/// 200 nodes of one process waiting on one scope share one blocking query, and all wake on
+/// the first registration.
+#[tokio::test]
+async fn two_hundred_waiters_share_one_blocking_query() {
+    require_docker!();
+    init_tracing();
+    let (_node, consul) = with_client(ConsulNode::start()).await;
+    let scope = consul_settings(unique_cluster_name("shared-watch"))
+        .scope()
+        .unwrap();
+    waiters_share_one_watch(&consul, &scope, 200, 1).await;
+}
+
+/// Consul closes the connections of one client beyond `limits.http_max_conns_per_client`;
+/// 300 nodes in one process against an agent that allows 100 still all register (the
+/// backend bounds its requests in flight, 64 by default, and shares blocking queries).
+#[tokio::test]
+async fn many_nodes_in_one_process_stay_within_the_agents_connection_limit() {
+    require_docker!();
+    init_tracing();
+    let (_node, consul) = with_client(ConsulNode::start_with(ConsulOptions {
+        extra_hcl: vec!["limits { http_max_conns_per_client = 100 }".into()],
+        ..ConsulOptions::default()
+    }))
+    .await;
+    let settings = consul_settings(unique_cluster_name("conn-limit"));
+    let local = LocalCluster::new();
+    let handles = spawn_nodes(300, &settings, &consul, &local);
+    all_registered(&handles, Duration::from_secs(60)).await;
+    assert_one_cluster(&local, 300);
 }
 
 /// A blocking query on an empty prefix: Consul's KV index moves with writes anywhere, which

@@ -16,6 +16,7 @@ use constructr_core::{
 use constructr_etcd::{EtcdConfig, EtcdCoordination, EtcdError};
 use integration_tests::checks::{
     assert_wrong_secret_refused, registration_wakes, spawn_wait_for_change,
+    steady_refresh_is_one_request, waiters_share_one_watch,
 };
 use integration_tests::etcd::{EtcdCluster3, EtcdNode};
 use integration_tests::nodes::{
@@ -119,6 +120,38 @@ async fn leader_killed_during_bootstrap_still_forms_one_cluster() {
     );
     assert_one_cluster(&local, 10);
     assert_eq!(registered_nodes(&etcd, &scope).await, sorted_ids(&handles));
+}
+
+/// A refresh of an unchanged entry is one lease keep-alive (the backend's watch vouches for
+/// the key); a key deleted by an operator while its lease lives is still noticed.
+#[tokio::test]
+async fn steady_state_refresh_is_one_request_and_still_notices_a_deleted_key() {
+    require_docker!();
+    init_tracing();
+    let (node, etcd, scope) = member_and_scope("one-request").await;
+    let key =
+        constructr_core::entry::node_key(&scope, &constructr_core::scenarios::node_id(1).address);
+    let delete = async {
+        node.client().await.delete(key, None).await.unwrap();
+    };
+    steady_refresh_is_one_request(
+        &*etcd,
+        &scope,
+        Duration::from_secs(10),
+        Duration::from_millis(300),
+        delete,
+    )
+    .await;
+}
+
+/// 200 nodes of one process waiting on one scope share one watch (two streams: from the
+/// read, and from now on), and all wake on the first registration.
+#[tokio::test]
+async fn two_hundred_waiters_share_one_watch() {
+    require_docker!();
+    init_tracing();
+    let (_node, etcd, scope) = member_and_scope("shared-watch").await;
+    waiters_share_one_watch(&etcd, &scope, 200, 2).await;
 }
 
 #[tokio::test]

@@ -244,6 +244,7 @@ pub fn registry(nodes: &[NodeId], epoch: Option<Epoch>, revision: u64) -> Regist
         nodes: nodes.to_vec(),
         epoch,
         revision: Some(revision),
+        lock: None,
     }
 }
 
