@@ -239,8 +239,11 @@ async fn a_member_whose_session_expired_in_a_partition_registers_again_on_a_new_
     let partition = Partition::start(server.address()).await;
     let mut settings = settings("session");
     settings.nr_of_retries = None; // ride out the partition
-    let config =
-        ZooKeeperConfig::new([partition.address()]).with_session_timeout(Duration::from_secs(2));
+    // A generous connect timeout: the first connect through the proxy timed out once on
+    // a loaded machine (CI runs the Docker tests in parallel).
+    let config = ZooKeeperConfig::new([partition.address()])
+        .with_session_timeout(Duration::from_secs(2))
+        .with_connect_timeout(Duration::from_secs(15));
     let zk = Arc::new(ZooKeeperCoordination::connect(&config).await.unwrap());
     let local = LocalCluster::new();
     let me = NodeId::new("10.0.0.1:2552", 1);
