@@ -532,7 +532,7 @@ impl Coordination for ConsulCoordination {
 
     /// Renews the session of the node's entry: **one** renewal when this backend value's
     /// watch vouches that the key still holds this incarnation under that session (see
-    /// [`crate::entries`]), else a read of the key first.
+    /// the `entries` module), else a read of the key first.
     async fn refresh(&self, lease: Lease<'_>) -> Result<RefreshOutcome> {
         let Lease { scope, node, ttl } = lease;
         check_session_ttl("entry TTL", ttl)?;

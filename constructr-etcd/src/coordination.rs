@@ -291,7 +291,7 @@ impl Coordination for EtcdCoordination {
 
     /// Keeps alive the lease of the node's entry: **one** keep-alive when this backend
     /// value's watch vouches that the key still holds this incarnation (see
-    /// [`crate::entries`]), else a read of the key first. The lease was granted with the TTL
+    /// the `entries` module), else a read of the key first. The lease was granted with the TTL
     /// of `add_self`; a different `lease.ttl` here does not change it.
     async fn refresh(&self, lease: Lease<'_>) -> Result<RefreshOutcome> {
         let Lease { scope, node, .. } = lease;
