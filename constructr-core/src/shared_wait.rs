@@ -189,7 +189,7 @@ impl SharedWaits {
 /// use std::sync::atomic::{AtomicU64, Ordering};
 /// use constructr_core::plumbing::SharedReads;
 ///
-/// let reads = SharedReads::default();
+/// let reads = Arc::new(SharedReads::default());
 /// let sent = Arc::new(AtomicU64::new(0));
 /// let read = {
 ///     let sent = sent.clone();
@@ -201,16 +201,15 @@ impl SharedWaits {
 ///         }
 ///     }
 /// };
-/// let all: Vec<_> = (0..100).map(|_| reads.read("scope", read.clone())).collect();
-/// let answers = futures_join_all(all).await;
-/// assert!(answers.iter().all(|a| a.is_ok()));
+/// let mut all = tokio::task::JoinSet::new();
+/// for _ in 0..100 {
+///     let (reads, read) = (reads.clone(), read.clone());
+///     all.spawn(async move { reads.read("scope", read).await });
+/// }
+/// while let Some(answer) = all.join_next().await {
+///     assert!(answer.unwrap().is_ok());
+/// }
 /// assert!(sent.load(Ordering::Relaxed) <= 2, "100 calls, at most two reads");
-/// # }
-/// # async fn futures_join_all<F: std::future::Future>(fs: Vec<F>) -> Vec<F::Output> {
-/// #     let mut out = Vec::new();
-/// #     let handles: Vec<_> = fs.into_iter().map(|f| Box::pin(f)).collect();
-/// #     for h in handles { out.push(h.await); }
-/// #     out
 /// # }
 /// ```
 pub struct SharedReads<T> {
