@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use constructr::{
-    AddMode, AddOutcome, Coordination, Lease, LockOutcome, NodeId, RefreshOutcome, Registry, Scope,
-    WaitOutcome,
+    AddMode, AddOutcome, Coordination, Lease, LockOutcome, NodeId, NodeLimit, RefreshOutcome,
+    Registry, Scope, WaitOutcome,
 };
 
 /// Counts every call that reaches the wrapped backend (watches included).
@@ -64,6 +64,15 @@ impl<C: Coordination> Coordination for Counting<C> {
     async fn get_nodes(&self, scope: &Scope) -> Result<Registry> {
         self.count();
         let r = self.inner.get_nodes(scope).await;
+        if let Ok(registry) = &r {
+            self.entries_read
+                .fetch_add(registry.nodes.len() as u64, Ordering::Relaxed);
+        }
+        r
+    }
+    async fn get_some_nodes(&self, scope: &Scope, limit: NodeLimit) -> Result<Registry> {
+        self.count();
+        let r = self.inner.get_some_nodes(scope, limit).await;
         if let Ok(registry) = &r {
             self.entries_read
                 .fetch_add(registry.nodes.len() as u64, Ordering::Relaxed);

@@ -57,12 +57,13 @@
 use constructr_core::coordination::Result;
 use std::collections::VecDeque;
 use std::hash::{Hash as _, Hasher as _};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use constructr_core::coordination::{
-    AddMode, AddOutcome, Coordination, CoordinationError, Lease, LockOutcome, LockToken,
+    AddMode, AddOutcome, Coordination, CoordinationError, Lease, LockOutcome, LockToken, NodeLimit,
     RefreshOutcome, Registry, WaitOutcome,
 };
 use constructr_core::entry;
@@ -90,7 +91,9 @@ pub struct ConsulCoordination {
     entries: Arc<OwnedEntries>,
     waits: SharedWaits,
     joins: Joins,
-    reads: SharedReads<Registry>,
+    reads: SharedReads<Arc<Registry>>,
+    /// Where the next bounded read starts handing out entries of the shared listing.
+    rotation: AtomicUsize,
 }
 
 /// (scope base, index) → content fingerprint of recent `get_nodes` reads.
@@ -173,7 +176,34 @@ impl ConsulCoordination {
             waits: SharedWaits::default(),
             joins: Joins::default(),
             reads: SharedReads::default(),
+            rotation: AtomicUsize::new(0),
         })
+    }
+
+    /// One consistent listing of `scope`, shared by the calls that arrive while the previous
+    /// one is in flight.
+    async fn shared_listing(&self, scope: &Scope) -> Result<Arc<Registry>> {
+        let keys = Keys::of(scope);
+        let client = self.client.clone();
+        let fingerprints = self.fingerprints.clone();
+        let owned = scope.clone();
+        self.reads
+            .read(&keys.base, move || {
+                let (client, fingerprints, scope) =
+                    (client.clone(), fingerprints.clone(), owned.clone());
+                async move {
+                    let keys = Keys::of(&scope);
+                    let listing = client.kv_list(&keys.base, None).await?;
+                    remember(
+                        &fingerprints,
+                        &keys.base,
+                        listing.index,
+                        fingerprint(&listing.entries),
+                    );
+                    Ok(Arc::new(decode(&scope, &keys, &listing)))
+                }
+            })
+            .await
     }
 
     /// Checks that Consul answers, has a leader, knows the ACL token (if one is set) and
@@ -417,27 +447,15 @@ impl Coordination for ConsulCoordination {
     /// One consistent listing of the scope; the nodes of this backend value that read the
     /// same scope at once share it ([`SharedReads`]: a read that starts after each call).
     async fn get_nodes(&self, scope: &Scope) -> Result<Registry> {
-        let keys = Keys::of(scope);
-        let client = self.client.clone();
-        let fingerprints = self.fingerprints.clone();
-        let owned = scope.clone();
-        self.reads
-            .read(&keys.base, move || {
-                let (client, fingerprints, scope) =
-                    (client.clone(), fingerprints.clone(), owned.clone());
-                async move {
-                    let keys = Keys::of(&scope);
-                    let listing = client.kv_list(&keys.base, None).await?;
-                    remember(
-                        &fingerprints,
-                        &keys.base,
-                        listing.index,
-                        fingerprint(&listing.entries),
-                    );
-                    Ok(decode(&scope, &keys, &listing))
-                }
-            })
-            .await
+        self.shared_listing(scope).await.map(Arc::unwrap_or_clone)
+    }
+
+    /// The shared listing of `get_nodes` (Consul's KV listing has no limit), of which each
+    /// caller gets `limit` entries from a rotating start: the listing is read once for
+    /// all nodes that read at once, and joiners spread over every registered node.
+    async fn get_some_nodes(&self, scope: &Scope, limit: NodeLimit) -> Result<Registry> {
+        let shared = self.shared_listing(scope).await?;
+        Ok(shared.some(limit, self.rotation.fetch_add(1, Ordering::Relaxed)))
     }
 
     async fn lock(&self, lease: Lease<'_>) -> Result<LockOutcome> {

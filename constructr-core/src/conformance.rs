@@ -104,7 +104,9 @@ macro_rules! checks {
             let mut report = Report::default();
             $(
                 if declared.covers(&$needs) {
+                    let started = std::time::Instant::now();
                     $check(b).await;
+                    println!("conformance: {} passed in {:?}", stringify!($check), started.elapsed());
                     report.ran.push(stringify!($check));
                 } else {
                     report.not_covered.push(stringify!($check));
@@ -129,6 +131,7 @@ checks! {
     empty_registry_reads_empty: REGISTRY,
     a_registration_is_read_refreshed_and_removed: REGISTRY,
     garbage_entries_are_skipped: REGISTRY,
+    bounded_reads_return_min_of_limit_and_registered: LOCK,
     lock_is_exclusive: LOCK,
     relock_by_holder_returns_same_token: LOCK,
     seed_registration_is_fenced_by_the_lock: LOCK,
@@ -718,6 +721,80 @@ pub async fn garbage_entries_are_skipped<B: ConformanceBackend>(b: &B) {
         .await
         .expect("get_nodes must not fail on garbage");
     assert_eq!(r.nodes, vec![node(1)], "garbage_entries_are_skipped");
+}
+
+/// `get_some_nodes(limit)` returns exactly `min(limit, registered)` distinct registered
+/// entries and the epoch of a full read, also when undecodable entries sort before every
+/// valid one (a backend that pages must read past them), so that "no other node" read
+/// from a bounded answer is true. It needs the lock: that is where the answer decides
+/// whether a node seeds (it also registers 40 nodes through one backend value).
+pub async fn bounded_reads_return_min_of_limit_and_registered<B: ConformanceBackend>(b: &B) {
+    const CHECK: &str = "bounded_reads_return_min_of_limit_and_registered";
+    let scope = fresh_scope(b.prefix(), "bounded");
+    let c = b.coordination();
+    let limit = |n| crate::coordination::NodeLimit::new(n).expect("n >= 2");
+    let empty = c
+        .get_some_nodes(&scope, limit(2))
+        .await
+        .expect("get_some_nodes");
+    assert!(
+        empty.nodes.is_empty(),
+        "{CHECK}: an empty scope read {empty:?}"
+    );
+    let cluster = register_first(b, &scope, &node(1)).await;
+    let alone = c
+        .get_some_nodes(&scope, limit(2))
+        .await
+        .expect("get_some_nodes");
+    assert_eq!(alone.nodes, vec![node(1)], "{CHECK}: one registered node");
+    let mode = AddMode::Join {
+        cluster: Some(cluster),
+    };
+    let registered: Vec<NodeId> = (1..=40).map(node).collect();
+    for n in &registered[1..] {
+        assert_eq!(
+            c.add_self(scope.lease(n, LONG), &mode)
+                .await
+                .expect("add_self"),
+            AddOutcome::Added,
+            "{CHECK}: a member's registration"
+        );
+    }
+    // Garbage whose keys sort before every valid entry's (base64url of "10.…" is "MTAu…").
+    for i in 0..40 {
+        b.put_raw_entry(&scope, &format!("A{i:03}"), b"\xff garbage")
+            .await;
+    }
+    let full = c.get_nodes(&scope).await.expect("get_nodes");
+    assert_eq!(full.nodes.len(), 40, "{CHECK}: the full read");
+    for n in [2, 3, 6, 33, 40, 41, 1000, usize::MAX] {
+        let some = c
+            .get_some_nodes(&scope, limit(n))
+            .await
+            .expect("get_some_nodes");
+        assert_eq!(
+            some.nodes.len(),
+            n.min(40),
+            "{CHECK}: limit {n} read {:?}",
+            some.nodes
+        );
+        let distinct: std::collections::BTreeSet<_> = some.nodes.iter().collect();
+        assert_eq!(
+            distinct.len(),
+            some.nodes.len(),
+            "{CHECK}: limit {n}: duplicates"
+        );
+        assert!(
+            some.nodes.iter().all(|x| registered.contains(x)),
+            "{CHECK}: limit {n} read an unregistered node: {:?}",
+            some.nodes
+        );
+        assert_eq!(
+            some.epoch.map(|e| e.cluster),
+            Some(cluster),
+            "{CHECK}: limit {n}: the epoch"
+        );
+    }
 }
 
 /// A backend that does not declare a watch says so: `Unsupported`, at once.

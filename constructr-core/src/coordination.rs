@@ -6,6 +6,45 @@ use async_trait::async_trait;
 
 use crate::node::{ClusterId, Epoch, NodeId, Scope};
 
+/// How many node entries a bounded read ([`Coordination::get_some_nodes`]) returns at
+/// most: at least 2, so that a node that finds no other node in the answer (the answer may
+/// hold its own entry) knows that there is none.
+///
+/// ```
+/// use constructr_core::coordination::NodeLimit;
+///
+/// assert_eq!(NodeLimit::new(1), None);
+/// assert_eq!(NodeLimit::new(6).map(NodeLimit::get), Some(6));
+/// // What joining with at most 5 seeds needs: 5 others and maybe this node itself.
+/// assert_eq!(NodeLimit::for_seeds(5).map(NodeLimit::get), Some(6));
+/// // 0 = every registered node is a seed: no bound.
+/// assert_eq!(NodeLimit::for_seeds(0), None);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct NodeLimit(usize);
+
+impl NodeLimit {
+    /// A limit of `n` entries; `None` if `n < 2`.
+    pub fn new(n: usize) -> Option<Self> {
+        (n >= 2).then_some(Self(n))
+    }
+
+    /// The read a node needs to join with at most `max_seeds` others (the
+    /// `max-nr-of-seed-nodes` setting): `max_seeds + 1` entries, since one may be its own.
+    /// `None` (read everything) for 0, which means every registered node.
+    pub fn for_seeds(max_seeds: usize) -> Option<Self> {
+        match max_seeds {
+            0 => None,
+            n => Some(Self(n.saturating_add(1).max(2))),
+        }
+    }
+
+    /// The number of entries.
+    pub fn get(self) -> usize {
+        self.0
+    }
+}
+
 /// The result of a [`Coordination`] call; the error is a [`CoordinationError`] unless named.
 pub type Result<T, E = CoordinationError> = std::result::Result<T, E>;
 
@@ -23,6 +62,45 @@ pub struct Registry {
     /// or not reported). A node that finds the lock held by another does not try to take
     /// it: it waits for the holder's registration (no lock request, no lease for nothing).
     pub lock: Option<NodeId>,
+}
+
+impl Registry {
+    /// A copy with `limit` of the entries (all if there are no more), taken from the
+    /// `start`-th on (modulo their number), wrapping around: what a backend that shares one
+    /// read between many nodes hands each of them for [`Coordination::get_some_nodes`], with
+    /// a different `start` each, so that they do not all join the same seeds.
+    ///
+    /// ```
+    /// use constructr_core::{NodeId, NodeLimit, Registry};
+    ///
+    /// let registry = Registry {
+    ///     nodes: (1..=4).map(|i| NodeId::new(format!("10.0.0.{i}:2552"), 1)).collect(),
+    ///     ..Registry::default()
+    /// };
+    /// let some = registry.some(NodeLimit::new(2).unwrap(), 3);
+    /// let addresses: Vec<_> = some.nodes.iter().map(|n| n.address.as_str()).collect();
+    /// assert_eq!(addresses, ["10.0.0.4:2552", "10.0.0.1:2552"]);
+    /// ```
+    pub fn some(&self, limit: NodeLimit, start: usize) -> Registry {
+        let all = &self.nodes;
+        let nodes = if all.len() <= limit.get() {
+            all.clone()
+        } else {
+            let start = start % all.len();
+            all[start..]
+                .iter()
+                .chain(&all[..start])
+                .take(limit.get())
+                .cloned()
+                .collect()
+        };
+        Registry {
+            nodes,
+            epoch: self.epoch,
+            revision: self.revision,
+            lock: self.lock.clone(),
+        }
+    }
 }
 
 /// One node's claim on a key with a time to live: what [`Coordination::lock`],
@@ -408,6 +486,12 @@ impl std::fmt::Display for ErrorSummary {
 /// - **Registry.** `get_nodes` returns every unexpired node entry of the scope and the
 ///   epoch marker. Entries that cannot be decoded are skipped with a `tracing` warning,
 ///   never an error. One entry per address: a new incarnation replaces an old one.
+/// - **Bounded read.** `get_some_nodes(scope, limit)` is `get_nodes` that returns exactly
+///   `min(limit, registered)` of the decodable entries (which ones is the backend's
+///   choice), with the epoch, lock and revision of the same consistent read. An entry that
+///   cannot be decoded does not count: a backend that reads a page of raw entries reads on
+///   until it has `limit` decodable ones or none are left. Since `limit >= 2`, a node that
+///   finds no other entry than its own knows that no other is registered.
 /// - **TTL.** An entry written with TTL `t` by `add_self` or extended by `refresh`
 ///   disappears at the latest `t` plus a backend-specific bound after that call returned
 ///   (etcd: lease granularity of 1 s; Consul: up to `2 × t`). The implementation documents its bound.
@@ -453,6 +537,19 @@ impl std::fmt::Display for ErrorSummary {
 pub trait Coordination: Send + Sync + 'static {
     /// Reads the registered nodes and the epoch marker of `scope` in one consistent read.
     async fn get_nodes(&self, scope: &Scope) -> Result<Registry>;
+
+    /// Reads `min(limit, registered)` of the registered nodes, with the epoch marker and
+    /// the lock, in one consistent read (see **Bounded read** above). What a joining node
+    /// needs: a few seeds and whether anyone else is registered, in bytes that do not grow
+    /// with the cluster.
+    ///
+    /// The default reads everything and keeps the first `limit` entries; a backend that can
+    /// limit its reads (etcd's range limit) or share them between nodes overrides it.
+    async fn get_some_nodes(&self, scope: &Scope, limit: NodeLimit) -> Result<Registry> {
+        let mut registry = self.get_nodes(scope).await?;
+        registry.nodes.truncate(limit.get());
+        Ok(registry)
+    }
 
     /// Tries to take the bootstrap lock for `lease.node` with `lease.ttl`. Re-entrant.
     async fn lock(&self, lease: Lease<'_>) -> Result<LockOutcome>;
@@ -504,6 +601,9 @@ pub trait Coordination: Send + Sync + 'static {
 impl<T: Coordination + ?Sized> Coordination for std::sync::Arc<T> {
     async fn get_nodes(&self, scope: &Scope) -> Result<Registry> {
         (**self).get_nodes(scope).await
+    }
+    async fn get_some_nodes(&self, scope: &Scope, limit: NodeLimit) -> Result<Registry> {
+        (**self).get_some_nodes(scope, limit).await
     }
     async fn lock(&self, lease: Lease<'_>) -> Result<LockOutcome> {
         (**self).lock(lease).await

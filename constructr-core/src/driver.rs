@@ -642,9 +642,14 @@ impl Runner {
             let started = Instant::now();
             let c = &*coordination;
             let reply = match action {
-                Action::GetNodes { .. } => {
+                Action::GetNodes { limit: None, .. } => {
                     bounded(bound, c.get_nodes(&scope)).await.map(Reply::Nodes)
                 }
+                Action::GetNodes {
+                    limit: Some(limit), ..
+                } => bounded(bound, c.get_some_nodes(&scope, limit))
+                    .await
+                    .map(Reply::Nodes),
                 Action::Lock { ttl, .. } => bounded(bound, c.lock(scope.lease(&node, ttl)))
                     .await
                     .map(Reply::Lock),

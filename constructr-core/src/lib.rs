@@ -56,7 +56,7 @@ pub mod scenarios;
 pub use cluster::{Cluster, ClusterError, ClusterEvent};
 pub use coordination::{
     AddMode, AddOutcome, Coordination, CoordinationError, ErrorSummary, Lease, LockOutcome,
-    LockToken, RefreshOutcome, Registry, WaitOutcome, error_chain,
+    LockToken, NodeLimit, RefreshOutcome, Registry, WaitOutcome, error_chain,
 };
 pub use machine::{Action, AttemptId, Event, Failure, Machine, Reply, State};
 pub use node::{ClusterId, ClusterName, Epoch, NodeId, Scope};

@@ -42,7 +42,7 @@ use rand_chacha::ChaCha8Rng;
 use crate::cluster::{ClusterError, ClusterEvent};
 use crate::coordination::{
     AddMode, AddOutcome, CoordinationError, ErrorKind, ErrorSummary, LockOutcome, LockToken,
-    RefreshOutcome, Registry, WaitOutcome,
+    NodeLimit, RefreshOutcome, Registry, WaitOutcome,
 };
 use crate::node::{ClusterId, NodeId};
 use crate::settings::{Settings, SettingsError};
@@ -56,10 +56,13 @@ pub struct AttemptId(pub u64);
 #[must_use = "every action must be executed and its result fed back"]
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Action {
-    /// Call `Coordination::get_nodes`; reply with [`Reply::Nodes`].
+    /// Call `Coordination::get_some_nodes` with `limit`, or `Coordination::get_nodes` if
+    /// it is `None`; reply with [`Reply::Nodes`].
     GetNodes {
         /// Attempt id for the reply.
         attempt: AttemptId,
+        /// How many entries the read needs: `None` for all of them.
+        limit: Option<NodeLimit>,
     },
     /// Call `Coordination::lock`; reply with [`Reply::Lock`].
     Lock {
@@ -115,7 +118,7 @@ impl Action {
     /// The attempt id the reply must carry.
     pub fn attempt(&self) -> AttemptId {
         match self {
-            Action::GetNodes { attempt }
+            Action::GetNodes { attempt, .. }
             | Action::Lock { attempt, .. }
             | Action::AddSelf { attempt, .. }
             | Action::Refresh { attempt, .. }
@@ -1278,9 +1281,22 @@ impl Machine {
         let (ttl, lock_ttl, watch) = (s.ttl(), s.lock_ttl(), s.watch);
         let attempt = AttemptId(self.next_attempt + 1);
         let (action, timeout) = match &mut self.phase {
-            Phase::GettingNodes { .. }
-            | Phase::VerifyingEmpty { .. }
-            | Phase::ConfirmingSeed { .. } => (Action::GetNodes { attempt }, coordination),
+            // Joining needs a few seeds and whether anyone else is registered; confirming
+            // a seed needs to see the seed's own entry among all of them.
+            Phase::GettingNodes { .. } | Phase::VerifyingEmpty { .. } => (
+                Action::GetNodes {
+                    attempt,
+                    limit: NodeLimit::for_seeds(s.max_nr_of_seed_nodes),
+                },
+                coordination,
+            ),
+            Phase::ConfirmingSeed { .. } => (
+                Action::GetNodes {
+                    attempt,
+                    limit: None,
+                },
+                coordination,
+            ),
             Phase::Locking { .. } => (
                 Action::Lock {
                     attempt,

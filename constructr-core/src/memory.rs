@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 
 use crate::coordination::{
-    AddMode, AddOutcome, Coordination, CoordinationError, Lease, LockOutcome, LockToken,
+    AddMode, AddOutcome, Coordination, CoordinationError, Lease, LockOutcome, LockToken, NodeLimit,
     RefreshOutcome, Registry, WaitOutcome,
 };
 use crate::entry;
@@ -172,9 +172,19 @@ impl ScopeRegistry {
 
     /// Reads the registry at `now`.
     pub fn get_nodes(&mut self, now: Instant) -> Registry {
+        self.get_some_nodes(now, None)
+    }
+
+    /// Reads the registry at `now`, the first `limit` decodable entries in key order
+    /// (`None`: all).
+    pub fn get_some_nodes(&mut self, now: Instant, limit: Option<NodeLimit>) -> Registry {
         self.expire(now);
-        let mut nodes = Vec::with_capacity(self.nodes.len());
+        let limit = limit.map_or(usize::MAX, NodeLimit::get);
+        let mut nodes = Vec::with_capacity(self.nodes.len().min(limit));
         for (suffix, e) in &self.nodes {
+            if nodes.len() >= limit {
+                break;
+            }
             match entry::decode_node(suffix, &e.raw) {
                 Ok(node) => nodes.push(node),
                 Err(error) => {
@@ -391,6 +401,11 @@ impl MemoryCoordination {
         self.with_scope(scope, |s| s.get_nodes(now))
     }
 
+    /// Reads the first `limit` entries (in key order) of `scope` at `now`.
+    pub fn get_some_nodes_at(&self, now: Instant, scope: &Scope, limit: NodeLimit) -> Registry {
+        self.with_scope(scope, |s| s.get_some_nodes(now, Some(limit)))
+    }
+
     /// Takes (or re-takes) the lock at `now`.
     pub fn lock_at(&self, now: Instant, lease: Lease<'_>) -> LockOutcome {
         self.with_scope(lease.scope, |s| s.lock(now, lease.node, lease.ttl))
@@ -506,6 +521,11 @@ impl Coordination for MemoryCoordination {
 
     async fn get_nodes(&self, scope: &Scope) -> Result<Registry> {
         self.faulty(|now| self.get_nodes_at(now, scope)).await
+    }
+
+    async fn get_some_nodes(&self, scope: &Scope, limit: NodeLimit) -> Result<Registry> {
+        self.faulty(|now| self.get_some_nodes_at(now, scope, limit))
+            .await
     }
 
     async fn lock(&self, lease: Lease<'_>) -> Result<LockOutcome> {

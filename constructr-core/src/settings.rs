@@ -113,7 +113,9 @@ pub struct Settings {
     pub join_timeout: Duration,
     /// Fail instead of starting over when joining times out. Default false.
     pub abort_on_join_timeout: bool,
-    /// Maximum number of seed nodes passed to join (a random subset); 0 = unlimited.
+    /// Maximum number of seed nodes passed to join (a random subset); 0 = every registered
+    /// node (ConstructR's default). Default 5: a joining node then reads at most 6 entries,
+    /// however large the cluster (see [`crate::coordination::NodeLimit::for_seeds`]).
     pub max_nr_of_seed_nodes: usize,
     /// A count limit on retries in a row of a node that is not yet a registered member
     /// (tries = retries + 1), on top of `retry-budget`; also the retries of the entry
@@ -172,7 +174,7 @@ impl Default for Settings {
             coordination_timeout: Duration::from_secs(3),
             join_timeout: Duration::from_secs(15),
             abort_on_join_timeout: false,
-            max_nr_of_seed_nodes: 0,
+            max_nr_of_seed_nodes: 5,
             nr_of_retries: None,
             refresh_interval: Duration::from_secs(30),
             retry_delay: Duration::from_secs(3),
@@ -190,7 +192,7 @@ impl Default for Settings {
 
 impl Settings {
     /// ConstructR's behaviour: its defaults, 2 retries at fixed waits, fail-fast members,
-    /// no watch, no re-seed grace.
+    /// no watch, no re-seed grace, every registered node a seed.
     pub fn constructr_compat() -> Self {
         let d = Self::default();
         Self {
@@ -200,6 +202,7 @@ impl Settings {
             max_retry_delay: d.retry_delay,
             ignore_refresh_failures: false,
             reseed_grace: Some(Duration::ZERO),
+            max_nr_of_seed_nodes: 0,
             ..d
         }
     }

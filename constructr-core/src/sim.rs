@@ -26,6 +26,7 @@ use std::collections::{BTreeSet, BinaryHeap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -736,7 +737,16 @@ impl World<'_> {
         let now = self.now;
         let scope = self.scope.clone();
         let reply = match action {
-            Action::GetNodes { .. } => Reply::Nodes(Ok(self.memory.get_nodes_at(now, &scope))),
+            Action::GetNodes { limit, .. } => {
+                let mut registry = self.memory.get_nodes_at(now, &scope);
+                if let Some(limit) = limit {
+                    // Any `limit` of the entries may come back (the contract leaves the
+                    // choice to the backend): a random choice explores them all.
+                    registry.nodes.shuffle(&mut self.rng);
+                    registry.nodes.truncate(limit.get());
+                }
+                Reply::Nodes(Ok(registry))
+            }
             Action::Lock { ttl, .. } => {
                 Reply::Lock(Ok(self.memory.lock_at(now, scope.lease(&node, ttl))))
             }

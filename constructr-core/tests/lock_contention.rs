@@ -148,7 +148,7 @@ fn lock_won_after_registry_filled(mutations: Mutations) -> Vec<Action> {
     while !queue.is_empty() {
         let a = queue.remove(0);
         out.push(a.clone());
-        if let Action::GetNodes { attempt } = a {
+        if let Action::GetNodes { attempt, .. } = a {
             m.handle_reply(at(300), attempt, nodes(now_registry.clone()));
             queue.extend(actions(&mut m));
         }

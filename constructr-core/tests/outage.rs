@@ -326,7 +326,7 @@ fn seed_refused_after_an_uncertain_try() -> (Machine, Action, ClusterId, Instant
     m.handle_reply(now, retry.attempt(), refused());
     assert_eq!(events(&mut m), vec![changed(AddingSelf, ConfirmingSeed)]);
     let read = single(&mut m);
-    assert_eq!(read, get_nodes(add.attempt().0 + 2));
+    assert_eq!(read, get_all_nodes(add.attempt().0 + 2));
     (m, read, cluster, now)
 }
 

@@ -26,7 +26,7 @@ fn error_reply(action: &Action, error: CoordinationError) -> Reply {
 fn with_attempt(action: &Action, n: u64) -> Action {
     let attempt = AttemptId(n);
     match action.clone() {
-        Action::GetNodes { .. } => Action::GetNodes { attempt },
+        Action::GetNodes { limit, .. } => Action::GetNodes { attempt, limit },
         Action::Lock { ttl, .. } => Action::Lock { attempt, ttl },
         Action::AddSelf { ttl, mode, .. } => Action::AddSelf { attempt, ttl, mode },
         Action::Refresh { ttl, .. } => Action::Refresh { attempt, ttl },

@@ -6,7 +6,7 @@ mod common;
 use std::collections::BTreeSet;
 
 use common::*;
-use constructr_core::{Action, AttemptId, Machine, NodeId, Reply};
+use constructr_core::{Action, AttemptId, Machine, NodeId, NodeLimit, Reply, Settings};
 
 fn six_nodes() -> Vec<NodeId> {
     (2..=7).map(node).collect()
@@ -17,7 +17,13 @@ fn seeds_chosen(max: usize, seed: u64, registered: &[NodeId]) -> Vec<NodeId> {
     let mut s = settings();
     s.max_nr_of_seed_nodes = max;
     let mut m = Machine::new(s, me(), seed, t0()).expect("valid settings");
-    assert_eq!(actions(&mut m), vec![get_nodes(1)]);
+    assert_eq!(
+        actions(&mut m),
+        vec![Action::GetNodes {
+            attempt: AttemptId(1),
+            limit: NodeLimit::for_seeds(max),
+        }]
+    );
     m.handle_reply(
         at(1),
         AttemptId(1),
@@ -92,5 +98,51 @@ fn own_stale_entry_is_filtered_before_picking() {
             vec![node(2), node(3)],
             "seed {seed}"
         );
+    }
+}
+
+#[test]
+fn a_joiner_reads_one_entry_more_than_it_has_seeds_and_all_of_them_for_zero() {
+    for (max, limit) in [
+        (0, None),
+        (1, Some(2)),
+        (5, Some(6)),
+        (usize::MAX, Some(usize::MAX)),
+    ] {
+        let mut s = settings();
+        s.max_nr_of_seed_nodes = max;
+        let mut m = Machine::new(s, me(), 1, t0()).expect("valid settings");
+        let read = single(&mut m);
+        assert!(
+            matches!(read, Action::GetNodes { limit: l, .. } if l.map(NodeLimit::get) == limit),
+            "max {max}: {read:?}"
+        );
+    }
+    // The default reads 6 entries, however large the cluster; ConstructR's mode all.
+    assert_eq!(Settings::default().max_nr_of_seed_nodes, 5);
+    assert_eq!(Settings::constructr_compat().max_nr_of_seed_nodes, 0);
+}
+
+#[test]
+fn a_bounded_read_with_only_this_nodes_entry_seeds_and_with_one_other_joins() {
+    // With `limit >= 2`, an answer without another entry means there is none.
+    let mut m = Machine::new(settings(), me(), 1, t0()).expect("valid settings");
+    let read = single(&mut m);
+    m.handle_reply(
+        at(1),
+        read.attempt(),
+        Reply::Nodes(Ok(registry(&[me()], None, 3))),
+    );
+    assert!(matches!(single(&mut m), Action::Lock { .. }));
+    let mut m = Machine::new(settings(), me(), 1, t0()).expect("valid settings");
+    let read = single(&mut m);
+    m.handle_reply(
+        at(1),
+        read.attempt(),
+        Reply::Nodes(Ok(registry(&[me(), node(2)], epoch(THEIR_CLUSTER, 9), 9))),
+    );
+    match single(&mut m) {
+        Action::JoinCluster { seeds, .. } => assert_eq!(seeds, vec![node(2)]),
+        a => panic!("expected JoinCluster, got {a:?}"),
     }
 }

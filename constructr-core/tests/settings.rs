@@ -42,7 +42,7 @@ fn defaults_are_constructrs_timings_with_outage_tolerance() {
     assert_eq!(s.coordination_timeout, Duration::from_secs(3));
     assert_eq!(s.join_timeout, Duration::from_secs(15));
     assert!(!s.abort_on_join_timeout);
-    assert_eq!(s.max_nr_of_seed_nodes, 0);
+    assert_eq!(s.max_nr_of_seed_nodes, 5);
     assert_eq!(s.nr_of_retries, None);
     assert_eq!(s.refresh_interval, Duration::from_secs(30));
     assert_eq!(s.retry_delay, Duration::from_secs(3));

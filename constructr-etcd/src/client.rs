@@ -199,12 +199,26 @@ impl EtcdClient {
             .await
     }
 
-    /// A linearizable range read of every key under `prefix`.
-    pub(crate) async fn get_prefix(&self, prefix: &str) -> Result<GetResponse, EtcdError> {
+    /// A linearizable read of at most `limit` keys (`None`: all) of `[from, end)` in key
+    /// order, at `revision` (`None`: the current one).
+    pub(crate) async fn get_range(
+        &self,
+        from: &[u8],
+        end: &[u8],
+        limit: Option<i64>,
+        revision: Option<i64>,
+    ) -> Result<GetResponse, EtcdError> {
+        let mut options = GetOptions::new().with_range(end);
+        if let Some(limit) = limit {
+            options = options.with_limit(limit);
+        }
+        if let Some(revision) = revision {
+            options = options.with_revision(revision);
+        }
         let (_, r) = self
             .call(|mut c| {
-                let prefix = prefix.to_owned();
-                async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await }
+                let (from, options) = (from.to_owned(), options.clone());
+                async move { c.get(from, Some(options)).await }
             })
             .await?;
         Ok(r)

@@ -24,11 +24,12 @@
 
 use constructr_core::coordination::Result;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use constructr_core::coordination::{
-    AddMode, AddOutcome, Coordination, CoordinationError, Lease, LockOutcome, LockToken,
+    AddMode, AddOutcome, Coordination, CoordinationError, Lease, LockOutcome, LockToken, NodeLimit,
     RefreshOutcome, Registry, WaitOutcome,
 };
 use constructr_core::entry;
@@ -50,7 +51,9 @@ pub struct EtcdCoordination {
     client: Arc<EtcdClient>,
     entries: Arc<OwnedEntries>,
     waits: SharedWaits,
-    reads: SharedReads<Registry>,
+    reads: SharedReads<Arc<Registry>>,
+    /// Where the next bounded read starts handing out entries of its window.
+    rotation: AtomicUsize,
 }
 
 impl std::fmt::Debug for EtcdCoordination {
@@ -86,6 +89,7 @@ impl EtcdCoordination {
             entries: Arc::default(),
             waits: SharedWaits::default(),
             reads: SharedReads::default(),
+            rotation: AtomicUsize::new(0),
         })
     }
 
@@ -364,11 +368,37 @@ impl Coordination for EtcdCoordination {
     async fn get_nodes(&self, scope: &Scope) -> Result<Registry> {
         let client = self.client.clone();
         let owned = scope.clone();
-        self.reads
+        let shared = self
+            .reads
             .read(&scope.base(), move || {
-                read_registry(client.clone(), owned.clone())
+                let (client, scope) = (client.clone(), owned.clone());
+                async move { read_registry(client, scope, None).await.map(Arc::new) }
             })
-            .await
+            .await?;
+        Ok(Arc::unwrap_or_clone(shared))
+    }
+
+    /// A range read with a limit: the epoch, the lock and the first `max(limit, 32)` node
+    /// entries in key order (more pages only if some could not be decoded), shared like
+    /// `get_nodes` by the nodes that read at once. Each caller gets `limit` entries of that
+    /// window from a rotating start, so that joiners spread over 32 seeds, not the first 6.
+    async fn get_some_nodes(&self, scope: &Scope, limit: NodeLimit) -> Result<Registry> {
+        let window = limit.get().max(SPREAD);
+        let client = self.client.clone();
+        let owned = scope.clone();
+        let shared = self
+            .reads
+            .read(&format!("{}#{window}", scope.base()), move || {
+                let (client, scope) = (client.clone(), owned.clone());
+                async move {
+                    read_registry(client, scope, Some(window))
+                        .await
+                        .map(Arc::new)
+                }
+            })
+            .await?;
+        let start = self.rotation.fetch_add(1, Ordering::Relaxed);
+        Ok(shared.some(limit, start))
     }
 
     /// Resolves when a node registers or the lock is released after `revision`; other
@@ -399,56 +429,94 @@ impl Coordination for EtcdCoordination {
     }
 }
 
-/// A consistent read of everything under `scope`.
-async fn read_registry(client: Arc<EtcdClient>, scope: Scope) -> Result<Registry> {
+/// How many node entries a bounded read takes at least, so that the nodes sharing it draw
+/// their seeds from more than the first few keys.
+const SPREAD: usize = 32;
+
+/// A consistent read of everything under `scope`, or (with `window`) of the epoch, the lock
+/// and at least `window` decodable node entries if that many are registered.
+///
+/// The keys `epoch` and `lock` sort before `nodes/`, so the first page of `window + 2` keys
+/// holds them and `window` entries; later pages (at the first page's revision, so all pages
+/// are one consistent read) are read only while undecodable entries leave it short.
+async fn read_registry(
+    client: Arc<EtcdClient>,
+    scope: Scope,
+    window: Option<usize>,
+) -> Result<Registry> {
     let scope = &scope;
     let base = format!("{}/", scope.base());
+    let end = prefix_end(&base);
     let nodes_prefix = entry::nodes_prefix(scope);
     let epoch_key = entry::epoch_key(scope);
     let lock_key = entry::lock_key(scope);
-    let mut resp = client.get_prefix(&base).await?;
-    let revision = header_revision(resp.header())?;
-    let mut registry = Registry {
-        nodes: Vec::new(),
-        epoch: None,
-        revision: Some(u64::try_from(revision).unwrap_or(0)),
-        lock: None,
-    };
-    for kv in resp.take_kvs() {
-        let Ok(key) = kv.key_str() else {
-            tracing::warn!(scope = %scope, "skipping a registry key that is not UTF-8");
-            continue;
-        };
-        if let Some(suffix) = key.strip_prefix(nodes_prefix.as_str()) {
-            match entry::decode_node(suffix, kv.value()) {
-                Ok(n) => registry.nodes.push(n),
-                Err(e) => {
-                    tracing::warn!(key, error = %e, "skipping an undecodable registry entry")
+    let mut registry = Registry::default();
+    let mut from = base.clone().into_bytes();
+    let mut at = None;
+    loop {
+        let limit = window.map(|w| {
+            let wanted = w.saturating_sub(registry.nodes.len());
+            let extra = if at.is_none() { 2 } else { 0 };
+            i64::try_from(wanted.saturating_add(extra)).unwrap_or(i64::MAX)
+        });
+        let mut resp = client.get_range(&from, &end, limit, at).await?;
+        let revision = header_revision(resp.header())?;
+        let revision = *at.get_or_insert(revision);
+        registry.revision = Some(u64::try_from(revision).unwrap_or(0));
+        let more = resp.more();
+        let kvs = resp.take_kvs();
+        if let Some(last) = kvs.last() {
+            from = last.key().to_vec();
+            from.push(0);
+        }
+        for kv in kvs {
+            let Ok(key) = kv.key_str() else {
+                tracing::warn!(scope = %scope, "skipping a registry key that is not UTF-8");
+                continue;
+            };
+            if let Some(suffix) = key.strip_prefix(nodes_prefix.as_str()) {
+                match entry::decode_node(suffix, kv.value()) {
+                    Ok(n) => registry.nodes.push(n),
+                    Err(e) => {
+                        tracing::warn!(key, error = %e, "skipping an undecodable registry entry")
+                    }
                 }
-            }
-        } else if key == lock_key {
-            // Unreadable: reported as free; taking the lock settles who holds it.
-            registry.lock = entry::decode_lock(kv.value()).ok();
-        } else if key == epoch_key {
-            match entry::decode_epoch(kv.value()) {
-                Ok(cluster) => {
-                    registry.epoch = Some(Epoch {
-                        cluster,
-                        version: u64::try_from(kv.mod_revision()).unwrap_or(0),
-                    })
-                }
-                Err(e) => {
-                    // Reported with its version, so a seed can replace it.
-                    tracing::warn!(key, error = %e, "undecodable epoch marker");
-                    registry.epoch = Some(Epoch {
-                        cluster: ClusterId::UNREADABLE,
-                        version: u64::try_from(kv.mod_revision()).unwrap_or(0),
-                    });
+            } else if key == lock_key {
+                // Unreadable: reported as free; taking the lock settles who holds it.
+                registry.lock = entry::decode_lock(kv.value()).ok();
+            } else if key == epoch_key {
+                let version = u64::try_from(kv.mod_revision()).unwrap_or(0);
+                match entry::decode_epoch(kv.value()) {
+                    Ok(cluster) => registry.epoch = Some(Epoch { cluster, version }),
+                    Err(e) => {
+                        // Reported with its version, so a seed can replace it.
+                        tracing::warn!(key, error = %e, "undecodable epoch marker");
+                        registry.epoch = Some(Epoch {
+                            cluster: ClusterId::UNREADABLE,
+                            version,
+                        });
+                    }
                 }
             }
         }
+        match window {
+            Some(w) if more && registry.nodes.len() < w => {}
+            _ => return Ok(registry),
+        }
     }
-    Ok(registry)
+}
+
+/// The end of the range of keys that start with `prefix` (its last byte incremented).
+fn prefix_end(prefix: &str) -> Vec<u8> {
+    let mut end = prefix.as_bytes().to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    // Every byte 0xff: to the end of the key space.
+    vec![0]
 }
 
 /// The revision of the first change under `base` after `after` that a waiting node cares

@@ -57,7 +57,7 @@ async fn the_zookeeper_backend_passes_the_conformance_checks_its_guarantees_cove
         ],
         "{report:?}"
     );
-    assert_eq!(report.ran.len(), 14, "{report:?}");
+    assert_eq!(report.ran.len(), 15, "{report:?}");
 }
 
 /// Node `i` with its own client, hence its own session (as one process per node would).

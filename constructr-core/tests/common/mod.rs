@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use constructr_core::{
     Action, AddMode, AddOutcome, AttemptId, ClusterId, CoordinationError, Epoch, ErrorSummary,
-    Event, Failure, LockOutcome, LockToken, Machine, NodeId, RefreshOutcome, Registry, Reply,
-    Settings, State, WaitOutcome,
+    Event, Failure, LockOutcome, LockToken, Machine, NodeId, NodeLimit, RefreshOutcome, Registry,
+    Reply, Settings, State, WaitOutcome,
 };
 
 static BASE: LazyLock<Instant> = LazyLock::new(Instant::now);
@@ -116,9 +116,19 @@ pub fn changed(from: State, to: State) -> Event {
     Event::StateChanged { from, to }
 }
 
+/// The bounded read of a node with the default `max-nr-of-seed-nodes`.
 pub fn get_nodes(attempt: u64) -> Action {
     Action::GetNodes {
         attempt: AttemptId(attempt),
+        limit: NodeLimit::for_seeds(Settings::default().max_nr_of_seed_nodes),
+    }
+}
+
+/// The full read of a seed that confirms its registration.
+pub fn get_all_nodes(attempt: u64) -> Action {
+    Action::GetNodes {
+        attempt: AttemptId(attempt),
+        limit: None,
     }
 }
 
