@@ -67,7 +67,7 @@ use constructr_core::coordination::{
     RefreshOutcome, Registry, WaitOutcome,
 };
 use constructr_core::entry;
-use constructr_core::plumbing::{Backoff, SharedReads, SharedWaits, spawn_background};
+use constructr_core::plumbing::{Backoff, SharedLocks, SharedReads, SharedWaits, spawn_background};
 use constructr_core::{ClusterId, Epoch, NodeId, Scope, Settings, SettingsError};
 
 use crate::client::{ConsulClient, KvEntry, Listing, SessionSpec, TxnOp, TxnOutcome};
@@ -92,6 +92,7 @@ pub struct ConsulCoordination {
     waits: SharedWaits,
     joins: Joins,
     reads: SharedReads<Arc<Registry>>,
+    locks: SharedLocks,
     /// Where the next bounded read starts handing out entries of the shared listing.
     rotation: AtomicUsize,
 }
@@ -176,6 +177,7 @@ impl ConsulCoordination {
             waits: SharedWaits::default(),
             joins: Joins::default(),
             reads: SharedReads::default(),
+            locks: SharedLocks::default(),
             rotation: AtomicUsize::new(0),
         })
     }
@@ -204,6 +206,68 @@ impl ConsulCoordination {
                 }
             })
             .await
+    }
+
+    /// Takes (or extends) the lock: a session and an acquire of the lock key with it.
+    async fn lock_once(&self, lease: Lease<'_>) -> Result<LockOutcome> {
+        let Lease {
+            scope,
+            node: holder,
+            ttl,
+        } = lease;
+        check_session_ttl("lock TTL", ttl)?;
+        let keys = Keys::of(scope);
+        let value = entry::encode_node(holder);
+        // The lock can expire or be taken between the read and the acquire; a few rounds
+        // settle it.
+        for _ in 0..3 {
+            if let Some(current) = self.client.kv_get(&keys.lock).await?
+                && let Some(session) = current.session
+            {
+                if current.value != value {
+                    return Ok(LockOutcome::HeldByOther);
+                }
+                // Re-entrant: extend our own lock.
+                if self.client.session_renew(&session).await? {
+                    return Ok(LockOutcome::Acquired(LockToken(session)));
+                }
+                continue; // expired in between
+            }
+            let session = self
+                .create_session(
+                    &format!("constructr lock {scope} by {holder}"),
+                    ttl,
+                    self.lock_delay,
+                )
+                .await?;
+            match self
+                .client
+                .kv_acquire(&keys.lock, value.clone(), &session)
+                .await
+            {
+                Ok(true) => return Ok(LockOutcome::Acquired(LockToken(session))),
+                Ok(false) => {
+                    self.destroy_in_background(session);
+                    // Taken by someone else in between, or Consul's lock delay after the last
+                    // holder's session ended: not ours either way.
+                    match self.client.kv_get(&keys.lock).await? {
+                        Some(KvEntry {
+                            session: Some(_),
+                            value: v,
+                            ..
+                        }) if v == value => continue,
+                        _ => return Ok(LockOutcome::HeldByOther),
+                    }
+                }
+                Err(e) => {
+                    self.destroy_in_background(session);
+                    return Err(e.into());
+                }
+            }
+        }
+        Err(CoordinationError::unavailable(
+            "the Consul lock key kept changing while being locked",
+        ))
     }
 
     /// Checks that Consul answers, has a leader, knows the ACL token (if one is set) and
@@ -458,65 +522,14 @@ impl Coordination for ConsulCoordination {
         Ok(shared.some(limit, self.rotation.fetch_add(1, Ordering::Relaxed)))
     }
 
+    /// One lock request per scope at a time for the nodes of this backend value
+    /// ([`SharedLocks`]): the others wait for its outcome, so that nodes that lose the race
+    /// create no session and send no acquire.
     async fn lock(&self, lease: Lease<'_>) -> Result<LockOutcome> {
-        let Lease {
-            scope,
-            node: holder,
-            ttl,
-        } = lease;
-        check_session_ttl("lock TTL", ttl)?;
-        let keys = Keys::of(scope);
-        let value = entry::encode_node(holder);
-        // The lock can expire or be taken between the read and the acquire; a few rounds
-        // settle it.
-        for _ in 0..3 {
-            if let Some(current) = self.client.kv_get(&keys.lock).await?
-                && let Some(session) = current.session
-            {
-                if current.value != value {
-                    return Ok(LockOutcome::HeldByOther);
-                }
-                // Re-entrant: extend our own lock.
-                if self.client.session_renew(&session).await? {
-                    return Ok(LockOutcome::Acquired(LockToken(session)));
-                }
-                continue; // expired in between
-            }
-            let session = self
-                .create_session(
-                    &format!("constructr lock {scope} by {holder}"),
-                    ttl,
-                    self.lock_delay,
-                )
-                .await?;
-            match self
-                .client
-                .kv_acquire(&keys.lock, value.clone(), &session)
-                .await
-            {
-                Ok(true) => return Ok(LockOutcome::Acquired(LockToken(session))),
-                Ok(false) => {
-                    self.destroy_in_background(session);
-                    // Taken by someone else in between, or Consul's lock delay after the last
-                    // holder's session ended: not ours either way.
-                    match self.client.kv_get(&keys.lock).await? {
-                        Some(KvEntry {
-                            session: Some(_),
-                            value: v,
-                            ..
-                        }) if v == value => continue,
-                        _ => return Ok(LockOutcome::HeldByOther),
-                    }
-                }
-                Err(e) => {
-                    self.destroy_in_background(session);
-                    return Err(e.into());
-                }
-            }
-        }
-        Err(CoordinationError::unavailable(
-            "the Consul lock key kept changing while being locked",
-        ))
+        let key = Keys::of(lease.scope).lock;
+        self.locks
+            .lock(&key, lease.node, self.lock_once(lease))
+            .await
     }
 
     async fn add_self(&self, lease: Lease<'_>, mode: &AddMode) -> Result<AddOutcome> {

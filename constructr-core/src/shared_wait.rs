@@ -1,5 +1,7 @@
 //! [`SharedWaits`]: one watch per scope for all the nodes of a process that wait on it, and
-//! [`SharedReads`]: one read in flight per scope for all the nodes of a process that read it.
+//! [`SharedReads`]: one read in flight per scope for all the nodes of a process that read it,
+//! and [`SharedLocks`]: one lock request in flight per scope for all the nodes of a process
+//! that try to take it.
 //!
 //! Without it every waiting node holds its own watch (an etcd watch stream, a Consul
 //! blocking query): a process with 1,000 nodes opens 1,000 watches against one service,
@@ -51,7 +53,8 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
 
-use crate::coordination::{CoordinationError, ErrorKind, Result, WaitOutcome};
+use crate::coordination::{CoordinationError, ErrorKind, LockOutcome, Result, WaitOutcome};
+use crate::node::NodeId;
 
 /// What a shared watch has seen so far.
 #[derive(Clone, Debug)]
@@ -350,6 +353,137 @@ where
     });
 }
 
+/// The lock attempts of the nodes of one backend value, keyed by scope: while one node's
+/// request for a scope's lock is in flight, the others that ask for it wait for its outcome
+/// instead of sending their own. If it takes the lock (or finds it held), they answer
+/// [`LockOutcome::HeldByOther`], which is true: another node held the lock during their
+/// call. If it fails (or is dropped), one of them tries next.
+///
+/// Without it, the nodes of a process that start together each grant a lease and send a
+/// lock transaction, and all but one lose: raft writes queued in front of the winner's.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// use std::sync::atomic::{AtomicU64, Ordering};
+/// use constructr_core::{LockOutcome, LockToken, NodeId};
+/// use constructr_core::plumbing::SharedLocks;
+///
+/// let locks = SharedLocks::default();
+/// let sent = AtomicU64::new(0);
+/// let attempt = || async {
+///     sent.fetch_add(1, Ordering::Relaxed);
+///     tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+///     Ok(LockOutcome::Acquired(LockToken("7".into())))
+/// };
+/// let (a, b) = (NodeId::new("10.0.0.1:1", 1), NodeId::new("10.0.0.2:1", 1));
+/// let (first, second) = tokio::join!(
+///     locks.lock("scope", &a, attempt()),
+///     locks.lock("scope", &b, attempt()),
+/// );
+/// assert_eq!(first.unwrap(), LockOutcome::Acquired(LockToken("7".into())));
+/// assert_eq!(second.unwrap(), LockOutcome::HeldByOther);
+/// assert_eq!(sent.load(Ordering::Relaxed), 1, "one request for both");
+/// # }
+/// ```
+#[derive(Default)]
+pub struct SharedLocks {
+    attempts: Arc<Mutex<HashMap<String, InFlight>>>,
+    next_id: std::sync::atomic::AtomicU64,
+}
+
+/// One node's lock request in flight; its outcome is `Some(true)` when the lock turned out
+/// held (by it or by another), `Some(false)` when the request failed.
+struct InFlight {
+    id: u64,
+    node: NodeId,
+    outcome: watch::Receiver<Option<bool>>,
+}
+
+impl std::fmt::Debug for SharedLocks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedLocks").finish_non_exhaustive()
+    }
+}
+
+/// Removes its attempt from the map when the attempt ends or is dropped.
+struct Leave<'a> {
+    attempts: &'a Mutex<HashMap<String, InFlight>>,
+    key: &'a str,
+    id: u64,
+}
+
+impl Drop for Leave<'_> {
+    fn drop(&mut self) {
+        let mut attempts = self.attempts.lock().unwrap_or_else(|p| p.into_inner());
+        if attempts.get(self.key).is_some_and(|a| a.id == self.id) {
+            attempts.remove(self.key);
+        }
+    }
+}
+
+impl SharedLocks {
+    /// Runs `attempt` (`node`'s lock request for `key`) unless another node's request for
+    /// `key` is in flight: then waits for that one and answers `HeldByOther` if it found the
+    /// lock taken, or runs `attempt` after it if it failed. A node's own requests (the
+    /// re-entrant extension of a lock it holds) are never held back.
+    pub async fn lock<F>(&self, key: &str, node: &NodeId, attempt: F) -> Result<LockOutcome>
+    where
+        F: Future<Output = Result<LockOutcome>>,
+    {
+        enum Next {
+            Wait(watch::Receiver<Option<bool>>),
+            Own,
+            Try(u64, watch::Sender<Option<bool>>),
+        }
+        let (id, tx) = loop {
+            let next = {
+                let mut attempts = self.attempts.lock().unwrap_or_else(|p| p.into_inner());
+                match attempts.get(key) {
+                    Some(a) if a.node != *node => Next::Wait(a.outcome.clone()),
+                    Some(_) => Next::Own,
+                    None => {
+                        let id = self
+                            .next_id
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let (tx, rx) = watch::channel(None);
+                        attempts.insert(
+                            key.to_owned(),
+                            InFlight {
+                                id,
+                                node: node.clone(),
+                                outcome: rx,
+                            },
+                        );
+                        Next::Try(id, tx)
+                    }
+                }
+            };
+            match next {
+                Next::Own => return attempt.await,
+                Next::Try(id, tx) => break (id, tx),
+                Next::Wait(mut outcome) => {
+                    // An error (the other request was dropped) or `false` (it failed): try.
+                    if let Ok(held) = outcome.wait_for(Option::is_some).await
+                        && *held == Some(true)
+                    {
+                        return Ok(LockOutcome::HeldByOther);
+                    }
+                }
+            }
+        };
+        let leave = Leave {
+            attempts: &self.attempts,
+            key,
+            id,
+        };
+        let outcome = attempt.await;
+        // Out of the map first: a waiter that finds the outcome `false` tries next.
+        drop(leave);
+        let _ = tx.send(Some(outcome.is_ok()));
+        outcome
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -492,5 +626,99 @@ mod tests {
         }
         let ok = waits.wait("s", Some(1), |_| async { Ok(2) }).await.unwrap();
         assert_eq!(ok, WaitOutcome::Changed);
+    }
+
+    fn lock_node(i: u32) -> NodeId {
+        NodeId::new(format!("10.0.0.{i}:1"), 1)
+    }
+
+    /// A lock request that counts itself, takes `delay` and answers `outcome`.
+    async fn counted(
+        sent: &AtomicU64,
+        delay: Duration,
+        outcome: Result<LockOutcome>,
+    ) -> Result<LockOutcome> {
+        sent.fetch_add(1, Ordering::Relaxed);
+        tokio::time::sleep(delay).await;
+        outcome
+    }
+
+    fn acquired() -> Result<LockOutcome> {
+        Ok(LockOutcome::Acquired(crate::LockToken("1".into())))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn racing_nodes_send_one_lock_request_and_hear_held_by_other() {
+        let locks = Arc::new(SharedLocks::default());
+        let sent = Arc::new(AtomicU64::new(0));
+        let d = Duration::from_millis(10);
+        let mut racing = tokio::task::JoinSet::new();
+        for i in 1..=20 {
+            let (locks, sent) = (locks.clone(), sent.clone());
+            racing.spawn(async move {
+                locks
+                    .lock("s", &lock_node(i), counted(&sent, d, acquired()))
+                    .await
+            });
+        }
+        let outcomes: Vec<LockOutcome> = racing.join_all().await.into_iter().flatten().collect();
+        assert_eq!(sent.load(Ordering::Relaxed), 1);
+        assert_eq!(outcomes.len(), 20);
+        let held = outcomes
+            .iter()
+            .filter(|o| **o == LockOutcome::HeldByOther)
+            .count();
+        assert_eq!(held, 19, "{outcomes:?}");
+        // Nothing in flight any more: the next request is sent.
+        locks
+            .lock("s", &lock_node(2), counted(&sent, d, acquired()))
+            .await
+            .unwrap();
+        assert_eq!(sent.load(Ordering::Relaxed), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn after_a_failed_or_dropped_request_a_waiting_node_sends_its_own() {
+        let locks = SharedLocks::default();
+        let sent = AtomicU64::new(0);
+        let d = Duration::from_millis(10);
+        let (a, b) = (lock_node(1), lock_node(2));
+        let failed = || Err(CoordinationError::unavailable("down"));
+        let (first, second) = tokio::join!(
+            locks.lock("s", &a, counted(&sent, d, failed())),
+            locks.lock("s", &b, counted(&sent, d, acquired())),
+        );
+        assert!(first.is_err());
+        assert_eq!(
+            second.unwrap(),
+            acquired().unwrap(),
+            "b tried after a failed"
+        );
+        assert_eq!(sent.load(Ordering::Relaxed), 2);
+        // a's request is dropped (its caller timed out): b sends its own.
+        let (first, second) = tokio::join!(
+            tokio::time::timeout(d / 2, locks.lock("s", &a, counted(&sent, d, acquired()))),
+            locks.lock("s", &b, counted(&sent, d, acquired())),
+        );
+        assert!(first.is_err(), "a timed out");
+        assert_eq!(second.unwrap(), acquired().unwrap());
+        assert_eq!(sent.load(Ordering::Relaxed), 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_nodes_own_requests_and_other_scopes_are_not_held_back() {
+        let locks = SharedLocks::default();
+        let sent = AtomicU64::new(0);
+        let d = Duration::from_millis(10);
+        let (a, b) = (lock_node(1), lock_node(2));
+        let (x, y, z) = tokio::join!(
+            locks.lock("s", &a, counted(&sent, d, acquired())),
+            locks.lock("s", &a, counted(&sent, d, acquired())),
+            locks.lock("t", &b, counted(&sent, d, acquired())),
+        );
+        for o in [x, y, z] {
+            assert_eq!(o.unwrap(), acquired().unwrap());
+        }
+        assert_eq!(sent.load(Ordering::Relaxed), 3);
     }
 }

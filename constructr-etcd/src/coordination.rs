@@ -33,7 +33,7 @@ use constructr_core::coordination::{
     RefreshOutcome, Registry, WaitOutcome,
 };
 use constructr_core::entry;
-use constructr_core::plumbing::{SharedReads, SharedWaits};
+use constructr_core::plumbing::{SharedLocks, SharedReads, SharedWaits};
 use constructr_core::{ClusterId, Epoch, NodeId, Scope};
 use etcd_client::{
     Compare, CompareOp, EventType, PutOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
@@ -52,6 +52,7 @@ pub struct EtcdCoordination {
     entries: Arc<OwnedEntries>,
     waits: SharedWaits,
     reads: SharedReads<Arc<Registry>>,
+    locks: SharedLocks,
     /// Where the next bounded read starts handing out entries of its window.
     rotation: AtomicUsize,
 }
@@ -89,6 +90,7 @@ impl EtcdCoordination {
             entries: Arc::default(),
             waits: SharedWaits::default(),
             reads: SharedReads::default(),
+            locks: SharedLocks::default(),
             rotation: AtomicUsize::new(0),
         })
     }
@@ -103,20 +105,9 @@ impl EtcdCoordination {
     }
 }
 
-fn header_revision(header: Option<&etcd_client::ResponseHeader>) -> Result<i64, EtcdError> {
-    header
-        .map(|h| h.revision())
-        .ok_or_else(|| EtcdError::protocol("response without header"))
-}
-
-#[async_trait]
-impl Coordination for EtcdCoordination {
-    /// Linearizable reads and transactions, lease-fenced lock, epoch key, lease TTLs, watch.
-    fn guarantees(&self) -> constructr_core::coordination::Guarantees {
-        constructr_core::coordination::Guarantees::STRONG
-    }
-
-    async fn lock(&self, lease: Lease<'_>) -> Result<LockOutcome> {
+impl EtcdCoordination {
+    /// Takes (or extends) the lock: a lease and a transaction that creates the lock key on it.
+    async fn lock_once(&self, lease: Lease<'_>) -> Result<LockOutcome> {
         let key = entry::lock_key(lease.scope);
         let value = entry::encode_node(lease.node);
         // The lock key can expire between the transaction and the keep-alive; a few rounds
@@ -159,6 +150,30 @@ impl Coordination for EtcdCoordination {
         Err(CoordinationError::unavailable(
             "the etcd lock key kept expiring while being locked",
         ))
+    }
+}
+
+fn header_revision(header: Option<&etcd_client::ResponseHeader>) -> Result<i64, EtcdError> {
+    header
+        .map(|h| h.revision())
+        .ok_or_else(|| EtcdError::protocol("response without header"))
+}
+
+#[async_trait]
+impl Coordination for EtcdCoordination {
+    /// Linearizable reads and transactions, lease-fenced lock, epoch key, lease TTLs, watch.
+    fn guarantees(&self) -> constructr_core::coordination::Guarantees {
+        constructr_core::coordination::Guarantees::STRONG
+    }
+
+    /// One lock request per scope at a time for the nodes of this backend value
+    /// ([`SharedLocks`]): the others wait for its outcome, so that nodes that lose the race
+    /// grant no lease and send no transaction.
+    async fn lock(&self, lease: Lease<'_>) -> Result<LockOutcome> {
+        let key = entry::lock_key(lease.scope);
+        self.locks
+            .lock(&key, lease.node, self.lock_once(lease))
+            .await
     }
 
     async fn add_self(&self, lease: Lease<'_>, mode: &AddMode) -> Result<AddOutcome> {

@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use constructr_core::{
-    AddMode, AddOutcome, Coordination, CoordinationError, Scope, WaitOutcome, scenarios::node_id,
+    AddMode, AddOutcome, Coordination, CoordinationError, LockOutcome, Scope, WaitOutcome,
+    scenarios::node_id,
 };
 use tokio::task::JoinHandle;
 
@@ -158,4 +159,44 @@ pub async fn waiters_share_one_watch<C: Coordination>(
             .unwrap();
         assert_eq!(out, WaitOutcome::Changed);
     }
+}
+
+/// `n` nodes of one backend value that ask for one scope's lock at once send the requests of
+/// one lock attempt (`max_requests`), not `n` attempts: one takes it, the others hear
+/// `HeldByOther` without granting a lease or creating a session.
+pub async fn racing_lock_requests_are_one<C: Coordination>(
+    coordination: &Arc<C>,
+    scope: &Scope,
+    n: usize,
+    max_requests: u64,
+) {
+    let before = coordination
+        .requests_sent()
+        .expect("the backend counts its requests");
+    let attempts: Vec<_> = (1..=n)
+        .map(|i| {
+            let c = coordination.clone();
+            let scope = scope.clone();
+            tokio::spawn(async move {
+                c.lock(scope.lease(&node_id(i), Duration::from_secs(10)))
+                    .await
+            })
+        })
+        .collect();
+    let mut acquired = 0;
+    for a in attempts {
+        match a.await.unwrap().expect("lock") {
+            LockOutcome::Acquired(_) => acquired += 1,
+            LockOutcome::HeldByOther => {}
+        }
+    }
+    assert_eq!(
+        acquired, 1,
+        "exactly one of {n} racing nodes takes the lock"
+    );
+    let sent = coordination.requests_sent().unwrap() - before;
+    assert!(
+        sent <= max_requests,
+        "{n} racing lock requests sent {sent} requests (at most {max_requests} expected)"
+    );
 }

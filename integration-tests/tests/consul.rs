@@ -15,8 +15,9 @@ use constructr_core::conformance;
 use constructr_core::local::LocalCluster;
 use constructr_core::{ClusterName, Coordination, Event, Failure, Settings, State};
 use integration_tests::checks::{
-    assert_unauthorized, assert_wrong_secret_refused, registration_wakes, spawn_wait_for_change,
-    steady_refresh_is_one_request, waiters_share_one_watch,
+    assert_unauthorized, assert_wrong_secret_refused, racing_lock_requests_are_one,
+    registration_wakes, spawn_wait_for_change, steady_refresh_is_one_request,
+    waiters_share_one_watch,
 };
 use integration_tests::consul::{ConsulNode, ConsulOptions, consul_settings};
 use integration_tests::nodes::{
@@ -192,6 +193,18 @@ async fn two_hundred_waiters_share_one_blocking_query() {
         .scope()
         .unwrap();
     waiters_share_one_watch(&consul, &scope, 200, 1).await;
+}
+
+#[tokio::test]
+async fn twenty_racing_lock_requests_create_one_session() {
+    require_docker!();
+    init_tracing();
+    let (_node, consul) = with_client(ConsulNode::start()).await;
+    let scope = consul_settings(unique_cluster_name("racing-lock"))
+        .scope()
+        .unwrap();
+    // One read of the lock key, one session, one acquire.
+    racing_lock_requests_are_one(&consul, &scope, 20, 3).await;
 }
 
 /// Consul closes the connections of one client beyond `limits.http_max_conns_per_client`;

@@ -15,8 +15,8 @@ use constructr_core::{
 };
 use constructr_etcd::{EtcdConfig, EtcdCoordination, EtcdError};
 use integration_tests::checks::{
-    assert_wrong_secret_refused, registration_wakes, spawn_wait_for_change,
-    steady_refresh_is_one_request, waiters_share_one_watch,
+    assert_wrong_secret_refused, racing_lock_requests_are_one, registration_wakes,
+    spawn_wait_for_change, steady_refresh_is_one_request, waiters_share_one_watch,
 };
 use integration_tests::etcd::{EtcdCluster3, EtcdNode};
 use integration_tests::nodes::{
@@ -152,6 +152,15 @@ async fn two_hundred_waiters_share_one_watch() {
     init_tracing();
     let (_node, etcd, scope) = member_and_scope("shared-watch").await;
     waiters_share_one_watch(&etcd, &scope, 200, 2).await;
+}
+
+#[tokio::test]
+async fn twenty_racing_lock_requests_grant_one_lease() {
+    require_docker!();
+    init_tracing();
+    let (_node, etcd, scope) = member_and_scope("racing-lock").await;
+    // One lease grant and one transaction.
+    racing_lock_requests_are_one(&etcd, &scope, 20, 2).await;
 }
 
 #[tokio::test]
