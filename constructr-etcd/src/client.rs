@@ -20,8 +20,8 @@ use std::time::Duration;
 use constructr_core::plumbing::{Failover, display_url, spawn_background};
 use constructr_core::tls::load_pem;
 use etcd_client::{
-    Certificate, Client, ConnectOptions, GetOptions, GetResponse, Identity, KeyValue, TlsOptions,
-    Txn, TxnResponse, WatchOptions, WatchStream,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, GetResponse, Identity,
+    KeyValue, LeaseGrantOptions, TlsOptions, Txn, TxnOp, TxnResponse, WatchOptions, WatchStream,
 };
 use tokio::sync::Mutex;
 
@@ -56,6 +56,8 @@ pub(crate) struct EtcdClient {
     generations: AtomicU64,
     /// Requests sent (every try on every endpoint; a watch counts when opened).
     sent: AtomicU64,
+    /// Lease ids to try before random ones (tests of a taken id).
+    next_lease_ids: std::sync::Mutex<Vec<i64>>,
 }
 
 impl EtcdClient {
@@ -107,6 +109,7 @@ impl EtcdClient {
             request_timeout: config.request_timeout,
             generations: AtomicU64::new(0),
             sent: AtomicU64::new(0),
+            next_lease_ids: std::sync::Mutex::default(),
         })
     }
 
@@ -269,12 +272,127 @@ impl EtcdClient {
         Ok(r)
     }
 
-    /// Grants a lease of `ttl` seconds; returns its id.
-    pub(crate) async fn grant(&self, ttl: i64) -> Result<i64, EtcdError> {
-        let (_, r) = self
-            .call(|mut c| async move { c.lease_grant(ttl, None).await })
+    /// Grants a lease of `ttl` seconds with an id of our choosing and, at the same time, runs
+    /// `txn(id)`, the transaction that writes `leased_keys` on it: both reach etcd together
+    /// and commit in one raft round (one fsync), not one after the other. When etcd applies
+    /// the transaction before the grant, it refuses it as a whole ("requested lease not
+    /// found", nothing written), and it runs again once the grant is answered.
+    ///
+    /// A random id that happens to be a lease of someone else's ("lease already exists";
+    /// about one in 2^63 per live lease) is not ours: the keys the transaction put on it are
+    /// deleted again (only where they still sit on that lease) and it starts over with another
+    /// id. On a failure the lease, if it was granted, is revoked in the background.
+    pub(crate) async fn grant_with_txn(
+        self: &Arc<Self>,
+        ttl: i64,
+        leased_keys: &[&str],
+        txn: impl Fn(i64) -> Txn,
+    ) -> Result<(i64, TxnResponse), EtcdError> {
+        for _ in 0..3 {
+            let id = self.next_lease_id();
+            let (granted, written) =
+                tokio::join!(self.grant_id(ttl, id), self.txn_unless_no_lease(txn(id)));
+            match granted {
+                Ok(true) => {}
+                Ok(false) => {
+                    if let Ok(Some(r)) = &written
+                        && r.succeeded()
+                    {
+                        for key in leased_keys {
+                            let undo = Txn::new()
+                                .when([Compare::lease(*key, CompareOp::Equal, id)])
+                                .and_then([TxnOp::delete(*key, None)]);
+                            self.txn(undo).await?;
+                        }
+                    }
+                    continue;
+                }
+                Err(e) => {
+                    // The grant's answer was lost, but a transaction that wrote on the
+                    // lease shows that it exists.
+                    if let Ok(Some(r)) = written
+                        && r.succeeded()
+                    {
+                        return Ok((id, r));
+                    }
+                    self.revoke_in_background(id);
+                    return Err(e);
+                }
+            }
+            let written = match written {
+                Ok(Some(r)) => Ok(r),
+                // Applied before the grant: now it is granted.
+                Ok(None) => self.txn(txn(id)).await,
+                Err(e) => Err(e),
+            };
+            return match written {
+                Ok(r) => Ok((id, r)),
+                Err(e) => {
+                    self.revoke_in_background(id);
+                    Err(e)
+                }
+            };
+        }
+        Err(EtcdError::protocol(
+            "three random lease ids in a row were taken",
+        ))
+    }
+
+    /// Makes the next grants try `ids` (in order) before random ids.
+    pub(crate) fn try_lease_ids_first(&self, mut ids: Vec<i64>) {
+        ids.reverse();
+        *self
+            .next_lease_ids
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = ids;
+    }
+
+    fn next_lease_id(&self) -> i64 {
+        let queued = self
+            .next_lease_ids
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop();
+        queued.unwrap_or_else(|| rand::random_range(1..=i64::MAX))
+    }
+
+    /// Grants a lease of `ttl` seconds with id `id`; `false` if a lease with that id exists.
+    async fn grant_id(&self, ttl: i64, id: i64) -> Result<bool, EtcdError> {
+        let (_, granted) = self
+            .call(|mut c| async move {
+                let options = LeaseGrantOptions::new().with_id(id);
+                match c.lease_grant(ttl, Some(options)).await {
+                    Ok(_) => Ok(true),
+                    Err(etcd_client::Error::GRpcStatus(s))
+                        if s.message().contains("lease already exists") =>
+                    {
+                        Ok(false)
+                    }
+                    Err(e) => Err(e),
+                }
+            })
             .await?;
-        Ok(r.id())
+        Ok(granted)
+    }
+
+    /// One transaction; `None` if etcd refused it because a lease it writes on does not
+    /// exist (yet).
+    async fn txn_unless_no_lease(&self, txn: Txn) -> Result<Option<TxnResponse>, EtcdError> {
+        let (_, r) = self
+            .call(|mut c| {
+                let txn = txn.clone();
+                async move {
+                    match c.txn(txn).await {
+                        Ok(r) => Ok(Some(r)),
+                        Err(etcd_client::Error::GRpcStatus(s)) if is_lease_not_found(&s) => {
+                            Ok(None)
+                        }
+                        Err(e) => Err(e),
+                    }
+                }
+            })
+            .await?;
+        Ok(r)
     }
 
     /// Revokes a lease; `false` if etcd no longer knows it.

@@ -95,6 +95,13 @@ impl EtcdCoordination {
         })
     }
 
+    /// Test hook: the next leases this value grants try `ids` first (in order), e.g. the id
+    /// of a lease someone else holds, to check that a taken id is not used.
+    #[doc(hidden)]
+    pub fn try_lease_ids_first(&self, ids: Vec<i64>) {
+        self.client.try_lease_ids_first(ids);
+    }
+
     /// Checks that etcd answers a consistent read of `scope`'s keys with these settings
     /// (reachability, TLS, credentials and read permission); useful before starting nodes.
     pub async fn check(&self, scope: &Scope) -> Result<(), EtcdError> {
@@ -113,16 +120,20 @@ impl EtcdCoordination {
         // The lock key can expire between the transaction and the keep-alive; a few rounds
         // settle it.
         for _ in 0..3 {
-            let lease = self.client.grant(lease_ttl_secs(lease.ttl)).await?;
-            let txn = Txn::new()
-                .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
-                .and_then([TxnOp::put(
-                    key.as_str(),
-                    value.clone(),
-                    Some(PutOptions::new().with_lease(lease)),
-                )])
-                .or_else([TxnOp::get(key.as_str(), None)]);
-            let resp = self.client.txn_on_lease(txn, lease).await?;
+            // The lease and the transaction that creates the lock key on it, sent together.
+            let (_, resp) = self
+                .client
+                .grant_with_txn(lease_ttl_secs(lease.ttl), &[key.as_str()], |lease| {
+                    Txn::new()
+                        .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
+                        .and_then([TxnOp::put(
+                            key.as_str(),
+                            value.clone(),
+                            Some(PutOptions::new().with_lease(lease)),
+                        )])
+                        .or_else([TxnOp::get(key.as_str(), None)])
+                })
+                .await?;
             if resp.succeeded() {
                 // A write transaction bumps the revision once: the new key's create revision.
                 let revision = header_revision(resp.header())?;
@@ -181,104 +192,121 @@ impl Coordination for EtcdCoordination {
         let node_key = entry::node_key(scope, &node.address);
         let epoch_key = entry::epoch_key(scope);
         let lock_key = entry::lock_key(scope);
-        let lease = self.client.grant(lease_ttl_secs(ttl)).await?;
-        let put_node = TxnOp::put(
-            node_key.as_str(),
-            entry::encode_node(node),
-            Some(PutOptions::new().with_lease(lease).with_prev_key()),
-        );
-        let attempts: Vec<Txn> = match mode {
-            AddMode::Seed {
-                lock,
-                cluster,
-                expected_epoch_version,
-            } => {
-                let Ok(token) = lock.0.parse::<i64>() else {
-                    // Not a token of this backend: it cannot be the lock's.
-                    self.client.revoke_in_background(lease);
-                    return Ok(AddOutcome::Refused);
-                };
-                let epoch_value = entry::encode_epoch(*cluster);
-                // The lock is this node's (value) and the same acquisition (create revision).
-                let holds_lock = [
-                    Compare::create_revision(lock_key.as_str(), CompareOp::Equal, token),
-                    Compare::value(
-                        lock_key.as_str(),
-                        CompareOp::Equal,
-                        entry::encode_node(node),
-                    ),
-                ];
-                let epoch_unchanged = match expected_epoch_version {
-                    Some(v) => Compare::mod_revision(
-                        epoch_key.as_str(),
-                        CompareOp::Equal,
-                        i64::try_from(*v).unwrap_or(i64::MAX),
-                    ),
-                    None => Compare::create_revision(epoch_key.as_str(), CompareOp::Equal, 0),
-                };
-                let writes = [
-                    TxnOp::put(epoch_key.as_str(), epoch_value.clone(), None),
-                    put_node.clone(),
-                ];
-                vec![
-                    // The first try: nobody registered since the read that found no nodes.
-                    Txn::new()
-                        .when([
-                            holds_lock[0].clone(),
-                            holds_lock[1].clone(),
-                            epoch_unchanged,
-                        ])
-                        .and_then(writes.clone()),
-                    // A retry after a lost reply: the marker already names our cluster.
-                    Txn::new()
-                        .when([
-                            holds_lock[0].clone(),
-                            holds_lock[1].clone(),
-                            Compare::value(epoch_key.as_str(), CompareOp::Equal, epoch_value),
-                        ])
-                        .and_then(writes),
-                ]
-            }
-            AddMode::Join {
-                cluster: Some(cluster),
-            } => {
-                let epoch_value = entry::encode_epoch(*cluster);
-                vec![
-                    Txn::new()
-                        .when([Compare::value(
+        // Not a token of this backend: it cannot be the lock's.
+        let token = match mode {
+            AddMode::Seed { lock, .. } => match lock.0.parse::<i64>() {
+                Ok(token) => Some(token),
+                Err(_) => return Ok(AddOutcome::Refused),
+            },
+            AddMode::Join { .. } => None,
+        };
+        // The transactions to try in turn, writing the entry on `lease`.
+        let attempts = |lease: i64| -> Vec<Txn> {
+            let put_node = TxnOp::put(
+                node_key.as_str(),
+                entry::encode_node(node),
+                Some(PutOptions::new().with_lease(lease).with_prev_key()),
+            );
+            match mode {
+                AddMode::Seed {
+                    cluster,
+                    expected_epoch_version,
+                    ..
+                } => {
+                    let token = token.unwrap_or_default();
+                    let epoch_value = entry::encode_epoch(*cluster);
+                    // The lock is this node's (value) and the same acquisition (create revision).
+                    let holds_lock = [
+                        Compare::create_revision(lock_key.as_str(), CompareOp::Equal, token),
+                        Compare::value(
+                            lock_key.as_str(),
+                            CompareOp::Equal,
+                            entry::encode_node(node),
+                        ),
+                    ];
+                    let epoch_unchanged = match expected_epoch_version {
+                        Some(v) => Compare::mod_revision(
                             epoch_key.as_str(),
                             CompareOp::Equal,
-                            epoch_value.clone(),
-                        )])
-                        // Rewriting the marker with the same value moves its mod revision,
-                        // which refuses any seeding that read the registry before this.
-                        .and_then([
-                            put_node.clone(),
-                            TxnOp::put(epoch_key.as_str(), epoch_value.clone(), None),
-                        ]),
-                    // The marker is gone (etcd's data was lost): a member re-creates it for
-                    // its cluster, unless someone else created one first.
+                            i64::try_from(*v).unwrap_or(i64::MAX),
+                        ),
+                        None => Compare::create_revision(epoch_key.as_str(), CompareOp::Equal, 0),
+                    };
+                    let writes = [
+                        TxnOp::put(epoch_key.as_str(), epoch_value.clone(), None),
+                        put_node.clone(),
+                    ];
+                    vec![
+                        // The first try: nobody registered since the read that found no nodes.
+                        Txn::new()
+                            .when([
+                                holds_lock[0].clone(),
+                                holds_lock[1].clone(),
+                                epoch_unchanged,
+                            ])
+                            .and_then(writes.clone()),
+                        // A retry after a lost reply: the marker already names our cluster.
+                        Txn::new()
+                            .when([
+                                holds_lock[0].clone(),
+                                holds_lock[1].clone(),
+                                Compare::value(epoch_key.as_str(), CompareOp::Equal, epoch_value),
+                            ])
+                            .and_then(writes),
+                    ]
+                }
+                AddMode::Join {
+                    cluster: Some(cluster),
+                } => {
+                    let epoch_value = entry::encode_epoch(*cluster);
+                    vec![
+                        Txn::new()
+                            .when([Compare::value(
+                                epoch_key.as_str(),
+                                CompareOp::Equal,
+                                epoch_value.clone(),
+                            )])
+                            // Rewriting the marker with the same value moves its mod revision,
+                            // which refuses any seeding that read the registry before this.
+                            .and_then([
+                                put_node.clone(),
+                                TxnOp::put(epoch_key.as_str(), epoch_value.clone(), None),
+                            ]),
+                        // The marker is gone (etcd's data was lost): a member re-creates it for
+                        // its cluster, unless someone else created one first.
+                        Txn::new()
+                            .when([Compare::create_revision(
+                                epoch_key.as_str(),
+                                CompareOp::Equal,
+                                0,
+                            )])
+                            .and_then([
+                                put_node,
+                                TxnOp::put(epoch_key.as_str(), epoch_value, None),
+                            ]),
+                    ]
+                }
+                AddMode::Join { cluster: None } => vec![
                     Txn::new()
                         .when([Compare::create_revision(
                             epoch_key.as_str(),
                             CompareOp::Equal,
                             0,
                         )])
-                        .and_then([put_node, TxnOp::put(epoch_key.as_str(), epoch_value, None)]),
-                ]
+                        .and_then([put_node]),
+                ],
             }
-            AddMode::Join { cluster: None } => vec![
-                Txn::new()
-                    .when([Compare::create_revision(
-                        epoch_key.as_str(),
-                        CompareOp::Equal,
-                        0,
-                    )])
-                    .and_then([put_node]),
-            ],
         };
-        for txn in attempts {
-            let resp = self.client.txn_on_lease(txn, lease).await?;
+        // The lease and the first transaction, sent together; the others (a retry's) after.
+        let (lease, first) = self
+            .client
+            .grant_with_txn(lease_ttl_secs(ttl), &[node_key.as_str()], |lease| {
+                attempts(lease).swap_remove(0)
+            })
+            .await?;
+        let mut rest = attempts(lease).into_iter().skip(1);
+        let mut resp = first;
+        loop {
             if resp.succeeded() {
                 // Our own earlier registration (same incarnation) was replaced: its lease
                 // now holds no key.
@@ -302,6 +330,10 @@ impl Coordination for EtcdCoordination {
                     header_revision(resp.header())?,
                 );
                 return Ok(AddOutcome::Added);
+            }
+            match rest.next() {
+                Some(txn) => resp = self.client.txn_on_lease(txn, lease).await?,
+                None => break,
             }
         }
         self.client.revoke_in_background(lease);
