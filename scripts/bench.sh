@@ -54,52 +54,62 @@ wait_etcd() {
     echo "etcd at $1 did not come up" >&2; exit 1
 }
 
-# name → the demo's backend options
-declare -A options
-if wanted etcd; then
-    c=$(docker run -d -p 127.0.0.1::2379 "$CONSTRUCTR_ETCD_IMAGE" --name bench \
-        --data-dir /tmp/etcd --listen-client-urls http://0.0.0.0:2379 \
-        --advertise-client-urls http://127.0.0.1:2379)
-    containers+=("$c")
-    url="http://127.0.0.1:$(port_of "$c" 2379/tcp)"
-    wait_etcd "$url"
-    options[etcd]="--backend etcd --endpoints $url"
-fi
-if wanted etcd3; then
-    network="constructr-bench-$$"
-    docker network create "$network" >/dev/null
-    cluster=""
-    for i in 1 2 3; do cluster+="${cluster:+,}m$i=http://bench-m$i-$$:2380"; done
-    urls=""
-    for i in 1 2 3; do
-        c=$(docker run -d --network "$network" --name "bench-m$i-$$" -p 127.0.0.1::2379 \
-            "$CONSTRUCTR_ETCD_IMAGE" --name "m$i" --data-dir /tmp/etcd \
-            --listen-client-urls http://0.0.0.0:2379 --advertise-client-urls "http://bench-m$i-$$:2379" \
-            --listen-peer-urls http://0.0.0.0:2380 --initial-advertise-peer-urls "http://bench-m$i-$$:2380" \
-            --initial-cluster "$cluster" --initial-cluster-token "bench-$$" --initial-cluster-state new)
+# Each backend runs alone: its containers start before its runs and stop after them, so
+# that no other service shares the two cores while it is measured.
+options=""
+start_backend() { # name → sets $options, the demo's backend options
+    case $1 in
+    etcd)
+        c=$(docker run -d -p 127.0.0.1::2379 "$CONSTRUCTR_ETCD_IMAGE" --name bench \
+            --data-dir /tmp/etcd --listen-client-urls http://0.0.0.0:2379 \
+            --advertise-client-urls http://127.0.0.1:2379)
         containers+=("$c")
-        urls+="${urls:+,}http://127.0.0.1:$(port_of "$c" 2379/tcp)"
-    done
-    wait_etcd "$urls"
-    options[etcd3]="--backend etcd --endpoints $urls"
-fi
-if wanted consul; then
-    c=$(docker run -d -p 127.0.0.1::8500 "$CONSTRUCTR_CONSUL_IMAGE" agent -dev -client 0.0.0.0)
-    containers+=("$c")
-    url="http://127.0.0.1:$(port_of "$c" 8500/tcp)"
-    for _ in $(seq 100); do curl -sf "$url/v1/status/leader" | grep -q ':' && break; sleep 0.2; done
-    options[consul]="--backend consul --consul-address $url"
-fi
-if wanted zookeeper; then
-    c=$(docker run -d -p 127.0.0.1::2181 "$CONSTRUCTR_ZOOKEEPER_IMAGE")
-    containers+=("$c")
-    port=$(port_of "$c" 2181/tcp)
-    for _ in $(seq 150); do
-        [[ $( (exec 3<>/dev/tcp/127.0.0.1/"$port" && printf ruok >&3 && cat <&3) 2>/dev/null) == imok ]] && break
-        sleep 0.2
-    done
-    options[zookeeper]="--backend zookeeper --zookeeper 127.0.0.1:$port"
-fi
+        url="http://127.0.0.1:$(port_of "$c" 2379/tcp)"
+        wait_etcd "$url"
+        options="--backend etcd --endpoints $url"
+        ;;
+    etcd3)
+        network="constructr-bench-$$"
+        docker network create "$network" >/dev/null
+        cluster=""
+        for i in 1 2 3; do cluster+="${cluster:+,}m$i=http://bench-m$i-$$:2380"; done
+        urls=""
+        for i in 1 2 3; do
+            c=$(docker run -d --network "$network" --name "bench-m$i-$$" -p 127.0.0.1::2379 \
+                "$CONSTRUCTR_ETCD_IMAGE" --name "m$i" --data-dir /tmp/etcd \
+                --listen-client-urls http://0.0.0.0:2379 --advertise-client-urls "http://bench-m$i-$$:2379" \
+                --listen-peer-urls http://0.0.0.0:2380 --initial-advertise-peer-urls "http://bench-m$i-$$:2380" \
+                --initial-cluster "$cluster" --initial-cluster-token "bench-$$" --initial-cluster-state new)
+            containers+=("$c")
+            urls+="${urls:+,}http://127.0.0.1:$(port_of "$c" 2379/tcp)"
+        done
+        wait_etcd "$urls"
+        options="--backend etcd --endpoints $urls"
+        ;;
+    consul)
+        c=$(docker run -d -p 127.0.0.1::8500 "$CONSTRUCTR_CONSUL_IMAGE" agent -dev -client 0.0.0.0)
+        containers+=("$c")
+        url="http://127.0.0.1:$(port_of "$c" 8500/tcp)"
+        for _ in $(seq 100); do curl -sf "$url/v1/status/leader" | grep -q ':' && break; sleep 0.2; done
+        options="--backend consul --consul-address $url"
+        ;;
+    zookeeper)
+        c=$(docker run -d -p 127.0.0.1::2181 "$CONSTRUCTR_ZOOKEEPER_IMAGE")
+        containers+=("$c")
+        port=$(port_of "$c" 2181/tcp)
+        for _ in $(seq 150); do
+            [[ $( (exec 3<>/dev/tcp/127.0.0.1/"$port" && printf ruok >&3 && cat <&3) 2>/dev/null) == imok ]] && break
+            sleep 0.2
+        done
+        options="--backend zookeeper --zookeeper 127.0.0.1:$port"
+        ;;
+    esac
+}
+stop_backend() {
+    cleanup
+    containers=()
+    network=""
+}
 
 results=$(mktemp)
 steady=$(mktemp)
@@ -114,7 +124,8 @@ print(json.dumps({"backend": b, "mode": m, "n": int(n), **{k: d.get(k) for k in 
     "peak_rss_kib", "requests_per_node_per_refresh", "requests_counted_on")}}))' "$@"
 }
 for b in etcd etcd3 consul zookeeper; do
-    [[ -n ${options[$b]:-} ]] || continue
+    wanted "$b" || continue
+    start_backend "$b"
     for n in $nodes_list; do
         if [[ $b == zookeeper ]] && ((n > zk_max)); then continue; fi
         for r in $(seq "$rounds"); do
@@ -124,7 +135,7 @@ for b in etcd etcd3 consul zookeeper; do
                 run=$((run + 1))
                 echo "[bench] $b n=$n $mode round $r" >&2
                 # shellcheck disable=SC2086
-                "$bin" demo ${options[$b]} --nodes "$n" --json --cluster "bench-$$-$run" "${compat[@]}" 2>/dev/null \
+                "$bin" demo $options --nodes "$n" --json --cluster "bench-$$-$run" "${compat[@]}" 2>/dev/null \
                     | record "$b" "$mode" "$n" >> "$results" || echo "[bench] run failed" >&2
             done
         done
@@ -137,9 +148,10 @@ for b in etcd etcd3 consul zookeeper; do
     if [[ $b == zookeeper ]] && ((n > zk_max)); then n=$zk_max; fi
     echo "[bench] $b steady state, $n nodes, $hold refreshes" >&2
     # shellcheck disable=SC2086
-    "$bin" demo ${options[$b]} --nodes "$n" --json --cluster "bench-$$-steady-$b" \
+    "$bin" demo $options --nodes "$n" --json --cluster "bench-$$-steady-$b" \
         --config "$cfg" --hold-refreshes "$hold" 2>/dev/null \
         | record "$b" steady "$n" >> "$steady" || echo "[bench] steady run failed" >&2
+    stop_backend
 done
 
 mkdir -p docs
