@@ -355,9 +355,10 @@ where
 
 /// The lock attempts of the nodes of one backend value, keyed by scope: while one node's
 /// request for a scope's lock is in flight, the others that ask for it wait for its outcome
-/// instead of sending their own. If it takes the lock (or finds it held), they answer
-/// [`LockOutcome::HeldByOther`], which is true: another node held the lock during their
-/// call. If it fails (or is dropped), one of them tries next.
+/// instead of sending their own. If it takes the lock, they answer
+/// [`LockOutcome::HeldByOther`], which is true: another node took the lock during their
+/// call. If it finds the lock held (perhaps by one of them, which must hear `Acquired`),
+/// fails or is dropped, one of them tries next.
 ///
 /// Without it, the nodes of a process that start together each grant a lease and send a
 /// lock transaction, and all but one lose: raft writes queued in front of the winner's.
@@ -391,8 +392,8 @@ pub struct SharedLocks {
     next_id: std::sync::atomic::AtomicU64,
 }
 
-/// One node's lock request in flight; its outcome is `Some(true)` when the lock turned out
-/// held (by it or by another), `Some(false)` when the request failed.
+/// One node's lock request in flight; its outcome is `Some(true)` when it took the lock,
+/// `Some(false)` when it did not.
 struct InFlight {
     id: u64,
     node: NodeId,
@@ -423,8 +424,8 @@ impl Drop for Leave<'_> {
 
 impl SharedLocks {
     /// Runs `attempt` (`node`'s lock request for `key`) unless another node's request for
-    /// `key` is in flight: then waits for that one and answers `HeldByOther` if it found the
-    /// lock taken, or runs `attempt` after it if it failed. A node's own requests (the
+    /// `key` is in flight: then waits for that one and answers `HeldByOther` if it took the
+    /// lock, or runs `attempt` after it if not. A node's own requests (the
     /// re-entrant extension of a lock it holds) are never held back.
     pub async fn lock<F>(&self, key: &str, node: &NodeId, attempt: F) -> Result<LockOutcome>
     where
@@ -462,7 +463,8 @@ impl SharedLocks {
                 Next::Own => return attempt.await,
                 Next::Try(id, tx) => break (id, tx),
                 Next::Wait(mut outcome) => {
-                    // An error (the other request was dropped) or `false` (it failed): try.
+                    // An error (the other request was dropped) or `false` (it did not take
+                    // the lock: it failed, or the lock is held, maybe by this node): try.
                     if let Ok(held) = outcome.wait_for(Option::is_some).await
                         && *held == Some(true)
                     {
@@ -479,7 +481,7 @@ impl SharedLocks {
         let outcome = attempt.await;
         // Out of the map first: a waiter that finds the outcome `false` tries next.
         drop(leave);
-        let _ = tx.send(Some(outcome.is_ok()));
+        let _ = tx.send(Some(matches!(outcome, Ok(LockOutcome::Acquired(_)))));
         outcome
     }
 }
@@ -703,6 +705,26 @@ mod tests {
         assert!(first.is_err(), "a timed out");
         assert_eq!(second.unwrap(), acquired().unwrap());
         assert_eq!(sent.load(Ordering::Relaxed), 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_holder_asking_again_while_another_finds_the_lock_held_hears_acquired() {
+        let locks = SharedLocks::default();
+        let sent = AtomicU64::new(0);
+        let d = Duration::from_millis(10);
+        let (holder, other) = (lock_node(1), lock_node(2));
+        // `other`'s request finds the lock held (by `holder`); `holder` re-locks meanwhile.
+        let (theirs, mine) = tokio::join!(
+            locks.lock("s", &other, counted(&sent, d, Ok(LockOutcome::HeldByOther))),
+            locks.lock("s", &holder, counted(&sent, d, acquired())),
+        );
+        assert_eq!(theirs.unwrap(), LockOutcome::HeldByOther);
+        assert_eq!(
+            mine.unwrap(),
+            acquired().unwrap(),
+            "the holder keeps its lock"
+        );
+        assert_eq!(sent.load(Ordering::Relaxed), 2);
     }
 
     #[tokio::test(start_paused = true)]

@@ -435,7 +435,8 @@ impl Coordination for EtcdCoordination {
         let owned = scope.clone();
         let shared = self
             .reads
-            .read(&format!("{}#{window}", scope.base()), move || {
+            // Not a scope's base (those start with `/`): no full read shares this key.
+            .read(&format!("{window}{}", scope.base()), move || {
                 let (client, scope) = (client.clone(), owned.clone());
                 async move {
                     read_registry(client, scope, Some(window))

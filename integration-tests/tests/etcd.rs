@@ -233,6 +233,37 @@ async fn a_lease_id_someone_else_holds_carries_neither_the_lock_nor_an_entry() {
     let _ = &mut raw;
 }
 
+/// Shared reads of one scope must never answer a read of another: a bounded read of
+/// cluster `c` and a full read of cluster `c#32` (a valid name) run at once, many times.
+#[tokio::test]
+async fn a_bounded_read_never_shares_another_clusters_full_read() {
+    require_docker!();
+    init_tracing();
+    let (_node, etcd, scope) = member_and_scope("shared-key").await;
+    let other = Scope::new(
+        scope.prefix(),
+        constructr_core::ClusterName::new(format!("{}#32", scope.cluster().as_str())).unwrap(),
+    )
+    .unwrap();
+    let stranger = NodeId::new("10.9.9.9:1", 1);
+    let added = etcd
+        .add_self(
+            other.lease(&stranger, Duration::from_secs(30)),
+            &constructr_core::AddMode::Join { cluster: None },
+        )
+        .await
+        .unwrap();
+    assert_eq!(added, constructr_core::AddOutcome::Added);
+    let limit = constructr_core::NodeLimit::new(6).unwrap();
+    for _ in 0..50 {
+        let (full, bounded) =
+            tokio::join!(etcd.get_nodes(&other), etcd.get_some_nodes(&scope, limit));
+        assert_eq!(full.unwrap().nodes, vec![stranger.clone()]);
+        let bounded = bounded.unwrap();
+        assert!(bounded.nodes.is_empty(), "{scope} read {:?}", bounded.nodes);
+    }
+}
+
 #[tokio::test]
 async fn twenty_racing_lock_requests_grant_one_lease() {
     require_docker!();
