@@ -347,7 +347,7 @@ impl EtcdClient {
             .unwrap_or_else(|p| p.into_inner()) = ids;
     }
 
-    fn next_lease_id(&self) -> i64 {
+    pub(crate) fn next_lease_id(&self) -> i64 {
         let queued = self
             .next_lease_ids
             .lock()
@@ -357,7 +357,7 @@ impl EtcdClient {
     }
 
     /// Grants a lease of `ttl` seconds with id `id`; `false` if a lease with that id exists.
-    async fn grant_id(&self, ttl: i64, id: i64) -> Result<bool, EtcdError> {
+    pub(crate) async fn grant_id(&self, ttl: i64, id: i64) -> Result<bool, EtcdError> {
         let (_, granted) = self
             .call(|mut c| async move {
                 let options = LeaseGrantOptions::new().with_id(id);
@@ -377,7 +377,10 @@ impl EtcdClient {
 
     /// One transaction; `None` if etcd refused it because a lease it writes on does not
     /// exist (yet).
-    async fn txn_unless_no_lease(&self, txn: Txn) -> Result<Option<TxnResponse>, EtcdError> {
+    pub(crate) async fn txn_unless_no_lease(
+        &self,
+        txn: Txn,
+    ) -> Result<Option<TxnResponse>, EtcdError> {
         let (_, r) = self
             .call(|mut c| {
                 let txn = txn.clone();

@@ -43,6 +43,7 @@ use crate::client::EtcdClient;
 use crate::config::EtcdConfig;
 use crate::entries::OwnedEntries;
 use crate::error::EtcdError;
+use crate::joins::{Joined, Joins, Pending};
 use constructr_core::plumbing::{Backoff, DriverError};
 
 /// The etcd backend. One value serves any number of nodes and clusters; clone-free sharing
@@ -53,6 +54,8 @@ pub struct EtcdCoordination {
     waits: SharedWaits,
     reads: SharedReads<Arc<Registry>>,
     locks: SharedLocks,
+    /// Member registrations written together (`joins`).
+    joins: Joins,
     /// Where the next bounded read starts handing out entries of its window.
     rotation: AtomicUsize,
 }
@@ -91,6 +94,7 @@ impl EtcdCoordination {
             waits: SharedWaits::default(),
             reads: SharedReads::default(),
             locks: SharedLocks::default(),
+            joins: Joins::default(),
             rotation: AtomicUsize::new(0),
         })
     }
@@ -192,6 +196,45 @@ impl Coordination for EtcdCoordination {
         let node_key = entry::node_key(scope, &node.address);
         let epoch_key = entry::epoch_key(scope);
         let lock_key = entry::lock_key(scope);
+        if let AddMode::Join {
+            cluster: Some(cluster),
+        } = mode
+        {
+            // Written together with the other registrations of this value (`joins`).
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            let value = entry::encode_node(node);
+            self.joins.submit(
+                &self.client,
+                &epoch_key,
+                entry::encode_epoch(*cluster),
+                Pending {
+                    node_key: node_key.clone(),
+                    node_value: value.clone(),
+                    ttl: lease_ttl_secs(ttl),
+                    reply,
+                },
+            );
+            let joined = answer.await.unwrap_or_else(|_| {
+                Err(EtcdError::Unavailable {
+                    endpoint: "-".into(),
+                    detail: "the registration writer stopped".into(),
+                })
+            })?;
+            return Ok(match joined {
+                Joined::Added { lease, revision } => {
+                    self.entries.remember(
+                        &self.client,
+                        &entry::nodes_prefix(scope),
+                        &node_key,
+                        value,
+                        lease,
+                        revision,
+                    );
+                    AddOutcome::Added
+                }
+                Joined::Refused => AddOutcome::Refused,
+            });
+        }
         // Not a token of this backend: it cannot be the lock's.
         let token = match mode {
             AddMode::Seed { lock, .. } => match lock.0.parse::<i64>() {
@@ -255,38 +298,9 @@ impl Coordination for EtcdCoordination {
                             .and_then(writes),
                     ]
                 }
-                AddMode::Join {
-                    cluster: Some(cluster),
-                } => {
-                    let epoch_value = entry::encode_epoch(*cluster);
-                    vec![
-                        Txn::new()
-                            .when([Compare::value(
-                                epoch_key.as_str(),
-                                CompareOp::Equal,
-                                epoch_value.clone(),
-                            )])
-                            // Rewriting the marker with the same value moves its mod revision,
-                            // which refuses any seeding that read the registry before this.
-                            .and_then([
-                                put_node.clone(),
-                                TxnOp::put(epoch_key.as_str(), epoch_value.clone(), None),
-                            ]),
-                        // The marker is gone (etcd's data was lost): a member re-creates it for
-                        // its cluster, unless someone else created one first.
-                        Txn::new()
-                            .when([Compare::create_revision(
-                                epoch_key.as_str(),
-                                CompareOp::Equal,
-                                0,
-                            )])
-                            .and_then([
-                                put_node,
-                                TxnOp::put(epoch_key.as_str(), epoch_value, None),
-                            ]),
-                    ]
-                }
-                AddMode::Join { cluster: None } => vec![
+                // A registry without marker (a member of a known cluster went through
+                // `joins` above).
+                AddMode::Join { .. } => vec![
                     Txn::new()
                         .when([Compare::create_revision(
                             epoch_key.as_str(),

@@ -31,6 +31,7 @@ pub mod config;
 pub mod coordination;
 mod entries;
 pub mod error;
+mod joins;
 
 pub use config::{EtcdConfig, EtcdTlsConfig, PemSource, TlsConfig};
 pub use constructr_core::plumbing::{DriverError, Secret};

@@ -200,3 +200,87 @@ pub async fn racing_lock_requests_are_one<C: Coordination>(
         "{n} racing lock requests sent {sent} requests (at most {max_requests} expected)"
     );
 }
+
+/// `n` members of one process joining a seeded cluster at once, and `n / 10` nodes of
+/// another cluster joining beside them: every member is added, the others refused, and
+/// (registrations being written together) at most `max_requests` requests are sent.
+pub async fn racing_joins_share_requests<C: Coordination>(
+    coordination: &Arc<C>,
+    scope: &Scope,
+    n: usize,
+    max_requests: u64,
+) {
+    let ttl = Duration::from_secs(30);
+    let seed = node_id(0);
+    let LockOutcome::Acquired(lock) = coordination.lock(scope.lease(&seed, ttl)).await.unwrap()
+    else {
+        panic!("a fresh scope's lock is free");
+    };
+    let cluster = constructr_core::ClusterId(0x5eed);
+    let seeded = coordination
+        .add_self(
+            scope.lease(&seed, ttl),
+            &AddMode::Seed {
+                lock,
+                cluster,
+                expected_epoch_version: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(seeded, AddOutcome::Added);
+    let before = coordination
+        .requests_sent()
+        .expect("the backend counts its requests");
+    let strangers = n / 10;
+    let joins: Vec<_> = (1..=n + strangers)
+        .map(|i| {
+            let c = coordination.clone();
+            let scope = scope.clone();
+            let cluster = if i > n {
+                constructr_core::ClusterId(0xbad)
+            } else {
+                cluster
+            };
+            tokio::spawn(async move {
+                c.add_self(
+                    scope.lease(&node_id(i), ttl),
+                    &AddMode::Join {
+                        cluster: Some(cluster),
+                    },
+                )
+                .await
+            })
+        })
+        .collect();
+    for (i, j) in joins.into_iter().enumerate() {
+        let outcome = j.await.unwrap().expect("registration");
+        let expected = if i < n {
+            AddOutcome::Added
+        } else {
+            AddOutcome::Refused
+        };
+        assert_eq!(outcome, expected, "node {}", i + 1);
+    }
+    let sent = coordination.requests_sent().unwrap() - before;
+    println!(
+        "{} racing registrations sent {sent} requests",
+        n + strangers
+    );
+    let registered = coordination.get_nodes(scope).await.unwrap();
+    assert_eq!(
+        registered.nodes.len(),
+        n + 1,
+        "the seed and its {n} members, none of the other cluster"
+    );
+    assert_eq!(
+        registered.epoch.map(|e| e.cluster),
+        Some(cluster),
+        "the marker still names the seed's cluster"
+    );
+    assert!(
+        sent <= max_requests,
+        "{} racing registrations sent {sent} requests (at most {max_requests} expected)",
+        n + strangers
+    );
+}

@@ -45,16 +45,21 @@ pub struct EtcdNode {
 impl EtcdNode {
     /// Starts a plain-HTTP member and waits until it serves requests.
     pub async fn start() -> Self {
-        Self::start_inner(None).await
+        Self::start_inner(None, &[]).await
+    }
+
+    /// Starts a plain-HTTP member with extra command-line flags, e.g. `--max-txn-ops=8`.
+    pub async fn start_with_flags(flags: &[&str]) -> Self {
+        Self::start_inner(None, flags).await
     }
 
     /// Starts a member serving clients over TLS with `pki`'s server certificate and
     /// requiring client certificates signed by its CA.
     pub async fn start_tls(pki: TestPki) -> Self {
-        Self::start_inner(Some(pki)).await
+        Self::start_inner(Some(pki), &[]).await
     }
 
-    async fn start_inner(pki: Option<TestPki>) -> Self {
+    async fn start_inner(pki: Option<TestPki>, flags: &[&str]) -> Self {
         let scheme = if pki.is_some() { "https" } else { "http" };
         let (container, host_port) = start_on_free_port(&ETCD_IMAGE, CLIENT_PORT, || {
             let name = format!("constructr-etcd-{}", random_suffix());
@@ -74,6 +79,7 @@ impl EtcdNode {
                 "--initial-cluster".into(),
                 format!("{name}=http://127.0.0.1:{PEER_PORT}"),
             ];
+            args.extend(flags.iter().map(|f| (*f).to_owned()));
             let mut request = image()
                 .with_container_name(name)
                 .with_env_var(NO_FSYNC.0, NO_FSYNC.1);

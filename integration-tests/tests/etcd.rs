@@ -15,8 +15,9 @@ use constructr_core::{
 };
 use constructr_etcd::{EtcdConfig, EtcdCoordination, EtcdError};
 use integration_tests::checks::{
-    assert_wrong_secret_refused, racing_lock_requests_are_one, registration_wakes,
-    spawn_wait_for_change, steady_refresh_is_one_request, waiters_share_one_watch,
+    assert_wrong_secret_refused, racing_joins_share_requests, racing_lock_requests_are_one,
+    registration_wakes, spawn_wait_for_change, steady_refresh_is_one_request,
+    waiters_share_one_watch,
 };
 use integration_tests::etcd::{EtcdCluster3, EtcdNode};
 use integration_tests::nodes::{
@@ -154,6 +155,31 @@ async fn two_hundred_waiters_share_one_watch() {
     waiters_share_one_watch(&etcd, &scope, 200, 2).await;
 }
 
+/// 200 members of one process registering at once are written together: one lease grant
+/// each, and a few transactions for all (not one each), while 20 nodes naming another
+/// cluster beside them are refused.
+#[tokio::test]
+async fn two_hundred_racing_joins_share_a_few_transactions() {
+    require_docker!();
+    init_tracing();
+    let (_node, etcd, scope) = member_and_scope("racing-joins").await;
+    racing_joins_share_requests(&etcd, &scope, 200, 300).await;
+}
+
+/// A server that allows fewer operations per transaction than a batch holds
+/// (`--max-txn-ops=8`): the batches shrink until they fit, and every member is added.
+#[tokio::test]
+async fn racing_joins_fit_a_server_that_allows_few_operations_per_transaction() {
+    require_docker!();
+    init_tracing();
+    let node = EtcdNode::start_with_flags(&["--max-txn-ops=8"]).await;
+    let etcd = coordination(&node.config());
+    let scope = fast_settings(unique_cluster_name("small-txns"))
+        .scope()
+        .unwrap();
+    racing_joins_share_requests(&etcd, &scope, 60, 1_000).await;
+}
+
 /// The lease of a lock or an entry is granted together with the transaction that writes on
 /// it, under an id this process picks. An id that is someone else's lease must not carry
 /// our keys: the lock and the entry end up on leases of their own, and the other lease holds
@@ -228,8 +254,38 @@ async fn a_lease_id_someone_else_holds_carries_neither_the_lock_nor_an_entry() {
         "entry lease {entry:?}"
     );
     holds_nothing(foreign).await;
-    let registry = etcd.get_nodes(&scope).await.unwrap();
-    assert_eq!(registry.nodes, vec![me]);
+    // A member's registration, written by the batch writer, too.
+    let member = NodeId::new("10.0.0.2:2552", 1);
+    etcd.try_lease_ids_first(vec![foreign]);
+    let join = constructr_core::AddMode::Join {
+        cluster: Some(constructr_core::ClusterId(7)),
+    };
+    let outcome = etcd
+        .add_self(scope.lease(&member, Duration::from_secs(10)), &join)
+        .await;
+    match outcome {
+        Ok(added) => assert_eq!(added, constructr_core::AddOutcome::Added),
+        Err(e) => {
+            // The taken id may be reported as retryable; the next try draws another.
+            assert!(e.is_retryable(), "{e}");
+            let again = etcd
+                .add_self(scope.lease(&member, Duration::from_secs(10)), &join)
+                .await
+                .unwrap();
+            assert_eq!(again, constructr_core::AddOutcome::Added);
+        }
+    }
+    let entry = lease_of(constructr_core::entry::node_key(&scope, &member.address)).await;
+    assert!(
+        entry.is_some_and(|l| l != foreign && l != 0),
+        "member entry lease {entry:?}"
+    );
+    holds_nothing(foreign).await;
+    let mut registry = etcd.get_nodes(&scope).await.unwrap().nodes;
+    registry.sort();
+    let mut expected = vec![me, member];
+    expected.sort();
+    assert_eq!(registry, expected);
     let _ = &mut raw;
 }
 
