@@ -67,7 +67,9 @@ use constructr_core::coordination::{
     RefreshOutcome, Registry, WaitOutcome,
 };
 use constructr_core::entry;
-use constructr_core::plumbing::{Backoff, SharedLocks, SharedReads, SharedWaits, spawn_background};
+use constructr_core::plumbing::{
+    Backoff, LockAttempt, SharedLocks, SharedReads, SharedWaits, spawn_background,
+};
 use constructr_core::{ClusterId, Epoch, NodeId, Scope, Settings, SettingsError};
 
 use crate::client::{ConsulClient, KvEntry, Listing, SessionSpec, TxnOp, TxnOutcome};
@@ -209,7 +211,7 @@ impl ConsulCoordination {
     }
 
     /// Takes (or extends) the lock: a session and an acquire of the lock key with it.
-    async fn lock_once(&self, lease: Lease<'_>) -> Result<LockOutcome> {
+    async fn lock_once(&self, lease: Lease<'_>) -> Result<LockAttempt> {
         let Lease {
             scope,
             node: holder,
@@ -225,11 +227,14 @@ impl ConsulCoordination {
                 && let Some(session) = current.session
             {
                 if current.value != value {
-                    return Ok(LockOutcome::HeldByOther);
+                    // Named, so that this process's other nodes asking need not ask again.
+                    return Ok(LockAttempt::held_by(
+                        entry::decode_lock(&current.value).ok(),
+                    ));
                 }
                 // Re-entrant: extend our own lock.
                 if self.client.session_renew(&session).await? {
-                    return Ok(LockOutcome::Acquired(LockToken(session)));
+                    return Ok(LockAttempt::acquired(LockToken(session)));
                 }
                 continue; // expired in between
             }
@@ -245,7 +250,7 @@ impl ConsulCoordination {
                 .kv_acquire(&keys.lock, value.clone(), &session)
                 .await
             {
-                Ok(true) => return Ok(LockOutcome::Acquired(LockToken(session))),
+                Ok(true) => return Ok(LockAttempt::acquired(LockToken(session))),
                 Ok(false) => {
                     self.destroy_in_background(session);
                     // Taken by someone else in between, or Consul's lock delay after the last
@@ -256,7 +261,13 @@ impl ConsulCoordination {
                             value: v,
                             ..
                         }) if v == value => continue,
-                        _ => return Ok(LockOutcome::HeldByOther),
+                        Some(KvEntry {
+                            session: Some(_),
+                            value: v,
+                            ..
+                        }) => return Ok(LockAttempt::held_by(entry::decode_lock(&v).ok())),
+                        // Free, but in Consul's lock delay: nobody to name.
+                        _ => return Ok(LockAttempt::held_by(None)),
                     }
                 }
                 Err(e) => {

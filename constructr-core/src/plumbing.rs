@@ -44,7 +44,7 @@ use crate::CoordinationError;
 use crate::coordination::ErrorKind;
 
 pub use crate::secret::Secret;
-pub use crate::shared_wait::{SharedLocks, SharedReads, SharedWaits};
+pub use crate::shared_wait::{LockAttempt, SharedLocks, SharedReads, SharedWaits};
 
 /// A URL without user info, for messages and logs: `https://user:pw@host:2379/x` →
 /// `https://host:2379/x`, `user@host:2379` → `host:2379`. Anything else is returned as is.

@@ -33,7 +33,7 @@ use constructr_core::coordination::{
     RefreshOutcome, Registry, WaitOutcome,
 };
 use constructr_core::entry;
-use constructr_core::plumbing::{SharedLocks, SharedReads, SharedWaits};
+use constructr_core::plumbing::{LockAttempt, SharedLocks, SharedReads, SharedWaits};
 use constructr_core::{ClusterId, Epoch, NodeId, Scope};
 use etcd_client::{
     Compare, CompareOp, EventType, PutOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
@@ -118,7 +118,7 @@ impl EtcdCoordination {
 
 impl EtcdCoordination {
     /// Takes (or extends) the lock: a lease and a transaction that creates the lock key on it.
-    async fn lock_once(&self, lease: Lease<'_>) -> Result<LockOutcome> {
+    async fn lock_once(&self, lease: Lease<'_>) -> Result<LockAttempt> {
         let key = entry::lock_key(lease.scope);
         let value = entry::encode_node(lease.node);
         // The lock key can expire between the transaction and the keep-alive; a few rounds
@@ -141,7 +141,7 @@ impl EtcdCoordination {
             if resp.succeeded() {
                 // A write transaction bumps the revision once: the new key's create revision.
                 let revision = header_revision(resp.header())?;
-                return Ok(LockOutcome::Acquired(LockToken(revision.to_string())));
+                return Ok(LockAttempt::acquired(LockToken(revision.to_string())));
             }
             // Lost: the lease holds nothing and expires with the lock TTL. Revoking it would
             // be one more raft write per loser, queued right in front of the winner's
@@ -153,11 +153,12 @@ impl EtcdCoordination {
                 continue; // expired in between
             };
             if kv.value() != value.as_slice() {
-                return Ok(LockOutcome::HeldByOther);
+                // Named, so that this process's other nodes asking need not ask again.
+                return Ok(LockAttempt::held_by(entry::decode_lock(kv.value()).ok()));
             }
             // Re-entrant: extend our own lock.
             if self.client.keep_alive(kv.lease()).await? {
-                return Ok(LockOutcome::Acquired(LockToken(
+                return Ok(LockAttempt::acquired(LockToken(
                     kv.create_revision().to_string(),
                 )));
             }

@@ -284,3 +284,37 @@ pub async fn racing_joins_share_requests<C: Coordination>(
         n + strangers
     );
 }
+
+/// A lock that another process's node holds: `n` nodes of this process asking for it at
+/// once all hear `HeldByOther`, and send at most `max_requests` requests between them (the
+/// first request names the holder, which answers the others).
+pub async fn lock_held_elsewhere_is_asked_once<C: Coordination>(
+    ours: &Arc<C>,
+    theirs: &C,
+    scope: &Scope,
+    n: usize,
+    max_requests: u64,
+) {
+    let ttl = Duration::from_secs(30);
+    let taken = theirs.lock(scope.lease(&node_id(0), ttl)).await.unwrap();
+    assert!(matches!(taken, LockOutcome::Acquired(_)), "{taken:?}");
+    let before = ours
+        .requests_sent()
+        .expect("the backend counts its requests");
+    let attempts: Vec<_> = (1..=n)
+        .map(|i| {
+            let c = ours.clone();
+            let scope = scope.clone();
+            tokio::spawn(async move { c.lock(scope.lease(&node_id(i), ttl)).await })
+        })
+        .collect();
+    for a in attempts {
+        assert_eq!(a.await.unwrap().expect("lock"), LockOutcome::HeldByOther);
+    }
+    let sent = ours.requests_sent().unwrap() - before;
+    println!("{n} nodes asking for a lock held elsewhere sent {sent} requests");
+    assert!(
+        sent <= max_requests,
+        "{n} nodes asking for a lock held elsewhere sent {sent} requests (at most {max_requests} expected)"
+    );
+}

@@ -15,9 +15,9 @@ use constructr_core::conformance;
 use constructr_core::local::LocalCluster;
 use constructr_core::{ClusterName, Coordination, Event, Failure, Settings, State};
 use integration_tests::checks::{
-    assert_unauthorized, assert_wrong_secret_refused, racing_lock_requests_are_one,
-    registration_wakes, spawn_wait_for_change, steady_refresh_is_one_request,
-    waiters_share_one_watch,
+    assert_unauthorized, assert_wrong_secret_refused, lock_held_elsewhere_is_asked_once,
+    racing_lock_requests_are_one, registration_wakes, spawn_wait_for_change,
+    steady_refresh_is_one_request, waiters_share_one_watch,
 };
 use integration_tests::consul::{ConsulNode, ConsulOptions, consul_settings};
 use integration_tests::nodes::{
@@ -205,6 +205,20 @@ async fn twenty_racing_lock_requests_create_one_session() {
         .unwrap();
     // One read of the lock key, one session, one acquire.
     racing_lock_requests_are_one(&consul, &scope, 20, 3).await;
+}
+
+/// 50 nodes asking for a lock that a node of another process holds send one request
+/// between them (a read of the lock key), not one each in turn.
+#[tokio::test]
+async fn nodes_asking_for_a_lock_held_elsewhere_send_one_request() {
+    require_docker!();
+    init_tracing();
+    let (node, consul) = with_client(ConsulNode::start()).await;
+    let elsewhere = coordination(&node.config());
+    let scope = consul_settings(unique_cluster_name("held-elsewhere"))
+        .scope()
+        .unwrap();
+    lock_held_elsewhere_is_asked_once(&consul, &*elsewhere, &scope, 50, 3).await;
 }
 
 /// Consul closes the connections of one client beyond `limits.http_max_conns_per_client`;

@@ -15,9 +15,9 @@ use constructr_core::{
 };
 use constructr_etcd::{EtcdConfig, EtcdCoordination, EtcdError};
 use integration_tests::checks::{
-    assert_wrong_secret_refused, racing_joins_share_requests, racing_lock_requests_are_one,
-    registration_wakes, spawn_wait_for_change, steady_refresh_is_one_request,
-    waiters_share_one_watch,
+    assert_wrong_secret_refused, lock_held_elsewhere_is_asked_once, racing_joins_share_requests,
+    racing_lock_requests_are_one, registration_wakes, spawn_wait_for_change,
+    steady_refresh_is_one_request, waiters_share_one_watch,
 };
 use integration_tests::etcd::{EtcdCluster3, EtcdNode};
 use integration_tests::nodes::{
@@ -164,6 +164,17 @@ async fn two_hundred_racing_joins_share_a_few_transactions() {
     init_tracing();
     let (_node, etcd, scope) = member_and_scope("racing-joins").await;
     racing_joins_share_requests(&etcd, &scope, 200, 300).await;
+}
+
+/// 50 nodes asking for a lock that a node of another process holds send one request
+/// between them, not one each in turn.
+#[tokio::test]
+async fn nodes_asking_for_a_lock_held_elsewhere_send_one_request() {
+    require_docker!();
+    init_tracing();
+    let (node, etcd, scope) = member_and_scope("held-elsewhere").await;
+    let elsewhere = coordination(&node.config());
+    lock_held_elsewhere_is_asked_once(&etcd, &*elsewhere, &scope, 50, 3).await;
 }
 
 /// A server that allows fewer operations per transaction than a batch holds
