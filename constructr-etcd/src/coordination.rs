@@ -393,9 +393,19 @@ impl Coordination for EtcdCoordination {
         }
     }
 
+    /// Revokes the lease this value wrote the entry on (one request: etcd deletes the keys
+    /// of a revoked lease, and only this entry sits on it; an entry that another incarnation
+    /// wrote over it sits on another lease and stays). Without a remembered lease: a
+    /// transaction that deletes the key if it holds this incarnation, then a revoke.
     async fn remove_self(&self, scope: &Scope, node: &NodeId) -> Result<()> {
         let key = entry::node_key(scope, &node.address);
+        let own = self.entries.own_lease(&key, &entry::encode_node(node));
         self.entries.forget(&key);
+        if let Some(lease) = own {
+            // `false`: expired already, and the entry with it.
+            self.client.revoke(lease).await?;
+            return Ok(());
+        }
         let txn = Txn::new()
             .when([Compare::value(
                 key.as_str(),

@@ -128,6 +128,16 @@ impl OwnedEntries {
         }
     }
 
+    /// The lease this node's `value` was last written on under `key`, watched or not.
+    pub(crate) fn own_lease(&self, key: &str, value: &[u8]) -> Option<i64> {
+        let state = self.state();
+        state
+            .owned
+            .get(key)
+            .filter(|o| o.value == value)
+            .map(|o| o.lease)
+    }
+
     /// Forgets `key` (removed, or found missing).
     pub(crate) fn forget(&self, key: &str) {
         self.state().owned.remove(key);

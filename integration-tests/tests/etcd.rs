@@ -177,6 +177,53 @@ async fn nodes_asking_for_a_lock_held_elsewhere_send_one_request() {
     lock_held_elsewhere_is_asked_once(&etcd, &*elsewhere, &scope, 50, 3).await;
 }
 
+/// Leaving is one request: the revoke of the entry's lease, which deletes the entry; an
+/// entry that another incarnation wrote over it stays.
+#[tokio::test]
+async fn removing_an_entry_is_one_revoke_and_spares_another_incarnations_entry() {
+    require_docker!();
+    init_tracing();
+    let (node, etcd, scope) = member_and_scope("remove-revoke").await;
+    let ttl = Duration::from_secs(30);
+    let join = constructr_core::AddMode::Join { cluster: None };
+    let me = NodeId::new("10.0.0.1:2552", 1);
+    let added = etcd.add_self(scope.lease(&me, ttl), &join).await.unwrap();
+    assert_eq!(added, constructr_core::AddOutcome::Added);
+    // The backend's watch of its own entries opens in the background: let it.
+    let mut before = etcd.requests_sent().unwrap();
+    loop {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let now = etcd.requests_sent().unwrap();
+        if now == before {
+            break;
+        }
+        before = now;
+    }
+    etcd.remove_self(&scope, &me).await.unwrap();
+    assert_eq!(etcd.requests_sent().unwrap() - before, 1, "one revoke");
+    assert!(etcd.get_nodes(&scope).await.unwrap().nodes.is_empty());
+
+    // Registered again, then overwritten by its next incarnation through another value:
+    // removing the old one leaves the new one's entry alone.
+    let added = etcd.add_self(scope.lease(&me, ttl), &join).await.unwrap();
+    assert_eq!(added, constructr_core::AddOutcome::Added);
+    let restarted = NodeId::new("10.0.0.1:2552", 2);
+    let other = coordination(&node.config());
+    let overwrite = constructr_core::AddMode::Join { cluster: None };
+    // The marker is absent (no seed), so the newer incarnation registers the same way.
+    let added = other
+        .add_self(scope.lease(&restarted, ttl), &overwrite)
+        .await
+        .unwrap();
+    assert_eq!(added, constructr_core::AddOutcome::Added);
+    etcd.remove_self(&scope, &me).await.unwrap();
+    assert_eq!(
+        etcd.get_nodes(&scope).await.unwrap().nodes,
+        vec![restarted],
+        "the newer incarnation's entry stays"
+    );
+}
+
 /// A server that allows fewer operations per transaction than a batch holds
 /// (`--max-txn-ops=8`): the batches shrink until they fit, and every member is added.
 #[tokio::test]
