@@ -152,6 +152,21 @@ impl Restartable {
         }
     }
 
+    /// Freezes every process of the container (`docker pause`: the cgroup freezer, like
+    /// SIGSTOP); connections stay open and go silent.
+    pub async fn freeze(&self) {
+        if let Err(e) = self.container.pause().await {
+            panic!("pause {}: {e}", self.service);
+        }
+    }
+
+    /// Lets a frozen container run on.
+    pub async fn thaw(&self) {
+        if let Err(e) = self.container.unpause().await {
+            panic!("unpause {}: {e}", self.service);
+        }
+    }
+
     /// Starts the stopped container again.
     pub async fn start(&self) {
         if let Err(e) = self.container.start().await {

@@ -144,6 +144,17 @@ impl EtcdNode {
         self.start_again().await;
     }
 
+    /// Freezes etcd (`docker pause`, like SIGSTOP): it neither answers nor closes
+    /// connections until [`Self::thaw`].
+    pub async fn freeze(&self) {
+        self.container.freeze().await
+    }
+
+    /// Lets a frozen etcd run on.
+    pub async fn thaw(&self) {
+        self.container.thaw().await
+    }
+
     /// Stops etcd abruptly (SIGKILL); its container, data and port stay.
     pub async fn stop(&self) {
         self.container.stop().await

@@ -123,6 +123,47 @@ async fn leader_killed_during_bootstrap_still_forms_one_cluster() {
     assert_eq!(registered_nodes(&etcd, &scope).await, sorted_ids(&handles));
 }
 
+/// 500 nodes of one process register while etcd is frozen for 2 s (`docker pause`, like
+/// SIGSTOP) and then killed (SIGKILL) and started again: the registrations written together
+/// that time out, fail or lose their reply leave no node out and form no second cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_hundred_nodes_registering_through_an_etcd_freeze_and_kill_form_one_cluster() {
+    require_docker!();
+    init_tracing();
+    let node = EtcdNode::start().await;
+    let etcd = coordination(&node.config());
+    let settings = patient_settings("freeze-joins");
+    let scope = settings.scope().unwrap();
+    let local = LocalCluster::new();
+    let start = Instant::now();
+    let handles = spawn_nodes(500, &settings, &etcd, &local);
+    // The seed registered: the members' registrations are on their way.
+    while !handles.iter().any(|h| h.state().is_registered()) {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no seed registered"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    node.freeze().await;
+    let at_freeze = handles.iter().filter(|h| h.state().is_registered()).count();
+    println!(
+        "froze etcd {} ms after start with {at_freeze} of 500 registered",
+        start.elapsed().as_millis()
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    node.thaw().await;
+    node.restart().await;
+    println!("etcd back {} ms after start", start.elapsed().as_millis());
+    all_registered(&handles, Duration::from_secs(90)).await;
+    println!(
+        "500 nodes registered {} ms after start",
+        start.elapsed().as_millis()
+    );
+    assert_one_cluster(&local, 500);
+    assert_eq!(registered_nodes(&*etcd, &scope).await, sorted_ids(&handles));
+}
+
 /// A refresh of an unchanged entry is one lease keep-alive (the backend's watch vouches for
 /// the key); a key deleted by an operator while its lease lives is still noticed.
 #[tokio::test]
