@@ -714,21 +714,44 @@ mod tests {
         LockOutcome::Acquired(crate::LockToken("1".into()))
     }
 
+    /// Nodes 1..=`n` ask for scope `s` at once, each request answering `answer` after 10 ms.
+    async fn race(
+        locks: &Arc<SharedLocks>,
+        sent: &Arc<AtomicU64>,
+        n: u32,
+        answer: fn() -> Result<LockAttempt>,
+    ) -> Vec<LockOutcome> {
+        let mut racing = tokio::task::JoinSet::new();
+        for i in 1..=n {
+            let (locks, sent) = (locks.clone(), sent.clone());
+            racing.spawn(async move {
+                let attempt = counted(&sent, Duration::from_millis(10), answer());
+                locks.lock("s", &lock_node(i), attempt).await
+            });
+        }
+        racing.join_all().await.into_iter().flatten().collect()
+    }
+
+    /// `other`'s request answers `theirs` while `holder` (which holds the lock) asks again:
+    /// both outcomes and the requests sent.
+    async fn holder_asking_beside(theirs: Result<LockAttempt>) -> (LockOutcome, LockOutcome, u64) {
+        let locks = SharedLocks::default();
+        let sent = AtomicU64::new(0);
+        let d = Duration::from_millis(10);
+        let (other, holder) = (lock_node(1), lock_node(2));
+        let (theirs, mine) = tokio::join!(
+            locks.lock("s", &other, counted(&sent, d, theirs)),
+            locks.lock("s", &holder, counted(&sent, d, acquired())),
+        );
+        (theirs.unwrap(), mine.unwrap(), sent.load(Ordering::Relaxed))
+    }
+
     #[tokio::test(start_paused = true)]
     async fn racing_nodes_send_one_lock_request_and_hear_held_by_other() {
         let locks = Arc::new(SharedLocks::default());
         let sent = Arc::new(AtomicU64::new(0));
         let d = Duration::from_millis(10);
-        let mut racing = tokio::task::JoinSet::new();
-        for i in 1..=20 {
-            let (locks, sent) = (locks.clone(), sent.clone());
-            racing.spawn(async move {
-                locks
-                    .lock("s", &lock_node(i), counted(&sent, d, acquired()))
-                    .await
-            });
-        }
-        let outcomes: Vec<LockOutcome> = racing.join_all().await.into_iter().flatten().collect();
+        let outcomes = race(&locks, &sent, 20, acquired).await;
         assert_eq!(sent.load(Ordering::Relaxed), 1);
         assert_eq!(outcomes.len(), 20);
         let held = outcomes
@@ -770,22 +793,12 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_holder_asking_again_while_another_finds_the_lock_held_hears_acquired() {
-        let locks = SharedLocks::default();
-        let sent = AtomicU64::new(0);
-        let d = Duration::from_millis(10);
-        let (holder, other) = (lock_node(1), lock_node(2));
         // `other`'s request finds the lock held (by `holder`); `holder` re-locks meanwhile.
-        let (theirs, mine) = tokio::join!(
-            locks.lock(
-                "s",
-                &other,
-                counted(&sent, d, Ok(LockAttempt::held_by(Some(holder.clone()))))
-            ),
-            locks.lock("s", &holder, counted(&sent, d, acquired())),
-        );
-        assert_eq!(theirs.unwrap(), LockOutcome::HeldByOther);
-        assert_eq!(mine.unwrap(), taken(), "the holder keeps its lock");
-        assert_eq!(sent.load(Ordering::Relaxed), 2);
+        let named = Ok(LockAttempt::held_by(Some(lock_node(2))));
+        let (theirs, mine, sent) = holder_asking_beside(named).await;
+        assert_eq!(theirs, LockOutcome::HeldByOther);
+        assert_eq!(mine, taken(), "the holder keeps its lock");
+        assert_eq!(sent, 2);
     }
 
     /// Nodes that ask after the lock was taken (by a node of another process): one request
@@ -794,18 +807,8 @@ mod tests {
     async fn nodes_asking_for_a_lock_held_by_a_named_node_send_one_request() {
         let locks = Arc::new(SharedLocks::default());
         let sent = Arc::new(AtomicU64::new(0));
-        let d = Duration::from_millis(10);
-        let mut racing = tokio::task::JoinSet::new();
-        for i in 1..=20 {
-            let (locks, sent) = (locks.clone(), sent.clone());
-            racing.spawn(async move {
-                let held = Ok(LockAttempt::held_by(Some(lock_node(99))));
-                locks
-                    .lock("s", &lock_node(i), counted(&sent, d, held))
-                    .await
-            });
-        }
-        let outcomes: Vec<LockOutcome> = racing.join_all().await.into_iter().flatten().collect();
+        let held = || Ok(LockAttempt::held_by(Some(lock_node(99))));
+        let outcomes = race(&locks, &sent, 20, held).await;
         assert_eq!(outcomes, vec![LockOutcome::HeldByOther; 20]);
         assert_eq!(sent.load(Ordering::Relaxed), 1);
     }
@@ -814,21 +817,10 @@ mod tests {
     /// the holder may be one of the waiting nodes.
     #[tokio::test(start_paused = true)]
     async fn after_a_request_finds_the_lock_held_by_an_unnamed_node_each_waiter_asks() {
-        let locks = SharedLocks::default();
-        let sent = AtomicU64::new(0);
-        let d = Duration::from_millis(10);
-        let (other, holder) = (lock_node(1), lock_node(2));
-        let (theirs, mine) = tokio::join!(
-            locks.lock(
-                "s",
-                &other,
-                counted(&sent, d, Ok(LockAttempt::held_by(None)))
-            ),
-            locks.lock("s", &holder, counted(&sent, d, acquired())),
-        );
-        assert_eq!(theirs.unwrap(), LockOutcome::HeldByOther);
-        assert_eq!(mine.unwrap(), taken(), "the holder asked itself");
-        assert_eq!(sent.load(Ordering::Relaxed), 2);
+        let (theirs, mine, sent) = holder_asking_beside(Ok(LockAttempt::held_by(None))).await;
+        assert_eq!(theirs, LockOutcome::HeldByOther);
+        assert_eq!(mine, taken(), "the holder asked itself");
+        assert_eq!(sent, 2);
     }
 
     #[tokio::test(start_paused = true)]
