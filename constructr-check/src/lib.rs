@@ -50,7 +50,8 @@ pub use model::{
 };
 
 /// The properties checked, in report order, with their kind.
-pub const PROPERTIES: [(&str, &str); 9] = [
+pub const PROPERTIES: [(&str, &str); 10] = [
+    ("at most one cluster among live members", "always"),
     (
         "at most one cluster among registered live members",
         "always",

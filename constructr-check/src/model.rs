@@ -24,14 +24,17 @@ pub enum Mutation {
     UnfencedSeedWrite,
     /// No re-seed grace: a node seeds as soon as it finds the registry empty.
     NoReseedGrace,
+    /// A seed forms its cluster before its registration commits (ConstructR's order).
+    FormBeforeRegister,
 }
 
 impl Mutation {
     /// Every mutation, for `--mutation` parsing and the tests.
-    pub const ALL: [Mutation; 3] = [
+    pub const ALL: [Mutation; 4] = [
         Mutation::SkipRereadAfterLock,
         Mutation::UnfencedSeedWrite,
         Mutation::NoReseedGrace,
+        Mutation::FormBeforeRegister,
     ];
 
     /// The kebab-case name (`skip-reread-after-lock`, ...).
@@ -40,6 +43,7 @@ impl Mutation {
             Mutation::SkipRereadAfterLock => "skip-reread-after-lock",
             Mutation::UnfencedSeedWrite => "unfenced-seed-write",
             Mutation::NoReseedGrace => "no-reseed-grace",
+            Mutation::FormBeforeRegister => "form-before-register",
         }
     }
 }
@@ -87,11 +91,14 @@ pub enum FaultKind {
     LockLost,
     /// A node's entry vanishes before its TTL (an operator deleted it, data loss).
     EntryLost,
+    /// A node freezes between two of its own steps (a GC pause, SIGSTOP) for up to
+    /// [`CheckConfig::max_pause`]: it takes no step, its timers and replies wait.
+    Pause,
 }
 
 impl FaultKind {
     /// Every fault kind.
-    pub const ALL: [FaultKind; 9] = [
+    pub const ALL: [FaultKind; 10] = [
         FaultKind::Outage,
         FaultKind::Crash,
         FaultKind::Shutdown,
@@ -101,6 +108,7 @@ impl FaultKind {
         FaultKind::LateWrite,
         FaultKind::LockLost,
         FaultKind::EntryLost,
+        FaultKind::Pause,
     ];
 
     fn bit(self) -> u16 {
@@ -119,6 +127,7 @@ impl FaultKind {
             FaultKind::LateWrite => "late-write",
             FaultKind::LockLost => "lock-lost",
             FaultKind::EntryLost => "entry-lost",
+            FaultKind::Pause => "pause",
         }
     }
 }
@@ -151,6 +160,9 @@ pub struct CheckConfig {
     /// The last `late` nodes start not at time 0 but at any time within the fault window
     /// (newcomers, e.g. during an outage).
     pub late: usize,
+    /// The longest freeze of a [`FaultKind::Pause`] (the node resumes at any moment up to
+    /// this): by default [`Settings::max_safe_pause`] of the settings.
+    pub max_pause: Duration,
 }
 
 impl CheckConfig {
@@ -183,7 +195,14 @@ impl CheckConfig {
             mutation: None,
             faults: FaultKind::ALL.to_vec(),
             late: 0,
+            max_pause: Self::settings().max_safe_pause(),
         }
+    }
+
+    /// The same, with pauses of up to `max_pause`.
+    pub fn with_max_pause(mut self, max_pause: Duration) -> Self {
+        self.max_pause = max_pause;
+        self
     }
 
     /// The same, with `mutation`.
@@ -267,6 +286,11 @@ pub struct Node {
     pub registered_once: bool,
     /// This incarnation is shutting down (so leaving is not a loss).
     pub shutting_down: bool,
+    /// Frozen ([`FaultKind::Pause`]) until at the latest this time: it takes no step.
+    pub frozen_until: Option<Duration>,
+    /// Resumed from a freeze, and has not stepped since: its overdue timer is the pause's
+    /// doing, not a timeout fault.
+    pub thawed: bool,
 }
 
 impl Node {
@@ -278,6 +302,10 @@ impl Node {
         self.machine
             .as_ref()
             .is_some_and(|m| !m.state().is_terminal())
+    }
+
+    fn frozen(&self) -> bool {
+        self.frozen_until.is_some()
     }
 }
 
@@ -367,6 +395,11 @@ pub enum Step {
     },
     /// The coordination service is back.
     OutageEnds,
+    /// A frozen node resumes.
+    Resume {
+        /// The node.
+        node: usize,
+    },
 }
 
 /// A fault step.
@@ -410,6 +443,11 @@ pub enum Fault {
         /// The node.
         node: usize,
     },
+    /// The node freezes.
+    Pause {
+        /// The node.
+        node: usize,
+    },
 }
 
 impl Fault {
@@ -423,6 +461,7 @@ impl Fault {
             Fault::LateWrite { .. } => FaultKind::LateWrite,
             Fault::LockLost => FaultKind::LockLost,
             Fault::EntryLost { .. } => FaultKind::EntryLost,
+            Fault::Pause { .. } => FaultKind::Pause,
         }
     }
 }
@@ -502,11 +541,10 @@ impl BootstrapModel {
             self.instant(now),
         )
         .expect("settings validated in BootstrapModel::new");
-        if self.config.mutation == Some(Mutation::SkipRereadAfterLock) {
-            m.set_mutations(Mutations {
-                skip_reread_after_lock: true,
-            });
-        }
+        m.set_mutations(Mutations {
+            skip_reread_after_lock: self.config.mutation == Some(Mutation::SkipRereadAfterLock),
+            form_before_register: self.config.mutation == Some(Mutation::FormBeforeRegister),
+        });
         m
     }
 
@@ -529,7 +567,12 @@ impl BootstrapModel {
                 w.nodes
                     .iter()
                     .enumerate()
-                    .find_map(|(j, n)| (n.alive() && n.id(j) == *s).then_some(n.group).flatten())
+                    // A frozen member answers no join.
+                    .find_map(|(j, n)| {
+                        (n.alive() && !n.frozen() && n.id(j) == *s)
+                            .then_some(n.group)
+                            .flatten()
+                    })
             })
             .map(Some)
     }
@@ -614,7 +657,14 @@ impl BootstrapModel {
                             w.flags.seed_without_reread = true;
                         }
                         w.groups_formed += 1;
-                        w.nodes[i].group = Some(w.groups_formed);
+                        let group = w.groups_formed;
+                        w.nodes[i].group = Some(group);
+                        // The new cluster is the one the seed's epoch names (whether its
+                        // registration is written already or follows).
+                        let cluster = w.nodes[i].machine.as_ref().and_then(Machine::cluster);
+                        if let Some(cluster) = cluster {
+                            self.bind(w, cluster, group);
+                        }
                     }
                     Some(Some(g)) if w.nodes[i].group.is_none() => w.nodes[i].group = Some(g),
                     _ => {}
@@ -639,17 +689,23 @@ impl BootstrapModel {
             return;
         };
         match mode {
-            AddMode::Seed { cluster, .. } => match w.group_of_epoch(*cluster) {
-                None => w.epochs.push((*cluster, g)),
-                Some(bound) if bound != g => w.flags.foreign_registration = true,
-                Some(_) => {}
-            },
+            AddMode::Seed { cluster, .. } => self.bind(w, *cluster, g),
             AddMode::Join { cluster: Some(c) } => {
                 if w.group_of_epoch(*c) != Some(g) {
                     w.flags.foreign_registration = true;
                 }
             }
             AddMode::Join { cluster: None } => {}
+        }
+    }
+
+    /// Binds the epoch's cluster id to the runtime group its seed formed; a second group
+    /// under the same id is a foreign registration.
+    fn bind(&self, w: &mut World, cluster: ClusterId, group: u32) {
+        match w.group_of_epoch(cluster) {
+            None => w.epochs.push((cluster, group)),
+            Some(bound) if bound != group => w.flags.foreign_registration = true,
+            Some(_) => {}
         }
     }
 
@@ -716,6 +772,11 @@ impl BootstrapModel {
             .iter()
             .filter_map(|n| n.machine.as_ref().and_then(Machine::poll_timeout))
             .chain(w.registry.next_expiry())
+            .chain(
+                w.nodes
+                    .iter()
+                    .filter_map(|n| n.frozen_until.map(|d| self.instant(d))),
+            )
             .filter(|t| *t > now)
             .min()
             .map(|t| self.since_start(t))
@@ -735,6 +796,9 @@ impl BootstrapModel {
     fn timeout_fault(&self, w: &World, i: usize) -> Option<FaultKind> {
         let node = &w.nodes[i];
         let m = node.machine.as_ref()?;
+        if node.thawed {
+            return None;
+        }
         let awaited = node
             .requests
             .iter()
@@ -770,6 +834,8 @@ impl Model for BootstrapModel {
                 read_empty_under_lock: false,
                 registered_once: false,
                 shutting_down: false,
+                frozen_until: None,
+                thawed: false,
             })
             .collect();
         let mut registry = ScopeRegistry::default();
@@ -794,6 +860,14 @@ impl Model for BootstrapModel {
         // Requests are answered before time moves on, except a slow one.
         let mut any_due = false;
         for (i, node) in w.nodes.iter().enumerate() {
+            if node.frozen() {
+                out.push(Step::Resume { node: i });
+                // It must resume before time passes its freeze's end.
+                if node.frozen_until.is_some_and(|until| until <= w.now) {
+                    any_due = true;
+                }
+                continue;
+            }
             for action in &node.requests {
                 if Self::executable(w, i, action) {
                     out.push(Step::Execute {
@@ -846,6 +920,12 @@ impl Model for BootstrapModel {
             if node.alive() {
                 if self.fault_allowed(w, FaultKind::Crash) {
                     out.push(Step::Fault(Fault::Crash { node: i }));
+                }
+                if node.frozen() {
+                    continue;
+                }
+                if self.fault_allowed(w, FaultKind::Pause) && !self.config.max_pause.is_zero() {
+                    out.push(Step::Fault(Fault::Pause { node: i }));
                 }
                 let leaving = node
                     .machine
@@ -901,6 +981,7 @@ impl Model for BootstrapModel {
                     .iter()
                     .position(|a| a.attempt() == attempt)?;
                 let action = w.nodes[i].requests.remove(pos);
+                w.nodes[i].thawed = false;
                 let incarnation = w.nodes[i].incarnation;
                 let reply = self.apply(&mut w, i, incarnation, &action);
                 if matches!(step, Step::Execute { .. }) {
@@ -916,6 +997,7 @@ impl Model for BootstrapModel {
                 if let Some(kind) = self.timeout_fault(&w, i) {
                     self.charge(&mut w, kind);
                 }
+                w.nodes[i].thawed = false;
                 w.nodes[i].machine.as_mut()?.handle_timeout(now);
             }
             Step::Tick => {
@@ -934,8 +1016,14 @@ impl Model for BootstrapModel {
                 node.read_empty_under_lock = false;
                 node.registered_once = false;
                 node.shutting_down = false;
+                node.frozen_until = None;
+                node.thawed = false;
             }
             Step::OutageEnds => w.outage = false,
+            Step::Resume { node: i } => {
+                w.nodes[i].frozen_until = None;
+                w.nodes[i].thawed = true;
+            }
             Step::Fault(fault) => {
                 self.charge(&mut w, fault.kind());
                 match fault {
@@ -946,6 +1034,8 @@ impl Model for BootstrapModel {
                         node.machine = None;
                         node.group = None;
                         node.slow = None;
+                        node.frozen_until = None;
+                        node.thawed = false;
                         let write = node.requests.drain(..).find(is_write);
                         if late_writes && let Some(write) = write {
                             node.stale = Some((node.incarnation, write));
@@ -962,6 +1052,11 @@ impl Model for BootstrapModel {
                     }
                     Fault::LockLost => w.registry.expire_lock(),
                     Fault::EntryLost { node: i } => w.registry.expire_entry(&address(i)),
+                    Fault::Pause { node: i } => {
+                        // Past the horizon nothing is explored: no later resume is needed.
+                        let until = w.now.saturating_add(self.config.max_pause);
+                        w.nodes[i].frozen_until = Some(until.min(self.config.horizon));
+                    }
                     Fault::LoseReply { .. } => unreachable!("handled above"),
                 }
             }
@@ -976,6 +1071,17 @@ impl Model for BootstrapModel {
 
     fn properties(&self) -> Vec<Property<Self>> {
         vec![
+            Property::always(
+                "at most one cluster among live members",
+                |_: &Self, w: &World| {
+                    let mut groups = w
+                        .nodes
+                        .iter()
+                        .filter_map(|n| n.alive().then_some(n.group).flatten());
+                    let first = groups.next();
+                    groups.all(|g| Some(g) == first)
+                },
+            ),
             Property::always(
                 "at most one cluster among registered live members",
                 |m: &Self, w: &World| {
@@ -1042,6 +1148,7 @@ impl Model for BootstrapModel {
             Step::Tick => "time passes".into(),
             Step::Restart { node } => format!("n{} restarts", node + 1),
             Step::OutageEnds => "coordination service back".into(),
+            Step::Resume { node } => format!("n{} resumes", node + 1),
             Step::Fault(f) => format!("FAULT {f:?}"),
         }
     }
@@ -1198,6 +1305,12 @@ impl BootstrapModel {
                 let _ = write!(line, "FAULT n{}'s entry vanishes", node + 1);
             }
             Step::Fault(Fault::LockLost) => line.push_str("FAULT the lock vanishes"),
+            Step::Fault(Fault::Pause { node }) => {
+                let _ = write!(line, "FAULT n{}: freezes (SIGSTOP)", node + 1);
+            }
+            Step::Resume { node } => {
+                let _ = write!(line, "n{}: resumes", node + 1);
+            }
             Step::Fault(Fault::Outage) => line.push_str("FAULT coordination outage begins"),
             Step::Timer { node } => {
                 let fault = self.timeout_fault(before, *node).is_some();

@@ -8,6 +8,7 @@ use constructr_check::{
 };
 
 const ONE_CLUSTER: &str = "at most one cluster among registered live members";
+const ONE_LIVE_CLUSTER: &str = "at most one cluster among live members";
 const REREAD: &str = "a node seeds only after reading the registry empty under the lock";
 const OUTAGE: &str = "no member leaves its cluster for an outage alone";
 const ALL_REGISTERED: &str = "one cluster with every node registered";
@@ -74,6 +75,81 @@ fn two_nodes_with_up_to_two_faults_keep_every_property() {
         report.unique_states > 1_000_000,
         "suspiciously small: {report:?}"
     );
+}
+
+/// The application's view, not the registry's: a seed cut off from the service (an outage,
+/// or its lock lost) right after it took the lock never runs its cluster beside the cluster
+/// of the next seed. (Before the seed registered first and formed after, both faults found
+/// two live clusters.)
+#[test]
+fn a_seed_cut_off_after_its_lock_never_runs_beside_another_cluster() {
+    for fault in [FaultKind::Outage, FaultKind::LockLost] {
+        let report = run(CheckConfig::new(2, 1).with_faults(&[fault]));
+        assert_verdicts(&report, &[(ONE_LIVE_CLUSTER, Verdict::Holds)]);
+    }
+}
+
+/// ConstructR's order (form the cluster, then register) is what the property catches: a seed
+/// cut off before its registration commits runs a cluster beside the next seed's, while the
+/// registry never holds two.
+#[test]
+fn forming_before_registering_lets_a_cut_off_seed_run_beside_the_next() {
+    for fault in [FaultKind::Outage, FaultKind::LockLost] {
+        let config = CheckConfig::new(2, 1)
+            .with_faults(&[fault])
+            .with_mutation(Some(Mutation::FormBeforeRegister));
+        let report = run(config);
+        let trace = assert_counterexample(&report, ONE_LIVE_CLUSTER);
+        assert!(trace.iter().any(|l| l.contains("FAULT")), "{trace:#?}");
+        let last = trace.last().unwrap();
+        assert!(last.contains("-> c2"), "{last}");
+        assert_eq!(verdict(&report, ONE_CLUSTER), Verdict::Holds);
+    }
+}
+
+/// A freeze (GC pause, SIGSTOP) of a node that refreshes normally, at any step, shorter than
+/// `ttl + grace − refresh-interval` (11 s − 2 s here; the settings' real-world bound also
+/// subtracts a coordination timeout: 8 s) never splits the cluster. At 9 s a member frozen
+/// right before its refresh wakes beside the cluster that formed while it slept: the
+/// remaining window is real, and exactly where the bound says.
+#[test]
+fn freezes_of_a_refreshing_member_up_to_the_bound_keep_one_cluster_longer_ones_do_not() {
+    let s = CheckConfig::settings();
+    let bound = s.ttl() + s.reseed_grace() - s.refresh_interval - s.coordination_timeout;
+    assert_eq!(bound, Duration::from_secs(8));
+    // A late second node: the first is a cluster of its own when it freezes.
+    let config = CheckConfig::new(2, 1)
+        .with_late_nodes(1)
+        .with_faults(&[FaultKind::Pause])
+        .with_max_pause(bound);
+    let safe = run(config.clone());
+    assert_verdicts(&safe, &[(ONE_LIVE_CLUSTER, Verdict::Holds)]);
+    let longer = config.with_max_pause(bound + Duration::from_secs(1));
+    let trace = assert_counterexample(&run(longer), ONE_LIVE_CLUSTER);
+    assert!(trace.iter().any(|l| l.contains("freezes")), "{trace:#?}");
+}
+
+/// The tightest moment for a freeze is a member's first try after an outage that outlasted
+/// its entry (a 10 s fault window lets the outage span the entry's expiry): a newcomer
+/// that read the registry empty when the service came back seeds after the re-seed grace.
+/// Up to `Settings::max_safe_pause` (5 s grace − 1.44 s longest member wait − 1 s = 2.56 s
+/// here) the member registers again first; a 4 s freeze right there lets the newcomer's
+/// cluster form while it sleeps. (Before the member's waits were capped to fit two tries
+/// into the grace, even a 1 s freeze, or a single slow request, lost the race.)
+#[test]
+fn a_freeze_right_after_a_long_outage_is_safe_up_to_the_max_safe_pause() {
+    let bound = CheckConfig::settings().max_safe_pause();
+    assert_eq!(bound, Duration::from_micros(2_562_500));
+    let config = CheckConfig::new(2, 2)
+        .with_late_nodes(1)
+        .with_faults(&[FaultKind::Outage, FaultKind::Pause])
+        .with_times(Duration::from_secs(10), Duration::from_secs(24));
+    assert_eq!(config.max_pause, bound);
+    let safe = run(config.clone());
+    assert_verdicts(&safe, &[(ONE_LIVE_CLUSTER, Verdict::Holds)]);
+    let longer = config.with_max_pause(Duration::from_secs(4));
+    let trace = assert_counterexample(&run(longer), ONE_LIVE_CLUSTER);
+    assert!(trace.iter().any(|l| l.contains("freezes")), "{trace:#?}");
 }
 
 #[test]

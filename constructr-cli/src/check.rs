@@ -21,7 +21,7 @@ pub struct CheckArgs {
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=8))]
     max_faults: u8,
     /// Fault kinds, comma-separated (default: all): outage, crash, shutdown, lost-reply,
-    /// slow, timeout, late-write, lock-lost, entry-lost.
+    /// slow, timeout, late-write, lock-lost, entry-lost, pause.
     #[arg(long, value_delimiter = ',', value_parser = parse_fault)]
     faults: Option<Vec<FaultKind>>,
     /// Faults happen only up to this virtual time (default 5s).
@@ -30,8 +30,12 @@ pub struct CheckArgs {
     /// Paths are explored up to this virtual time (default 18s, at most 1h).
     #[arg(long, value_parser = humantime::parse_duration)]
     horizon: Option<Duration>,
+    /// The longest freeze of a `pause` fault (default: the settings' safe bound,
+    /// TTL + re-seed grace − refresh interval − coordination timeout).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    max_pause: Option<Duration>,
     /// Remove a safety mechanism to see the checker catch it: skip-reread-after-lock,
-    /// unfenced-seed-write, no-reseed-grace.
+    /// unfenced-seed-write, no-reseed-grace, form-before-register.
     #[arg(long, value_parser = parse_mutation)]
     mutation: Option<Mutation>,
     /// Checker threads (default: available cores).
@@ -70,6 +74,9 @@ pub fn run(args: CheckArgs, settings: Option<Settings>) -> ExitCode {
     if let Some(s) = settings {
         config.settings = s;
     }
+    config.max_pause = args
+        .max_pause
+        .unwrap_or_else(|| config.settings.max_safe_pause());
     if let Some(f) = &args.faults {
         config = config.with_faults(f);
     }

@@ -180,7 +180,7 @@ pub async fn run_with<C: Coordination>(coordination: Counting<C>, demo: Demo) ->
                 r.event,
                 Event::StateChanged {
                     to: State::RefreshScheduled,
-                    from: State::AddingSelf
+                    from: State::AddingSelf | State::Forming
                 }
             )
         })

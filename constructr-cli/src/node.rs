@@ -182,7 +182,10 @@ async fn run_with(
                     state = to;
                     out.members = addresses(&members.borrow_and_update());
                     out.state(Some(from), to);
-                    if to == State::AddingSelf && !json {
+                    // A joiner is a member once it registers; a seed once it formed.
+                    let member_now = (to == State::AddingSelf && !out.members.is_empty())
+                        || from == State::Forming;
+                    if member_now && !json {
                         out.members_changed(to);
                     }
                 }

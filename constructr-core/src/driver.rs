@@ -599,6 +599,9 @@ impl Runner {
             Event::SeedConfirmed => {
                 tracing::info!("found the seed registration committed despite the lost reply")
             }
+            Event::SeedLapsed => tracing::warn!(
+                "the seed registration lapsed before the cluster formed (paused past its TTL); starting over"
+            ),
             Event::ReseedGrace { cluster, grace } => tracing::info!(
                 %cluster,
                 grace_ms = grace.as_millis() as u64,

@@ -163,10 +163,14 @@ pub enum State {
     /// Another node holds the lock, or the registry's cluster may still re-register (the
     /// re-seed grace): waiting for a registration (watch) or a timer, then re-reading.
     WaitingForNodes,
-    /// Joining the seeds (or this node alone, when seeding).
+    /// Joining the seeds of the registered cluster.
     Joining,
-    /// Member of the cluster: registering in the coordination service.
+    /// Registering in the coordination service: a member after its join, or a seed
+    /// *before* it forms its cluster (its fenced registration first).
     AddingSelf,
+    /// A seed whose fenced registration committed: forming its cluster (joining itself),
+    /// only while that registration's lease certainly holds (else it refreshes it first).
+    Forming,
     /// The seed's fenced registration was refused after an attempt whose outcome is
     /// unknown: re-reading the registry to recognise its own committed registration.
     ConfirmingSeed,
@@ -296,8 +300,11 @@ pub enum Event {
     /// The fenced registration of this node's seeding was refused: it starts over.
     SeedRefused,
     /// After a refused retry of its fenced registration, the seed found its own earlier
-    /// registration committed (the reply had been lost): it stays in its cluster.
+    /// registration committed (the reply had been lost): it goes on to form its cluster.
     SeedConfirmed,
+    /// The seed's registration lapsed before it formed its cluster (it was paused for
+    /// longer than the entry's TTL): it starts over, having formed nothing.
+    SeedLapsed,
     /// The registry is empty but its epoch names `cluster`: this node waits up to `grace`
     /// for that cluster's members to re-register before it may seed.
     ReseedGrace {
@@ -327,6 +334,9 @@ impl std::fmt::Display for Event {
             Event::SeedConfirmed => {
                 f.write_str("seed registration found committed despite the lost reply")
             }
+            Event::SeedLapsed => {
+                f.write_str("seed registration lapsed before the cluster formed: starting over")
+            }
             Event::ReseedGrace { cluster, grace } => write!(
                 f,
                 "registry empty, epoch names cluster {cluster}: waiting up to {grace:?} for its members"
@@ -348,6 +358,21 @@ impl std::fmt::Display for Event {
 pub struct Mutations {
     /// Seed directly after taking the lock, without re-reading the nodes.
     pub skip_reread_after_lock: bool,
+    /// Form the new cluster first and register after (ConstructR's order): a seed cut off
+    /// before its registration commits runs a cluster nobody can find.
+    pub form_before_register: bool,
+}
+
+/// What a registration is for, which decides what follows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Role {
+    /// A seed registering before it forms its cluster: once written, it forms.
+    Seed,
+    /// A node that joined a cluster (or, under `form_before_register`, formed one): its
+    /// first registration.
+    Newcomer,
+    /// A registered member whose entry vanished: it stays a member while it retries.
+    Member,
 }
 
 /// The re-seed grace: until `until`, a node that finds the registry of `cluster` empty
@@ -388,12 +413,27 @@ enum Phase {
     },
     AddingSelf {
         mode: AddMode,
-        /// A registered member re-registering (its entry vanished).
-        reregistering: bool,
+        role: Role,
         /// An earlier attempt of this registration failed: it may have been written.
         uncertain: bool,
+        /// When the first attempt was sent: whichever attempt was written, it was written
+        /// after this, so the entry lives at least until `since + ttl`.
+        since: Instant,
     },
     ConfirmingSeed {
+        cluster: ClusterId,
+        /// `Seed`: not formed yet; `Newcomer`: formed before registering (mutation).
+        role: Role,
+        since: Instant,
+    },
+    /// The seed's registration (written no earlier than `since`) committed: joining itself.
+    Forming {
+        cluster: ClusterId,
+        since: Instant,
+    },
+    /// The seed's lease may have run out before it formed (a pause): refreshing its
+    /// registration to learn whether it still holds.
+    RecheckingSeed {
         cluster: ClusterId,
     },
     RefreshScheduled {
@@ -428,6 +468,7 @@ impl Phase {
             Phase::Joining { .. } => State::Joining,
             Phase::AddingSelf { .. } => State::AddingSelf,
             Phase::ConfirmingSeed { .. } => State::ConfirmingSeed,
+            Phase::Forming { .. } | Phase::RecheckingSeed { .. } => State::Forming,
             Phase::RefreshScheduled { .. } => State::RefreshScheduled,
             Phase::Refreshing { .. } => State::Refreshing,
             Phase::Degraded { .. } => State::Degraded,
@@ -444,7 +485,9 @@ impl Phase {
         match self {
             Phase::Joining { registration, .. } => registration.cluster(),
             Phase::AddingSelf { mode, .. } => mode.cluster(),
-            Phase::ConfirmingSeed { cluster } => Some(*cluster),
+            Phase::ConfirmingSeed { cluster, .. }
+            | Phase::Forming { cluster, .. }
+            | Phase::RecheckingSeed { cluster } => Some(*cluster),
             Phase::RefreshScheduled { cluster }
             | Phase::Refreshing { cluster }
             | Phase::Degraded { cluster } => *cluster,
@@ -458,6 +501,8 @@ impl Phase {
             self,
             Phase::AddingSelf { .. }
                 | Phase::ConfirmingSeed { .. }
+                | Phase::Forming { .. }
+                | Phase::RecheckingSeed { .. }
                 | Phase::RefreshScheduled { .. }
                 | Phase::Refreshing { .. }
                 | Phase::Degraded { .. }
@@ -471,6 +516,8 @@ enum Io {
     /// The reply to the phase's request `attempt`; at `deadline` it counts as a timeout.
     Request {
         attempt: AttemptId,
+        /// When it was issued (a write it made took effect after this).
+        issued: Instant,
         deadline: Instant,
     },
     /// A timer: at `at` the phase gets [`Input::Due`] (a retry issues its request again).
@@ -608,6 +655,10 @@ pub struct Machine {
     failures: Streak,
     /// Failed joins in a row (a registration resets it).
     join_failures: Streak,
+    /// Set during one call only: the timer fired more than `late_wake` after its deadline,
+    /// so this node was frozen (GC pause, SIGSTOP, a starved runtime), not the
+    /// service slow: its retry follows at once instead of after a wait.
+    woke_late: bool,
     #[cfg(feature = "mutations")]
     mutations: Mutations,
     actions: VecDeque<Action>,
@@ -627,6 +678,7 @@ impl std::hash::Hash for Machine {
         self.next_attempt.hash(state);
         self.failures.hash(state);
         self.join_failures.hash(state);
+        self.woke_late.hash(state);
         #[cfg(feature = "mutations")]
         self.mutations.hash(state);
         self.actions.hash(state);
@@ -666,6 +718,7 @@ impl Machine {
             next_attempt: 0,
             failures: Streak::default(),
             join_failures: Streak::default(),
+            woke_late: false,
             #[cfg(feature = "mutations")]
             mutations: Mutations::default(),
             actions: VecDeque::new(),
@@ -743,21 +796,27 @@ impl Machine {
         self.step(now, Input::Shutdown);
     }
 
-    /// A cluster membership event. Only [`ClusterEvent::SelfUp`] while joining matters (it
-    /// counts as the join's reply); everything else is ignored and leaves every deadline
-    /// where it was.
+    /// A cluster membership event. Only [`ClusterEvent::SelfUp`] while joining or forming
+    /// matters (it counts as the join's reply); everything else is ignored and leaves every
+    /// deadline where it was.
     pub fn handle_cluster_event(&mut self, now: Instant, event: ClusterEvent) {
-        let joining =
-            matches!(self.phase, Phase::Joining { .. }) && matches!(self.io, Io::Request { .. });
+        let joining = matches!(self.phase, Phase::Joining { .. } | Phase::Forming { .. })
+            && matches!(self.io, Io::Request { .. });
         if event == ClusterEvent::SelfUp && joining {
             self.step(now, Input::Joined);
         }
     }
 
     /// Wakes the machine; acts only if its timer is due.
+    ///
+    /// A request that timed out while this node was frozen (its timer fires more than
+    /// [`Settings::late_wake`] after its deadline) is retried at once: a member that wakes from a
+    /// pause re-checks its registration before anyone's re-seed grace can end.
     pub fn handle_timeout(&mut self, now: Instant) {
         let input = match &self.io {
             Io::Request { deadline, .. } if now >= *deadline => {
+                self.woke_late =
+                    now.saturating_duration_since(*deadline) > self.settings.late_wake();
                 Input::Failed(CoordinationError::Timeout.summary())
             }
             Io::Wait { at } if now >= *at => Input::Due,
@@ -765,16 +824,22 @@ impl Machine {
         };
         self.io = Io::Idle;
         self.step(now, input);
+        self.woke_late = false;
     }
 
     /// The result of the action with `attempt`. Stale or unexpected replies are ignored.
     pub fn handle_reply(&mut self, now: Instant, attempt: AttemptId, reply: Reply) {
-        if let Phase::WaitingForNodes { watch, .. } = &mut self.phase
+        if let Phase::WaitingForNodes { watch, grace, .. } = &mut self.phase
             && *watch == Some(attempt)
         {
             *watch = None;
-            if matches!(reply, Reply::Changed(Ok(WaitOutcome::Changed))) {
-                self.step(now, Input::Changed);
+            match reply {
+                Reply::Changed(Ok(WaitOutcome::Changed)) => self.step(now, Input::Changed),
+                // The service failed while this node waited out a re-seed grace: the
+                // cluster's members may have failed to re-register too, even if this node's
+                // own reads all fell outside the outage.
+                Reply::Changed(Err(_)) => *grace = interrupted(*grace),
+                _ => {}
             }
             return;
         }
@@ -863,7 +928,7 @@ impl Machine {
             (P::Locking { epoch_version, .. }, I::Lock(LockOutcome::Acquired(lock)))
                 if self.mutations.skip_reread_after_lock =>
             {
-                self.seed(lock, epoch_version)
+                self.seed(now, lock, epoch_version)
             }
             (P::Locking { grace, .. }, I::Lock(LockOutcome::Acquired(lock))) => {
                 Step::Enter(P::VerifyingEmpty { lock, grace })
@@ -892,32 +957,82 @@ impl Machine {
             // Joining, then registering.
             (P::Joining { registration, .. }, I::Joined) => Step::Enter(P::AddingSelf {
                 mode: registration,
-                reregistering: false,
+                role: Role::Newcomer,
                 uncertain: false,
+                since: now,
             }),
-            (P::Joining { .. }, I::JoinFailed(error)) => {
-                let n = self.join_failures.record(now);
-                if self.join_failures.exhausted(now, &self.settings) {
-                    return Step::Enter(P::Failed(Failure::JoinFailed { error }));
+            // A seed: registered, then forming; its first refresh counts from the
+            // registration, which may be older than the cluster.
+            (P::Forming { cluster, since }, I::Joined) => {
+                self.join_failures = Streak::default();
+                let due = after(since, self.settings.refresh_interval);
+                if now >= due {
+                    Step::Enter(P::Refreshing {
+                        cluster: Some(cluster),
+                    })
+                } else {
+                    Step::After(
+                        P::RefreshScheduled {
+                            cluster: Some(cluster),
+                        },
+                        due - now,
+                    )
                 }
-                let backoff = self.retry_wait(n - 1, false);
-                self.events.push_back(Event::Retrying {
-                    state: State::Joining,
-                    error: ErrorSummary {
-                        retryable: true,
-                        kind: None,
-                        message: error,
-                    },
-                    retry_in: backoff,
-                });
-                Step::Enter(P::Resetting { backoff })
             }
-            (P::Joining { .. }, I::Failed(_)) if self.settings.abort_on_join_timeout => {
+            (P::RecheckingSeed { cluster }, I::Refreshed(RefreshOutcome::Refreshed)) => {
+                let since = self.issued(now);
+                self.form(now, cluster, since)
+            }
+            (P::RecheckingSeed { .. }, I::Refreshed(RefreshOutcome::Missing)) => {
+                self.events.push_back(Event::SeedLapsed);
+                Step::Enter(P::Resetting {
+                    backoff: Duration::ZERO,
+                })
+            }
+            (P::Joining { .. } | P::Forming { .. }, I::Failed(_))
+                if self.settings.abort_on_join_timeout =>
+            {
                 Step::Enter(P::Failed(Failure::JoinTimeout))
+            }
+            (P::Joining { .. }, I::JoinFailed(error)) => {
+                match self.join_failed(now, State::Joining, error) {
+                    Ok(backoff) => Step::Enter(P::Resetting { backoff }),
+                    Err(failed) => Step::Enter(failed),
+                }
             }
             (P::Joining { .. }, I::Failed(_)) => Step::Enter(P::Resetting {
                 backoff: Duration::ZERO,
             }),
+            // The registered seed keeps its registration and tries to form again (its lease
+            // is checked again before), instead of leaving an entry that nobody can join.
+            (P::Forming { cluster, since }, I::JoinFailed(error)) => {
+                match self.join_failed(now, State::Forming, error) {
+                    Ok(backoff) => self.form_after(now, cluster, since, backoff),
+                    Err(failed) => Step::Enter(failed),
+                }
+            }
+            (P::Forming { cluster, since }, I::Failed(error)) => {
+                match self.join_failed(now, State::Forming, error.message) {
+                    Ok(backoff) => self.form_after(now, cluster, since, backoff),
+                    Err(failed) => Step::Enter(failed),
+                }
+            }
+            (P::Forming { cluster, since }, I::Due) => self.form(now, cluster, since),
+            (
+                P::AddingSelf {
+                    mode,
+                    role: Role::Seed,
+                    since,
+                    ..
+                },
+                I::Added(AddOutcome::Added),
+            ) => match mode.cluster() {
+                Some(cluster) => self.form(now, cluster, since),
+                // A seed's registration always names its cluster.
+                None => Step::Enter(P::Resetting {
+                    backoff: Duration::ZERO,
+                }),
+            },
             (P::AddingSelf { mode, .. }, I::Added(AddOutcome::Added)) => {
                 self.join_failures = Streak::default();
                 Step::Enter(P::RefreshScheduled {
@@ -928,48 +1043,66 @@ impl Machine {
                 P::AddingSelf {
                     mode: AddMode::Seed { cluster, .. },
                     uncertain: true,
-                    ..
+                    role,
+                    since,
                 },
                 I::Added(AddOutcome::Refused),
-            ) => Step::Enter(P::ConfirmingSeed { cluster }),
-            (
-                P::AddingSelf {
-                    mode,
-                    reregistering,
-                    ..
-                },
-                I::Added(AddOutcome::Refused),
-            ) => {
-                match mode {
-                    AddMode::Seed { .. } => self.events.push_back(Event::SeedRefused),
-                    AddMode::Join { cluster } if reregistering => {
+            ) => Step::Enter(P::ConfirmingSeed {
+                cluster,
+                role,
+                since,
+            }),
+            (P::AddingSelf { mode, role, .. }, I::Added(AddOutcome::Refused)) => {
+                match (mode, role) {
+                    (AddMode::Seed { .. }, _) | (_, Role::Seed) => {
+                        self.events.push_back(Event::SeedRefused)
+                    }
+                    (AddMode::Join { cluster }, Role::Member) => {
                         self.events.push_back(Event::ClusterLost { cluster })
                     }
-                    AddMode::Join { .. } => {}
+                    (AddMode::Join { .. }, Role::Newcomer) => {}
                 }
                 Step::Enter(P::Resetting {
                     backoff: Duration::ZERO,
                 })
             }
-            (P::ConfirmingSeed { cluster }, I::Nodes(registry)) => {
+            (
+                P::ConfirmingSeed {
+                    cluster,
+                    role,
+                    since,
+                },
+                I::Nodes(registry),
+            ) => {
                 // Only this seed's fenced write can have set the epoch to its random
                 // cluster id (members learn the id from the registry): the write committed.
                 if registry.epoch.is_some_and(|e| e.cluster == cluster) {
                     self.join_failures = Streak::default();
                     self.events.push_back(Event::SeedConfirmed);
-                    if registry.nodes.contains(&self.node) {
-                        Step::Enter(P::RefreshScheduled {
-                            cluster: Some(cluster),
-                        })
-                    } else {
-                        // Its entry expired meanwhile (paused past its TTL): register again.
-                        Step::Enter(P::AddingSelf {
+                    let present = registry.nodes.contains(&self.node);
+                    match role {
+                        Role::Seed if present => self.form(now, cluster, since),
+                        Role::Seed => Step::Enter(P::AddingSelf {
+                            // Its entry expired meanwhile (paused past its TTL): register
+                            // again before forming.
                             mode: AddMode::Join {
                                 cluster: Some(cluster),
                             },
-                            reregistering: true,
+                            role: Role::Seed,
                             uncertain: false,
-                        })
+                            since: now,
+                        }),
+                        _ if present => Step::Enter(P::RefreshScheduled {
+                            cluster: Some(cluster),
+                        }),
+                        _ => Step::Enter(P::AddingSelf {
+                            mode: AddMode::Join {
+                                cluster: Some(cluster),
+                            },
+                            role: Role::Member,
+                            uncertain: false,
+                            since: now,
+                        }),
                     }
                 } else {
                     self.events.push_back(Event::SeedRefused);
@@ -990,8 +1123,9 @@ impl Machine {
                 I::Refreshed(RefreshOutcome::Missing),
             ) => Step::Enter(P::AddingSelf {
                 mode: AddMode::Join { cluster },
-                reregistering: true,
+                role: Role::Member,
                 uncertain: false,
+                since: now,
             }),
 
             // Leaving: to start over, or to stop.
@@ -1103,7 +1237,7 @@ impl Machine {
                     grace,
                 })
             }
-            (_, Some(lock)) => self.seed(lock, epoch_version),
+            (_, Some(lock)) => self.seed(now, lock, epoch_version),
             // The lock is someone else's: wait for its holder to register (or the lock to
             // be released) instead of asking for it.
             (grace, None) if held_by_other => Step::Enter(Phase::WaitingForNodes {
@@ -1140,21 +1274,95 @@ impl Machine {
         Some((others, AddMode::Join { cluster }))
     }
 
-    fn seed(&mut self, lock: LockToken, expected_epoch_version: Option<u64>) -> Step {
+    /// Holding the lock with the registry read empty: the fenced registration of a new
+    /// cluster, which the seed forms only once it is written (see [`Machine::form`]).
+    fn seed(&mut self, now: Instant, lock: LockToken, expected_epoch_version: Option<u64>) -> Step {
         let cluster = loop {
             let id = ClusterId(self.rng.random());
             if id != ClusterId::UNREADABLE {
                 break id;
             }
         };
-        Step::Enter(Phase::Joining {
-            seeds: vec![self.node.clone()],
-            registration: AddMode::Seed {
-                lock,
-                cluster,
-                expected_epoch_version,
-            },
+        let mode = AddMode::Seed {
+            lock,
+            cluster,
+            expected_epoch_version,
+        };
+        #[cfg(feature = "mutations")]
+        if self.mutations.form_before_register {
+            return Step::Enter(Phase::Joining {
+                seeds: vec![self.node.clone()],
+                registration: mode,
+            });
+        }
+        Step::Enter(Phase::AddingSelf {
+            mode,
+            role: Role::Seed,
+            uncertain: false,
+            since: now,
         })
+    }
+
+    /// A seed whose registration (written no earlier than `since`) committed forms its
+    /// cluster, **but only while that registration certainly lives** (`now < since + ttl`):
+    /// no other seed can have registered before it expired, and none can form a cluster
+    /// before it registered. After a longer gap (the node was paused) it refreshes the
+    /// registration first: refreshed, the lease holds again; missing, it starts over without
+    /// ever having formed.
+    fn form(&mut self, now: Instant, cluster: ClusterId, since: Instant) -> Step {
+        if now < after(since, self.settings.ttl()) {
+            Step::Enter(Phase::Forming { cluster, since })
+        } else {
+            Step::Enter(Phase::RecheckingSeed { cluster })
+        }
+    }
+
+    /// A failed join (or formation): the wait before the next try, or the failed phase once
+    /// the join budget is used up.
+    fn join_failed(
+        &mut self,
+        now: Instant,
+        state: State,
+        error: String,
+    ) -> Result<Duration, Phase> {
+        let n = self.join_failures.record(now);
+        if self.join_failures.exhausted(now, &self.settings) {
+            return Err(Phase::Failed(Failure::JoinFailed { error }));
+        }
+        let backoff = self.retry_wait(n - 1, false);
+        self.events.push_back(Event::Retrying {
+            state,
+            error: ErrorSummary {
+                retryable: true,
+                kind: None,
+                message: error,
+            },
+            retry_in: backoff,
+        });
+        Ok(backoff)
+    }
+
+    /// Forms again after `backoff` (through [`Machine::form`], which checks the lease).
+    fn form_after(
+        &mut self,
+        now: Instant,
+        cluster: ClusterId,
+        since: Instant,
+        backoff: Duration,
+    ) -> Step {
+        if backoff.is_zero() {
+            self.form(now, cluster, since)
+        } else {
+            Step::After(Phase::Forming { cluster, since }, backoff)
+        }
+    }
+
+    /// When the request in flight was issued (`now` if none is).
+    fn issued(&self, now: Instant) -> Instant {
+        match self.io {
+            Io::Request { issued, .. } => issued,
+            _ => now,
+        }
     }
 
     /// A coordination request of `phase` failed (error reply or timeout).
@@ -1165,7 +1373,7 @@ impl Machine {
             Phase::Refreshing { cluster } | Phase::Degraded { cluster } => Some(*cluster),
             Phase::AddingSelf {
                 mode,
-                reregistering: true,
+                role: Role::Member,
                 ..
             } => Some(mode.cluster()),
             _ => None,
@@ -1222,13 +1430,12 @@ impl Machine {
             },
             // The outcome of this registration is unknown now.
             Phase::AddingSelf {
-                mode,
-                reregistering,
-                ..
+                mode, role, since, ..
             } => Phase::AddingSelf {
                 mode,
-                reregistering,
+                role,
                 uncertain: true,
+                since,
             },
             p => p,
         };
@@ -1246,6 +1453,9 @@ impl Machine {
 
     /// The jittered wait before retry `k + 1` (see [`Settings::retry_wait`]).
     fn retry_wait(&mut self, k: u32, member: bool) -> Duration {
+        if self.woke_late {
+            return Duration::ZERO;
+        }
         let jitter = self.jitter();
         if member {
             self.settings.member_retry_wait(k, jitter)
@@ -1327,6 +1537,13 @@ impl Machine {
                 },
                 join,
             ),
+            Phase::Forming { .. } => (
+                Action::JoinCluster {
+                    attempt,
+                    seeds: vec![self.node.clone()],
+                },
+                join,
+            ),
             Phase::AddingSelf { mode, .. } => (
                 Action::AddSelf {
                     attempt,
@@ -1341,7 +1558,7 @@ impl Machine {
                 };
                 return;
             }
-            Phase::Refreshing { .. } | Phase::Degraded { .. } => {
+            Phase::Refreshing { .. } | Phase::Degraded { .. } | Phase::RecheckingSeed { .. } => {
                 (Action::Refresh { attempt, ttl }, coordination)
             }
             Phase::Resetting { .. } | Phase::Leaving { .. } => {
@@ -1357,6 +1574,7 @@ impl Machine {
         self.actions.push_back(action);
         self.io = Io::Request {
             attempt,
+            issued: now,
             deadline: after(now, timeout),
         };
     }
@@ -1391,10 +1609,13 @@ fn reply_fits(phase: &Phase, reply: &Reply) -> bool {
                 | Phase::ConfirmingSeed { .. },
             Reply::Nodes(_)
         ) | (Phase::Locking { .. }, Reply::Lock(_))
-            | (Phase::Joining { .. }, Reply::Joined(_))
+            | (
+                Phase::Joining { .. } | Phase::Forming { .. },
+                Reply::Joined(_)
+            )
             | (Phase::AddingSelf { .. }, Reply::AddSelf(_))
             | (
-                Phase::Refreshing { .. } | Phase::Degraded { .. },
+                Phase::Refreshing { .. } | Phase::Degraded { .. } | Phase::RecheckingSeed { .. },
                 Reply::Refresh(_)
             )
             | (

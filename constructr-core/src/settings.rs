@@ -280,10 +280,45 @@ impl Settings {
     }
 
     /// The wait before retry number `k + 1` of a registered member: as
-    /// [`Settings::retry_wait`], and at most `refresh-interval`, so a degraded member tries
-    /// at least once per refresh interval.
+    /// [`Settings::retry_wait`], at most `refresh-interval` (a degraded member tries at
+    /// least once per refresh interval), and at most [`Settings::longest_member_wait`].
     pub fn member_retry_wait(&self, k: u32, jitter: f64) -> Duration {
-        self.retry_wait(k, jitter).min(self.refresh_interval)
+        self.retry_wait(k, jitter)
+            .min(self.refresh_interval)
+            .min(self.longest_member_wait())
+    }
+
+    /// The longest wait between two tries of a registered member:
+    /// `(reseed-grace − 2 × coordination-timeout − coordination-timeout / 8) / 2`, but at
+    /// least `retry-delay × (1 + retry-jitter)` (16.6 s with the defaults); no limit
+    /// without a re-seed grace.
+    ///
+    /// After an outage longer than its entry's TTL, a member's entry is gone, and a node that
+    /// reads the registry empty once the service is back seeds after the re-seed grace. The
+    /// member must register again before: its first try after the outage may fail (a slow
+    /// request times out), and the try after it must still be in time, so two waits and two
+    /// requests must fit in the grace. (A longer wait, as the grown backoff of a long outage
+    /// would be, lets one slow request cost the member its cluster.)
+    pub fn longest_member_wait(&self) -> Duration {
+        let grace = self.reseed_grace();
+        if grace.is_zero() {
+            // No grace to fit the tries into (ConstructR's behaviour).
+            return MAX_DURATION;
+        }
+        let two_tries = grace
+            .saturating_sub(self.coordination_timeout.saturating_mul(2))
+            .saturating_sub(self.late_wake());
+        (two_tries / 2).max(saturating_mul_f64(
+            self.retry_delay,
+            1.0 + self.retry_jitter,
+        ))
+    }
+
+    /// How late a timer must fire for the machine to take it that the node was frozen
+    /// (a GC pause, SIGSTOP, a starved runtime) rather than that the service was slow:
+    /// `coordination-timeout / 8`.
+    pub fn late_wake(&self) -> Duration {
+        self.coordination_timeout / 8
     }
 
     /// How long a node that reads an empty registry whose epoch names a cluster waits
@@ -300,6 +335,40 @@ impl Settings {
                     1.0 + self.retry_jitter,
                 ))
         })
+    }
+
+    /// The longest a node may be frozen (a GC pause, SIGSTOP, a starved runtime) at any
+    /// moment without any risk of two clusters: `reseed-grace −` the longest wait of a
+    /// member ([`Settings::member_retry_wait`]) `− coordination-timeout` (zero if negative);
+    /// 20.0 s with the defaults.
+    ///
+    /// The tightest moment is a degraded member's first try after a coordination outage
+    /// longer than its entry's TTL: a node that read the registry empty once the service was
+    /// back seeds after the re-seed grace, and the member must have written its registration
+    /// again by then. (A freeze longer than [`Settings::late_wake`] past a request's deadline
+    /// makes the member try again at once, without a wait.) A member that refreshes
+    /// normally is safe through much longer freezes, up to
+    /// `ttl + reseed-grace − refresh-interval − coordination-timeout` (66.6 s with the
+    /// defaults); a seed through any freeze before it forms (it forms only within its
+    /// registration's lease), and through `ttl + reseed-grace` while its join is in flight.
+    /// A longer freeze may let a cluster form while the member sleeps: it wakes beside it
+    /// until its re-registration is refused (one or two requests). That is the remaining
+    /// window, which divergence detection reports.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use constructr_core::Settings;
+    ///
+    /// // 39.6 s grace − 16.6 s (the longest wait of a member) − 3 s.
+    /// let s = Settings::default();
+    /// assert_eq!(s.longest_member_wait(), Duration::from_micros(16_612_500));
+    /// assert_eq!(s.max_safe_pause(), Duration::from_micros(19_987_500));
+    /// ```
+    pub fn max_safe_pause(&self) -> Duration {
+        let longest_member_wait = self.member_retry_wait(u32::MAX, 1.0);
+        self.reseed_grace()
+            .saturating_sub(longest_member_wait)
+            .saturating_sub(self.coordination_timeout)
     }
 
     /// The registry scope (`key_prefix` + `cluster_name`).

@@ -5,8 +5,9 @@
 //! [`Scenario`], chosen by the trial's seed:
 //! - **random faults**: failed, lost (applied or not), slow (beyond the coordination
 //!   timeout) replies; node crashes with or without restart (same address, new
-//!   incarnation); long pauses of a node (it keeps its cluster membership while its entry
-//!   and lock may expire); lost locks and expired entries;
+//!   incarnation); pauses of a node (SIGSTOP, GC: it keeps its cluster membership while its
+//!   entry and lock may expire) up to [`SimConfig::max_pause`]; lost locks and expired
+//!   entries;
 //! - **outage**: the coordination service answers nothing but errors for 0.1–5 × the entry
 //!   TTL, once or twice, while some nodes only start during it (newcomers);
 //! - **wipe**: every node entry vanishes while the cluster runs, and a newcomer starts;
@@ -14,15 +15,17 @@
 //!
 //! Failed machines are restarted like a supervisor would.
 //!
-//! Checked after **every** registration: the registered live nodes are all members of one
-//! cluster, and the registering node is a member. Checked at quiescence: exactly one cluster
+//! Checked after **every** step, as the application sees it: all live nodes that are members
+//! of a cluster are members of the same one, registered or not. After every registration:
+//! the registered live nodes are all members of one cluster, and the registering node is a
+//! member (or the seed of the epoch it writes, which forms after). Checked at quiescence: exactly one cluster
 //! among live nodes (0 islands), every live node joined and registered, the registry holds
 //! exactly the live nodes. In outage and wipe trials also: no machine failed and no member
 //! left its cluster (0 [`Event::ClusterLost`]) — an outage alone never costs a member.
 //! A trial is a pure function of its seed: replay with [`run_trial`].
 
 use std::cmp::Reverse;
-use std::collections::{BTreeSet, BinaryHeap, HashSet};
+use std::collections::{BTreeSet, BinaryHeap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -30,11 +33,11 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::coordination::{AddOutcome, CoordinationError, Registry};
+use crate::coordination::{AddMode, AddOutcome, CoordinationError, Registry};
 use crate::local::{JoinAttempt, LocalCluster};
 use crate::machine::{Action, AttemptId, Event, Machine, Mutations, Reply, State};
 use crate::memory::{ManualClock, MemoryCoordination};
-use crate::node::{ClusterName, NodeId, Scope};
+use crate::node::{ClusterId, ClusterName, NodeId, Scope};
 use crate::settings::Settings;
 
 /// Parameters of a simulation.
@@ -52,6 +55,10 @@ pub struct SimConfig {
     pub fault_window: Duration,
     /// Virtual time after the fault window until quiescence is checked.
     pub settle: Duration,
+    /// The longest pause (freeze) of a node; `None`: [`Settings::max_safe_pause`], the
+    /// longest freeze the protocol is safe through. Longer ones can split the cluster while
+    /// the frozen member sleeps (the remaining window).
+    pub max_pause: Option<Duration>,
     /// Test-only: remove machine-side safety mechanisms.
     #[doc(hidden)]
     pub mutations: Mutations,
@@ -85,6 +92,7 @@ impl Default for SimConfig {
             start_spread: Duration::from_millis(200),
             fault_window: Duration::from_secs(10),
             settle: Duration::from_secs(30),
+            max_pause: None,
             mutations: Mutations::default(),
             unfenced_backend: false,
         }
@@ -296,6 +304,10 @@ struct World<'a> {
     outage_until: Option<Instant>,
     /// The virtual time the trial ends.
     end: Instant,
+    /// Live members were seen in two clusters at once (reported once).
+    split_seen: bool,
+    /// The seed of each cluster id that was registered.
+    seeded: HashMap<ClusterId, NodeId>,
 }
 
 /// Runs one trial; deterministic in `seed`.
@@ -335,6 +347,8 @@ pub fn run_trial(config: &SimConfig, seed: u64) -> TrialOutcome {
         trace: std::env::var_os("CONSTRUCTR_SIM_TRACE").is_some(),
         outage_until: None,
         end: start + config.start_spread + config.fault_window + config.settle,
+        split_seen: false,
+        seeded: HashMap::new(),
     };
     w.run(start);
     w.out
@@ -422,24 +436,50 @@ impl World<'_> {
             self.now = self.now.max(at);
             self.clock.set(self.now);
             self.out.steps += 1;
-            if take_timer {
-                let i = next_timer.expect("checked").1;
-                let now = self.now;
-                if let Some(m) = self.nodes[i].machine.as_mut() {
-                    m.handle_timeout(now);
-                }
-                self.drain(i);
-            } else {
-                let Reverse((_, _, idx)) = self.queue.pop().expect("peeked");
-                let ev = self.slab[idx].take().expect("scheduled");
-                self.free.push(idx);
-                self.handle(ev);
-            }
+            self.step_then_check(take_timer, next_timer.map(|(_, i)| i));
         }
         self.now = end;
         self.clock.set(end);
         self.check_quiescence();
         self.out.coordination_requests = self.memory.calls();
+    }
+
+    /// One step of the loop (a due timer or the next event), then the application's view:
+    /// all live members in one cluster.
+    fn step_then_check(&mut self, take_timer: bool, timer_node: Option<usize>) {
+        if take_timer {
+            let i = timer_node.expect("checked");
+            let now = self.now;
+            if let Some(m) = self.nodes[i].machine.as_mut() {
+                m.handle_timeout(now);
+            }
+            self.drain(i);
+        } else {
+            let Reverse((_, _, idx)) = self.queue.pop().expect("peeked");
+            let ev = self.slab[idx].take().expect("scheduled");
+            self.free.push(idx);
+            self.handle(ev);
+        }
+        self.check_one_live_cluster();
+    }
+
+    /// Safety, after **every** step, as the application sees it: all live nodes that are
+    /// members of a cluster are members of the same one (registered or not). Recorded once
+    /// per trial, at the first moment it breaks.
+    fn check_one_live_cluster(&mut self) {
+        if self.split_seen {
+            return;
+        }
+        let clusters = self.cluster.clusters();
+        if clusters.len() > 1 {
+            self.split_seen = true;
+            let at = self.now - self.clock_start;
+            let sizes: Vec<usize> = clusters.values().map(BTreeSet::len).collect();
+            self.out.violations.push(format!(
+                "live members in {} clusters at t={at:?} (sizes {sizes:?})",
+                clusters.len()
+            ));
+        }
     }
 
     /// One or two outages of 0.1–5 × TTL; up to two nodes start only during the first.
@@ -484,7 +524,10 @@ impl World<'_> {
     }
 
     fn schedule_faults(&mut self, start: Instant) {
-        let ttl = self.cfg.settings.ttl();
+        let max_pause = self
+            .cfg
+            .max_pause
+            .unwrap_or_else(|| self.cfg.settings.max_safe_pause());
         let n = self.cfg.nodes;
         for _ in 0..self.rng.random_range(0..=3u32) {
             let at = start + uniform(&mut self.rng, Duration::ZERO, self.cfg.fault_window);
@@ -499,7 +542,7 @@ impl World<'_> {
                 },
                 2 => Ev::Pause {
                     node,
-                    duration: uniform(&mut self.rng, Duration::from_millis(500), ttl * 2),
+                    duration: uniform(&mut self.rng, Duration::from_millis(1), max_pause),
                 },
                 3 => Ev::ExpireLock,
                 _ => Ev::ExpireEntry(node),
@@ -753,7 +796,7 @@ impl World<'_> {
             Action::AddSelf { ttl, mode, .. } => {
                 let out = self.memory.add_self_at(now, scope.lease(&node, ttl), &mode);
                 if out == AddOutcome::Added {
-                    self.check_registration(&node);
+                    self.check_registration(&node, &mode);
                 }
                 self.wake_watchers();
                 Reply::AddSelf(Ok(out))
@@ -871,10 +914,22 @@ impl World<'_> {
             .collect()
     }
 
-    /// Safety, after every successful registration: the registering node is a member, and
-    /// all registered live nodes are in one cluster.
-    fn check_registration(&mut self, node: &NodeId) {
-        if self.cluster.cluster_of(node).is_none() {
+    /// Safety, after every successful registration: a member's registering node is a
+    /// member (a seed registers before it forms its cluster), and all registered live nodes
+    /// are in one cluster.
+    fn check_registration(&mut self, node: &NodeId, mode: &AddMode) {
+        // A seed registers its new cluster, or registers again under it after its entry
+        // lapsed, before it forms it.
+        let seed = !self.cfg.mutations.form_before_register
+            && match mode {
+                AddMode::Seed { cluster, .. } => {
+                    self.seeded.insert(*cluster, node.clone());
+                    true
+                }
+                AddMode::Join { cluster: Some(c) } => self.seeded.get(c) == Some(node),
+                AddMode::Join { cluster: None } => false,
+            };
+        if !seed && self.cluster.cluster_of(node).is_none() {
             self.out.violations.push(format!(
                 "{node} registered while not a member of any cluster"
             ));

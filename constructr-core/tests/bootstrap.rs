@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::*;
 use constructr_core::State::*;
-use constructr_core::{AttemptId, ClusterId};
+use constructr_core::{AttemptId, ClusterId, Event};
 
 const OLD_CLUSTER: ClusterId = ClusterId(0x01D);
 
@@ -36,23 +36,26 @@ fn empty_registry_seeds_after_lock_and_reread_then_refreshes() {
     transition(&mut m, Locking, VerifyingEmpty, &[get_nodes(3)]);
     assert_eq!(m.poll_timeout(), Some(at(200) + COORDINATION_TIMEOUT));
 
-    // Still empty (the marker moved on meanwhile): join self.
+    // Still empty (the marker moved on meanwhile): the fenced registration of a new
+    // cluster, expecting the re-read's marker — before any cluster exists.
     let moved_marker = registry(&[], epoch(OLD_CLUSTER, 9), 9);
     m.handle_reply(at(300), AttemptId(3), nodes(moved_marker));
-    transition(&mut m, VerifyingEmpty, Joining, &[join(4, vec![me()])]);
-    assert_eq!(m.poll_timeout(), Some(at(300) + JOIN_TIMEOUT));
     let cluster = m.cluster().expect("a seeding node knows its new cluster");
     assert_ne!(cluster, OLD_CLUSTER);
+    let registration = add_seed(4, token(), cluster, Some(9));
+    transition(&mut m, VerifyingEmpty, AddingSelf, &[registration]);
+    assert_eq!(m.poll_timeout(), Some(at(300) + COORDINATION_TIMEOUT));
 
-    // Member of its own cluster: the fenced registration, expecting the re-read's marker.
-    m.handle_reply(at(400), AttemptId(4), joined());
-    let registration = add_seed(5, token(), cluster, Some(9));
-    transition(&mut m, Joining, AddingSelf, &[registration]);
-    assert_eq!(m.poll_timeout(), Some(at(400) + COORDINATION_TIMEOUT));
+    // Written: now it forms its cluster (joins itself).
+    m.handle_reply(at(400), AttemptId(4), added());
+    transition(&mut m, AddingSelf, Forming, &[join(5, vec![me()])]);
+    assert_eq!(m.poll_timeout(), Some(at(400) + JOIN_TIMEOUT));
+    assert!(!m.state().is_registered());
 
-    m.handle_reply(at(500), AttemptId(5), added());
-    transition(&mut m, AddingSelf, RefreshScheduled, &[]);
-    let due = at(500) + REFRESH_INTERVAL;
+    // Formed: the first refresh counts from the registration (sent at 300 ms).
+    m.handle_reply(at(500), AttemptId(5), joined());
+    transition(&mut m, Forming, RefreshScheduled, &[]);
+    let due = at(300) + REFRESH_INTERVAL;
     assert_eq!(m.poll_timeout(), Some(due));
     assert!(m.state().is_registered());
 
@@ -73,17 +76,70 @@ fn seed_without_any_epoch_marker_expects_none() {
     m.handle_reply(at(1), AttemptId(1), nodes(empty(0)));
     m.handle_reply(at(2), AttemptId(2), acquired());
     m.handle_reply(at(3), AttemptId(3), nodes(empty(1)));
-    m.handle_reply(at(4), AttemptId(4), joined());
     let cluster = m.cluster().expect("cluster");
+    m.handle_reply(at(4), AttemptId(4), added());
     assert_eq!(
         actions(&mut m),
         vec![
             lock(2),
             get_nodes(3),
-            join(4, vec![me()]),
-            add_seed(5, token(), cluster, None),
+            add_seed(4, token(), cluster, None),
+            join(5, vec![me()]),
         ]
     );
+}
+
+/// A seed paused between its registration's reply and forming for longer than the
+/// registration's TTL forms nothing until a refresh shows the registration still stands;
+/// if it lapsed, the seed starts over without ever having formed.
+#[test]
+fn a_seed_paused_past_its_lease_rechecks_its_registration_before_forming() {
+    for (outcome, then) in [(refreshed(), Forming), (missing(), Resetting)] {
+        let mut m = started(settings());
+        m.handle_reply(at(1), AttemptId(1), nodes(empty(0)));
+        m.handle_reply(at(2), AttemptId(2), acquired());
+        m.handle_reply(at(3), AttemptId(3), nodes(empty(1)));
+        let cluster = m.cluster().expect("cluster");
+        let _ = actions(&mut m);
+        let _ = events(&mut m);
+        // The reply arrives in time, but the node handles it only after a long pause.
+        let woke = at(3) + ttl();
+        m.handle_reply(woke, AttemptId(4), added());
+        transition(&mut m, AddingSelf, Forming, &[refresh(5)]);
+        m.handle_reply(woke, AttemptId(5), outcome);
+        if then == Forming {
+            assert_eq!(actions(&mut m), vec![join(6, vec![me()])]);
+            assert_eq!(events(&mut m), vec![]);
+            assert_eq!(m.cluster(), Some(cluster));
+        } else {
+            assert_eq!(actions(&mut m), vec![leave(6)]);
+            assert_eq!(
+                events(&mut m),
+                vec![Event::SeedLapsed, changed(Forming, Resetting)]
+            );
+        }
+    }
+}
+
+/// A seed whose self-join fails keeps its registration and tries to form again, instead of
+/// leaving an entry behind that every joiner would try in vain.
+#[test]
+fn a_seed_whose_formation_fails_tries_again_under_its_registration() {
+    let mut m = started(settings());
+    m.handle_reply(at(1), AttemptId(1), nodes(empty(0)));
+    m.handle_reply(at(2), AttemptId(2), acquired());
+    m.handle_reply(at(3), AttemptId(3), nodes(empty(1)));
+    m.handle_reply(at(4), AttemptId(4), added());
+    let _ = actions(&mut m);
+    let _ = events(&mut m);
+    m.handle_reply(at(5), AttemptId(5), join_failed());
+    assert_eq!(actions(&mut m), vec![]);
+    assert_eq!(m.state(), Forming);
+    let retry = m.poll_timeout().expect("a retry is scheduled");
+    m.handle_timeout(retry);
+    assert_eq!(actions(&mut m), vec![join(6, vec![me()])]);
+    m.handle_reply(retry, AttemptId(6), joined());
+    assert_eq!(m.state(), RefreshScheduled);
 }
 
 #[test]

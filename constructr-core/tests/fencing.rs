@@ -14,37 +14,39 @@ fn refused_seed_registration_leaves_and_starts_over() {
     let mut m = machine(settings());
     let add = drive(&mut m, t0(), Script::Seed, AddingSelf);
     let old_cluster = m.cluster().expect("seeded cluster");
-    assert_eq!(add, Some(add_seed(5, token(), old_cluster, None)));
+    assert_eq!(add, Some(add_seed(4, token(), old_cluster, None)));
 
-    m.handle_reply(at(100), AttemptId(5), refused());
+    // Refused before the seed formed anything: it leaves (a no-op for the runtime) and
+    // starts over.
+    m.handle_reply(at(100), AttemptId(4), refused());
     step(
         &mut m,
         vec![Event::SeedRefused, changed(AddingSelf, Resetting)],
-        vec![leave(6)],
+        vec![leave(5)],
     );
     assert_eq!(m.state(), Resetting);
     assert_eq!(m.cluster(), None);
     assert_eq!(m.poll_timeout(), Some(at(100) + COORDINATION_TIMEOUT));
 
-    m.handle_reply(at(200), AttemptId(6), left());
-    transition(&mut m, Resetting, GettingNodes, &[get_nodes(7)]);
+    m.handle_reply(at(200), AttemptId(5), left());
+    transition(&mut m, Resetting, GettingNodes, &[get_nodes(6)]);
     assert_eq!(m.poll_timeout(), Some(at(200) + COORDINATION_TIMEOUT));
 
     // The node that took the lock over registered: join it, as a member.
-    m.handle_reply(at(300), AttemptId(7), nodes(theirs(&[node(2)], 8)));
-    m.handle_reply(at(400), AttemptId(8), joined());
+    m.handle_reply(at(300), AttemptId(6), nodes(theirs(&[node(2)], 8)));
+    m.handle_reply(at(400), AttemptId(7), joined());
     assert_eq!(
         actions(&mut m),
-        vec![join(8, vec![node(2)]), add_member(9, Some(THEIR_CLUSTER))]
+        vec![join(7, vec![node(2)]), add_member(8, Some(THEIR_CLUSTER))]
     );
 }
 
-/// A seed whose registration `AddSelf { 5 }` was refused at `at(1)`: in `Resetting`, with
-/// `LeaveCluster { 6 }` queued (events drained); and the cluster it had seeded.
+/// A seed whose registration `AddSelf { 4 }` was refused at `at(1)`: in `Resetting`, with
+/// `LeaveCluster { 5 }` queued (events drained); and the cluster it meant to seed.
 fn refused_seed() -> (Machine, ClusterId) {
     let (mut m, _) = driven(settings(), Script::Seed, AddingSelf);
     let seeded = m.cluster().expect("seeded cluster");
-    m.handle_reply(at(1), AttemptId(5), refused());
+    m.handle_reply(at(1), AttemptId(4), refused());
     events(&mut m);
     (m, seeded)
 }
@@ -52,25 +54,23 @@ fn refused_seed() -> (Machine, ClusterId) {
 #[test]
 fn after_a_refused_seed_a_new_seed_uses_the_new_lock_token() {
     let (mut m, old_cluster) = refused_seed();
-    m.handle_reply(at(2), AttemptId(6), left());
+    m.handle_reply(at(2), AttemptId(5), left());
     // Still empty: lock again, with a new token this time.
     let new_token = LockToken("lock-2".into());
-    m.handle_reply(at(3), AttemptId(7), nodes(empty(10)));
+    m.handle_reply(at(3), AttemptId(6), nodes(empty(10)));
     let acquired_anew = Reply::Lock(Ok(LockOutcome::Acquired(new_token.clone())));
-    m.handle_reply(at(4), AttemptId(8), acquired_anew);
-    m.handle_reply(at(5), AttemptId(9), nodes(empty(11)));
-    m.handle_reply(at(6), AttemptId(10), joined());
+    m.handle_reply(at(4), AttemptId(7), acquired_anew);
+    m.handle_reply(at(5), AttemptId(8), nodes(empty(11)));
     let new_cluster = m.cluster().expect("new cluster");
     assert_ne!(new_cluster, old_cluster);
     assert_eq!(
         actions(&mut m),
         vec![
-            leave(6),
-            get_nodes(7),
-            lock(8),
-            get_nodes(9),
-            join(10, vec![me()]),
-            add_seed(11, new_token, new_cluster, None),
+            leave(5),
+            get_nodes(6),
+            lock(7),
+            get_nodes(8),
+            add_seed(9, new_token, new_cluster, None),
         ]
     );
 }
@@ -81,16 +81,16 @@ fn failed_leave_after_refusal_still_starts_over() {
     let boom = ClusterError::Leave {
         message: "boom".into(),
     };
-    m.handle_reply(at(2), AttemptId(6), Reply::Left(Err(boom)));
-    transition(&mut m, Resetting, GettingNodes, &[leave(6), get_nodes(7)]);
+    m.handle_reply(at(2), AttemptId(5), Reply::Left(Err(boom)));
+    transition(&mut m, Resetting, GettingNodes, &[leave(5), get_nodes(6)]);
 }
 
 #[test]
 fn unanswered_leave_after_refusal_starts_over_at_its_timeout() {
     let (mut m, _) = refused_seed();
-    assert_eq!(actions(&mut m), vec![leave(6)]);
+    assert_eq!(actions(&mut m), vec![leave(5)]);
     m.handle_timeout(at(1) + COORDINATION_TIMEOUT);
-    transition(&mut m, Resetting, GettingNodes, &[get_nodes(7)]);
+    transition(&mut m, Resetting, GettingNodes, &[get_nodes(6)]);
 }
 
 #[test]
@@ -111,7 +111,7 @@ fn seed_registration_retry_keeps_the_same_fence() {
     assert_eq!(
         actions(&mut m),
         vec![Action::AddSelf {
-            attempt: AttemptId(6),
+            attempt: AttemptId(5),
             ttl: ttl(),
             mode,
         }]

@@ -46,12 +46,28 @@ fn join_timeout_leaves_and_starts_over() {
 }
 
 #[test]
-fn seed_join_timeout_also_starts_over_without_the_lock() {
-    let (mut m, join_action) = driven(settings(), Script::Seed, Joining);
-    assert_eq!(join_action, Some(join(4, vec![me()])));
+fn a_seed_whose_formation_times_out_forms_again_under_its_registration() {
+    let (mut m, join_action) = driven(settings(), Script::Seed, Forming);
+    assert_eq!(join_action, Some(join(5, vec![me()])));
+    let cluster = m.cluster();
     m.handle_timeout(t0() + JOIN_TIMEOUT);
-    transition(&mut m, Joining, Resetting, &[leave(5)]);
-    assert_eq!(m.cluster(), None);
+    let events = events(&mut m);
+    assert!(
+        matches!(
+            events.as_slice(),
+            [Event::Retrying {
+                state: Forming,
+                retry_in: RETRY_DELAY,
+                ..
+            }]
+        ),
+        "{events:?}"
+    );
+    assert_eq!(actions(&mut m), vec![]);
+    assert_eq!(m.cluster(), cluster);
+    // Still within the registration's lease: join itself again, no read, no leave.
+    fire(&mut m);
+    assert_eq!(actions(&mut m), vec![join(6, vec![me()])]);
 }
 
 #[test]

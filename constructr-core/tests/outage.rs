@@ -94,7 +94,9 @@ fn member_degrades_on_a_failed_refresh_and_keeps_retrying_with_growing_waits() {
         assert!(matches!(action, Action::Refresh { .. }), "{action:?}");
     }
     assert!(now - t0() > Duration::from_secs(2 * 3600));
-    assert_eq!(&waits[..6], [2, 4, 8, 16, 16, 16]);
+    // Doubling, up to the longest member wait: two tries fit in the re-seed grace
+    // ((34 s − 2 s − 0.125 s) / 2 = 15.9 s, below the 16 s cap).
+    assert_eq!(&waits[..6], [2, 4, 8, 15, 15, 15]);
     assert_eq!(m.failure(), None);
 
     // The service is back: the entry is still there.
@@ -164,12 +166,13 @@ fn degraded_member_whose_entry_expired_registers_again_under_its_cluster() {
 fn permanent_errors_keep_a_member_degraded_at_the_longest_wait() {
     let mut m = member();
     let (mut action, mut now) = timer_fires(&mut m);
+    let longest = m.settings().longest_member_wait().min(MAX_RETRY_DELAY);
     for _ in 0..5 {
         m.handle_reply(now, action.attempt(), Reply::Refresh(Err(token_revoked())));
         let ev = events(&mut m);
-        assert_eq!(retry_in(&ev), MAX_RETRY_DELAY);
+        assert_eq!(retry_in(&ev), longest);
         assert_eq!(m.state(), Degraded);
-        now += MAX_RETRY_DELAY;
+        now += longest;
         m.handle_timeout(now);
         action = single(&mut m);
     }
@@ -340,24 +343,25 @@ fn registered_in(cluster: ClusterId, nodes: &[constructr_core::NodeId]) -> Regis
 }
 
 #[test]
-fn seed_whose_committed_registration_reply_was_lost_recognises_it_and_stays() {
+fn seed_whose_committed_registration_reply_was_lost_recognises_it_and_forms() {
     // The write committed, the reply was lost (timeout); the lock expired meanwhile.
     let (mut m, read, cluster, now) = seed_refused_after_an_uncertain_try();
-    let committed = registered_in(cluster, &[me(), node(2)]);
+    let committed = registered_in(cluster, &[me()]);
     m.handle_reply(now, read.attempt(), nodes(committed));
     assert_eq!(
         events(&mut m),
-        vec![
-            Event::SeedConfirmed,
-            changed(ConfirmingSeed, RefreshScheduled)
-        ]
+        vec![Event::SeedConfirmed, changed(ConfirmingSeed, Forming)]
     );
     assert_eq!(m.cluster(), Some(cluster));
-    assert_eq!(actions(&mut m), vec![]);
+    // Its registration is certain now: it forms its cluster.
+    assert_eq!(
+        actions(&mut m),
+        vec![join(read.attempt().0 + 1, vec![me()])]
+    );
 }
 
 #[test]
-fn seed_paused_past_its_entry_ttl_after_its_committed_write_registers_again_as_member() {
+fn seed_paused_past_its_entry_ttl_after_its_committed_write_registers_again_then_forms() {
     let (mut m, read, cluster, now) = seed_refused_after_an_uncertain_try();
     // The epoch names its cluster, but its entry expired while it was paused.
     m.handle_reply(now, read.attempt(), nodes(registered_in(cluster, &[])));
@@ -373,6 +377,10 @@ fn seed_paused_past_its_entry_ttl_after_its_committed_write_registers_again_as_m
         ),
         "{add:?}"
     );
+    // Registered again under its epoch: only now it forms.
+    m.handle_reply(now, add.attempt(), added());
+    assert_eq!(events(&mut m), vec![changed(AddingSelf, Forming)]);
+    assert_eq!(actions(&mut m), vec![join(add.attempt().0 + 1, vec![me()])]);
 }
 
 #[test]

@@ -281,7 +281,19 @@ fn retry_waits_double_up_to_the_cap_and_members_to_the_refresh_interval() {
     assert_eq!(s.retry_wait(u32::MAX, 0.0), Duration::from_secs(30));
     s.refresh_interval = Duration::from_secs(10);
     s.ttl_factor = 3.0;
+    // Two tries must fit in the re-seed grace (10 s + 6 s + 3 s): (19 s − 6 s − 0.375 s) / 2.
+    assert_eq!(
+        s.member_retry_wait(4, 0.0),
+        Duration::from_micros(6_312_500)
+    );
+    assert_eq!(s.longest_member_wait(), Duration::from_micros(6_312_500));
+    // With a long grace, the refresh interval caps a member's waits.
+    s.reseed_grace = Some(Duration::from_secs(100));
     assert_eq!(s.member_retry_wait(4, 0.0), Duration::from_secs(10));
+    // Without a grace (ConstructR), nothing else does.
+    s.reseed_grace = Some(Duration::ZERO);
+    assert_eq!(s.member_retry_wait(4, 0.0), Duration::from_secs(10));
+    s.reseed_grace = None;
     s.retry_jitter = 0.5;
     assert_eq!(s.retry_wait(0, 1.0), Duration::from_millis(4_500));
 }

@@ -111,6 +111,7 @@ proptest! {
     fn arbitrary_settings_either_fail_validation_or_bootstrap_without_panicking(s in settings()) {
         // Derived values never panic, valid or not.
         let _ = (s.ttl(), s.lock_ttl(), s.reseed_grace(), s.minimum_ttl_factor(), s.retry_wait(u32::MAX, 1.0));
+        let _ = (s.max_safe_pause(), s.longest_member_wait(), s.member_retry_wait(u32::MAX, 1.0));
         if s.validate().is_ok() {
             simulate(s);
         }

@@ -86,7 +86,9 @@ fn without_the_reseed_grace_outages_cost_members_their_cluster() {
     config.settings.reseed_grace = Some(std::time::Duration::ZERO);
     let report = run("no grace", &config, 4_000);
     assert!(report.clusters_lost > 0, "the grace made no difference");
-    assert_some_failure_mentions(&report, "left their cluster");
+    // A member that loses the race runs its old cluster beside the newcomer's until its
+    // re-registration is refused.
+    assert_some_failure_mentions(&report, "live members in 2 clusters");
 }
 
 /// With ConstructR's fail-fast (2 retries at fixed waits, members fail), outages make
@@ -129,19 +131,18 @@ fn without_fencing_the_simulation_finds_split_clusters() {
     );
 }
 
-/// Without the re-read after taking the lock, a node that lost the race seeds anyway; the
-/// fenced registration still stops a second cluster, but only by refusing it and making the
-/// node start over. With the re-read such refusals are rarer (FSM-level proof of the
-/// re-read itself: `tests/lock_contention.rs`).
+/// Without the re-read after taking the lock, a node that lost the race writes a seed
+/// registration anyway; the fence refuses it, before the node formed anything, so the
+/// simulation stays clean. (How often that happens is noise at this trial count: 33 refused
+/// with the re-read and 32 without, of 20,000 trials; the re-read itself is proven at the
+/// machine level in `tests/lock_contention.rs` and by the model checker.)
 #[test]
-fn without_reread_after_lock_more_seed_registrations_are_refused() {
-    // Nodes that read the lock as held no longer ask for it, so a lock is rarely won after
-    // the registry filled: 3,000 trials gave 7 refusals with the re-read and 6 without;
-    // 20,000 give 41 and 49 (default seed).
+fn without_reread_after_lock_the_fence_still_keeps_one_cluster() {
     let with = run("with re-read", &SimConfig::default(), 20_000);
     let skip_reread = SimConfig {
         mutations: Mutations {
             skip_reread_after_lock: true,
+            ..Mutations::default()
         },
         ..SimConfig::default()
     };
@@ -152,7 +153,7 @@ fn without_reread_after_lock_more_seed_registrations_are_refused() {
     );
     assert_clean(&with);
     assert_clean(&without);
-    assert!(without.seeds_refused > with.seeds_refused);
+    assert!(without.seeds_refused > 0, "the race was never lost");
 }
 
 /// The simulation accepts any validated settings (it used to panic for entry TTLs of
@@ -169,4 +170,27 @@ fn simulation_runs_with_tiny_ttls() {
     config.settings.validate().expect("valid");
     let report = run("tiny TTLs", &config, 40);
     assert_eq!(report.trials, 40);
+}
+
+/// ConstructR's order (form the cluster, then register): the simulation finds live members
+/// in two clusters, none of which the registry shows twice.
+#[test]
+fn forming_before_registering_splits_the_cluster_the_application_sees() {
+    let config = SimConfig {
+        mutations: Mutations {
+            form_before_register: true,
+            ..Mutations::default()
+        },
+        ..SimConfig::default()
+    };
+    let report = run("form before register", &config, 20_000);
+    assert_some_failure_mentions(&report, "live members in 2 clusters");
+    assert!(
+        !report
+            .failures
+            .iter()
+            .any(|f| f.contains("registered live nodes belong to")),
+        "{:?}",
+        report.failures
+    );
 }

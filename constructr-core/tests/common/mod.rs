@@ -235,6 +235,13 @@ pub fn missing() -> Reply {
     Reply::Refresh(Ok(RefreshOutcome::Missing))
 }
 
+/// The cluster runtime refused the join.
+pub fn join_failed() -> Reply {
+    Reply::Joined(Err(constructr_core::ClusterError::Join {
+        message: "boom".into(),
+    }))
+}
+
 pub fn left() -> Reply {
     Reply::Left(Ok(()))
 }
