@@ -40,7 +40,8 @@ use tokio::time::Instant;
 use tracing::Instrument as _;
 
 use crate::cluster::Cluster;
-use crate::coordination::{Coordination, ErrorKind, LockOutcome, RefreshOutcome};
+use crate::coordination::{Coordination, ErrorKind, LockOutcome, RefreshOutcome, Registry};
+use crate::divergence::DivergenceMonitor;
 use crate::machine::{Action, AttemptId, Event, Failure, Machine, Reply, State};
 use crate::node::{NodeId, Scope};
 use crate::settings::{Settings, SettingsError};
@@ -379,6 +380,8 @@ fn start(
     settings.validate()?;
     coordination.check_settings(&settings)?;
     let start = Instant::now();
+    let check_every = settings.divergence_check_interval();
+    let divergence = DivergenceMonitor::new(settings.ttl());
     let machine = Machine::new(settings, node.clone(), seed, start.into_std())?;
     let (state_tx, state_rx) = watch::channel(machine.state());
     let (status_tx, status_rx) = watch::channel(Status::new(
@@ -399,6 +402,8 @@ fn start(
         events: events.clone(),
         shutdown: shutdown.clone(),
         start,
+        check_every,
+        divergence,
     };
     let span = tracing::info_span!("constructr", node = %node);
     let task = tokio::spawn(run.run().instrument(span));
@@ -432,7 +437,13 @@ struct Runner {
     events: broadcast::Sender<TimedEvent>,
     shutdown: Arc<Notify>,
     start: Instant,
+    /// How often a registered member compares its runtime with the registry (`None`: never).
+    check_every: Option<Duration>,
+    divergence: DivergenceMonitor,
 }
+
+/// What one divergence check read: the registry and the runtime's live members.
+type CheckResult = Option<(Registry, Vec<NodeId>)>;
 
 impl Runner {
     async fn run(mut self) -> Result<(), Failure> {
@@ -440,6 +451,10 @@ impl Runner {
         let mut tasks = tokio::task::JoinSet::new();
         // The running calls: which attempt (to drop superseded ones) and what (for panics).
         let mut running: HashMap<tokio::task::Id, Call> = HashMap::new();
+        // Divergence checks: one at a time, off the machine's loop.
+        let (check_tx, mut check_rx) = mpsc::channel::<CheckResult>(1);
+        let mut next_check = self.check_every.map(|every| Instant::now() + every);
+        let mut checking = false;
         loop {
             while let Some(action) = self.machine.poll_action() {
                 let what = action_name(&action);
@@ -481,7 +496,33 @@ impl Runner {
                     None => std::future::pending().await,
                 }
             };
+            let check_due = async {
+                match next_check {
+                    Some(at) if !checking => tokio::time::sleep_until(at).await,
+                    _ => std::future::pending().await,
+                }
+            };
             tokio::select! {
+                () = check_due => {
+                    next_check = self.check_every.map(|every| Instant::now() + every);
+                    if state.is_registered() {
+                        checking = true;
+                        tokio::spawn(self.check(check_tx.clone()));
+                    }
+                }
+                Some(result) = check_rx.recv() => {
+                    checking = false;
+                    if let Some((registry, live)) = result {
+                        let now = Instant::now().into_std();
+                        let cluster = self.machine.cluster();
+                        // Only a member that is still registered compares.
+                        if self.machine.state().is_registered()
+                            && let Some(event) = self.divergence.observe(now, cluster, &registry, &live)
+                        {
+                            self.report(event);
+                        }
+                    }
+                }
                 Some((attempt, reply)) = rx.recv() => {
                     if self.machine.is_awaiting(attempt) {
                         self.saw_reply(&reply);
@@ -519,6 +560,27 @@ impl Runner {
                     }
                 }
             }
+        }
+    }
+
+    /// One divergence check: a full registry read and the runtime's live members, each
+    /// bounded by the coordination timeout; `None` if either is not to be had.
+    fn check(
+        &self,
+        tx: mpsc::Sender<CheckResult>,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let coordination = self.coordination.clone();
+        let cluster = self.cluster.clone();
+        let scope = self.scope.clone();
+        let bound = self.machine.settings().coordination_timeout;
+        async move {
+            let registry = bounded(bound, coordination.get_nodes(&scope)).await;
+            let live = bounded(bound, cluster.live_members()).await;
+            let result = match (registry, live) {
+                (Some(Ok(registry)), Some(Some(live))) => Some((registry, live)),
+                _ => None,
+            };
+            let _ = tx.send(result).await;
         }
     }
 
@@ -610,6 +672,22 @@ impl Runner {
             Event::ClusterLost { cluster } => tracing::warn!(
                 cluster = cluster.map(|c| c.to_string()),
                 "re-registration refused: another cluster owns the registry; leaving to join it"
+            ),
+            Event::ClusterDivergence {
+                unseen,
+                unregistered,
+                foreign_epoch,
+                lasting,
+            } => tracing::warn!(
+                unseen,
+                unregistered,
+                foreign_epoch,
+                lasting_ms = lasting.as_millis() as u64,
+                "cluster divergence: the runtime's members and the registry disagree (a second cluster may run)"
+            ),
+            Event::ClusterDivergenceEnded { lasted } => tracing::info!(
+                lasted_ms = lasted.as_millis() as u64,
+                "cluster divergence ended"
             ),
         }
         let timed = TimedEvent { elapsed, event };

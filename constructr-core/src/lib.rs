@@ -24,6 +24,7 @@
 
 pub mod cluster;
 pub mod coordination;
+pub mod divergence;
 pub mod entry;
 pub mod local;
 pub mod machine;

@@ -319,6 +319,24 @@ pub enum Event {
         /// The cluster it leaves.
         cluster: Option<ClusterId>,
     },
+    /// The cluster runtime and the registry disagree, and have for `lasting` (reported by
+    /// the driver's [`DivergenceMonitor`](crate::divergence::DivergenceMonitor), never by
+    /// the machine): a second cluster may run beside this node's.
+    ClusterDivergence {
+        /// Registered nodes the runtime does not show as live members.
+        unseen: usize,
+        /// Live members of this node's cluster that are not registered.
+        unregistered: usize,
+        /// The registry's epoch names another cluster than this node's.
+        foreign_epoch: bool,
+        /// How long the divergence has lasted so far.
+        lasting: Duration,
+    },
+    /// A reported divergence is gone: runtime and registry agree again.
+    ClusterDivergenceEnded {
+        /// How long it lasted.
+        lasted: Duration,
+    },
 }
 
 impl std::fmt::Display for Event {
@@ -345,6 +363,24 @@ impl std::fmt::Display for Event {
                 Some(c) => write!(f, "re-registration refused: leaving cluster {c}"),
                 None => f.write_str("re-registration refused: leaving the cluster"),
             },
+            Event::ClusterDivergence {
+                unseen,
+                unregistered,
+                foreign_epoch,
+                lasting,
+            } => write!(
+                f,
+                "cluster divergence for {lasting:?}: {unseen} registered nodes not in the runtime, \
+                 {unregistered} runtime members not registered{}",
+                if *foreign_epoch {
+                    ", the registry names another cluster"
+                } else {
+                    ""
+                }
+            ),
+            Event::ClusterDivergenceEnded { lasted } => {
+                write!(f, "cluster divergence ended after {lasted:?}")
+            }
         }
     }
 }

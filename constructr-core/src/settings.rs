@@ -164,6 +164,13 @@ pub struct Settings {
     /// `new-cluster-enabled = off`): a join-only node never takes the lock; while the
     /// registry is empty it waits (watching) for a node to register, then joins. Default true.
     pub new_cluster_enabled: bool,
+    /// How often a registered member compares its cluster runtime's live members with the
+    /// registry (one registry read each time) and reports a divergence that lasted an entry
+    /// TTL (see [`crate::divergence`]). Unset: `4 × refresh-interval` (2 min by default);
+    /// `0s`: never.
+    #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    #[setters(strip_option)]
+    pub divergence_check_interval: Option<Duration>,
 }
 
 impl Default for Settings {
@@ -186,6 +193,7 @@ impl Default for Settings {
             retry_jitter: 0.2,
             watch: true,
             new_cluster_enabled: true,
+            divergence_check_interval: None,
         }
     }
 }
@@ -231,6 +239,10 @@ impl Settings {
             ("max-retry-delay", self.max_retry_delay),
             ("retry-budget", self.retry_budget),
             ("reseed-grace", self.reseed_grace.unwrap_or_default()),
+            (
+                "divergence-check-interval",
+                self.divergence_check_interval.unwrap_or_default(),
+            ),
         ] {
             if d > MAX_DURATION {
                 return Err(SettingsError::TooLong { name });
@@ -369,6 +381,15 @@ impl Settings {
         self.reseed_grace()
             .saturating_sub(longest_member_wait)
             .saturating_sub(self.coordination_timeout)
+    }
+
+    /// How often a registered member checks for a divergence between its runtime and the
+    /// registry: `divergence-check-interval`, else `4 × refresh-interval`; `None`: never.
+    pub fn divergence_check_interval(&self) -> Option<Duration> {
+        let interval = self
+            .divergence_check_interval
+            .unwrap_or_else(|| self.refresh_interval.saturating_mul(4));
+        (!interval.is_zero()).then_some(interval)
     }
 
     /// The registry scope (`key_prefix` + `cluster_name`).

@@ -40,6 +40,7 @@ prop_compose! {
         max_retry_delay in duration(),
         retry_budget in duration(),
         reseed_grace in proptest::option::of(duration()),
+        divergence_check_interval in proptest::option::of(duration()),
         ttl_factor in factor(),
         retry_jitter in factor(),
         nr_of_retries in proptest::option::of(any::<u32>()),
@@ -54,6 +55,7 @@ prop_compose! {
         s.max_retry_delay = max_retry_delay;
         s.retry_budget = retry_budget;
         s.reseed_grace = reseed_grace;
+        s.divergence_check_interval = divergence_check_interval;
         s.ttl_factor = ttl_factor;
         s.retry_jitter = retry_jitter;
         s.nr_of_retries = nr_of_retries;
@@ -111,7 +113,7 @@ proptest! {
     fn arbitrary_settings_either_fail_validation_or_bootstrap_without_panicking(s in settings()) {
         // Derived values never panic, valid or not.
         let _ = (s.ttl(), s.lock_ttl(), s.reseed_grace(), s.minimum_ttl_factor(), s.retry_wait(u32::MAX, 1.0));
-        let _ = (s.max_safe_pause(), s.longest_member_wait(), s.member_retry_wait(u32::MAX, 1.0));
+        let _ = (s.max_safe_pause(), s.longest_member_wait(), s.member_retry_wait(u32::MAX, 1.0), s.divergence_check_interval());
         if s.validate().is_ok() {
             simulate(s);
         }
@@ -136,6 +138,7 @@ proptest! {
         key in prop_oneof![
             Just("coordination-timeout"), Just("join-timeout"), Just("refresh-interval"),
             Just("retry-delay"), Just("max-retry-delay"), Just("retry-budget"), Just("reseed-grace"),
+            Just("divergence-check-interval"),
         ],
         value in prop_oneof![
             Just("0s".to_owned()), Just("1ns".to_owned()), Just("99999999999999999999s".to_owned()),

@@ -115,6 +115,7 @@ fn latency_histogram() -> Histogram {
 /// | `constructr_registered` | gauge, 1 while registered (degraded: 0) | |
 /// | `constructr_ready` | gauge, what `GET /ready` answers | |
 /// | `constructr_last_registration_age_seconds` | gauge, time since the registration was last written or refreshed (NaN before the first) | |
+/// | `constructr_cluster_divergence` | gauge, 1 while the cluster runtime and the registry disagree for longer than an entry TTL (a second cluster may run; see `constructr_core::divergence`) | |
 ///
 /// `wait_for_change` is a long poll: its duration is how long the node waited for a change.
 #[derive(Debug)]
@@ -129,6 +130,7 @@ pub struct Metrics {
     registered: Gauge,
     ready: Gauge,
     registration_age: Gauge<f64, AtomicU64>,
+    divergence: Gauge,
 }
 
 impl Metrics {
@@ -145,6 +147,7 @@ impl Metrics {
             registered: Gauge::default(),
             ready: Gauge::default(),
             registration_age: Gauge::default(),
+            divergence: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register("state", "The node's current state (1)", m.state.clone());
@@ -189,6 +192,11 @@ impl Metrics {
             "Time since the registration was last written or refreshed (NaN before the first)",
             Unit::Seconds,
             m.registration_age.clone(),
+        );
+        registry.register(
+            "cluster_divergence",
+            "1 while the cluster runtime and the registry disagree for longer than an entry TTL",
+            m.divergence.clone(),
         );
         Arc::new(Metrics { registry, ..m })
     }
@@ -244,6 +252,12 @@ impl Observer for Metrics {
             }
             Event::Retrying { .. } => {
                 self.retries.inc();
+            }
+            Event::ClusterDivergence { .. } => {
+                self.divergence.set(1);
+            }
+            Event::ClusterDivergenceEnded { .. } => {
+                self.divergence.set(0);
             }
             _ => {}
         }

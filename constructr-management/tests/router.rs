@@ -303,6 +303,47 @@ fn the_age_of_a_registration_is_nan_before_the_first() {
     );
 }
 
+/// `constructr_cluster_divergence` is 1 from a reported divergence until its end.
+#[test]
+fn the_divergence_gauge_follows_the_divergence_events() {
+    use constructr_core::Event;
+    use constructr_core::driver::{Observer, TimedEvent};
+    let metrics = Metrics::new();
+    let status = constructr_core::Status::new(
+        node(0),
+        State::RefreshScheduled,
+        std::time::SystemTime::now(),
+    );
+    let gauge = |m: &Metrics| {
+        sample(
+            &m.encode(&status, Duration::from_secs(3)),
+            "constructr_cluster_divergence",
+        )
+    };
+    assert_eq!(gauge(&metrics), Some(0.0));
+    let event = |event| TimedEvent {
+        elapsed: Duration::from_secs(1),
+        event,
+    };
+    metrics.event(
+        &event(Event::ClusterDivergence {
+            unseen: 1,
+            unregistered: 0,
+            foreign_epoch: false,
+            lasting: Duration::from_secs(60),
+        }),
+        &status,
+    );
+    assert_eq!(gauge(&metrics), Some(1.0));
+    metrics.event(
+        &event(Event::ClusterDivergenceEnded {
+            lasted: Duration::from_secs(90),
+        }),
+        &status,
+    );
+    assert_eq!(gauge(&metrics), Some(0.0));
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 
