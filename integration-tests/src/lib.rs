@@ -12,6 +12,8 @@
 //!   delete keys), for scenarios that run once per backend.
 //! - [`process`]: real `constructr node` processes against a service, with their `--json`
 //!   lines.
+//! - [`proxy::Proxy`]: a TCP proxy between one client and a service: a partition (cut,
+//!   heal) and an added latency on the client → server direction.
 //! - Images come from environment variables (`CONSTRUCTR_ETCD_IMAGE`, ...) with the official
 //!   upstream images as defaults; when the variable is unset, `target/test-images.env`
 //!   (written by `scripts/images.sh`) is consulted first, so a machine without registry
@@ -28,6 +30,7 @@ pub mod container;
 pub mod etcd;
 pub mod nodes;
 pub mod process;
+pub mod proxy;
 pub mod service;
 pub mod tls;
 pub mod zookeeper;

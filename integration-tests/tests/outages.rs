@@ -444,7 +444,7 @@ async fn newcomer_joins_old_cluster_after_entries_wiped(backend: Backend) {
     for line in procs[3].lines() {
         let in_cluster = line
             .state()
-            .is_some_and(|s| s == "AddingSelf" || is_registered_state(s));
+            .is_some_and(|s| s == "AddingSelf" || s == "Forming" || is_registered_state(s));
         if in_cluster && line.members() == [newcomer.clone()] {
             problems.push(format!(
                 "the newcomer formed a cluster of its own: {}",

@@ -12,6 +12,7 @@ use constructr_core::driver::Node;
 use constructr_core::local::LocalCluster;
 use constructr_core::{ClusterName, Coordination, CoordinationError, NodeId, Scope, Settings};
 use constructr_zookeeper::{ZooKeeperConfig, ZooKeeperCoordination};
+use integration_tests::proxy::Proxy;
 use integration_tests::zookeeper::{Ensemble, ZooKeeperServer, image};
 
 struct Suite {
@@ -174,61 +175,6 @@ async fn digest_auth_protects_the_znodes_and_a_wrong_password_is_unauthorized() 
     assert_eq!(owner.get_nodes(&scope).await.unwrap().nodes, vec![me]);
 }
 
-/// A TCP proxy in front of a server that can cut every connection and refuse new ones
-/// (a network partition between the client and ZooKeeper).
-struct Partition {
-    port: u16,
-    cut: Arc<std::sync::atomic::AtomicBool>,
-    generation: tokio::sync::watch::Sender<u64>,
-}
-
-impl Partition {
-    async fn start(upstream: String) -> Self {
-        use std::sync::atomic::Ordering;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (generation, _) = tokio::sync::watch::channel(0u64);
-        let (flag, gen_tx) = (cut.clone(), generation.clone());
-        tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                if flag.load(Ordering::SeqCst) {
-                    continue; // dropped: the connection closes at once
-                }
-                let upstream = upstream.clone();
-                let mut cut_now = gen_tx.subscribe();
-                tokio::spawn(async move {
-                    let Ok(mut outbound) = tokio::net::TcpStream::connect(&upstream).await else {
-                        return;
-                    };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                        _ = cut_now.changed() => {}
-                    }
-                });
-            }
-        });
-        Partition {
-            port,
-            cut,
-            generation,
-        }
-    }
-
-    fn address(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    fn cut(&self) {
-        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
-        self.generation.send_modify(|g| *g += 1);
-    }
-
-    fn heal(&self) {
-        self.cut.store(false, std::sync::atomic::Ordering::SeqCst);
-    }
-}
-
 /// A partition longer than the session timeout: the server expires the node's session
 /// (its entry goes); when the network heals the client sees the expiry, the backend starts
 /// a new session and the member registers again in the same cluster.
@@ -236,7 +182,9 @@ impl Partition {
 async fn a_member_whose_session_expired_in_a_partition_registers_again_on_a_new_session() {
     let Some(image) = image() else { return };
     let server = ZooKeeperServer::start(&image, "session");
-    let partition = Partition::start(server.address()).await;
+    // A TCP proxy that can cut every connection and refuse new ones (a network partition
+    // between the client and ZooKeeper).
+    let partition = Proxy::start(server.address()).await;
     let mut settings = settings("session");
     settings.nr_of_retries = None; // ride out the partition
     // A generous connect timeout: the first connect through the proxy timed out once on
