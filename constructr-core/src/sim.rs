@@ -527,7 +527,8 @@ impl World<'_> {
         let max_pause = self
             .cfg
             .max_pause
-            .unwrap_or_else(|| self.cfg.settings.max_safe_pause());
+            .unwrap_or_else(|| self.cfg.settings.max_safe_pause())
+            .min(crate::settings::MAX_DURATION);
         let n = self.cfg.nodes;
         for _ in 0..self.rng.random_range(0..=3u32) {
             let at = start + uniform(&mut self.rng, Duration::ZERO, self.cfg.fault_window);
