@@ -250,7 +250,8 @@ fn check_json_reports_every_property_holding_for_two_nodes() {
     assert_eq!(v["complete"], true);
     assert!(v["unique_states"].as_u64().unwrap() > 100);
     let props = v["properties"].as_array().unwrap();
-    assert_eq!(props.len(), 9);
+    assert_eq!(props.len(), 10);
+    assert_eq!(props[0]["name"], "at most one cluster among live members");
     for p in props {
         assert!(
             p["verdict"] == "holds" || p["verdict"] == "reached" || p["verdict"] == "not-reached",
