@@ -304,11 +304,25 @@ impl NodeProcess {
 
     /// Sends SIGTERM (graceful leave).
     pub fn sigterm(&self) {
+        self.signal("TERM");
+    }
+
+    /// Sends SIGSTOP: the process freezes (as in a long GC pause) until [`Self::sigcont`].
+    pub fn sigstop(&self) {
+        self.signal("STOP");
+    }
+
+    /// Sends SIGCONT: a frozen process goes on.
+    pub fn sigcont(&self) {
+        self.signal("CONT");
+    }
+
+    fn signal(&self, name: &str) {
         let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
+            .args([&format!("-{name}"), &self.child.id().to_string()])
             .status()
             .expect("run kill");
-        assert!(status.success(), "kill -TERM {}", self.child.id());
+        assert!(status.success(), "kill -{name} {}", self.child.id());
     }
 
     /// The exit status, if the process has exited.

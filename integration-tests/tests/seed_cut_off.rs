@@ -10,6 +10,10 @@
 //! report a cluster without the other (two clusters): a seed that formed its cluster before
 //! its registration committed (ConstructR's order) runs a cluster of its own beside B's.
 //! When the proxy heals, both end registered in one cluster.
+//!
+//! The same with SIGSTOP instead of a cut (etcd, Consul): A is frozen the moment it sends
+//! its registration, for longer than its entry's TTL and the re-seed grace, while B seeds;
+//! when A wakes it must not form its cluster beside B's.
 
 use std::any::Any;
 use std::path::PathBuf;
@@ -92,6 +96,22 @@ async fn zookeeper_a_seed_cut_off_after_its_lock_never_runs_beside_the_next_seed
         _service: Box::new(server),
     };
     a_seed_cut_off_after_its_lock_never_runs_beside_the_next_seed(target, "cut-off-zk").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_a_seed_frozen_after_sending_its_registration_never_runs_beside_the_next_seed() {
+    integration_tests::require_docker!();
+    let toml = settings_toml("1s", 6.0, "3s", "2s");
+    let target = on_service(Backend::Etcd, toml, Duration::from_secs(7)).await;
+    a_seed_frozen_after_sending_its_registration(target, "frozen-etcd").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consul_a_seed_frozen_after_sending_its_registration_never_runs_beside_the_next_seed() {
+    integration_tests::require_docker!();
+    let toml = settings_toml("4s", 3.0, "6s", "2s");
+    let target = on_service(Backend::Consul, toml, Duration::from_secs(10)).await;
+    a_seed_frozen_after_sending_its_registration(target, "frozen-consul").await;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -317,6 +337,112 @@ async fn a_seed_cut_off_after_its_lock_never_runs_beside_the_next_seed(t: Target
         "{:>7.3}s one cluster {both:?}, both registered, {:?} after the heal (A's path: {})",
         run.secs(Instant::now()),
         healed.elapsed(),
+        run.a.states().join(" -> ")
+    );
+}
+
+/// A seed frozen (SIGSTOP) the moment it sends its fenced registration — which may still
+/// reach the service and commit, [`LATENCY`] later — for longer than its entry's TTL and
+/// the re-seed grace, while B seeds: A must not form its cluster when it wakes (its
+/// registration's lease is over: it refreshes first, finds the entry gone and starts over),
+/// and at no moment may A and B both report a cluster without the other. In ConstructR's
+/// order A has formed `[A]` before it froze.
+async fn a_seed_frozen_after_sending_its_registration(t: Target, what: &str) {
+    let cluster = unique_cluster_name(what);
+    let settings = std::env::temp_dir().join(format!("constructr-{cluster}.toml"));
+    std::fs::write(&settings, &t.toml).expect("write the settings file");
+    let _cleanup = RemoveOnDrop(settings.clone());
+    let scope = Scope::new(KEY_PREFIX, cluster.clone()).expect("valid scope");
+    let proxy = Proxy::with_latency(t.upstream.clone(), LATENCY).await;
+    let ports = free_udp_ports(2);
+    let mut run = Run {
+        started: Instant::now(),
+        a: NodeProcess::start(&(t.args)(&proxy.address()), &cluster, &settings, ports[0]),
+        b: None,
+    };
+    loop {
+        if run
+            .a
+            .lines()
+            .iter()
+            .any(|l| l.is_state_change() && l.value["from"] == "VerifyingEmpty")
+        {
+            break;
+        }
+        if run.started.elapsed() > TO_LOCK || run.a.try_exit().is_some() {
+            panic!("A did not leave VerifyingEmpty\n{}", run.a.describe());
+        }
+        tokio::time::sleep(CUT_POLL).await;
+    }
+    run.a.sigstop();
+    let frozen_at = Instant::now();
+    // The registration was on its way: on etcd (one transaction) it commits while A
+    // sleeps; on Consul the entry's session is created first and the transaction is never
+    // sent. Either way A must not run a cluster beside B's.
+    let a_node = run.a.gossip.clone();
+    tokio::time::sleep(LATENCY * 3).await;
+    let committed = registered(&*t.reader, &scope).await.contains(&a_node);
+    println!(
+        "{:>7.3}s A frozen after {}; its registration {} while it sleeps",
+        run.secs(frozen_at),
+        run.a.states().join(" -> "),
+        if committed {
+            "committed"
+        } else {
+            "did not commit"
+        }
+    );
+
+    // B, connected directly: it cannot join the frozen A; once A's entry expired and the
+    // re-seed grace passed, it seeds.
+    run.b = Some(NodeProcess::start(
+        &(t.args)(&t.upstream),
+        &cluster,
+        &settings,
+        ports[1],
+    ));
+    run.wait(
+        "B seeds and registers its cluster of one while A is frozen",
+        Duration::from_secs(120),
+        |r| r.b().is_registered() && r.b().members() == [r.b().gossip.clone()],
+    )
+    .await;
+    let frozen_for = frozen_at.elapsed();
+    let states = run.b().states();
+    println!(
+        "{:>7.3}s B registered [B] (path: … {}); A frozen for {frozen_for:?}",
+        run.secs(Instant::now()),
+        states[states.len().saturating_sub(6)..].join(" -> ")
+    );
+
+    // A wakes, long past its registration's lease.
+    run.a.sigcont();
+    let woke = Instant::now();
+    let b_node = run.b().gossip.clone();
+    let both = sorted([a_node, b_node]);
+    let deadline = woke + TO_ONE_CLUSTER;
+    loop {
+        run.check();
+        let converged = [&run.a, run.b()]
+            .iter()
+            .all(|p| p.is_registered() && p.members() == both);
+        if converged && registered(&*t.reader, &scope).await == both {
+            break;
+        }
+        if Instant::now() > deadline {
+            panic!(
+                "not one registered cluster of A and B {TO_ONE_CLUSTER:?} after A woke\n{}\n{}",
+                run.a.describe_last(12),
+                run.b().describe_last(12)
+            );
+        }
+        tokio::time::sleep(SAMPLE).await;
+    }
+    run.check();
+    println!(
+        "{:>7.3}s one cluster {both:?} {:?} after A woke (A's path: {})",
+        run.secs(Instant::now()),
+        woke.elapsed(),
         run.a.states().join(" -> ")
     );
 }
