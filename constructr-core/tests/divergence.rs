@@ -5,11 +5,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use constructr_core::driver::{Node, TimedEvent};
+use constructr_core::driver::{Node, NodeHandle, TimedEvent};
 use constructr_core::local::LocalCluster;
 use constructr_core::memory::MemoryCoordination;
 use constructr_core::{
-    AddMode, AddOutcome, ClusterName, Coordination, Event, NodeId, Settings, State,
+    AddMode, AddOutcome, ClusterName, Coordination, Event, NodeId, Scope, Settings, State,
 };
 use tokio::sync::broadcast;
 
@@ -51,46 +51,72 @@ async fn next_divergence(
     .ok()
 }
 
+/// A registered node on the memory backend, alone in its own `LocalCluster`, with its events.
+struct Registered {
+    node: NodeHandle,
+    memory: Arc<MemoryCoordination>,
+    scope: Scope,
+    events: broadcast::Receiver<TimedEvent>,
+}
+
+/// Spawns a node at `127.0.0.1:{port}` with `s` and waits until it is registered.
+async fn registered(s: Settings, port: u16) -> Registered {
+    let scope = s.scope().unwrap();
+    let memory = Arc::new(MemoryCoordination::default());
+    let me = NodeId::new(format!("127.0.0.1:{port}"), 1);
+    let mut node = Node::builder()
+        .settings(s)
+        .address(me.clone())
+        .coordination(memory.clone())
+        .cluster(Arc::new(LocalCluster::new().node(me)))
+        .seed(1)
+        .spawn()
+        .unwrap();
+    let events = node.take_events().unwrap();
+    assert_eq!(node.registered().await.unwrap(), State::RefreshScheduled);
+    Registered {
+        node,
+        memory,
+        scope,
+        events,
+    }
+}
+
+impl Registered {
+    /// Registers a stranger under the node's epoch: a member of no cluster its runtime
+    /// knows, for an hour.
+    async fn register_stranger(&self, port: u16) -> NodeId {
+        let stranger = NodeId::new(format!("127.0.0.1:{port}"), 1);
+        let epoch = self.memory.get_nodes(&self.scope).await.unwrap().epoch;
+        let mode = AddMode::Join {
+            cluster: epoch.map(|e| e.cluster),
+        };
+        let lease = self.scope.lease(&stranger, Duration::from_secs(3600));
+        let added = self.memory.add_self(lease, &mode).await.unwrap();
+        assert_eq!(added, AddOutcome::Added);
+        stranger
+    }
+
+    async fn stop(self) {
+        self.node.shutdown();
+        self.node.stopped().await.unwrap();
+    }
+}
+
 /// A node registered in this node's epoch whose cluster the runtime does not know (the
 /// registry and the runtime disagree, as when a second cluster runs) is reported once it
 /// lasted an entry TTL; when it is gone, the end is reported.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_registered_node_the_runtime_does_not_see_is_reported_and_so_is_the_end() {
     let s = settings();
-    let scope = s.scope().unwrap();
-    let memory = Arc::new(MemoryCoordination::default());
-    let world = LocalCluster::new();
-    let me = NodeId::new("127.0.0.1:2550", 1);
-    let mut node = Node::builder()
-        .settings(s.clone())
-        .address(me.clone())
-        .coordination(memory.clone())
-        .cluster(Arc::new(world.node(me)))
-        .seed(1)
-        .spawn()
-        .unwrap();
-    let mut events = node.take_events().unwrap();
-    assert_eq!(node.registered().await.unwrap(), State::RefreshScheduled);
+    let mut r = registered(s.clone(), 2550).await;
 
     // In agreement: nothing to report over several checks.
-    assert_eq!(next_divergence(&mut events, ms(600)).await, None);
+    assert_eq!(next_divergence(&mut r.events, ms(600)).await, None);
 
-    // A node registers under the epoch, but is a member of no cluster this runtime knows.
-    let cluster = memory
-        .get_nodes(&scope)
-        .await
-        .unwrap()
-        .epoch
-        .map(|e| e.cluster);
-    let stranger = NodeId::new("127.0.0.1:2551", 1);
-    let mode = AddMode::Join { cluster };
-    let lease = scope.lease(&stranger, Duration::from_secs(3600));
-    assert_eq!(
-        memory.add_self(lease, &mode).await.unwrap(),
-        AddOutcome::Added
-    );
+    let stranger = r.register_stranger(2551).await;
     let started = tokio::time::Instant::now();
-    let event = next_divergence(&mut events, Duration::from_secs(5)).await;
+    let event = next_divergence(&mut r.events, Duration::from_secs(5)).await;
     let reported_after = started.elapsed();
     match event {
         Some(Event::ClusterDivergence {
@@ -103,16 +129,15 @@ async fn a_registered_node_the_runtime_does_not_see_is_reported_and_so_is_the_en
     }
     assert!(reported_after >= s.ttl(), "{reported_after:?}");
     // Reported once, not on every check.
-    assert_eq!(next_divergence(&mut events, ms(500)).await, None);
+    assert_eq!(next_divergence(&mut r.events, ms(500)).await, None);
 
-    memory.remove_self(&scope, &stranger).await.unwrap();
-    let ended = next_divergence(&mut events, Duration::from_secs(2)).await;
+    r.memory.remove_self(&r.scope, &stranger).await.unwrap();
+    let ended = next_divergence(&mut r.events, Duration::from_secs(2)).await;
     assert!(
         matches!(ended, Some(Event::ClusterDivergenceEnded { .. })),
         "{ended:?}"
     );
-    node.shutdown();
-    node.stopped().await.unwrap();
+    r.stop().await;
 }
 
 /// `divergence-check-interval = "0s"` turns the checks off.
@@ -121,33 +146,8 @@ async fn no_checks_when_turned_off() {
     let mut s = settings();
     s.divergence_check_interval = Some(Duration::ZERO);
     assert_eq!(s.divergence_check_interval(), None);
-    let scope = s.scope().unwrap();
-    let memory = Arc::new(MemoryCoordination::default());
-    let world = LocalCluster::new();
-    let me = NodeId::new("127.0.0.1:2560", 1);
-    let mut node = Node::builder()
-        .settings(s)
-        .address(me.clone())
-        .coordination(memory.clone())
-        .cluster(Arc::new(world.node(me)))
-        .seed(1)
-        .spawn()
-        .unwrap();
-    let mut events = node.take_events().unwrap();
-    node.registered().await.unwrap();
-    let stranger = NodeId::new("127.0.0.1:2561", 1);
-    let cluster = memory
-        .get_nodes(&scope)
-        .await
-        .unwrap()
-        .epoch
-        .map(|e| e.cluster);
-    let lease = scope.lease(&stranger, Duration::from_secs(3600));
-    memory
-        .add_self(lease, &AddMode::Join { cluster })
-        .await
-        .unwrap();
-    assert_eq!(next_divergence(&mut events, ms(2_000)).await, None);
-    node.shutdown();
-    node.stopped().await.unwrap();
+    let mut r = registered(s, 2560).await;
+    r.register_stranger(2561).await;
+    assert_eq!(next_divergence(&mut r.events, ms(2_000)).await, None);
+    r.stop().await;
 }

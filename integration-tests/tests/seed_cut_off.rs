@@ -20,7 +20,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use constructr_core::{Coordination, Registry, Scope};
+use constructr_core::{ClusterName, Coordination, Registry, Scope};
 use integration_tests::process::{
     KEY_PREFIX, Line, NodeProcess, constructr_bin, free_udp_ports, sorted,
 };
@@ -47,38 +47,68 @@ const TO_ONE_CLUSTER: Duration = Duration::from_secs(60);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_a_seed_cut_off_after_its_lock_never_runs_beside_the_next_seed() {
     integration_tests::require_docker!();
-    // Entry TTL 6 s (at least 1 + (2 × 2 s + retry) / 1 s), lock TTL 3 s + 2 × 2 s = 7 s.
-    // Requests through the proxy take 300 ms more: a coordination timeout of 2 s.
-    let toml = settings_toml("1s", 6.0, "3s", "2s");
-    let target = on_service(Backend::Etcd, toml, Duration::from_secs(7)).await;
-    a_seed_cut_off_after_its_lock_never_runs_beside_the_next_seed(target, "cut-off-etcd").await;
+    a_seed_cut_off_after_its_lock_never_runs_beside_the_next_seed(etcd().await, "cut-off-etcd")
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consul_a_seed_cut_off_after_its_lock_never_runs_beside_the_next_seed() {
     integration_tests::require_docker!();
-    // Consul sessions last at least 10 s: entry TTL 12 s, lock TTL 6 s + 2 × 2 s = 10 s.
-    let toml = settings_toml("4s", 3.0, "6s", "2s");
-    let target = on_service(Backend::Consul, toml, Duration::from_secs(10)).await;
+    let target = consul().await;
     a_seed_cut_off_after_its_lock_never_runs_beside_the_next_seed(target, "cut-off-consul").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zookeeper_a_seed_cut_off_after_its_lock_never_runs_beside_the_next_seed() {
     integration_tests::require_docker!();
-    let Some(image) = image() else { return };
+    let Some(target) = zookeeper().await else {
+        return;
+    };
+    a_seed_cut_off_after_its_lock_never_runs_beside_the_next_seed(target, "cut-off-zk").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_a_seed_frozen_after_sending_its_registration_never_runs_beside_the_next_seed() {
+    integration_tests::require_docker!();
+    a_seed_frozen_after_sending_its_registration(etcd().await, "frozen-etcd").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consul_a_seed_frozen_after_sending_its_registration_never_runs_beside_the_next_seed() {
+    integration_tests::require_docker!();
+    a_seed_frozen_after_sending_its_registration(consul().await, "frozen-consul").await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Setups
+
+/// etcd: entry TTL 6 s (at least 1 + (2 × 2 s + retry) / 1 s), lock TTL 3 s + 2 × 2 s =
+/// 7 s; requests through the proxy take 300 ms more: a coordination timeout of 2 s.
+async fn etcd() -> Target {
+    let toml = settings_toml("1s", 6.0, "3s", "2s");
+    on_service(Backend::Etcd, toml, Duration::from_secs(7)).await
+}
+
+/// Consul: its sessions last at least 10 s: entry TTL 12 s, lock TTL 6 s + 2 × 2 s = 10 s.
+async fn consul() -> Target {
+    let toml = settings_toml("4s", 3.0, "6s", "2s");
+    on_service(Backend::Consul, toml, Duration::from_secs(10)).await
+}
+
+/// ZooKeeper (`None`: its image is missing). A call takes several round trips, each 300 ms
+/// more through the proxy: a coordination timeout of 3 s; entry TTL 8 s (at least
+/// 1 + (2 × 3 s + retry) / 1 s), lock TTL 3 s + 2 × 3 s = 9 s (its znode also goes with
+/// A's 3 s session).
+async fn zookeeper() -> Option<Target> {
+    let image = image()?;
     let bin = tokio::task::spawn_blocking(constructr_bin);
     let server = ZooKeeperServer::start(&image, "cut-off");
     bin.await.expect("binary located or built");
-    // A ZooKeeper call takes several round trips, each 300 ms more through the proxy: a
-    // coordination timeout of 3 s; entry TTL 8 s (at least 1 + (2 × 3 s + retry) / 1 s),
-    // lock TTL 3 s + 2 × 3 s = 9 s (its znode also goes with A's 3 s session).
-    let toml = settings_toml("1s", 8.0, "3s", "3s");
     let reader = constructr_zookeeper::ZooKeeperCoordination::new(
         &constructr_zookeeper::ZooKeeperConfig::new([server.address()]),
     )
     .expect("valid config");
-    let target = Target {
+    Some(Target {
         upstream: server.address(),
         args: Box::new(|address: &str| {
             [
@@ -91,31 +121,11 @@ async fn zookeeper_a_seed_cut_off_after_its_lock_never_runs_beside_the_next_seed
             .to_vec()
         }),
         reader: Arc::new(reader),
-        toml,
+        toml: settings_toml("1s", 8.0, "3s", "3s"),
         lock_ttl: Duration::from_secs(9),
         _service: Box::new(server),
-    };
-    a_seed_cut_off_after_its_lock_never_runs_beside_the_next_seed(target, "cut-off-zk").await;
+    })
 }
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn etcd_a_seed_frozen_after_sending_its_registration_never_runs_beside_the_next_seed() {
-    integration_tests::require_docker!();
-    let toml = settings_toml("1s", 6.0, "3s", "2s");
-    let target = on_service(Backend::Etcd, toml, Duration::from_secs(7)).await;
-    a_seed_frozen_after_sending_its_registration(target, "frozen-etcd").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn consul_a_seed_frozen_after_sending_its_registration_never_runs_beside_the_next_seed() {
-    integration_tests::require_docker!();
-    let toml = settings_toml("4s", 3.0, "6s", "2s");
-    let target = on_service(Backend::Consul, toml, Duration::from_secs(10)).await;
-    a_seed_frozen_after_sending_its_registration(target, "frozen-consul").await;
-}
-
-// ---------------------------------------------------------------------------------------
-// Setups
 
 /// A coordination service and how the processes use it.
 struct Target {
@@ -176,38 +186,18 @@ async fn on_service(backend: Backend, toml: String, lock_ttl: Duration) -> Targe
 // The scenario
 
 async fn a_seed_cut_off_after_its_lock_never_runs_beside_the_next_seed(t: Target, what: &str) {
-    let cluster = unique_cluster_name(what);
-    let settings = std::env::temp_dir().join(format!("constructr-{cluster}.toml"));
-    std::fs::write(&settings, &t.toml).expect("write the settings file");
-    let _cleanup = RemoveOnDrop(settings.clone());
-    let scope = Scope::new(KEY_PREFIX, cluster.clone()).expect("valid scope");
-    let proxy = Proxy::with_latency(t.upstream.clone(), LATENCY).await;
-    let ports = free_udp_ports(2);
-
     // A, through the slow proxy: cut it as soon as A leaves VerifyingEmpty (it holds the
     // lock and read the registry empty): what it sends next never reaches the service.
-    let mut run = Run {
-        started: Instant::now(),
-        a: NodeProcess::start(&(t.args)(&proxy.address()), &cluster, &settings, ports[0]),
-        b: None,
-    };
-    let left = loop {
-        if let Some(line) = run
-            .a
-            .lines()
-            .into_iter()
-            .find(|l| l.is_state_change() && l.value["from"] == "VerifyingEmpty")
-        {
-            break line;
-        }
-        if run.started.elapsed() > TO_LOCK || run.a.try_exit().is_some() {
-            panic!(
-                "A did not leave VerifyingEmpty within {TO_LOCK:?}\n{}",
-                run.a.describe()
-            );
-        }
-        tokio::time::sleep(CUT_POLL).await;
-    };
+    let Started {
+        mut run,
+        scope,
+        proxy,
+        cluster,
+        settings,
+        ports,
+        _cleanup,
+    } = Started::new(&t, what).await;
+    let left = run.a_leaves_verifying_empty().await;
     proxy.cut();
     let cut_at = Instant::now();
     let reaction = cut_at - left.at;
@@ -309,30 +299,8 @@ async fn a_seed_cut_off_after_its_lock_never_runs_beside_the_next_seed(t: Target
     proxy.heal();
     let healed = Instant::now();
     let both = sorted([a_node.clone(), b_node.clone()]);
-    let mut in_registry = Vec::new();
-    let deadline = healed + TO_ONE_CLUSTER;
-    loop {
-        run.check();
-        let converged = [&run.a, run.b()]
-            .iter()
-            .all(|p| p.is_registered() && p.members() == both);
-        if converged {
-            in_registry = registered(&*t.reader, &scope).await;
-            if in_registry == both {
-                break;
-            }
-        }
-        if Instant::now() > deadline {
-            panic!(
-                "not one registered cluster of A and B {TO_ONE_CLUSTER:?} after the heal \
-                 (registry: {in_registry:?})\n{}\n{}",
-                run.a.describe_last(12),
-                run.b().describe_last(12)
-            );
-        }
-        tokio::time::sleep(SAMPLE).await;
-    }
-    run.check();
+    run.one_cluster_of(&both, &*t.reader, &scope, "the heal")
+        .await;
     println!(
         "{:>7.3}s one cluster {both:?}, both registered, {:?} after the heal (A's path: {})",
         run.secs(Instant::now()),
@@ -348,32 +316,16 @@ async fn a_seed_cut_off_after_its_lock_never_runs_beside_the_next_seed(t: Target
 /// and at no moment may A and B both report a cluster without the other. In ConstructR's
 /// order A has formed `[A]` before it froze.
 async fn a_seed_frozen_after_sending_its_registration(t: Target, what: &str) {
-    let cluster = unique_cluster_name(what);
-    let settings = std::env::temp_dir().join(format!("constructr-{cluster}.toml"));
-    std::fs::write(&settings, &t.toml).expect("write the settings file");
-    let _cleanup = RemoveOnDrop(settings.clone());
-    let scope = Scope::new(KEY_PREFIX, cluster.clone()).expect("valid scope");
-    let proxy = Proxy::with_latency(t.upstream.clone(), LATENCY).await;
-    let ports = free_udp_ports(2);
-    let mut run = Run {
-        started: Instant::now(),
-        a: NodeProcess::start(&(t.args)(&proxy.address()), &cluster, &settings, ports[0]),
-        b: None,
-    };
-    loop {
-        if run
-            .a
-            .lines()
-            .iter()
-            .any(|l| l.is_state_change() && l.value["from"] == "VerifyingEmpty")
-        {
-            break;
-        }
-        if run.started.elapsed() > TO_LOCK || run.a.try_exit().is_some() {
-            panic!("A did not leave VerifyingEmpty\n{}", run.a.describe());
-        }
-        tokio::time::sleep(CUT_POLL).await;
-    }
+    let Started {
+        mut run,
+        scope,
+        proxy: _proxy,
+        cluster,
+        settings,
+        ports,
+        _cleanup,
+    } = Started::new(&t, what).await;
+    run.a_leaves_verifying_empty().await;
     run.a.sigstop();
     let frozen_at = Instant::now();
     // The registration was on its way: on etcd (one transaction) it commits while A
@@ -420,25 +372,8 @@ async fn a_seed_frozen_after_sending_its_registration(t: Target, what: &str) {
     let woke = Instant::now();
     let b_node = run.b().gossip.clone();
     let both = sorted([a_node, b_node]);
-    let deadline = woke + TO_ONE_CLUSTER;
-    loop {
-        run.check();
-        let converged = [&run.a, run.b()]
-            .iter()
-            .all(|p| p.is_registered() && p.members() == both);
-        if converged && registered(&*t.reader, &scope).await == both {
-            break;
-        }
-        if Instant::now() > deadline {
-            panic!(
-                "not one registered cluster of A and B {TO_ONE_CLUSTER:?} after A woke\n{}\n{}",
-                run.a.describe_last(12),
-                run.b().describe_last(12)
-            );
-        }
-        tokio::time::sleep(SAMPLE).await;
-    }
-    run.check();
+    run.one_cluster_of(&both, &*t.reader, &scope, "A woke")
+        .await;
     println!(
         "{:>7.3}s one cluster {both:?} {:?} after A woke (A's path: {})",
         run.secs(Instant::now()),
@@ -463,6 +398,43 @@ async fn registered(reader: &dyn Coordination, scope: &Scope) -> Vec<String> {
     )
 }
 
+/// A started through the slow proxy, and what B needs to start beside it.
+struct Started {
+    run: Run,
+    scope: Scope,
+    proxy: Proxy,
+    cluster: ClusterName,
+    settings: PathBuf,
+    ports: Vec<u16>,
+    _cleanup: RemoveOnDrop,
+}
+
+impl Started {
+    /// Writes the settings, starts the proxy and A (through it) in a fresh cluster.
+    async fn new(t: &Target, what: &str) -> Self {
+        let cluster = unique_cluster_name(what);
+        let settings = std::env::temp_dir().join(format!("constructr-{cluster}.toml"));
+        std::fs::write(&settings, &t.toml).expect("write the settings file");
+        let scope = Scope::new(KEY_PREFIX, cluster.clone()).expect("valid scope");
+        let proxy = Proxy::with_latency(t.upstream.clone(), LATENCY).await;
+        let ports = free_udp_ports(2);
+        let run = Run {
+            started: Instant::now(),
+            a: NodeProcess::start(&(t.args)(&proxy.address()), &cluster, &settings, ports[0]),
+            b: None,
+        };
+        Self {
+            run,
+            scope,
+            proxy,
+            cluster,
+            _cleanup: RemoveOnDrop(settings.clone()),
+            settings,
+            ports,
+        }
+    }
+}
+
 /// Both processes, and the invariant checked on them: never two clusters.
 struct Run {
     started: Instant,
@@ -473,6 +445,63 @@ struct Run {
 impl Run {
     fn b(&self) -> &NodeProcess {
         self.b.as_ref().expect("B started")
+    }
+
+    /// Waits (polling every [`CUT_POLL`]) until A's output leaves `VerifyingEmpty`: it
+    /// holds the lock, read the registry empty, and sends its registration next.
+    async fn a_leaves_verifying_empty(&mut self) -> Line {
+        loop {
+            if let Some(line) = self
+                .a
+                .lines()
+                .into_iter()
+                .find(|l| l.is_state_change() && l.value["from"] == "VerifyingEmpty")
+            {
+                return line;
+            }
+            if self.started.elapsed() > TO_LOCK || self.a.try_exit().is_some() {
+                panic!(
+                    "A did not leave VerifyingEmpty within {TO_LOCK:?}\n{}",
+                    self.a.describe()
+                );
+            }
+            tokio::time::sleep(CUT_POLL).await;
+        }
+    }
+
+    /// Samples until both processes report one cluster of `both`, registered, and the
+    /// registry holds exactly them; panics after [`TO_ONE_CLUSTER`] (since `after`).
+    async fn one_cluster_of(
+        &mut self,
+        both: &[String],
+        reader: &dyn Coordination,
+        scope: &Scope,
+        after: &str,
+    ) {
+        let deadline = Instant::now() + TO_ONE_CLUSTER;
+        let mut in_registry = Vec::new();
+        loop {
+            self.check();
+            let converged = [&self.a, self.b()]
+                .iter()
+                .all(|p| p.is_registered() && p.members() == both);
+            if converged {
+                in_registry = registered(reader, scope).await;
+                if in_registry == both {
+                    break;
+                }
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "not one registered cluster of A and B {TO_ONE_CLUSTER:?} after {after} \
+                     (registry: {in_registry:?})\n{}\n{}",
+                    self.a.describe_last(12),
+                    self.b().describe_last(12)
+                );
+            }
+            tokio::time::sleep(SAMPLE).await;
+        }
+        self.check();
     }
 
     /// Seconds since A started, at `at`.
