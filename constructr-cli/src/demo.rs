@@ -9,7 +9,7 @@ use constructr::local::LocalCluster;
 use constructr::memory::MemoryCoordination;
 use constructr::{Coordination, Event, NodeId, Settings, State};
 use rand::{Rng, SeedableRng};
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 
 use crate::backend::{self, BackendArgs, Fallback};
 use crate::counting::Counting;
@@ -93,6 +93,7 @@ pub async fn run_with<C: Coordination>(coordination: Counting<C>, demo: Demo) ->
     let (tx, mut rx) = mpsc::unbounded_channel::<Record>();
     let start = Instant::now();
     let mut handles = Vec::with_capacity(n);
+    let mut forwarders = Vec::with_capacity(n);
     for i in 0..n {
         let node = NodeId::new(format!("127.0.0.1:{}", 20_000 + i), rng.random());
         let offset = start.elapsed();
@@ -112,15 +113,22 @@ pub async fn run_with<C: Coordination>(coordination: Counting<C>, demo: Demo) ->
         };
         let mut events = handle.take_events().expect("first call");
         let tx = tx.clone();
-        tokio::spawn(async move {
-            while let Ok(TimedEvent { elapsed, event }) = events.recv().await {
-                let _ = tx.send(Record {
-                    at: offset + elapsed,
-                    node: i,
-                    event,
-                });
+        forwarders.push(tokio::spawn(async move {
+            loop {
+                match events.recv().await {
+                    Ok(TimedEvent { elapsed, event }) => {
+                        let _ = tx.send(Record {
+                            at: offset + elapsed,
+                            node: i,
+                            event,
+                        });
+                    }
+                    // A timeline with a gap is still a timeline.
+                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(broadcast::error::RecvError::Closed) => break,
+                }
             }
-        });
+        }));
         handles.push(handle);
     }
     drop(tx);
@@ -168,6 +176,11 @@ pub async fn run_with<C: Coordination>(coordination: Counting<C>, demo: Demo) ->
         Ok(r) => Some(r.nodes.len()),
         Err(_) => None,
     };
+    // Every node has stopped, so its event channel closes once its forwarder has sent
+    // everything: wait for that, or the timeline misses the events not yet forwarded.
+    for f in forwarders {
+        let _ = tokio::time::timeout(Duration::from_secs(5), f).await;
+    }
     let mut records = Vec::new();
     while let Ok(r) = rx.try_recv() {
         records.push(r);

@@ -110,6 +110,31 @@ fn demo_prints_a_timeline_and_summary() {
     assert!(text.contains("1 cluster(s) [3], 3/3 registered"), "{text}");
 }
 
+/// Every node's timeline is whole, from its first read to its stop: the demo waits for each
+/// node's events before it prints (it once printed before a node's events had been
+/// forwarded, and a node's whole timeline was missing).
+#[test]
+fn demo_timeline_shows_every_node_from_its_first_read_to_its_stop() {
+    for _ in 0..5 {
+        let out = succeed(&["demo", "--nodes", "10"]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        for i in 0..10 {
+            let node = format!("127.0.0.1:{} ", 20_000 + i);
+            let lines: Vec<&str> = text.lines().filter(|l| l.contains(&node)).collect();
+            assert!(
+                lines
+                    .first()
+                    .is_some_and(|l| l.contains("GettingNodes -> ")),
+                "{node}:\n{text}"
+            );
+            assert!(
+                lines.last().is_some_and(|l| l.ends_with("-> Stopped")),
+                "{node}:\n{text}"
+            );
+        }
+    }
+}
+
 #[test]
 fn sim_json_reports_trials_and_islands() {
     let out = succeed(&[
