@@ -399,6 +399,66 @@ pub struct Mutations {
     pub form_before_register: bool,
 }
 
+/// Model-checking support (feature `mutations`): a renaming of nodes and cluster ids, to
+/// map a state to its symmetric twin (the same state with interchangeable nodes renamed).
+/// Lists of nodes are put back in registry (key) order after renaming, as a read would
+/// have returned them.
+#[cfg(feature = "mutations")]
+#[cfg_attr(docsrs, doc(cfg(feature = "mutations")))]
+#[doc(hidden)]
+pub struct Renaming<'a> {
+    /// The new name of a node.
+    pub node: &'a dyn Fn(&NodeId) -> NodeId,
+    /// The new id of a cluster.
+    pub cluster: &'a dyn Fn(ClusterId) -> ClusterId,
+}
+
+#[cfg(feature = "mutations")]
+impl Renaming<'_> {
+    /// Renames the nodes of `list` and sorts it in registry key order.
+    pub fn nodes(&self, list: &mut [NodeId]) {
+        for n in list.iter_mut() {
+            *n = (self.node)(n);
+        }
+        list.sort_by_cached_key(|n| crate::memory::base64_address(&n.address));
+    }
+
+    /// Renames the cluster of a registration.
+    pub fn mode(&self, mode: &mut AddMode) {
+        match mode {
+            AddMode::Seed { cluster, .. } => *cluster = (self.cluster)(*cluster),
+            AddMode::Join { cluster } => *cluster = cluster.map(self.cluster),
+        }
+    }
+
+    fn grace(&self, grace: &mut Option<Grace>) {
+        if let Some(g) = grace {
+            g.cluster = (self.cluster)(g.cluster);
+        }
+    }
+
+    fn opt(&self, cluster: &mut Option<ClusterId>) {
+        *cluster = cluster.map(self.cluster);
+    }
+
+    /// Renames what an action names.
+    pub fn action(&self, action: &mut Action) {
+        match action {
+            Action::AddSelf { mode, .. } => self.mode(mode),
+            Action::JoinCluster { seeds, .. } => self.nodes(seeds),
+            _ => {}
+        }
+    }
+
+    fn event(&self, event: &mut Event) {
+        match event {
+            Event::ReseedGrace { cluster, .. } => *cluster = (self.cluster)(*cluster),
+            Event::ClusterLost { cluster } => self.opt(cluster),
+            _ => {}
+        }
+    }
+}
+
 /// What a registration is for, which decides what follows it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum Role {
@@ -681,7 +741,8 @@ impl Streak {
 /// ```
 #[derive(Clone, Debug, PartialEq)]
 pub struct Machine {
-    settings: Settings,
+    /// Shared: a model checker clones machines by the million.
+    settings: std::sync::Arc<Settings>,
     node: NodeId,
     rng: ChaCha8Rng,
     phase: Phase,
@@ -697,6 +758,9 @@ pub struct Machine {
     woke_late: bool,
     #[cfg(feature = "mutations")]
     mutations: Mutations,
+    /// Model checking: the next cluster id this node chooses, instead of a random one.
+    #[cfg(feature = "mutations")]
+    next_cluster_id: Option<u64>,
     actions: VecDeque<Action>,
     events: VecDeque<Event>,
 }
@@ -717,6 +781,8 @@ impl std::hash::Hash for Machine {
         self.woke_late.hash(state);
         #[cfg(feature = "mutations")]
         self.mutations.hash(state);
+        #[cfg(feature = "mutations")]
+        self.next_cluster_id.hash(state);
         self.actions.hash(state);
         self.events.hash(state);
     }
@@ -746,7 +812,7 @@ impl Machine {
     ) -> Result<Self, SettingsError> {
         settings.validate()?;
         let mut m = Self {
-            settings,
+            settings: std::sync::Arc::new(settings),
             node,
             rng: ChaCha8Rng::seed_from_u64(seed),
             phase: Phase::GettingNodes { grace: None },
@@ -757,6 +823,8 @@ impl Machine {
             woke_late: false,
             #[cfg(feature = "mutations")]
             mutations: Mutations::default(),
+            #[cfg(feature = "mutations")]
+            next_cluster_id: None,
             actions: VecDeque::new(),
             events: VecDeque::new(),
         };
@@ -769,6 +837,58 @@ impl Machine {
     #[doc(hidden)]
     pub fn set_mutations(&mut self, mutations: Mutations) {
         self.mutations = mutations;
+    }
+
+    /// Model checking: this node's cluster ids are `first`, `first + 1`, ... instead of
+    /// random (so that a checker can tell, and rename, which node chose an id).
+    #[cfg(feature = "mutations")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "mutations")))]
+    #[doc(hidden)]
+    pub fn set_cluster_ids(&mut self, first: u64) {
+        self.next_cluster_id = Some(first);
+    }
+
+    /// Model checking: renames every node and cluster id this machine holds (see
+    /// [`Renaming`]).
+    #[cfg(feature = "mutations")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "mutations")))]
+    #[doc(hidden)]
+    pub fn rename(&mut self, r: &Renaming<'_>) {
+        self.node = (r.node)(&self.node);
+        if let Some(next) = &mut self.next_cluster_id {
+            *next = (r.cluster)(ClusterId(*next)).0;
+        }
+        match &mut self.phase {
+            Phase::GettingNodes { grace }
+            | Phase::Locking { grace, .. }
+            | Phase::VerifyingEmpty { grace, .. }
+            | Phase::WaitingForNodes { grace, .. } => r.grace(grace),
+            Phase::Joining {
+                seeds,
+                registration,
+            } => {
+                r.nodes(seeds);
+                r.mode(registration);
+            }
+            Phase::AddingSelf { mode, .. } => r.mode(mode),
+            Phase::ConfirmingSeed { cluster, .. }
+            | Phase::Forming { cluster, .. }
+            | Phase::RecheckingSeed { cluster } => *cluster = (r.cluster)(*cluster),
+            Phase::RefreshScheduled { cluster }
+            | Phase::Refreshing { cluster }
+            | Phase::Degraded { cluster } => r.opt(cluster),
+            Phase::Resetting { .. }
+            | Phase::Leaving { .. }
+            | Phase::RemovingSelf
+            | Phase::Stopped
+            | Phase::Failed(_) => {}
+        }
+        for a in &mut self.actions {
+            r.action(a);
+        }
+        for e in &mut self.events {
+            r.event(e);
+        }
     }
 
     /// This node.
@@ -1313,7 +1433,15 @@ impl Machine {
     /// Holding the lock with the registry read empty: the fenced registration of a new
     /// cluster, which the seed forms only once it is written (see [`Machine::form`]).
     fn seed(&mut self, now: Instant, lock: LockToken, expected_epoch_version: Option<u64>) -> Step {
+        #[cfg(feature = "mutations")]
+        if let Some(next) = &mut self.next_cluster_id {
+            *next += 1;
+        }
         let cluster = loop {
+            #[cfg(feature = "mutations")]
+            if let Some(next) = self.next_cluster_id {
+                break ClusterId(next - 1);
+            }
             let id = ClusterId(self.rng.random());
             if id != ClusterId::UNREADABLE {
                 break id;

@@ -79,8 +79,16 @@ pub enum Fault {
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct NodeEntry {
-    raw: Vec<u8>,
+    /// The value, decoded once when written; or the raw bytes that do not decode.
+    value: Result<NodeId, Vec<u8>>,
     expires: Instant,
+}
+
+impl NodeEntry {
+    fn new(key_suffix: &str, raw: Vec<u8>, expires: Instant) -> Self {
+        let value = entry::decode_node(key_suffix, &raw).map_err(|_| raw);
+        Self { value, expires }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -165,9 +173,9 @@ impl ScopeRegistry {
     /// Whether exactly `node` (this incarnation) has an unexpired entry at `now`.
     pub fn is_registered(&self, now: Instant, node: &NodeId) -> bool {
         let key = base64_address(&node.address);
-        self.nodes.get(&key).is_some_and(|e| {
-            e.expires > now && entry::decode_node(&key, &e.raw).ok().as_ref() == Some(node)
-        })
+        self.nodes
+            .get(&key)
+            .is_some_and(|e| e.expires > now && e.value.as_ref() == Ok(node))
     }
 
     /// Reads the registry at `now`.
@@ -185,7 +193,14 @@ impl ScopeRegistry {
             if nodes.len() >= limit {
                 break;
             }
-            match entry::decode_node(suffix, &e.raw) {
+            let raw = match &e.value {
+                Ok(node) => {
+                    nodes.push(node.clone());
+                    continue;
+                }
+                Err(raw) => raw,
+            };
+            match entry::decode_node(suffix, raw) {
                 Ok(node) => nodes.push(node),
                 Err(error) => {
                     tracing::warn!(key = %suffix, %error, "skipping undecodable registry entry")
@@ -263,7 +278,7 @@ impl ScopeRegistry {
         self.nodes.insert(
             base64_address(&node.address),
             NodeEntry {
-                raw: entry::encode_node(node),
+                value: Ok(node.clone()),
                 expires: now + ttl,
             },
         );
@@ -308,12 +323,41 @@ impl ScopeRegistry {
         self.expire(now);
         self.nodes.insert(
             key_suffix.to_owned(),
-            NodeEntry {
-                raw: value.to_vec(),
-                expires: now + ttl,
-            },
+            NodeEntry::new(key_suffix, value.to_vec(), now + ttl),
         );
         self.bump();
+    }
+
+    /// Model checking: renames every node and cluster id in the registry (see
+    /// [`Renaming`](crate::machine::Renaming)).
+    #[cfg(feature = "mutations")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "mutations")))]
+    #[doc(hidden)]
+    pub fn rename(&mut self, r: &crate::machine::Renaming<'_>) {
+        let nodes = std::mem::take(&mut self.nodes);
+        for (suffix, e) in nodes {
+            match &e.value {
+                Ok(node) => {
+                    let node = (r.node)(node);
+                    self.nodes.insert(
+                        base64_address(&node.address),
+                        NodeEntry {
+                            value: Ok(node),
+                            expires: e.expires,
+                        },
+                    );
+                }
+                Err(_) => {
+                    self.nodes.insert(suffix, e);
+                }
+            }
+        }
+        if let Some(l) = &mut self.lock {
+            l.holder = (r.node)(&l.holder);
+        }
+        if let Some(e) = &mut self.epoch {
+            e.cluster = (r.cluster)(e.cluster);
+        }
     }
 
     /// Test-only: remove the fencing mechanism (write `add_self` whatever its condition), to
@@ -508,7 +552,7 @@ impl MemoryCoordination {
     }
 }
 
-fn base64_address(address: &str) -> String {
+pub(crate) fn base64_address(address: &str) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(address)
 }
