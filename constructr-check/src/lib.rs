@@ -46,7 +46,7 @@ use stateright::{Checker, Expectation, HasDiscoveries, Model};
 
 pub use model::{
     BootstrapModel, CheckConfig, ConfigError, Fault, FaultKind, Flags, Mutation, Node, Step, World,
-    describe_action,
+    describe_action, permuted, representative,
 };
 
 /// The properties checked, in report order, with their kind.
@@ -88,6 +88,9 @@ pub struct CheckOptions {
     /// and one path only, instead of the whole frontier (deep checks); counterexamples are
     /// then not the shortest.
     pub depth_first: bool,
+    /// Symmetry reduction (depth first only): a state and the same state with its nodes
+    /// renamed count once (see [`representative`]): up to N! fewer states.
+    pub symmetry: bool,
 }
 
 impl Default for CheckOptions {
@@ -97,6 +100,7 @@ impl Default for CheckOptions {
             timeout: None,
             stop_at_first_violation: false,
             depth_first: false,
+            symmetry: false,
         }
     }
 }
@@ -210,7 +214,14 @@ pub fn check(config: CheckConfig, options: &CheckOptions) -> Result<CheckReport,
                 .collect::<Vec<_>>(),
         )
     };
-    let (states, unique_states, max_depth, discoveries) = if options.depth_first {
+    let (states, unique_states, max_depth, discoveries) = if options.symmetry {
+        report(
+            &builder
+                .symmetry_fn(model::representative)
+                .spawn_dfs()
+                .join(),
+        )
+    } else if options.depth_first {
         report(&builder.spawn_dfs().join())
     } else {
         report(&builder.spawn_bfs().join())

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use constructr_core::WaitOutcome;
 use constructr_core::coordination::{AddMode, AddOutcome, CoordinationError, LockOutcome};
-use constructr_core::machine::Mutations;
+use constructr_core::machine::{Mutations, Renaming};
 use constructr_core::memory::ScopeRegistry;
 use constructr_core::{
     Action, AttemptId, ClusterId, ClusterName, Event, Machine, NodeId, Reply, Settings, State,
@@ -111,10 +111,6 @@ impl FaultKind {
         FaultKind::Pause,
     ];
 
-    fn bit(self) -> u16 {
-        1 << self as u16
-    }
-
     /// The kebab-case name (`outage`, `lost-reply`, ...).
     pub fn name(self) -> &'static str {
         match self {
@@ -163,6 +159,10 @@ pub struct CheckConfig {
     /// The longest freeze of a [`FaultKind::Pause`] (the node resumes at any moment up to
     /// this): by default [`Settings::max_safe_pause`] of the settings.
     pub max_pause: Duration,
+    /// Once no fault can happen any more, fire a node's timer that nothing else can
+    /// interfere with before any other step, instead of in every order (a partial-order
+    /// reduction: the same verdicts, fewer states). On by default.
+    pub reduce_local_timers: bool,
 }
 
 impl CheckConfig {
@@ -196,6 +196,7 @@ impl CheckConfig {
             faults: FaultKind::ALL.to_vec(),
             late: 0,
             max_pause: Self::settings().max_safe_pause(),
+            reduce_local_timers: true,
         }
     }
 
@@ -298,6 +299,19 @@ impl Node {
         NodeId::new(address(index), self.incarnation)
     }
 
+    /// Whether `id` names this node (node `index`, its current incarnation).
+    fn is(&self, index: usize, id: &NodeId) -> bool {
+        id.incarnation == self.incarnation && id.address == address(index)
+    }
+
+    /// Whether this node (node `index`, its current incarnation) is registered at `now`.
+    fn registered(&self, index: usize, registry: &ScopeRegistry, now: Instant) -> bool {
+        match &self.machine {
+            Some(m) => registry.is_registered(now, m.node()),
+            None => registry.is_registered(now, &self.id(index)),
+        }
+    }
+
     fn alive(&self) -> bool {
         self.machine
             .as_ref()
@@ -337,8 +351,10 @@ pub struct World {
     pub outage: bool,
     /// Faults so far.
     pub faults: u8,
-    /// The kinds of fault so far (bit set of [`FaultKind`]).
-    pub fault_kinds: u16,
+    /// A fault other than an outage or a shutdown happened on the path (the only fact about
+    /// the kinds of fault a property reads: keeping no more merges states that differ in
+    /// nothing else).
+    pub other_faults: bool,
     /// Runtime groups formed so far.
     pub groups_formed: u32,
     /// Epoch cluster ids bound to the runtime group that seeded them, in order.
@@ -348,14 +364,9 @@ pub struct World {
 }
 
 impl World {
-    /// Whether a fault of `kind` happened on the path.
-    pub fn had(&self, kind: FaultKind) -> bool {
-        self.fault_kinds & kind.bit() != 0
-    }
-
     /// Whether every fault on the path was an outage (shutdowns are not faults here).
     pub fn only_outages(&self) -> bool {
-        self.fault_kinds & !(FaultKind::Outage.bit() | FaultKind::Shutdown.bit()) == 0
+        !self.other_faults
     }
 
     fn group_of_epoch(&self, cluster: ClusterId) -> Option<u32> {
@@ -474,8 +485,116 @@ pub struct BootstrapModel {
     start: Instant,
 }
 
-fn address(index: usize) -> String {
-    format!("n{}:2552", index + 1)
+/// The nodes' addresses (the model checks at most four).
+const ADDRESSES: [&str; 4] = ["n1:2552", "n2:2552", "n3:2552", "n4:2552"];
+
+fn address(index: usize) -> &'static str {
+    ADDRESSES[index]
+}
+
+/// The first cluster id node `index` chooses in `incarnation`: the node's index in the
+/// top 16 bits, so that a renaming of nodes can rename the ids they chose.
+fn first_cluster_id(index: usize, incarnation: u64) -> u64 {
+    ((index as u64 + 1) << CLUSTER_ID_NODE_SHIFT) | ((incarnation & 0xff_ffff) << 24) | 1
+}
+
+const CLUSTER_ID_NODE_SHIFT: u32 = 48;
+
+/// The index of the node `node` names in the model (`nN:2552`).
+fn index_of(node: &NodeId, nodes: usize) -> Option<usize> {
+    (0..nodes).find(|i| node.address == address(*i))
+}
+
+/// The symmetry of the model: nodes are interchangeable (the same settings, the same
+/// randomness, faults that may hit any of them), so a state and the same state with its
+/// nodes renamed have the same futures, renamed. This picks one state of each such class:
+/// the nodes sorted by what they are doing (not by name), with every node name and every
+/// cluster id a node chose renamed to match. (Nodes alike in everything sorted by keep
+/// their order: then two states of one class may get two representatives, which costs
+/// states, not soundness.)
+pub fn representative(w: &World) -> World {
+    let mut order: Vec<usize> = (0..w.nodes.len()).collect();
+    order.sort_by_cached_key(|&i| sort_key(w, i));
+    if order.iter().enumerate().all(|(p, &i)| p == i) {
+        return w.clone();
+    }
+    permuted(w, &order)
+}
+
+/// `w` with its nodes renamed: node `order[p]` becomes node `p` (and `order` must be a
+/// permutation of the node indices), with every name and every cluster id a node chose.
+pub fn permuted(w: &World, order: &[usize]) -> World {
+    let n = w.nodes.len();
+    assert_eq!(order.len(), n, "a permutation of the nodes");
+    // `to[i]`: the new index of node `i`.
+    let mut to = vec![0; n];
+    for (p, &i) in order.iter().enumerate() {
+        to[i] = p;
+    }
+    let node = |id: &NodeId| match index_of(id, n) {
+        Some(i) => NodeId::new(address(to[i]), id.incarnation),
+        None => id.clone(),
+    };
+    let cluster = |c: ClusterId| {
+        let i = (c.0 >> CLUSTER_ID_NODE_SHIFT) as usize;
+        if (1..=n).contains(&i) {
+            let low = c.0 & ((1 << CLUSTER_ID_NODE_SHIFT) - 1);
+            ClusterId(((to[i - 1] as u64 + 1) << CLUSTER_ID_NODE_SHIFT) | low)
+        } else {
+            c
+        }
+    };
+    let r = Renaming {
+        node: &node,
+        cluster: &cluster,
+    };
+    let nodes = order
+        .iter()
+        .map(|&i| {
+            let mut node = w.nodes[i].clone();
+            if let Some(m) = &mut node.machine {
+                m.rename(&r);
+            }
+            for a in &mut node.requests {
+                r.action(a);
+            }
+            if let Some((_, a)) = &mut node.stale {
+                r.action(a);
+            }
+            node
+        })
+        .collect();
+    let mut registry = w.registry.clone();
+    registry.rename(&r);
+    World {
+        nodes,
+        registry,
+        epochs: w.epochs.iter().map(|&(c, g)| (cluster(c), g)).collect(),
+        ..*w
+    }
+}
+
+/// What node `i` is doing, without its name: the order of [`representative`].
+fn sort_key(w: &World, i: usize) -> impl Ord {
+    let node = &w.nodes[i];
+    let m = node.machine.as_ref();
+    (
+        node.incarnation,
+        m.map(|m| m.state() as u8),
+        node.group,
+        node.frozen_until,
+        (
+            node.slow.is_some(),
+            node.stale.is_some(),
+            node.locked,
+            node.read_empty_under_lock,
+            node.registered_once,
+            node.shutting_down,
+            node.thawed,
+        ),
+        node.requests.len(),
+        m.and_then(Machine::poll_timeout),
+    )
 }
 
 fn unavailable() -> CoordinationError {
@@ -533,14 +652,17 @@ impl BootstrapModel {
     }
 
     fn machine(&self, index: usize, incarnation: u64, now: Duration) -> Machine {
-        let seed = ((index as u64) << 32) | incarnation;
+        // The same randomness for every node (it only draws jitter, 0 here, and subsets of
+        // more than `max-nr-of-seed-nodes` seeds, never here), so that nodes are
+        // interchangeable; cluster ids name their node instead (see `representative`).
         let mut m = Machine::new(
             self.settings.clone(),
             NodeId::new(address(index), incarnation),
-            seed,
+            incarnation,
             self.instant(now),
         )
         .expect("settings validated in BootstrapModel::new");
+        m.set_cluster_ids(first_cluster_id(index, incarnation));
         m.set_mutations(Mutations {
             skip_reread_after_lock: self.config.mutation == Some(Mutation::SkipRereadAfterLock),
             form_before_register: self.config.mutation == Some(Mutation::FormBeforeRegister),
@@ -556,20 +678,20 @@ impl BootstrapModel {
 
     /// Whether node `i`'s join of `seeds` can take place now (a seed is a member).
     fn join_target(w: &World, i: usize, seeds: &[NodeId]) -> Option<Option<u32>> {
-        let me = w.nodes[i].id(i);
-        if seeds.len() == 1 && seeds[0] == me {
+        let me = &w.nodes[i];
+        if seeds.len() == 1 && me.is(i, &seeds[0]) {
             return Some(None);
         }
         seeds
             .iter()
-            .filter(|s| **s != me)
+            .filter(|s| !me.is(i, s))
             .find_map(|s| {
                 w.nodes
                     .iter()
                     .enumerate()
                     // A frozen member answers no join.
                     .find_map(|(j, n)| {
-                        (n.alive() && !n.frozen() && n.id(j) == *s)
+                        (n.alive() && !n.frozen() && n.is(j, s))
                             .then_some(n.group)
                             .flatten()
                     })
@@ -762,7 +884,7 @@ impl BootstrapModel {
 
     fn charge(&self, w: &mut World, kind: FaultKind) {
         w.faults += 1;
-        w.fault_kinds |= kind.bit();
+        w.other_faults |= !matches!(kind, FaultKind::Outage | FaultKind::Shutdown);
     }
 
     /// The next instant at which something is due after `now`: a timer or an expiry.
@@ -789,6 +911,50 @@ impl BootstrapModel {
             .as_ref()
             .and_then(Machine::poll_timeout)
             .is_some_and(|t| t <= now)
+    }
+
+    /// A node whose due timer may fire before every other step (with
+    /// [`CheckConfig::reduce_local_timers`], the model offers only that step; a partial-order reduction:
+    /// the other orders reach no state this one does not, up to the order of steps that
+    /// commute). It must be a step nothing else can interfere with, and that nothing can
+    /// observe:
+    /// - no fault can happen any more (a fault of this node would race with its timer);
+    /// - the node is not frozen and awaits no request (so no other step of its own exists,
+    ///   and no step of another node can enable one: the timer is its only step until it
+    ///   fires, and time cannot pass before it does);
+    /// - firing it changes nothing another node's step reads (whether the node is alive, its
+    ///   cluster) and nothing a property reads (that too, whether it is registered, the
+    ///   flags; it writes nothing to the registry).
+    ///
+    /// Then every other step commutes with it, and every state an order with the timer
+    /// later passes has a twin after the timer that no property tells apart, so firing it
+    /// first loses no verdict (the state graph has no cycles: time and attempt numbers only
+    /// grow) (`tests/reduction.rs` checks the commuting along random paths, and the
+    /// verdicts with and without the reduction).
+    pub fn local_timer(&self, w: &World) -> Option<usize> {
+        if w.now <= self.config.fault_window && w.faults < self.config.max_faults {
+            return None;
+        }
+        (0..w.nodes.len()).find(|&i| {
+            let node = &w.nodes[i];
+            if node.frozen() || !node.requests.is_empty() || node.machine.is_none() {
+                return false;
+            }
+            if !self.timer_due(w, i) || self.timeout_fault(w, i).is_some() {
+                return false;
+            }
+            let Some(next) = self.next_state(w, Step::Timer { node: i }) else {
+                return false;
+            };
+            let after = &next.nodes[i];
+            let registered = |n: &Node| n.machine.as_ref().map(|m| m.state().is_registered());
+            // What the properties and the other nodes' steps read of this node.
+            after.alive() == node.alive()
+                && after.group == node.group
+                && registered(after) == registered(node)
+                && next.flags == w.flags
+                && next.only_outages() == w.only_outages()
+        })
     }
 
     /// The fault a due timer of node `i` stands for, if any: a request that could have
@@ -847,7 +1013,7 @@ impl Model for BootstrapModel {
             registry,
             outage: false,
             faults: 0,
-            fault_kinds: 0,
+            other_faults: false,
             groups_formed: 0,
             epochs: Vec::new(),
             flags: Flags::default(),
@@ -857,6 +1023,12 @@ impl Model for BootstrapModel {
     }
 
     fn actions(&self, w: &World, out: &mut Vec<Step>) {
+        if self.config.reduce_local_timers
+            && let Some(i) = self.local_timer(w)
+        {
+            out.push(Step::Timer { node: i });
+            return;
+        }
         // Requests are answered before time moves on, except a slow one.
         let mut any_due = false;
         for (i, node) in w.nodes.iter().enumerate() {
@@ -963,7 +1135,7 @@ impl Model for BootstrapModel {
                 out.push(Step::Fault(Fault::LateWrite { node: i }));
             }
             if self.fault_allowed(w, FaultKind::EntryLost)
-                && w.registry.is_registered(self.instant(w.now), &node.id(i))
+                && node.registered(i, &w.registry, self.instant(w.now))
             {
                 out.push(Step::Fault(Fault::EntryLost { node: i }));
             }
@@ -1051,7 +1223,7 @@ impl Model for BootstrapModel {
                         let _ = self.apply(&mut w, i, incarnation, &action);
                     }
                     Fault::LockLost => w.registry.expire_lock(),
-                    Fault::EntryLost { node: i } => w.registry.expire_entry(&address(i)),
+                    Fault::EntryLost { node: i } => w.registry.expire_entry(address(i)),
                     Fault::Pause { node: i } => {
                         // Past the horizon nothing is explored: no later resume is needed.
                         let until = w.now.saturating_add(self.config.max_pause);
@@ -1087,7 +1259,7 @@ impl Model for BootstrapModel {
                 |m: &Self, w: &World| {
                     let now = m.instant(w.now);
                     let mut groups = w.nodes.iter().enumerate().filter_map(|(i, n)| {
-                        (n.alive() && w.registry.is_registered(now, &n.id(i)))
+                        (n.alive() && n.registered(i, &w.registry, now))
                             .then_some(n.group)
                             .flatten()
                     });
@@ -1130,8 +1302,7 @@ impl Model for BootstrapModel {
                         None => true,
                         Some(machine) if machine.state().is_terminal() => true,
                         Some(machine) => {
-                            machine.state().is_registered()
-                                && w.registry.is_registered(now, &n.id(i))
+                            machine.state().is_registered() && n.registered(i, &w.registry, now)
                         }
                     })
                 },
@@ -1164,7 +1335,7 @@ fn all_registered(m: &BootstrapModel, w: &World) -> bool {
             n.machine
                 .as_ref()
                 .is_some_and(|m| m.state().is_registered())
-                && w.registry.is_registered(now, &n.id(i))
+                && n.registered(i, &w.registry, now)
                 && n.group == first
         })
 }

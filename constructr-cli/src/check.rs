@@ -48,6 +48,10 @@ pub struct CheckArgs {
     /// checks; counterexamples are then not the shortest.
     #[arg(long)]
     dfs: bool,
+    /// Count a state and the same state with its nodes renamed once (symmetry reduction,
+    /// depth first): up to N! fewer states for the same proof.
+    #[arg(long)]
+    symmetry: bool,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -97,7 +101,8 @@ pub fn run(args: CheckArgs, settings: Option<Settings>) -> ExitCode {
     }
     let mut options = CheckOptions {
         timeout: args.timeout,
-        depth_first: args.dfs,
+        depth_first: args.dfs || args.symmetry,
+        symmetry: args.symmetry,
         ..CheckOptions::default()
     };
     if let Some(t) = args.threads {
