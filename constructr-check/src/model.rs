@@ -521,8 +521,13 @@ pub fn representative(w: &World) -> World {
     permuted(w, &order)
 }
 
-/// `w` with its nodes renamed: node `order[p]` becomes node `p` (and `order` must be a
-/// permutation of the node indices), with every name and every cluster id a node chose.
+/// `w` with its nodes renamed: node `order[p]` becomes node `p`, with every name and every
+/// cluster id a node chose.
+///
+/// # Panics
+///
+/// If `order` is not a permutation of the node indices (a caller's mistake: the checker
+/// passes the sorted indices).
 pub fn permuted(w: &World, order: &[usize]) -> World {
     let n = w.nodes.len();
     assert_eq!(order.len(), n, "a permutation of the nodes");
