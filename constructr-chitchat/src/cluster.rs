@@ -7,13 +7,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chitchat::transport::UdpTransport;
 use chitchat::{Chitchat, ChitchatConfig, ChitchatHandle, ChitchatId, NodeState, ProtocolVersion};
 use constructr_core::{Cluster, ClusterError, NodeId};
 use tokio::sync::{Mutex, watch};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 use crate::config::ChitchatClusterConfig;
+use crate::contacts::{ContactTransport, Contacts};
 use crate::error::ChitchatError;
 
 /// The key under which every node publishes its constructr incarnation (16 hex digits).
@@ -29,6 +30,19 @@ pub const LEAVING_KEY: &str = "constructr.leaving";
 /// How long a leaving node keeps gossiping after it announced its leave to every live peer
 /// (one exchange is a round trip; peers it did not reach hear it from the others).
 const LEAVE_GRACE: Duration = Duration::from_millis(200);
+
+/// How many seeds a joining node gossips with at once (and again each gossip round, the
+/// next ones, until one answered).
+const JOIN_FANOUT: usize = 3;
+
+/// The pause after a joining node's first gossip with the seeds; it doubles with every try
+/// up to a gossip interval.
+const JOIN_FIRST_RETRY: Duration = Duration::from_millis(20);
+
+/// How many gossip intervals a message from a peer, or its heartbeat advancing, counts as
+/// proof that it is alive, for the member view, until chitchat's failure detector has
+/// judged it.
+const FRESH_ROUNDS: u32 = 3;
 
 /// Whether a member announced its graceful leave ([`LEAVING_KEY`]).
 pub fn is_leaving(state: &NodeState) -> bool {
@@ -99,8 +113,9 @@ pub struct ChitchatCluster {
 struct Running {
     handle: ChitchatHandle,
     forward: JoinHandle<()>,
-    /// Keeps the subscription to peers' [`LEAVING_KEY`] alive.
+    /// Keep the subscriptions to peers' [`LEAVING_KEY`] and [`INCARNATION_KEY`] alive.
     _leaves: chitchat::ListenerHandle,
+    _arrivals: chitchat::ListenerHandle,
 }
 
 impl std::fmt::Debug for ChitchatCluster {
@@ -185,7 +200,7 @@ impl ChitchatCluster {
         }
     }
 
-    /// (Re)starts chitchat; returns its live-nodes watch and the generation.
+    /// (Re)starts chitchat; returns this generation's member view and the generation.
     async fn start(
         &self,
         seeds: &[SocketAddr],
@@ -216,48 +231,89 @@ impl ChitchatCluster {
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        let handle = chitchat::spawn_chitchat(config, key_values, &UdpTransport)
+        let contacts = Arc::new(Contacts::new(self.config.gossip_interval * FRESH_ROUNDS));
+        let transport = ContactTransport {
+            contacts: contacts.clone(),
+        };
+        let handle = chitchat::spawn_chitchat(config, key_values, &transport)
             .await
             .map_err(|e| ChitchatError::Start {
                 listen_addr: self.config.listen_addr,
                 detail: format!("{e:#}"),
             })?;
         // chitchat refreshes its live nodes once per gossip round; a peer's leave is
-        // applied at once, as soon as its key arrives.
+        // applied at once, as soon as its key arrives, and a peer heard from directly is
+        // counted as soon as its state (its incarnation) arrives.
         let (leaves_tx, leaves_rx) = tokio::sync::mpsc::unbounded_channel();
-        let (live, leaves) = {
+        let (arrivals_tx, arrivals_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (live, leaves, arrivals) = {
             let chitchat = handle.chitchat();
             let chitchat = chitchat.lock().await;
             let leaves = chitchat.subscribe_event(LEAVING_KEY, move |event| {
                 let _ = leaves_tx.send(event.node.clone());
             });
-            (chitchat.live_nodes_watcher(), leaves)
+            let arrivals = chitchat.subscribe_event(INCARNATION_KEY, move |_| {
+                let _ = arrivals_tx.send(());
+            });
+            (chitchat.live_nodes_watcher(), leaves, arrivals)
         };
         *self.publishing.lock().expect("not poisoned") = Some(generation);
-        let forward = tokio::spawn(forward_members(
-            live.clone(),
-            leaves_rx,
-            self.members.clone(),
-            self.publishing.clone(),
-            generation,
-        ));
+        let (view_tx, view_rx) = watch::channel(Members::new());
+        let forward = tokio::spawn(
+            Forwarder {
+                chitchat: handle.chitchat(),
+                live,
+                leaves: leaves_rx,
+                arrivals: arrivals_rx,
+                contacts,
+                view: view_tx,
+                members: self.members.clone(),
+                publishing: self.publishing.clone(),
+                generation,
+                round: self.config.gossip_interval,
+            }
+            .run(),
+        );
         tracing::debug!(generation, ?seeds, "chitchat started");
         *running = Some(Running {
             handle,
             forward,
             _leaves: leaves,
+            _arrivals: arrivals,
         });
-        Ok((live, generation))
+        Ok((view_rx, generation))
+    }
+
+    /// Gossips at once with `peers`, if `generation` still runs.
+    async fn gossip_with(&self, generation: u64, peers: &[SocketAddr]) {
+        let running = self.running.lock().await;
+        let Some(running) = running.as_ref() else {
+            return;
+        };
+        if running.handle.chitchat_id().generation_id != generation {
+            return;
+        }
+        for peer in peers {
+            if let Err(e) = running.handle.gossip(*peer) {
+                tracing::debug!(%peer, error = %e, "cannot gossip");
+            }
+        }
     }
 
     async fn stop(&self, old: Running) -> Result<(), ChitchatError> {
-        {
+        let members = {
             let mut publishing = self.publishing.lock().expect("not poisoned");
             *publishing = None;
-            self.members.send_replace(Members::new());
-        }
+            self.members.send_replace(Members::new())
+        };
         old.forward.abort();
-        announce_leave(&old.handle).await;
+        let me = old.handle.chitchat_id().clone();
+        let peers: Vec<SocketAddr> = members
+            .keys()
+            .filter(|id| **id != me)
+            .map(|id| id.gossip_advertise_addr)
+            .collect();
+        announce_leave(&old.handle, &peers).await;
         let generation = old.handle.chitchat_id().generation_id;
         let result = old
             .handle
@@ -271,24 +327,18 @@ impl ChitchatCluster {
     }
 }
 
-/// Sets [`LEAVING_KEY`], gossips with every live peer at once, and gives the exchanges
-/// [`LEAVE_GRACE`] to complete.
-async fn announce_leave(handle: &ChitchatHandle) {
-    let peers: Vec<SocketAddr> = {
+/// Sets [`LEAVING_KEY`], gossips with every member of the view (`peers`) at once, and gives
+/// the exchanges [`LEAVE_GRACE`] to complete.
+async fn announce_leave(handle: &ChitchatHandle, peers: &[SocketAddr]) {
+    {
         let chitchat = handle.chitchat();
         let mut chitchat = chitchat.lock().await;
         chitchat.self_node_state().set(LEAVING_KEY, "1");
-        let me = chitchat.self_chitchat_id().clone();
-        chitchat
-            .live_nodes()
-            .filter(|id| **id != me)
-            .map(|id| id.gossip_advertise_addr)
-            .collect()
-    };
+    }
     if peers.is_empty() {
         return;
     }
-    for peer in &peers {
+    for peer in peers {
         if let Err(e) = handle.gossip(*peer) {
             tracing::debug!(%peer, error = %e, "cannot gossip the leave");
         }
@@ -297,44 +347,131 @@ async fn announce_leave(handle: &ChitchatHandle) {
     tracing::debug!(peers = peers.len(), "leave announced");
 }
 
-/// Live members without those that announced their leave (in their state, or in `leaving`).
-fn without_leaving(members: &Members, leaving: &HashSet<ChitchatId>) -> Members {
-    members
+/// The member view: chitchat's live nodes, and the peers this node has recent proof of
+/// (within [`FRESH_ROUNDS`] gossip intervals) that the failure detector has not judged yet
+/// — it counts a new peer only after two heartbeats and a gossip round, two to four rounds
+/// in all — without those that announced their leave. Proof is a message heard from the
+/// peer directly (`heard`: it is alive now), or its heartbeat seen advancing (`advanced`:
+/// only a live node advances it; the state of a dead one, relayed by others, stands
+/// still). Only the newest generation on an address, with an incarnation, counts so.
+fn view(
+    chitchat: &Chitchat,
+    heard: &HashMap<SocketAddr, Instant>,
+    advanced: &HashSet<ChitchatId>,
+    leaving: &HashSet<ChitchatId>,
+) -> Members {
+    let live: HashSet<&ChitchatId> = chitchat.live_nodes().collect();
+    let mut newest: HashMap<SocketAddr, u64> = HashMap::new();
+    for id in chitchat.node_states().keys() {
+        let g = newest.entry(id.gossip_advertise_addr).or_default();
+        *g = (*g).max(id.generation_id);
+    }
+    chitchat
+        .node_states()
         .iter()
+        .filter(|(id, state)| {
+            live.contains(id)
+                || ((heard.contains_key(&id.gossip_advertise_addr) || advanced.contains(*id))
+                    && newest.get(&id.gossip_advertise_addr) == Some(&id.generation_id)
+                    && state.get(INCARNATION_KEY).is_some())
+        })
         .filter(|(id, state)| !is_leaving(state) && !leaving.contains(*id))
         .map(|(id, state)| (id.clone(), state.clone()))
         .collect()
 }
 
-/// Copies chitchat's live nodes (but those leaving) into the watch that outlives restarts.
-async fn forward_members(
-    mut live: watch::Receiver<Members>,
-    mut leaves: tokio::sync::mpsc::UnboundedReceiver<ChitchatId>,
+/// The peers whose heartbeat this node saw advancing, and when it last did.
+#[derive(Default)]
+struct Heartbeats {
+    seen: HashMap<ChitchatId, (chitchat::Heartbeat, Option<Instant>)>,
+}
+
+impl Heartbeats {
+    /// Records the heartbeats of `chitchat`'s nodes now; returns the peers whose heartbeat
+    /// advanced within `window`.
+    fn observe(&mut self, chitchat: &Chitchat, window: Duration) -> HashSet<ChitchatId> {
+        let now = Instant::now();
+        let states = chitchat.node_states();
+        self.seen.retain(|id, _| states.contains_key(id));
+        let mut advanced = HashSet::new();
+        for (id, state) in states {
+            let heartbeat = state.heartbeat();
+            let entry = self.seen.entry(id.clone()).or_insert((heartbeat, None));
+            if heartbeat > entry.0 {
+                *entry = (heartbeat, Some(now));
+            }
+            if entry.1.is_some_and(|at| now.duration_since(at) < window) {
+                advanced.insert(id.clone());
+            }
+        }
+        advanced
+    }
+}
+
+/// What a change of the view is: a member came or went, or its key-values changed.
+fn signature(members: &Members) -> Vec<(ChitchatId, chitchat::Version)> {
+    members
+        .iter()
+        .map(|(id, state)| (id.clone(), state.max_version()))
+        .collect()
+}
+
+/// Computes one generation's member view ([`view`]) whenever chitchat's live nodes change,
+/// a peer's state or leave arrives, a peer is heard from anew, and twice per gossip round
+/// (heartbeats advance, proofs go stale); publishes it to the generation's watch and, while this
+/// generation is the one publishing, to the watch that outlives restarts.
+struct Forwarder {
+    chitchat: Arc<Mutex<Chitchat>>,
+    live: watch::Receiver<Members>,
+    leaves: tokio::sync::mpsc::UnboundedReceiver<ChitchatId>,
+    arrivals: tokio::sync::mpsc::UnboundedReceiver<()>,
+    contacts: Arc<Contacts>,
+    view: watch::Sender<Members>,
     members: watch::Sender<Members>,
     publishing: Arc<std::sync::Mutex<Option<u64>>>,
     generation: u64,
-) {
-    let mut leaving: HashSet<ChitchatId> = HashSet::new();
-    loop {
-        let current = {
-            let live = live.borrow_and_update();
-            // A node that left is forgotten once chitchat no longer lists it as live.
-            leaving.retain(|id| live.contains_key(id));
-            without_leaving(&live, &leaving)
-        };
-        {
-            let publishing = publishing.lock().expect("not poisoned");
-            if *publishing != Some(generation) {
-                return;
+    round: Duration,
+}
+
+impl Forwarder {
+    async fn run(mut self) {
+        let mut leaving: HashSet<ChitchatId> = HashSet::new();
+        let mut published: Option<Vec<(ChitchatId, chitchat::Version)>> = None;
+        let mut heartbeats = Heartbeats::default();
+        // Twice a round: a peer's heartbeat is seen advancing within about a round.
+        let mut round = tokio::time::interval(self.round / 2);
+        round.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let window = self.round * FRESH_ROUNDS;
+        loop {
+            let current = {
+                let chitchat = self.chitchat.lock().await;
+                // A node that left is forgotten once chitchat forgets it.
+                leaving.retain(|id| chitchat.node_state(id).is_some());
+                let advanced = heartbeats.observe(&chitchat, window);
+                view(&chitchat, &self.contacts.fresh(), &advanced, &leaving)
+            };
+            let changed = signature(&current);
+            if published.as_ref() != Some(&changed) {
+                published = Some(changed);
+                self.view.send_replace(current.clone());
+                let publishing = self.publishing.lock().expect("not poisoned");
+                if *publishing != Some(self.generation) {
+                    return;
+                }
+                self.members.send_replace(current);
             }
-            members.send_replace(current);
-        }
-        tokio::select! {
-            changed = live.changed() => if changed.is_err() {
-                return;
-            },
-            Some(id) = leaves.recv() => {
-                leaving.insert(id);
+            tokio::select! {
+                changed = self.live.changed() => if changed.is_err() {
+                    return;
+                },
+                Some(id) = self.leaves.recv() => {
+                    leaving.insert(id);
+                }
+                Some(()) = self.arrivals.recv() => {
+                    while self.arrivals.try_recv().is_ok() {}
+                }
+                () = self.contacts.changed.notified() => {}
+                _ = round.tick() => {}
             }
         }
     }
@@ -388,22 +525,53 @@ impl Cluster for ChitchatCluster {
         let seeding = seeds.len() == 1 && seeds[0] == self.node;
         // The core never passes this node's own address as a seed, except when seeding.
         let me = self.config.advertised().map_err(ChitchatError::into_join)?;
-        let gossip_to: Vec<SocketAddr> = if seeding {
+        let mut gossip_to: Vec<SocketAddr> = if seeding {
             Vec::new()
         } else {
             addresses.keys().copied().filter(|a| *a != me).collect()
         };
-        let (mut live, generation) = self
+        let (mut view, generation) = self
             .start(&gossip_to)
             .await
             .map_err(ChitchatError::into_join)?;
-        let members = live
-            .wait_for(|m| is_member(m, &self.node, seeding, &addresses))
-            .await
-            .map_err(|_| ChitchatError::Stopped.into_join())?
-            .clone();
-        // Once `join` resolves, `members()` shows what made this node a member (the
-        // forwarder may not have run yet).
+        // Gossip with a few seeds at once, and with the next few every gossip round until
+        // one answered: the join takes a round trip, not gossip rounds.
+        {
+            use rand::seq::SliceRandom;
+            gossip_to.shuffle(&mut rand::rng());
+        }
+        // A seed registers before it starts gossiping: the first tries may find no one
+        // listening, so the next come soon, then less often, up to a gossip interval.
+        let mut batches = gossip_to.chunks(JOIN_FANOUT).cycle();
+        let mut pause = JOIN_FIRST_RETRY.min(self.config.gossip_interval);
+        let mut next_try = tokio::time::Instant::now();
+        let members = loop {
+            tokio::select! {
+                members = async {
+                    view.wait_for(|m| is_member(m, &self.node, seeding, &addresses))
+                        .await
+                        .map(|m| (*m).clone())
+                } => break members,
+                () = tokio::time::sleep_until(next_try) => {
+                    if let Some(batch) = batches.next() {
+                        self.gossip_with(generation, batch).await;
+                    }
+                    next_try += pause;
+                    pause = (pause * 2).min(self.config.gossip_interval);
+                }
+            }
+        }
+        .map_err(|_| ChitchatError::Stopped.into_join())?;
+        // Once more with the seeds that answered: both failure detectors then hold two
+        // heartbeats, and judge each other live at their next gossip round.
+        let answered: Vec<SocketAddr> = members
+            .keys()
+            .map(|id| id.gossip_advertise_addr)
+            .filter(|a| *a != me && addresses.contains_key(a))
+            .take(JOIN_FANOUT)
+            .collect();
+        self.gossip_with(generation, &answered).await;
+        // Once `join` resolves, `members()` shows what made this node a member.
         let publishing = self.publishing.lock().expect("not poisoned");
         if *publishing == Some(generation) {
             self.members.send_replace(members);

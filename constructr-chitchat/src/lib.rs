@@ -36,6 +36,7 @@
 
 pub mod cluster;
 pub mod config;
+mod contacts;
 pub mod error;
 
 /// Re-exported on purpose: [`ChitchatCluster::chitchat`], [`Members`] and [`member_node`]
@@ -46,5 +47,7 @@ pub use cluster::{
     ChitchatCluster, INCARNATION_KEY, LEAVING_KEY, Members, is_leaving, member_node,
     time_ordered_incarnation,
 };
-pub use config::{ChitchatClusterConfig, FailureDetectorSettings};
+pub use config::{
+    ChitchatClusterConfig, DEFAULT_GOSSIP_INTERVAL, DEFAULT_PHI_THRESHOLD, FailureDetectorSettings,
+};
 pub use error::ChitchatError;

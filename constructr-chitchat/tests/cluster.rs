@@ -96,6 +96,60 @@ async fn joiners_become_members_of_the_seed_and_see_each_other() {
     }
 }
 
+/// A node whose gossip rounds are a minute apart: after the one at start, chitchat's own
+/// rounds (and with them its failure detector's liveness updates) never come in a test.
+fn slow_node(cluster_id: &str) -> ChitchatCluster {
+    let config = ChitchatClusterConfig::new(cluster_id, free_udp_addr())
+        .with_gossip_interval(Duration::from_secs(60));
+    ChitchatCluster::new(config, rand::random()).expect("valid config")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joiner_and_its_seed_see_each_other_within_round_trips_not_gossip_rounds() {
+    let seed = slow_node("round-trip-test");
+    seed.join(std::slice::from_ref(seed.node()))
+        .await
+        .expect("seeding");
+    let joiners = [slow_node("round-trip-test"), slow_node("round-trip-test")];
+    let seeds = [seed.node().clone()];
+    for joiner in &joiners {
+        tokio::time::timeout(Duration::from_secs(5), joiner.join(&seeds))
+            .await
+            .expect("joined without waiting for a gossip round")
+            .expect("joined");
+        let seen = addresses(&joiner.members().borrow());
+        assert!(seen.contains(&seed.node().address), "{seen:?}");
+    }
+    // The seed heard each joiner directly: it counts them without its failure detector.
+    let members = wait_members(&seed, 3).await;
+    assert_eq!(members.len(), 3);
+    for c in [&seed, &joiners[0], &joiners[1]] {
+        c.leave().await.expect("leave");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_leaves_before_any_gossip_round_is_dropped_at_once() {
+    let seed = slow_node("early-leave-test");
+    seed.join(std::slice::from_ref(seed.node()))
+        .await
+        .expect("seeding");
+    let joiner = slow_node("early-leave-test");
+    joiner
+        .join(std::slice::from_ref(seed.node()))
+        .await
+        .expect("joined");
+    wait_members(&seed, 2).await;
+    // Neither failure detector has judged the other: the leave goes to the view's members.
+    joiner.leave().await.expect("leave");
+    let mut rx = seed.members();
+    tokio::time::timeout(Duration::from_millis(500), rx.wait_for(|m| m.len() == 1))
+        .await
+        .expect("the seed dropped the node that left")
+        .expect("the seed runs");
+    seed.leave().await.expect("leave");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_seed_of_another_incarnation_does_not_count() {
     let seed = seed("incarnation-test").await;
