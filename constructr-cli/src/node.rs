@@ -34,10 +34,10 @@ pub struct NodeArgs {
     #[arg(long, value_name = "NAME")]
     node_name: Option<String>,
     /// Interval between gossip rounds.
-    #[arg(long, default_value = "1s", value_parser = duration)]
+    #[arg(long, default_value = "200ms", value_parser = duration)]
     gossip_interval: Duration,
     /// Phi-accrual threshold: a peer is dead after about this many gossip intervals of silence.
-    #[arg(long, default_value_t = 8.0)]
+    #[arg(long, default_value_t = 30.0)]
     phi_threshold: f64,
     /// Never seed a new cluster: wait (watching) until a node is registered, then join it
     /// (the setting `new-cluster-enabled = false`).
@@ -135,6 +135,7 @@ async fn run_with(
         node: cluster.node().to_string(),
         start: Instant::now(),
         members: Vec::new(),
+        coordination: coordination.clone(),
     };
     let metrics = management::Metrics::new();
     let built = driver::Node::builder()
@@ -243,6 +244,7 @@ struct Printer {
     node: String,
     start: Instant,
     members: Vec<String>,
+    coordination: Arc<dyn Coordination>,
 }
 
 impl Printer {
@@ -250,15 +252,27 @@ impl Printer {
         self.start.elapsed().as_millis() as u64
     }
 
+    /// The fields every JSON line carries: the time since start and since the Unix epoch (to
+    /// line up the lines of many processes), and the requests sent on the wire so far
+    /// (where the backend counts them).
+    fn line(&self, event: &str, state: State) -> serde_json::Value {
+        let unix_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        serde_json::json!({
+            "time_ms": self.time_ms(),
+            "unix_ms": unix_ms,
+            "node": self.node,
+            "event": event,
+            "state": format!("{state:?}"),
+            "members": self.members,
+            "requests": self.coordination.requests_sent(),
+        })
+    }
+
     fn state(&self, from: Option<State>, to: State) {
         if self.json {
-            let mut line = serde_json::json!({
-                "time_ms": self.time_ms(),
-                "node": self.node,
-                "event": "state",
-                "state": format!("{to:?}"),
-                "members": self.members,
-            });
+            let mut line = self.line("state", to);
             if let Some(from) = from {
                 line["from"] = format!("{from:?}").into();
             }
@@ -275,13 +289,7 @@ impl Printer {
 
     fn members_changed(&self, state: State) {
         if self.json {
-            let line = serde_json::json!({
-                "time_ms": self.time_ms(),
-                "node": self.node,
-                "event": "members",
-                "state": format!("{state:?}"),
-                "members": self.members,
-            });
+            let line = self.line("members", state);
             outln!("{line}");
         } else {
             outln!(
