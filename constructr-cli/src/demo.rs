@@ -25,6 +25,7 @@ pub fn run(
     json: bool,
     seed: Option<u64>,
     hold_refreshes: u32,
+    client_per_node: bool,
 ) -> ExitCode {
     let resolved = match backend.resolve(file, Fallback::Memory) {
         Ok(r) => r,
@@ -47,8 +48,21 @@ pub fn run(
             hold_refreshes,
         };
         match resolved.coordination() {
-            Ok(None) => run_with(Counting::new(MemoryCoordination::default()), demo).await,
-            Ok(Some(c)) => run_with(Counting::new(c), demo).await,
+            Ok(None) if client_per_node => backend::fail(
+                "--client-per-node needs a coordination service: the memory backend lives in one value",
+            ),
+            Ok(None) => run_with(vec![Counting::new(MemoryCoordination::default())], demo).await,
+            Ok(Some(first)) => {
+                let mut clients = vec![Counting::new(first)];
+                while client_per_node && clients.len() < nodes {
+                    match resolved.coordination() {
+                        Ok(Some(c)) => clients.push(Counting::new(c)),
+                        Ok(None) => return backend::fail("the backend changed between clients"),
+                        Err(e) => return backend::fail(&e),
+                    }
+                }
+                run_with(clients, demo).await
+            }
             Err(e) => backend::fail(&e),
         }
     })
@@ -76,8 +90,28 @@ pub struct Demo {
     pub hold_refreshes: u32,
 }
 
-/// Runs the demo against any backend.
-pub async fn run_with<C: Coordination>(coordination: Counting<C>, demo: Demo) -> ExitCode {
+/// The clients the demo's nodes use: node `i` uses client `i % len` (one shared client, or
+/// one per node).
+struct Clients<C>(Vec<Arc<Counting<C>>>);
+
+impl<C: Coordination> Clients<C> {
+    fn requests(&self) -> u64 {
+        self.0.iter().map(|c| c.requests()).sum()
+    }
+    fn calls(&self) -> u64 {
+        self.0.iter().map(|c| c.calls()).sum()
+    }
+    fn entries_read(&self) -> u64 {
+        self.0.iter().map(|c| c.entries_read()).sum()
+    }
+    fn for_node(&self, i: usize) -> Arc<Counting<C>> {
+        self.0[i % self.0.len()].clone()
+    }
+}
+
+/// Runs the demo against any backend, with one client shared by every node or one per node.
+pub async fn run_with<C: Coordination>(clients: Vec<Counting<C>>, demo: Demo) -> ExitCode {
+    assert!(!clients.is_empty(), "at least one client");
     let Demo {
         backend,
         settings,
@@ -88,7 +122,9 @@ pub async fn run_with<C: Coordination>(coordination: Counting<C>, demo: Demo) ->
     } = demo;
     let seed = seed.unwrap_or_else(|| rand::rng().random());
     let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
-    let coordination = Arc::new(coordination);
+    let shared = clients.len() == 1;
+    let clients = Clients(clients.into_iter().map(Arc::new).collect());
+    let coordination = clients.for_node(0);
     let cluster = LocalCluster::new();
     let (tx, mut rx) = mpsc::unbounded_channel::<Record>();
     let start = Instant::now();
@@ -100,7 +136,7 @@ pub async fn run_with<C: Coordination>(coordination: Counting<C>, demo: Demo) ->
         let built = driver::Node::builder()
             .settings(settings.clone())
             .address(node.clone())
-            .coordination(coordination.clone())
+            .coordination(clients.for_node(i))
             .cluster(Arc::new(cluster.node(node)))
             .seed(rng.random())
             .spawn();
@@ -138,9 +174,9 @@ pub async fn run_with<C: Coordination>(coordination: Counting<C>, demo: Demo) ->
     let finished = tokio::time::timeout(bound, all).await;
     let formation = start.elapsed();
     let registered = handles.iter().filter(|h| h.state().is_registered()).count();
-    let requests_to_form = coordination.requests();
-    let calls_to_form = coordination.calls();
-    let entries_read = coordination.entries_read();
+    let requests_to_form = clients.requests();
+    let calls_to_form = clients.calls();
+    let entries_read = clients.entries_read();
     let clusters = cluster.clusters();
     let sizes: Vec<usize> = clusters.values().map(|m| m.len()).collect();
     let failures: Vec<String> = handles
@@ -150,9 +186,9 @@ pub async fn run_with<C: Coordination>(coordination: Counting<C>, demo: Demo) ->
         .collect();
     // Steady state: the requests of the formed cluster over `hold_refreshes` intervals.
     let per_refresh = if hold_refreshes > 0 && finished.is_ok() {
-        let before = coordination.requests();
+        let before = clients.requests();
         tokio::time::sleep(settings.refresh_interval * hold_refreshes).await;
-        let held = coordination.requests() - before;
+        let held = clients.requests() - before;
         Some(held as f64 / (n as f64 * f64::from(hold_refreshes)))
     } else {
         None
@@ -208,6 +244,7 @@ pub async fn run_with<C: Coordination>(coordination: Counting<C>, demo: Demo) ->
         let out = serde_json::json!({
             "backend": backend,
             "nodes": n,
+            "clients": if shared { "shared" } else { "per-node" },
             "seed": seed,
             "clusters": sizes.len(),
             "clusters_formed": cluster.clusters_formed(),

@@ -63,6 +63,11 @@ enum Command {
         /// steady-state requests per node per refresh.
         #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=10_000))]
         hold_refreshes: u32,
+        /// Give every node its own client of the coordination service, as separate
+        /// processes have (default: the nodes share one, with its shared reads, watches,
+        /// lock requests and grouped registrations).
+        #[arg(long)]
+        client_per_node: bool,
     },
     /// List the registered nodes of a cluster (what an operator needs to inspect it).
     Nodes {
@@ -152,6 +157,7 @@ fn main() -> ExitCode {
             json,
             seed,
             hold_refreshes,
+            client_per_node,
         } => {
             // A fresh cluster name per run, unless the user named one: a demo must not meet
             // the lock or entries of an earlier run in a shared coordination service.
@@ -169,6 +175,7 @@ fn main() -> ExitCode {
                 json,
                 seed,
                 hold_refreshes,
+                client_per_node,
             )
         }
         Command::Sim {
