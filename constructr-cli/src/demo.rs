@@ -16,17 +16,34 @@ use crate::counting::Counting;
 use crate::output::outln;
 use crate::settings::BackendFile;
 
+/// What `constructr demo` was asked for, besides the backend and the settings.
+pub struct Options {
+    /// How many nodes start.
+    pub nodes: usize,
+    /// One JSON object instead of a timeline.
+    pub json: bool,
+    /// The seed of the nodes' randomness (random if `None`).
+    pub seed: Option<u64>,
+    /// Refresh intervals to keep the formed cluster for.
+    pub hold_refreshes: u32,
+    /// One coordination client per node instead of one shared.
+    pub client_per_node: bool,
+}
+
 /// Runs the demo on the selected backend.
 pub fn run(
     backend: &BackendArgs,
     file: &BackendFile,
     settings: Settings,
-    nodes: usize,
-    json: bool,
-    seed: Option<u64>,
-    hold_refreshes: u32,
-    client_per_node: bool,
+    options: Options,
 ) -> ExitCode {
+    let Options {
+        nodes,
+        json,
+        seed,
+        hold_refreshes,
+        client_per_node,
+    } = options;
     let resolved = match backend.resolve(file, Fallback::Memory) {
         Ok(r) => r,
         Err(e) => return backend::fail(&e),

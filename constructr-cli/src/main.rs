@@ -171,11 +171,13 @@ fn main() -> ExitCode {
                 &backend,
                 &backend_file,
                 settings,
-                nodes as usize,
-                json,
-                seed,
-                hold_refreshes,
-                client_per_node,
+                demo::Options {
+                    nodes: nodes as usize,
+                    json,
+                    seed,
+                    hold_refreshes,
+                    client_per_node,
+                },
             )
         }
         Command::Sim {
