@@ -53,13 +53,15 @@ def free_udp_ports(n):
             s.close()
 
 
-def etcd_unary(url):
-    """Unary gRPC requests etcd has handled so far (its own Prometheus counter)."""
-    text = urllib.request.urlopen(url + "/metrics", timeout=5).read().decode()
+def etcd_unary(urls):
+    """Unary gRPC requests the etcd members (comma-separated URLs) have handled so far (their
+    own Prometheus counters)."""
     total = 0
-    for line in text.splitlines():
-        if line.startswith("grpc_server_handled_total{") and 'grpc_type="unary"' in line:
-            total += float(line.rsplit(" ", 1)[1])
+    for url in urls.split(","):
+        text = urllib.request.urlopen(url + "/metrics", timeout=5).read().decode()
+        for line in text.splitlines():
+            if line.startswith("grpc_server_handled_total{") and 'grpc_type="unary"' in line:
+                total += float(line.rsplit(" ", 1)[1])
     return total
 
 
