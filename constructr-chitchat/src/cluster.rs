@@ -39,6 +39,10 @@ const JOIN_FANOUT: usize = 3;
 /// up to a gossip interval.
 const JOIN_FIRST_RETRY: Duration = Duration::from_millis(20);
 
+/// How long the member view waits after publishing a change, per member, before it
+/// publishes the next (at most half a gossip round).
+const PAUSE_PER_MEMBER: Duration = Duration::from_micros(100);
+
 /// How many gossip intervals a message from a peer, or its heartbeat advancing, counts as
 /// proof that it is alive, for the member view, until chitchat's failure detector has
 /// judged it.
@@ -354,12 +358,12 @@ async fn announce_leave(handle: &ChitchatHandle, peers: &[SocketAddr]) {
 /// peer directly (`heard`: it is alive now), or its heartbeat seen advancing (`advanced`:
 /// only a live node advances it; the state of a dead one, relayed by others, stands
 /// still). Only the newest generation on an address, with an incarnation, counts so.
-fn view(
-    chitchat: &Chitchat,
+fn view<'a>(
+    chitchat: &'a Chitchat,
     heard: &HashMap<SocketAddr, Instant>,
-    advanced: &HashSet<ChitchatId>,
+    heartbeats: &Heartbeats,
     leaving: &HashSet<ChitchatId>,
-) -> Members {
+) -> Vec<(&'a ChitchatId, &'a NodeState)> {
     let live: HashSet<&ChitchatId> = chitchat.live_nodes().collect();
     let mut newest: HashMap<SocketAddr, u64> = HashMap::new();
     for id in chitchat.node_states().keys() {
@@ -371,49 +375,68 @@ fn view(
         .iter()
         .filter(|(id, state)| {
             live.contains(id)
-                || ((heard.contains_key(&id.gossip_advertise_addr) || advanced.contains(*id))
+                || ((heard.contains_key(&id.gossip_advertise_addr) || heartbeats.advanced(id))
                     && newest.get(&id.gossip_advertise_addr) == Some(&id.generation_id)
                     && state.get(INCARNATION_KEY).is_some())
         })
         .filter(|(id, state)| !is_leaving(state) && !leaving.contains(*id))
-        .map(|(id, state)| (id.clone(), state.clone()))
         .collect()
 }
 
-/// The peers whose heartbeat this node saw advancing, and when it last did.
-#[derive(Default)]
+/// The peers' heartbeats as this node last saw them, and whether each advanced within the
+/// window.
 struct Heartbeats {
     seen: HashMap<ChitchatId, (chitchat::Heartbeat, Option<Instant>)>,
+    window: Duration,
+    now: Instant,
 }
 
 impl Heartbeats {
-    /// Records the heartbeats of `chitchat`'s nodes now; returns the peers whose heartbeat
-    /// advanced within `window`.
-    fn observe(&mut self, chitchat: &Chitchat, window: Duration) -> HashSet<ChitchatId> {
-        let now = Instant::now();
+    fn new(window: Duration) -> Self {
+        Self {
+            seen: HashMap::new(),
+            window,
+            now: Instant::now(),
+        }
+    }
+
+    /// Records the heartbeats of `chitchat`'s nodes now.
+    fn observe(&mut self, chitchat: &Chitchat) {
+        self.now = Instant::now();
         let states = chitchat.node_states();
-        self.seen.retain(|id, _| states.contains_key(id));
-        let mut advanced = HashSet::new();
+        if self.seen.len() > states.len() {
+            self.seen.retain(|id, _| states.contains_key(id));
+        }
         for (id, state) in states {
             let heartbeat = state.heartbeat();
-            let entry = self.seen.entry(id.clone()).or_insert((heartbeat, None));
-            if heartbeat > entry.0 {
-                *entry = (heartbeat, Some(now));
-            }
-            if entry.1.is_some_and(|at| now.duration_since(at) < window) {
-                advanced.insert(id.clone());
+            match self.seen.get_mut(id) {
+                Some(entry) if heartbeat > entry.0 => *entry = (heartbeat, Some(self.now)),
+                Some(_) => {}
+                None => {
+                    self.seen.insert(id.clone(), (heartbeat, None));
+                }
             }
         }
-        advanced
+    }
+
+    /// Whether `id`'s heartbeat advanced within the window before the last observation.
+    fn advanced(&self, id: &ChitchatId) -> bool {
+        self.seen
+            .get(id)
+            .is_some_and(|(_, at)| at.is_some_and(|at| self.now.duration_since(at) < self.window))
     }
 }
 
 /// What a change of the view is: a member came or went, or its key-values changed.
-fn signature(members: &Members) -> Vec<(ChitchatId, chitchat::Version)> {
-    members
-        .iter()
-        .map(|(id, state)| (id.clone(), state.max_version()))
-        .collect()
+type Signature = Vec<(ChitchatId, chitchat::Version)>;
+
+/// Whether `current` differs from what was published (compared without allocating).
+fn differs(published: Option<&Signature>, current: &[(&ChitchatId, &NodeState)]) -> bool {
+    published.is_none_or(|p| {
+        !p.iter()
+            .map(|(id, v)| (id, *v))
+            .eq(current.iter().map(|(id, s)| (*id, s.max_version())))
+    })
 }
 
 /// Computes one generation's member view ([`view`]) whenever chitchat's live nodes change,
@@ -436,23 +459,40 @@ struct Forwarder {
 impl Forwarder {
     async fn run(mut self) {
         let mut leaving: HashSet<ChitchatId> = HashSet::new();
-        let mut published: Option<Vec<(ChitchatId, chitchat::Version)>> = None;
-        let mut heartbeats = Heartbeats::default();
+        let mut published: Option<Signature> = None;
+        let mut next_publish = tokio::time::Instant::now();
+        let mut heartbeats = Heartbeats::new(self.round * FRESH_ROUNDS);
         // Twice a round: a peer's heartbeat is seen advancing within about a round.
         let mut round = tokio::time::interval(self.round / 2);
         round.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let window = self.round * FRESH_ROUNDS;
         loop {
             let current = {
                 let chitchat = self.chitchat.lock().await;
                 // A node that left is forgotten once chitchat forgets it.
                 leaving.retain(|id| chitchat.node_state(id).is_some());
-                let advanced = heartbeats.observe(&chitchat, window);
-                view(&chitchat, &self.contacts.fresh(), &advanced, &leaving)
+                heartbeats.observe(&chitchat);
+                let current = view(&chitchat, &self.contacts.fresh(), &heartbeats, &leaving);
+                // Copied only when it changed.
+                differs(published.as_ref(), &current).then(|| {
+                    published = Some(
+                        current
+                            .iter()
+                            .map(|(id, s)| ((*id).clone(), s.max_version()))
+                            .collect(),
+                    );
+                    current
+                        .into_iter()
+                        .map(|(id, s)| (id.clone(), s.clone()))
+                        .collect::<Members>()
+                })
             };
-            let changed = signature(&current);
-            if published.as_ref() != Some(&changed) {
-                published = Some(changed);
+            if let Some(current) = current {
+                // A large view changes many times while a cluster forms, and every change
+                // is copied to every watcher: the next one waits a while, growing with the
+                // view (100 µs a member, at most half a round); a small one, as while
+                // joining, goes out at once.
+                let pause = (PAUSE_PER_MEMBER * current.len() as u32).min(self.round / 2);
+                next_publish = tokio::time::Instant::now() + pause;
                 self.view.send_replace(current.clone());
                 let publishing = self.publishing.lock().expect("not poisoned");
                 if *publishing != Some(self.generation) {
@@ -460,18 +500,27 @@ impl Forwarder {
                 }
                 self.members.send_replace(current);
             }
-            tokio::select! {
-                changed = self.live.changed() => if changed.is_err() {
-                    return;
-                },
+            let urgent = tokio::select! {
+                changed = self.live.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    false
+                }
+                // A leave is never held back.
                 Some(id) = self.leaves.recv() => {
                     leaving.insert(id);
+                    true
                 }
                 Some(()) = self.arrivals.recv() => {
                     while self.arrivals.try_recv().is_ok() {}
+                    false
                 }
-                () = self.contacts.changed.notified() => {}
-                _ = round.tick() => {}
+                () = self.contacts.changed.notified() => false,
+                _ = round.tick() => false,
+            };
+            if !urgent {
+                tokio::time::sleep_until(next_publish).await;
             }
         }
     }
