@@ -103,11 +103,18 @@ def main():
     backend = argv[split + 1:]
     n = a.nodes
 
-    before = None
-    if a.etcd_metrics:
-        before = etcd_unary(a.etcd_metrics)
-    elif a.zookeeper_mntr:
-        before = zookeeper_packets(a.zookeeper_mntr)
+    def server_count():
+        """The server's own request count, or None where it cannot be read."""
+        try:
+            if a.etcd_metrics:
+                return etcd_unary(a.etcd_metrics)
+            if a.zookeeper_mntr:
+                return zookeeper_packets(a.zookeeper_mntr)
+        except (OSError, ValueError) as e:
+            print(f"processes.py: no server counter: {e}", file=sys.stderr)
+        return None
+
+    before = server_count()
 
     ports = free_udp_ports(n)
     sel = selectors.DefaultSelector()
@@ -169,11 +176,7 @@ def main():
                 if len(members[i]) >= n and i not in saw_all:
                     saw_all[i] = at
 
-    after = None
-    if a.etcd_metrics:
-        after = etcd_unary(a.etcd_metrics)
-    elif a.zookeeper_mntr:
-        after = zookeeper_packets(a.zookeeper_mntr)
+    after = server_count()
     rss = [r for r in (vm_hwm_kib(proc.pid) for proc in procs) if r is not None]
 
     for proc in procs:
