@@ -15,9 +15,11 @@ use zookeeper_client as zk;
 
 use crate::config::ZooKeeperConfig;
 use crate::error::ZooKeeperError;
+use crate::joins::{Joined, Joins, Pending, Target};
 
 /// How often a registration retries a multi whose epoch version moved under it: every
-/// registration bumps the epoch, so nodes joining at once contend (each round one wins).
+/// registration bumps the epoch, so registrations of different processes joining at once
+/// contend (each round one wins); those of one process are written together (`joins`).
 const ROUNDS: u32 = 64;
 
 /// The ZooKeeper backend: one session per value (share it between the nodes of a process;
@@ -27,6 +29,8 @@ pub struct ZooKeeperCoordination {
     config: ZooKeeperConfig,
     servers: String,
     client: RwLock<Option<zk::Client>>,
+    /// Member registrations written together (`joins`).
+    joins: Joins,
 }
 
 impl std::fmt::Debug for ZooKeeperCoordination {
@@ -98,6 +102,7 @@ impl ZooKeeperCoordination {
             config: config.clone(),
             servers: config.connect_string(),
             client: RwLock::new(None),
+            joins: Joins::default(),
         })
     }
 
@@ -443,6 +448,38 @@ impl Coordination for ZooKeeperCoordination {
         self.ensure_parents(&client, &paths).await?;
         let node_path = paths.node(&node.address);
         let data = entry::encode_node(node);
+        if let AddMode::Join {
+            cluster: Some(cluster),
+        } = mode
+        {
+            // Written together with the other registrations of this value (`joins`).
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            self.joins.submit(
+                Target {
+                    epoch: paths.epoch.clone(),
+                    value: entry::encode_epoch(*cluster),
+                    acls: self.acls(),
+                    servers: self.servers.clone(),
+                },
+                Pending {
+                    client: client.clone(),
+                    path: node_path.clone(),
+                    data: data.clone(),
+                    reply,
+                },
+            );
+            let joined = answer.await.unwrap_or_else(|_| {
+                Err(CoordinationError::unavailable(
+                    "the registration writer stopped",
+                ))
+            })?;
+            match joined {
+                Joined::Added => return Ok(AddOutcome::Added),
+                Joined::Refused => return Ok(AddOutcome::Refused),
+                // An entry exists at this address: the path below replaces it.
+                Joined::Alone => {}
+            }
+        }
         let ephemeral = zk::CreateMode::Ephemeral.with_acls(self.acls());
         let persistent = zk::CreateMode::Persistent.with_acls(self.acls());
         for round in 0..ROUNDS {

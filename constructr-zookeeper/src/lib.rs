@@ -32,6 +32,7 @@
 pub mod config;
 pub mod coordination;
 pub mod error;
+mod joins;
 
 pub use config::ZooKeeperConfig;
 pub use constructr_core::plumbing::Secret;

@@ -90,6 +90,77 @@ fn settings(what: &str) -> Settings {
     s
 }
 
+/// Registrations of one process are written together: 200 members joining at once move
+/// the epoch's version a few times (once per multi), not once each in turn; members of
+/// another cluster are refused, and a node whose address holds an old entry still
+/// registers (alone).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_racing_joins_share_a_few_multis() {
+    use constructr_core::{AddMode, AddOutcome, ClusterId, LockOutcome};
+    let Some(image) = image() else { return };
+    let server = ZooKeeperServer::start(&image, "racing-joins");
+    let config = ZooKeeperConfig::new([server.address()]);
+    let zk = Arc::new(ZooKeeperCoordination::connect(&config).await.unwrap());
+    let scope = settings("racing-joins").scope().unwrap();
+    let ttl = Duration::from_secs(30);
+    let node = |i: usize| NodeId::new(format!("10.0.{}.{}:7946", i / 256, i % 256), 1);
+    let LockOutcome::Acquired(lock) = zk.lock(scope.lease(&node(0), ttl)).await.unwrap() else {
+        panic!("a fresh scope's lock is free");
+    };
+    let cluster = ClusterId(0x5eed);
+    let seed = AddMode::Seed {
+        lock,
+        cluster,
+        expected_epoch_version: None,
+    };
+    assert_eq!(
+        zk.add_self(scope.lease(&node(0), ttl), &seed)
+            .await
+            .unwrap(),
+        AddOutcome::Added
+    );
+    // An old incarnation's entry at node 7's address.
+    let old = NodeId::new(node(7).address, 0);
+    let member = AddMode::Join {
+        cluster: Some(cluster),
+    };
+    assert_eq!(
+        zk.add_self(scope.lease(&old, ttl), &member).await.unwrap(),
+        AddOutcome::Added
+    );
+    let before = zk.get_nodes(&scope).await.unwrap().epoch.unwrap().version;
+    let (n, strangers) = (200, 20);
+    let joins: Vec<_> = (1..=n + strangers)
+        .map(|i| {
+            let (zk, scope) = (zk.clone(), scope.clone());
+            let mode = AddMode::Join {
+                cluster: Some(if i > n { ClusterId(0xbad) } else { cluster }),
+            };
+            tokio::spawn(async move { zk.add_self(scope.lease(&node(i), ttl), &mode).await })
+        })
+        .collect();
+    for (i, j) in joins.into_iter().enumerate() {
+        let expected = if i < n {
+            AddOutcome::Added
+        } else {
+            AddOutcome::Refused
+        };
+        assert_eq!(j.await.unwrap().unwrap(), expected, "node {}", i + 1);
+    }
+    let registry = zk.get_nodes(&scope).await.unwrap();
+    assert_eq!(registry.nodes.len(), n + 1, "the seed and its members");
+    assert!(
+        registry.nodes.contains(&node(7)),
+        "the new incarnation replaced the old"
+    );
+    let moves = registry.epoch.unwrap().version - before;
+    println!("{n} racing registrations moved the epoch's version {moves} times");
+    assert!(
+        moves <= 20,
+        "{n} racing registrations moved the epoch's version {moves} times"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_nodes_on_zookeeper_form_one_cluster_and_a_closed_session_takes_its_entries() {
     let Some(image) = image() else { return };
