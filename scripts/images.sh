@@ -364,7 +364,9 @@ build_zookeeper() {
     cat >"$root/usr/local/bin/zk-start" <<'ZK'
 #!/bin/sh
 # One ZooKeeper server in the foreground. ZK_ID + ZK_SERVERS ("server.1=zk1:2888:3888;2181
-# ...") make it a member of an ensemble; without them it runs stand-alone.
+# ...") make it a member of an ensemble; without them it runs stand-alone. Sessions per
+# client address are not limited (ZK_MAX_CLIENT_CNXNS; ZooKeeper's default of 60 refuses
+# the rest of the hundreds of sessions the benchmark opens from one address).
 set -e
 mkdir -p /data /conf
 cat > /conf/zoo.cfg <<CFG
@@ -377,6 +379,7 @@ admin.enableServer=false
 4lw.commands.whitelist=ruok,srvr,stat,mntr
 minSessionTimeout=1000
 maxSessionTimeout=60000
+maxClientCnxns=${ZK_MAX_CLIENT_CNXNS:-0}
 CFG
 if [ -n "$ZK_SERVERS" ]; then
     for s in $ZK_SERVERS; do echo "$s" >> /conf/zoo.cfg; done
