@@ -27,7 +27,9 @@
 #   CLIENT_NODES="20 100 1000"         nodes with a client each, in one process (5000: README)
 #   NODES="20 100 1000 5000"           nodes sharing one client
 #   BACKENDS="etcd etcd3 consul zookeeper"
-#   ZOOKEEPER_MAX_NODES=100            ZooKeeper's registrations contend on one version (README)
+#   ZOOKEEPER_MAX_NODES=1000           ZooKeeper, shared: registrations of one process share multis
+#   ZOOKEEPER_MAX_CLIENTS=100          ZooKeeper, processes and per-node: registrations of different
+#                                      sessions contend on the epoch's version (README)
 #   STEADY_NODES=1000 HOLD=5           steady state: nodes, refresh intervals held
 #   WRITE=0                            print only; leave README.md and the plot alone
 set -euo pipefail
@@ -38,7 +40,8 @@ process_nodes=${PROCESS_NODES:-20 100 300}
 client_nodes=${CLIENT_NODES:-20 100 1000}
 nodes_list=${NODES:-20 100 1000 5000}
 backends_wanted=${BACKENDS:-etcd etcd3 consul zookeeper}
-zk_max=${ZOOKEEPER_MAX_NODES:-100}
+zk_max=${ZOOKEEPER_MAX_NODES:-1000}
+zk_max_clients=${ZOOKEEPER_MAX_CLIENTS:-100}
 steady_nodes=${STEADY_NODES:-1000}
 hold=${HOLD:-5}
 write=${WRITE:-1}
@@ -157,7 +160,11 @@ for b in etcd etcd3 consul zookeeper; do
     start_backend "$b"
     for topology in $topologies; do
         for n in $(nodes_of "$topology"); do
-            if [[ $b == zookeeper ]] && ((n > zk_max)); then continue; fi
+            if [[ $b == zookeeper ]]; then
+                limit=$zk_max
+                [[ $topology == shared ]] || limit=$zk_max_clients
+                ((n > limit)) && continue
+            fi
             for r in $(seq "$rounds"); do
                 for mode in default constructr; do
                     compat=()
