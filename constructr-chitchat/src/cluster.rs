@@ -39,9 +39,9 @@ const JOIN_FANOUT: usize = 3;
 /// up to a gossip interval.
 const JOIN_FIRST_RETRY: Duration = Duration::from_millis(20);
 
-/// How long the member view waits after publishing a change, per member, before it
-/// publishes the next (at most half a gossip round).
-const PAUSE_PER_MEMBER: Duration = Duration::from_micros(100);
+/// How long the member view waits after it was computed, per node known, before it is
+/// computed again (at most half a gossip round).
+const PAUSE_PER_MEMBER: Duration = Duration::from_millis(1);
 
 /// How many gossip intervals a message from a peer, or its heartbeat advancing, counts as
 /// proof that it is alive, for the member view, until chitchat's failure detector has
@@ -460,20 +460,23 @@ impl Forwarder {
     async fn run(mut self) {
         let mut leaving: HashSet<ChitchatId> = HashSet::new();
         let mut published: Option<Signature> = None;
-        let mut next_publish = tokio::time::Instant::now();
         let mut heartbeats = Heartbeats::new(self.round * FRESH_ROUNDS);
         // Twice a round: a peer's heartbeat is seen advancing within about a round.
         let mut round = tokio::time::interval(self.round / 2);
         round.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let current = {
+            let (current, known, settled) = {
                 let chitchat = self.chitchat.lock().await;
+                let known = chitchat.node_states().len();
+                // Every known node judged live by the failure detector: until that changes
+                // (a live change or an arrival), direct contacts and heartbeats add nothing.
+                let settled = chitchat.live_nodes().count() >= known;
                 // A node that left is forgotten once chitchat forgets it.
                 leaving.retain(|id| chitchat.node_state(id).is_some());
                 heartbeats.observe(&chitchat);
                 let current = view(&chitchat, &self.contacts.fresh(), &heartbeats, &leaving);
                 // Copied only when it changed.
-                differs(published.as_ref(), &current).then(|| {
+                let current = differs(published.as_ref(), &current).then(|| {
                     published = Some(
                         current
                             .iter()
@@ -484,15 +487,16 @@ impl Forwarder {
                         .into_iter()
                         .map(|(id, s)| (id.clone(), s.clone()))
                         .collect::<Members>()
-                })
+                });
+                (current, known, settled)
             };
+            // Computing the view costs time in proportion to the nodes known, and a forming
+            // cluster wakes it at every arrival: the next computation waits a while,
+            // growing with them (1 ms a node, at most half a round). A small cluster, as
+            // while joining, is computed again at once; a leave never waits.
+            let pause = (PAUSE_PER_MEMBER * known as u32).min(self.round / 2);
+            let next_publish = tokio::time::Instant::now() + pause;
             if let Some(current) = current {
-                // A large view changes many times while a cluster forms, and every change
-                // is copied to every watcher: the next one waits a while, growing with the
-                // view (100 µs a member, at most half a round); a small one, as while
-                // joining, goes out at once.
-                let pause = (PAUSE_PER_MEMBER * current.len() as u32).min(self.round / 2);
-                next_publish = tokio::time::Instant::now() + pause;
                 self.view.send_replace(current.clone());
                 let publishing = self.publishing.lock().expect("not poisoned");
                 if *publishing != Some(self.generation) {
@@ -500,24 +504,32 @@ impl Forwarder {
                 }
                 self.members.send_replace(current);
             }
-            let urgent = tokio::select! {
-                changed = self.live.changed() => {
-                    if changed.is_err() {
-                        return;
+            let urgent = loop {
+                tokio::select! {
+                    changed = self.live.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                        // Seen: the view reads chitchat's state itself.
+                        self.live.borrow_and_update();
+                        break false;
                     }
-                    false
+                    // A leave is never held back.
+                    Some(id) = self.leaves.recv() => {
+                        leaving.insert(id);
+                        break true;
+                    }
+                    Some(()) = self.arrivals.recv() => {
+                        while self.arrivals.try_recv().is_ok() {}
+                        break false;
+                    }
+                    () = self.contacts.changed.notified() => if !settled {
+                        break false;
+                    },
+                    _ = round.tick() => if !settled {
+                        break false;
+                    },
                 }
-                // A leave is never held back.
-                Some(id) = self.leaves.recv() => {
-                    leaving.insert(id);
-                    true
-                }
-                Some(()) = self.arrivals.recv() => {
-                    while self.arrivals.try_recv().is_ok() {}
-                    false
-                }
-                () = self.contacts.changed.notified() => false,
-                _ = round.tick() => false,
             };
             if !urgent {
                 tokio::time::sleep_until(next_publish).await;

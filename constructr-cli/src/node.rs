@@ -34,10 +34,10 @@ pub struct NodeArgs {
     #[arg(long, value_name = "NAME")]
     node_name: Option<String>,
     /// Interval between gossip rounds.
-    #[arg(long, default_value = "200ms", value_parser = duration)]
+    #[arg(long, default_value = "1s", value_parser = duration)]
     gossip_interval: Duration,
     /// Phi-accrual threshold: a peer is dead after about this many gossip intervals of silence.
-    #[arg(long, default_value_t = 30.0)]
+    #[arg(long, default_value_t = 8.0)]
     phi_threshold: f64,
     /// Never seed a new cluster: wait (watching) until a node is registered, then join it
     /// (the setting `new-cluster-enabled = false`).
