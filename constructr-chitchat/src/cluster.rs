@@ -204,11 +204,20 @@ impl ChitchatCluster {
         }
     }
 
-    /// (Re)starts chitchat; returns this generation's member view and the generation.
+    /// (Re)starts chitchat; returns this generation's member view, the generation, and the
+    /// flag its `join` sets once this node is a member (the application sees members only
+    /// from then on).
     async fn start(
         &self,
         seeds: &[SocketAddr],
-    ) -> Result<(watch::Receiver<Members>, u64), ChitchatError> {
+    ) -> Result<
+        (
+            watch::Receiver<Members>,
+            u64,
+            Arc<std::sync::atomic::AtomicBool>,
+        ),
+        ChitchatError,
+    > {
         let mut running = self.running.lock().await;
         if let Some(old) = running.take() {
             self.stop(old).await?;
@@ -262,6 +271,7 @@ impl ChitchatCluster {
             (chitchat.live_nodes_watcher(), leaves, arrivals)
         };
         *self.publishing.lock().expect("not poisoned") = Some(generation);
+        let joined = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (view_tx, view_rx) = watch::channel(Members::new());
         let forward = tokio::spawn(
             Forwarder {
@@ -273,6 +283,7 @@ impl ChitchatCluster {
                 view: view_tx,
                 members: self.members.clone(),
                 publishing: self.publishing.clone(),
+                joined: joined.clone(),
                 generation,
                 round: self.config.gossip_interval,
             }
@@ -285,7 +296,7 @@ impl ChitchatCluster {
             _leaves: leaves,
             _arrivals: arrivals,
         });
-        Ok((view_rx, generation))
+        Ok((view_rx, generation, joined))
     }
 
     /// Gossips at once with `peers`, if `generation` still runs.
@@ -452,6 +463,9 @@ struct Forwarder {
     view: watch::Sender<Members>,
     members: watch::Sender<Members>,
     publishing: Arc<std::sync::Mutex<Option<u64>>>,
+    /// Set by `join` once this node is a member: before, the application sees no members
+    /// (a node alone while joining is no cluster).
+    joined: Arc<std::sync::atomic::AtomicBool>,
     generation: u64,
     round: Duration,
 }
@@ -502,7 +516,9 @@ impl Forwarder {
                 if *publishing != Some(self.generation) {
                     return;
                 }
-                self.members.send_replace(current);
+                if self.joined.load(std::sync::atomic::Ordering::Acquire) {
+                    self.members.send_replace(current);
+                }
             }
             let urgent = loop {
                 tokio::select! {
@@ -591,7 +607,7 @@ impl Cluster for ChitchatCluster {
         } else {
             addresses.keys().copied().filter(|a| *a != me).collect()
         };
-        let (mut view, generation) = self
+        let (mut view, generation, joined) = self
             .start(&gossip_to)
             .await
             .map_err(ChitchatError::into_join)?;
@@ -635,6 +651,7 @@ impl Cluster for ChitchatCluster {
         // Once `join` resolves, `members()` shows what made this node a member.
         let publishing = self.publishing.lock().expect("not poisoned");
         if *publishing == Some(generation) {
+            joined.store(true, std::sync::atomic::Ordering::Release);
             self.members.send_replace(members);
         }
         Ok(())

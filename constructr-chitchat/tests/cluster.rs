@@ -150,6 +150,19 @@ async fn a_node_that_leaves_before_any_gossip_round_is_dropped_at_once() {
     seed.leave().await.expect("leave");
 }
 
+/// A node alone while its join waits is no cluster: the application sees no members until
+/// a seed answered (a node that reported itself would look like a second cluster).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joining_node_shows_no_members_until_a_seed_answered() {
+    let joiner = node("silent-seed-test");
+    let silent = NodeId::new(free_udp_addr().to_string(), 7);
+    let pending = tokio::time::timeout(Duration::from_millis(500), joiner.join(&[silent])).await;
+    assert!(pending.is_err(), "joined a seed that never answered");
+    let members = addresses(&joiner.members().borrow());
+    assert!(members.is_empty(), "a joining node reported {members:?}");
+    joiner.leave().await.expect("leave");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_seed_of_another_incarnation_does_not_count() {
     let seed = seed("incarnation-test").await;
@@ -157,8 +170,10 @@ async fn a_seed_of_another_incarnation_does_not_count() {
     let stale = NodeId::new(seed.node().address.clone(), seed.node().incarnation ^ 1);
     let r = tokio::time::timeout(Duration::from_secs(2), joiner.join(&[stale])).await;
     assert!(r.is_err(), "joined a seed whose incarnation does not match");
-    // It does gossip with the address, so both see each other: only the seed check failed.
-    wait_members(&joiner, 2).await;
+    // It does gossip with the address, so the seed sees it; the joiner, not a member, shows
+    // no members.
+    wait_members(&seed, 2).await;
+    assert!(joiner.members().borrow().is_empty());
     joiner.leave().await.expect("leave");
     seed.leave().await.expect("leave");
 }
