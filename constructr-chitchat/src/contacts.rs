@@ -45,7 +45,7 @@ impl Contacts {
     pub(crate) fn record(&self, from: SocketAddr) {
         let now = Instant::now();
         let became_fresh = {
-            let mut heard = self.heard.lock().expect("not poisoned");
+            let mut heard = self.heard.lock().unwrap_or_else(|p| p.into_inner());
             if heard.len() >= MAX_CONTACTS && !heard.contains_key(&from) {
                 let fresh = self.fresh;
                 heard.retain(|_, at| now.duration_since(*at) < fresh);
@@ -65,7 +65,7 @@ impl Contacts {
     /// The addresses heard from within the window, forgetting the others.
     pub(crate) fn fresh(&self) -> HashMap<SocketAddr, Instant> {
         let now = Instant::now();
-        let mut heard = self.heard.lock().expect("not poisoned");
+        let mut heard = self.heard.lock().unwrap_or_else(|p| p.into_inner());
         heard.retain(|_, at| now.duration_since(*at) < self.fresh);
         heard.clone()
     }

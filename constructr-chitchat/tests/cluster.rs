@@ -104,12 +104,18 @@ fn slow_node(cluster_id: &str) -> ChitchatCluster {
     ChitchatCluster::new(config, rand::random()).expect("valid config")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_joiner_and_its_seed_see_each_other_within_round_trips_not_gossip_rounds() {
-    let seed = slow_node("round-trip-test");
+/// A [`slow_node`] of `cluster_id` that seeded it.
+async fn slow_seed(cluster_id: &str) -> ChitchatCluster {
+    let seed = slow_node(cluster_id);
     seed.join(std::slice::from_ref(seed.node()))
         .await
         .expect("seeding");
+    seed
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joiner_and_its_seed_see_each_other_within_round_trips_not_gossip_rounds() {
+    let seed = slow_seed("round-trip-test").await;
     let joiners = [slow_node("round-trip-test"), slow_node("round-trip-test")];
     let seeds = [seed.node().clone()];
     for joiner in &joiners {
@@ -130,10 +136,7 @@ async fn a_joiner_and_its_seed_see_each_other_within_round_trips_not_gossip_roun
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_that_leaves_before_any_gossip_round_is_dropped_at_once() {
-    let seed = slow_node("early-leave-test");
-    seed.join(std::slice::from_ref(seed.node()))
-        .await
-        .expect("seeding");
+    let seed = slow_seed("early-leave-test").await;
     let joiner = slow_node("early-leave-test");
     joiner
         .join(std::slice::from_ref(seed.node()))
